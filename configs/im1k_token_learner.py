@@ -1,0 +1,64 @@
+"""ViT-B/16 + TokenLearner v1.1 (16 tokens at block 9) on ImageNet-1k.
+
+Mirrors the reference's only config, scenic `projects/token_learner/configs/
+im1k_token_learner_config.py`: multi-label (sigmoid) head with init_head_bias
+-10, Adam with weight decay 0.3, batch 4096, 90 epochs, LR 5e-3 with 10k linear
+warmup steps and linear decay to 1e-5, clip 1. Unlike the reference,
+`stochastic_depth=0.1` takes effect.
+
+Model summary (parameters and GMACs per image):
+  python -m tokenlearner_jax.summary --config=configs/im1k_token_learner.py
+Args: variant=B/16, num_tokens=16, tokenlearner_loc=9, use_v11,
+use_tokenfuse, runlocal.
+"""
+
+import ml_collections
+
+from tokenlearner_jax import config_lib
+
+IMAGENET_TRAIN_SIZE = 1_281_167
+
+
+def get_config(arg=None):
+  """Returns the config; see the module docstring for `arg`."""
+  arg = config_lib.parse_arg(
+      arg, variant='B/16', num_tokens=16, tokenlearner_loc='9', use_v11=True,
+      use_tokenfuse=False, runlocal=False)
+  loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
+  config = ml_collections.ConfigDict()
+  config.experiment_name = 'im1k_token_learner'
+  config.dataset_name = 'imagenet'
+  config.dataset_configs = ml_collections.ConfigDict(dict(
+      num_classes=1000, image_size=224))
+
+  config.model_name = 'token_learner_multilabel_classification'
+  config.model = config_lib.model_config(
+      arg.variant, 'dynamic', num_tokens=arg.num_tokens,
+      tokenlearner_loc=loc, use_v11=arg.use_v11,
+      use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1)
+  config.model_dtype_str = 'float32'
+  config.init_head_bias = -10.0
+
+  config.optimizer = 'adam'
+  config.optimizer_configs = ml_collections.ConfigDict(dict(
+      beta1=0.9, beta2=0.999, weight_decay=0.3))
+  config.max_grad_norm = 1.0
+  config.label_smoothing = None
+  config.batch_size = 4096
+  config.num_training_epochs = 90
+  total_steps = config.num_training_epochs * IMAGENET_TRAIN_SIZE // 4096
+  config.lr_configs = ml_collections.ConfigDict(dict(
+      learning_rate_schedule='compound',
+      factors='constant * linear_warmup * linear_decay',
+      warmup_steps=10_000, steps_per_cycle=total_steps,
+      end_learning_rate=1e-5, base_learning_rate=5e-3))
+  config.rng_seed = 42
+
+  if arg.runlocal:
+    config.model = config_lib.model_config(
+        'mu/8', 'dynamic', num_tokens=4,
+        tokenlearner_loc=None if loc is None else 1, use_v11=arg.use_v11,
+        use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1)
+    config.dataset_configs.image_size = 32
+    config.batch_size = 8
+  return config

@@ -1,0 +1,35 @@
+"""tokenlearner_jax: TokenLearner (NeurIPS 2021) in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name='tokenlearner_jax',
+    version='0.1.0',
+    description=('TokenLearner / TokenFuser with ViT and ViViT in JAX/Flax, '
+                 'faithful to the reference (scenic) implementation.'),
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['tokenlearner_jax',
+                                               'tokenlearner_jax.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.4.35',
+        'flax>=0.10',
+        'optax>=0.2.4',
+        'orbax-checkpoint>=0.11',
+        'tensorflow-cpu>=2.16; platform_machine=="x86_64"',
+        'tensorflow>=2.16; platform_machine!="x86_64"',
+        'tensorflow-datasets>=4.9.7',
+        'ml-collections>=0.1.1',
+        'clu>=0.0.12',
+        'absl-py',
+        'numpy',
+        # Undeclared needs of the above: clu's TensorBoard writer and tfds
+        # builders.
+        'tensorboard',
+        'importlib_resources',
+        # Ships the digits images the offline demo datasets are made from.
+        'scikit-learn',
+    ],
+    extras_require={'test': ['pytest>=8', 'pytest-xdist']},
+)

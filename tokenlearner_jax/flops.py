@@ -1,0 +1,99 @@
+"""Analytic multiply-add counts: the paper's "GFLOPs" (GMACs per example/view).
+
+Counts every matrix product, convolution and einsum of the forward pass (one
+multiply-add = 1); elementwise work (LayerNorm, softmax, GELU, biases) is not
+counted, as in the paper. `tests/test_flops.py` cross-checks these counts
+against XLA's `cost_analysis` of the real model.
+"""
+
+from typing import Optional, Sequence
+
+import ml_collections
+
+from tokenlearner_jax.models import grid as grid_lib
+from tokenlearner_jax.models.build import tokenlearner_enabled
+from tokenlearner_jax.models.build import validate_model_config
+
+BOTTLENECK_DIM = 64  # TokenLearner v1.1 / TokenFuser MLP width (reference).
+
+
+def block_macs(tokens: int, hidden: int, mlp_dim: int) -> int:
+  """One encoder block: q/k/v/out projections, QK^T, AV and the MLP."""
+  return (4 * tokens * hidden * hidden + 2 * tokens * tokens * hidden +
+          2 * tokens * hidden * mlp_dim)
+
+
+def tokenlearner_macs(hw: int, hidden: int, num_tokens: int,
+                      use_v11: bool) -> int:
+  """One TokenLearner on one temporal slice of `hw` tokens."""
+  pooling = num_tokens * hw * hidden
+  if use_v11:
+    return hw * hidden * BOTTLENECK_DIM + hw * BOTTLENECK_DIM * num_tokens + pooling
+  convs = hw * 9 * hidden * num_tokens + 3 * hw * 9 * num_tokens * num_tokens
+  return convs + pooling
+
+
+def tokenfuser_macs(hw: int, hidden: int, num_tokens: int) -> int:
+  """One TokenFuser on one temporal slice."""
+  mixing = hidden * num_tokens * num_tokens
+  masking = hw * hidden * BOTTLENECK_DIM + hw * BOTTLENECK_DIM * num_tokens
+  return mixing + masking + hw * num_tokens * hidden
+
+
+def encoder_macs(config: ml_collections.ConfigDict, grid: grid_lib.TokenGrid,
+                 extra_tokens: int) -> int:
+  """The joint space-time encoder with TokenLearner/TokenFuser where enabled."""
+  model, tokenizer = config.model, config.model.tokenizer
+  d, mlp = model.hidden_size, model.mlp_dim
+  full = grid.total + extra_tokens
+  if not tokenlearner_enabled(config):
+    return model.num_layers * block_macs(full, d, mlp)
+  loc, s = tokenizer.tokenlearner_loc, tokenizer.num_tokens
+  use_v11 = tokenizer.get('use_v11', True)
+  learned = grid.time * s + extra_tokens
+  learner = grid.time * tokenlearner_macs(grid.per_slice, d, s, use_v11)
+  if tokenizer.get('use_tokenfuse', False):
+    fuser = grid.time * tokenfuser_macs(grid.per_slice, d, s)
+    later = block_macs(learned, d, mlp) + learner + fuser
+    return loc * block_macs(full, d, mlp) + (model.num_layers - loc) * later
+  return (loc * block_macs(full, d, mlp) + learner +
+          (model.num_layers - loc) * block_macs(learned, d, mlp))
+
+
+def gmacs(config: ml_collections.ConfigDict, input_shape: Sequence[int],
+          num_classes: Optional[int] = None) -> float:
+  """Multiply-adds per example (per view), in billions.
+
+  Args:
+    config: A config with the `config.model` schema of `build_model`.
+    input_shape: `(H, W, 3)` or `(T, H, W, 3)`.
+    num_classes: Head width; `config.dataset_configs.num_classes` when None,
+      else 1000.
+  """
+  validate_model_config(config)
+  model, tokenizer = config.model, config.model.tokenizer
+  tec = tokenizer.get('temporal_encoding_config') or ml_collections.ConfigDict()
+  grid = grid_lib.token_grid(input_shape, tokenizer.patches.size,
+                             tokenizer.type, tec.get('method', '3d_conv'),
+                             tec.get('n_sampled_frames'), warn=False)
+  if num_classes is None:
+    num_classes = config.get('dataset_configs', {}).get('num_classes', 1000)
+  d = model.hidden_size
+  patch_volume = 1  # (h, w) or (h, w, t): pixels per patch or tubelet.
+  for size in tokenizer.patches.size:
+    patch_volume *= size
+  macs = grid.total * patch_volume * input_shape[-1] * d
+  cls = int(model.classifier == 'token')
+  if model.get('attention_config', {}).get('type') == 'factorized_encoder':
+    sp, tp = model.spatial_transformer, model.temporal_transformer
+    macs += grid.time * sp.num_layers * block_macs(grid.per_slice + cls, d,
+                                                   sp.mlp_dim)
+    macs += tp.num_layers * block_macs(grid.time + cls, d, tp.mlp_dim)
+  else:
+    macs += encoder_macs(config, grid, cls)
+  head_in = d
+  if model.get('representation_size') is not None:
+    macs += d * model.representation_size
+    head_in = model.representation_size
+  macs += head_in * num_classes
+  return macs / 1e9

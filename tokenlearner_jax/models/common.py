@@ -1,0 +1,138 @@
+"""Transformer building blocks with the reference's parameter names.
+
+These mirror the scenic layers that TokenLearner builds on (`vit.AddPositionEmbs`,
+`vit.Encoder1DBlock`, `attention_layers.MlpBlock`, `nn_layers.StochasticDepth`)
+so that a parameter tree written by the reference loads unchanged.
+"""
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+class MlpBlock(nn.Module):
+  """Dense -> activation -> dropout -> Dense -> dropout.
+
+  Parameters are `Dense_0` and `Dense_1`. Dropout follows *both* Dense layers,
+  as in the reference (so it also drops TokenLearner selection logits).
+
+  Attributes:
+    mlp_dim: Hidden width.
+    out_dim: Output width; the input width when None.
+    dropout_rate: Dropout rate after each Dense layer.
+    activation_fn: Activation after the first Dense layer.
+    kernel_init: Kernel initializer of both Dense layers.
+    bias_init: Bias initializer of both Dense layers.
+    dtype: Computation dtype.
+  """
+  mlp_dim: int
+  out_dim: Optional[int] = None
+  dropout_rate: float = 0.1
+  activation_fn: Callable[[jax.Array], jax.Array] = nn.gelu
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, deterministic: bool) -> jax.Array:
+    out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
+    dense = lambda n: nn.Dense(n, dtype=self.dtype, kernel_init=self.kernel_init,
+                               bias_init=self.bias_init)
+    x = self.activation_fn(dense(self.mlp_dim)(inputs))
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = dense(out_dim)(x)
+    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class StochasticDepth(nn.Module):
+  """Drops the whole residual branch per example, scaling kept ones by 1/(1-rate).
+
+  Attributes:
+    rate: Probability of dropping the branch of one example.
+  """
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.rate, shape)
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds a learned 1-D position embedding `pos_embedding` of shape [1, L, C].
+
+  Attributes:
+    posemb_init: Initializer of the embedding (BERT's normal(0.02)).
+  """
+  posemb_init: Initializer = nn.initializers.normal(stddev=0.02)
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
+    pe = self.param('pos_embedding', self.posemb_init,
+                    (1,) + inputs.shape[1:], inputs.dtype)
+    return inputs + pe
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LayerNorm transformer block: self-attention then MLP, both residual.
+
+  Attributes:
+    mlp_dim: Hidden width of the MLP.
+    num_heads: Attention heads.
+    dropout_rate: Dropout after attention and inside the MLP.
+    attention_dropout_rate: Dropout on the attention weights.
+    stochastic_depth: Probability of dropping each residual branch (training).
+    dtype: Computation dtype.
+  """
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  stochastic_depth: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, deterministic: bool) -> jax.Array:
+    assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
+    x = nn.LayerNorm(dtype=self.dtype)(inputs)
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        broadcast_dropout=False,
+        dropout_rate=self.attention_dropout_rate)(
+            x, x, deterministic=deterministic)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic)
+    x = StochasticDepth(self.stochastic_depth)(x, deterministic) + inputs
+
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                 dtype=self.dtype)(y, deterministic=deterministic)
+    return StochasticDepth(self.stochastic_depth)(y, deterministic) + x
+
+
+def pool(x: jax.Array, classifier: str) -> jax.Array:
+  """`[B, L, C]` -> `[B, C]` by the class token or gap/gmp/gsp pooling."""
+  if classifier == 'token':
+    return x[:, 0]
+  return {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier](x, axis=1)
+
+
+def classifier_head(x: jax.Array, representation_size: Optional[int],
+                    num_classes: int) -> jax.Array:
+  """Pooled `[B, C]` -> optional tanh `pre_logits` -> zero-init `output_projection`.
+
+  Call inside a compact method: the layers join the caller's parameters.
+  """
+  if representation_size is not None:
+    x = nn.tanh(nn.Dense(representation_size, name='pre_logits')(x))
+  return nn.Dense(num_classes, kernel_init=nn.initializers.zeros,
+                  name='output_projection')(x)

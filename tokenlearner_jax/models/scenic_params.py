@@ -1,0 +1,85 @@
+"""Loading parameter trees written by the reference (scenic) code.
+
+`build_model` keeps the reference's parameter layout (`embedding`, `cls`,
+`Transformer/posembed_input`, `Transformer/encoderblock_{i}`,
+`Transformer/TokenLearnerModuleV11_{k}` or `TokenLearnerModule_{k}`,
+`Transformer/TokenFuser_{k}`, `Transformer/encoder_norm`, `pre_logits`,
+`output_projection`), so conversion is the identity on the arrays. What this
+module adds is a check that the tree fits the config, with an error naming
+what is missing or unexpected instead of a shape error deep inside `apply`.
+"""
+
+from typing import Any, Dict, Set
+
+import flax
+import jax.numpy as jnp
+import ml_collections
+
+from tokenlearner_jax.models.build import tokenlearner_enabled
+from tokenlearner_jax.models.build import validate_model_config
+
+
+def expected_modules(config: ml_collections.ConfigDict) -> Set[str]:
+  """Top-level and `Transformer/*` module names the reference writes."""
+  validate_model_config(config)
+  model, tokenizer = config.model, config.model.tokenizer
+  names = {'embedding', 'output_projection'}
+  if model.get('representation_size') is not None:
+    names.add('pre_logits')
+  if model.get('attention_config', {}).get('type') == 'factorized_encoder':
+    for part, sizes in (('SpatialTransformer', model.spatial_transformer),
+                        ('TemporalTransformer', model.temporal_transformer)):
+      if model.classifier == 'token':
+        names.add(f'cls_{part}')
+      names |= {f'{part}/posembed_input', f'{part}/encoder_norm'}
+      names |= {f'{part}/encoderblock_{i}' for i in range(sizes.num_layers)}
+    return names
+  if model.classifier == 'token':
+    names.add('cls')
+  names |= {'Transformer/posembed_input', 'Transformer/encoder_norm'}
+  names |= {f'Transformer/encoderblock_{i}' for i in range(model.num_layers)}
+  if tokenlearner_enabled(config):
+    loc = tokenizer.tokenlearner_loc
+    learner = ('TokenLearnerModuleV11' if tokenizer.get('use_v11', True)
+               else 'TokenLearnerModule')
+    count = model.num_layers - loc if tokenizer.get('use_tokenfuse') else 1
+    names |= {f'Transformer/{learner}_{k}' for k in range(count)}
+    if tokenizer.get('use_tokenfuse'):
+      names |= {f'Transformer/TokenFuser_{k}' for k in range(count)}
+  return names
+
+
+def _module_names(params: Dict[str, Any]) -> Set[str]:
+  names = set()
+  for key, value in params.items():
+    if key.endswith('Transformer') and isinstance(value, dict):
+      names |= {f'{key}/{sub}' for sub in value}
+    else:
+      names.add(key)
+  return names
+
+
+def from_scenic_params(params: Any,
+                       config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Returns `build_model(config, ...)` parameters from a reference tree.
+
+  Args:
+    params: The reference's parameter tree (`train_state.params`, or
+      `optimizer.target` of the deprecated TrainState); a `{'params': ...}`
+      wrapper is accepted too.
+    config: The config the tree was trained with.
+
+  Raises:
+    ValueError: listing the modules that are missing or unexpected for config.
+  """
+  params = flax.core.unfreeze(params)
+  if set(params) == {'params'}:
+    params = params['params']
+  expected, found = expected_modules(config), _module_names(params)
+  if expected != found:
+    raise ValueError(
+        'Parameter tree does not match config.model: missing '
+        f'{sorted(expected - found)}, unexpected {sorted(found - expected)}.')
+  return flax.traverse_util.unflatten_dict({
+      k: jnp.asarray(v)
+      for k, v in flax.traverse_util.flatten_dict(params).items()})

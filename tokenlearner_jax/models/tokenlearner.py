@@ -1,0 +1,151 @@
+"""TokenLearner v1.0 and v1.1 and TokenFuser, numerically the reference modules.
+
+Parameter names and call signatures follow scenic's `projects/token_learner`.
+Two deliberate deviations that change no number:
+  * `TokenLearnerModule` raises a `ValueError` naming the shape for a 3-D input
+    whose length is not a square (the reference hits a reshape error first).
+  * `TokenFuser` returns `original`'s shape when `original` is 4-D (the
+    reference always returns `[B, HW, C]`).
+Each TokenLearner sows its spatial weights `[B, S, HW]` as the intermediate
+`attention_maps`, retrievable with `apply(..., mutable=['intermediates'])`.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tokenlearner_jax.models.common import MlpBlock
+
+
+class TokenLearnerModule(nn.Module):
+  """TokenLearner v1.0, the module of the paper's experiments.
+
+  LayerNorm, three 3x3 convs with GELU, a fourth 3x3 conv, a sigmoid: one
+  spatial map per token, which weights the un-normalised input before pooling.
+
+  Attributes:
+    num_tokens: Number of learned tokens S.
+    use_sum_pooling: Sum over space (the reference default); mean otherwise.
+  """
+  num_tokens: int
+  use_sum_pooling: bool = True
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Maps `[B, H, W, C]` or `[B, HW, C]` (HW a square) to `[B, S, C]`."""
+    if inputs.ndim == 3:
+      n, hw, c = inputs.shape
+      h = math.isqrt(hw)
+      if h * h != hw:
+        raise ValueError(
+            f'TokenLearnerModule (v1.0) needs a square grid: a [B, HW, C] input '
+            f'of shape {inputs.shape} has HW={hw}, not a square. Pass '
+            f'[B, H, W, C] or use TokenLearnerModuleV11.')
+      inputs = jnp.reshape(inputs, (n, h, h, c))  # [B, H, W, C]
+    if inputs.ndim != 4:
+      raise ValueError(f'TokenLearnerModule expects a 3-D or 4-D input, got '
+                       f'shape {inputs.shape}.')
+    n, h, w, c = inputs.shape
+
+    selected = nn.LayerNorm()(inputs)
+    for _ in range(3):
+      selected = nn.Conv(self.num_tokens, (3, 3), padding='SAME',
+                         use_bias=False)(selected)  # [B, H, W, S]
+      selected = nn.gelu(selected)
+    selected = nn.Conv(self.num_tokens, (3, 3), padding='SAME',
+                       use_bias=False)(selected)  # [B, H, W, S]
+    selected = jnp.reshape(selected, (n, h * w, self.num_tokens))  # [B, HW, S]
+    weights = nn.sigmoid(jnp.transpose(selected, (0, 2, 1)))  # [B, S, HW]
+    self.sow('intermediates', 'attention_maps', weights)
+
+    feat = jnp.reshape(inputs, (n, 1, h * w, c))  # [B, 1, HW, C]
+    weighted = feat * weights[..., None]  # [B, S, HW, C]
+    if self.use_sum_pooling:
+      return jnp.sum(weighted, axis=2)  # [B, S, C]
+    return jnp.mean(weighted, axis=2)  # [B, S, C]
+
+
+class TokenLearnerModuleV11(nn.Module):
+  """TokenLearner v1.1: an MLP bottleneck and a softmax over space.
+
+  Attributes:
+    num_tokens: Number of learned tokens S.
+    bottleneck_dim: Hidden width of the selection MLP `token_masking`.
+    dropout_rate: Dropout inside `token_masking` (after both Dense layers).
+  """
+  num_tokens: int
+  bottleneck_dim: int = 64
+  dropout_rate: float = 0.
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, deterministic: bool) -> jax.Array:
+    """Maps `[B, H, W, C]` or `[B, HW, C]` (any grid) to `[B, S, C]`."""
+    if inputs.ndim == 4:
+      n, h, w, c = inputs.shape
+      inputs = jnp.reshape(inputs, (n, h * w, c))  # [B, HW, C]
+    if inputs.ndim != 3:
+      raise ValueError(f'TokenLearnerModuleV11 expects a 3-D or 4-D input, got '
+                       f'shape {inputs.shape}.')
+
+    selected = nn.LayerNorm()(inputs)
+    selected = MlpBlock(
+        mlp_dim=self.bottleneck_dim, out_dim=self.num_tokens,
+        dropout_rate=self.dropout_rate, name='token_masking')(
+            selected, deterministic=deterministic)  # [B, HW, S]
+    weights = jax.nn.softmax(jnp.transpose(selected, (0, 2, 1)),
+                             axis=-1)  # [B, S, HW]
+    self.sow('intermediates', 'attention_maps', weights)
+    return jnp.einsum('bsi,bic->bsc', weights, inputs)  # [B, S, C]
+
+
+class TokenFuser(nn.Module):
+  """Maps S tokens back onto the original grid (the residual is added outside).
+
+  Tokens are LayerNorm-ed, mixed across the token axis by `Dense_0` (zero
+  kernel init, so the module outputs exactly 0 at init), LayerNorm-ed again,
+  then scattered over space by sigmoid weights computed from `original`.
+
+  Attributes:
+    use_normalization: Use `fuser_mix_norm1`/`fuser_mix_norm2`.
+    bottleneck_dim: Hidden width of the remapping MLP `token_masking`.
+    dropout_rate: Dropout inside `token_masking` and on the output.
+  """
+  use_normalization: bool = True
+  bottleneck_dim: int = 64
+  dropout_rate: float = 0.
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, original: jax.Array,
+               deterministic: bool) -> jax.Array:
+    """Fuses `[B, S, C]` tokens into `original` `[B, HW, C]` or `[B, H, W, C]`.
+
+    Returns an array of `original`'s shape.
+    """
+    if inputs.ndim != 3:
+      raise ValueError(f'TokenFuser expects [B, S, C] tokens, got shape '
+                       f'{inputs.shape}.')
+    original_shape = original.shape
+    if original.ndim == 4:
+      n, h, w, c = original.shape
+      original = jnp.reshape(original, (n, h * w, c))  # [B, HW, C]
+    num_tokens = inputs.shape[-2]
+
+    if self.use_normalization:
+      inputs = nn.LayerNorm(name='fuser_mix_norm1')(inputs)
+    inputs = jnp.transpose(inputs, (0, 2, 1))  # [B, C, S]
+    inputs = nn.Dense(num_tokens, kernel_init=nn.initializers.zeros)(inputs)
+    inputs = jnp.transpose(inputs, (0, 2, 1))  # [B, S, C]
+    if self.use_normalization:
+      inputs = nn.LayerNorm(name='fuser_mix_norm2')(inputs)
+
+    original = nn.LayerNorm()(original)
+    mix = MlpBlock(
+        mlp_dim=self.bottleneck_dim, out_dim=num_tokens,
+        dropout_rate=self.dropout_rate, name='token_masking')(
+            original, deterministic=deterministic)  # [B, HW, S]
+    mix = nn.sigmoid(mix)
+    out = jnp.einsum('bsc,bhs->bhc', inputs, mix)  # [B, HW, C]
+    out = nn.Dropout(rate=self.dropout_rate)(out, deterministic=deterministic)
+    return jnp.reshape(out, original_shape[:-1] + (out.shape[-1],))

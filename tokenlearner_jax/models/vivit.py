@@ -1,0 +1,139 @@
+"""ViViT pieces: the video stems and the factorised-encoder baseline (model 2).
+
+`embed_video` is the reference's `temporal_encode` (a tubelet 3-D conv, or
+uniform frame sampling stacked along the height and a 2-D conv), creating the
+same `embedding` parameter in the calling module.
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tokenlearner_jax.models import grid as grid_lib
+from tokenlearner_jax.models.common import classifier_head
+from tokenlearner_jax.models.common import pool
+from tokenlearner_jax.models.encoder import TokenLearnerEncoder
+
+KERNEL_INIT_METHODS = (None, 'central_frame_initializer',
+                       'central_frame_initializer_scenic',
+                       'average_frame_initializer')
+
+
+def tubelet_kernel_init(method: Optional[str]):
+  """Initializer of a `[t, h, w, c_in, c_out]` tubelet kernel.
+
+  'central_frame_initializer' keeps only the central time slice. The reference
+  zeroes the wrong axis (width instead of time); its behaviour is available as
+  'central_frame_initializer_scenic'. 'average_frame_initializer' repeats one
+  2-D kernel over time, divided by t. None is the plain LeCun normal.
+  """
+  default = nn.linear.default_kernel_init
+  if method is None:
+    return default
+
+  def init(key, shape, dtype=jnp.float32):
+    t = shape[0]
+    if method == 'average_frame_initializer':
+      return jnp.tile(default(key, shape[1:], dtype)[None], (t, 1, 1, 1, 1)) / t
+    kernel = default(key, shape, dtype)
+    axis = 0 if method == 'central_frame_initializer' else 2
+    keep = jnp.arange(shape[axis]) == shape[0] // 2
+    keep = jnp.reshape(keep, [-1 if i == axis else 1 for i in range(5)])
+    return jnp.where(keep, kernel, 0.0).astype(dtype)
+
+  return init
+
+
+def embed_video(x: jax.Array, patch_size: Sequence[int], hidden_size: int,
+                method: str, kernel_init_method: Optional[str] = None,
+                n_sampled_frames: Optional[int] = None) -> jax.Array:
+  """Video `[B, T, H, W, 3]` -> tokens `[B, t, h, w, C]` via an `embedding` conv.
+
+  Call inside a compact method: `embedding` joins the caller's parameters.
+  """
+  n, _, height, width, channels = x.shape
+  fh, fw = patch_size[0], patch_size[1]
+  if method == 'temporal_sampling':
+    x = x[:, grid_lib.sampled_frame_indices(x.shape[1], n_sampled_frames)]
+    t = x.shape[1]
+    x = jnp.reshape(x, (n, t * height, width, channels))  # [B, t*H, W, 3]
+    x = nn.Conv(hidden_size, (fh, fw), strides=(fh, fw), padding='VALID',
+                name='embedding')(x)  # [B, t*h, w, C]
+    return jnp.reshape(x, (n, t, -1) + x.shape[2:])  # [B, t, h, w, C]
+  ft = patch_size[2]
+  return nn.Conv(hidden_size, (ft, fh, fw), strides=(ft, fh, fw),
+                 padding='VALID', kernel_init=tubelet_kernel_init(
+                     kernel_init_method), name='embedding')(x)  # [B,t,h,w,C]
+
+
+class FactorisedEncoderViViT(nn.Module):
+  """ViViT model 2: a spatial encoder per frame, then a temporal encoder.
+
+  Parameter names follow the reference's `SpaceTimeViViT`: `embedding`,
+  `cls_SpatialTransformer`/`cls_TemporalTransformer` (with a 'token' head),
+  `SpatialTransformer`, `TemporalTransformer`, `pre_logits`,
+  `output_projection`. The spatial encoder's weights are shared across frames.
+
+  Attributes:
+    num_classes: Output classes.
+    hidden_size: Token width C.
+    patch_size: `(h, w, t)` tubelet, or `(h, w)` with 'temporal_sampling'.
+    spatial: `(num_layers, num_heads, mlp_dim)` of the spatial encoder.
+    temporal: `(num_layers, num_heads, mlp_dim)` of the temporal encoder.
+    temporal_encoding: '3d_conv' or 'temporal_sampling'.
+    kernel_init_method: Tubelet kernel initializer name.
+    n_sampled_frames: Frames kept by 'temporal_sampling'.
+    representation_size: Width of the tanh `pre_logits`; None skips it.
+    classifier: 'token', 'gap', 'gmp' or 'gsp', used by both encoders.
+    dropout_rate: Dropout rate.
+    attention_dropout_rate: Attention dropout rate.
+    stochastic_depth: Stochastic depth rate of the last block of each encoder.
+    dtype: Computation dtype of the encoder blocks.
+  """
+  num_classes: int
+  hidden_size: int
+  patch_size: Tuple[int, ...]
+  spatial: Tuple[int, int, int]
+  temporal: Tuple[int, int, int]
+  temporal_encoding: str = '3d_conv'
+  kernel_init_method: Optional[str] = None
+  n_sampled_frames: Optional[int] = None
+  representation_size: Optional[int] = None
+  classifier: str = 'token'
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  stochastic_depth: float = 0.0
+  dtype: Any = jnp.float32
+
+  def _encode(self, x: jax.Array, sizes: Tuple[int, int, int], name: str,
+              train: bool) -> jax.Array:
+    """`[N, L, C]` -> pooled `[N, C]` with an encoder called `name`."""
+    n, _, c = x.shape
+    if self.classifier == 'token':
+      cls = self.param(f'cls_{name}', nn.initializers.zeros, (1, 1, c), x.dtype)
+      x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)), x], axis=1)  # [N, 1+L, C]
+    num_layers, num_heads, mlp_dim = sizes
+    x = TokenLearnerEncoder(
+        num_layers=num_layers, mlp_dim=mlp_dim, num_heads=num_heads,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        stochastic_depth=self.stochastic_depth, dtype=self.dtype,
+        name=name)(x, train=train)
+    return pool(x, self.classifier)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps `[B, T, H, W, 3]` videos to logits `[B, num_classes]`."""
+    grid = grid_lib.token_grid(x.shape[1:], self.patch_size, 'video',
+                               self.temporal_encoding, self.n_sampled_frames)
+    x = embed_video(x, self.patch_size, self.hidden_size,
+                    self.temporal_encoding, self.kernel_init_method,
+                    self.n_sampled_frames)  # [B, t, h, w, C]
+    n, c = x.shape[0], x.shape[-1]
+    x = jnp.reshape(x, (n * grid.time, grid.per_slice, c))  # [B*t, h*w, C]
+    x = self._encode(x, self.spatial, 'SpatialTransformer', train)  # [B*t, C]
+    x = jnp.reshape(x, (n, grid.time, c))  # [B, t, C]
+    x = self._encode(x, self.temporal, 'TemporalTransformer', train)  # [B, C]
+    return classifier_head(x, self.representation_size, self.num_classes)

@@ -1,0 +1,68 @@
+r"""Builds a config's model and prints its parameter count and GMACs.
+
+  python -m tokenlearner_jax.summary --config=configs/vivit_k400.py \
+      [--config.model.tokenizer.num_tokens=16] [--overview]
+
+The input shape per example comes from `config.dataset_configs`:
+`(num_frames, crop_size, crop_size, 3)` for videos, `(image_size, image_size,
+3)` for images. Parameters are counted with `jax.eval_shape` (nothing is
+allocated); GMACs are the paper's "GFLOPs" (`tokenlearner_jax.flops`).
+"""
+
+from typing import Sequence, Tuple
+
+from absl import app
+from absl import flags
+from clu import parameter_overview
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from tokenlearner_jax import flops
+from tokenlearner_jax.models import build_model
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                          lock_config=True)
+_OVERVIEW = flags.DEFINE_bool('overview', False,
+                              'Also print the per-parameter table.')
+
+
+def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
+  """One example's input shape, from `config.dataset_configs`."""
+  data = config.dataset_configs
+  if config.model.tokenizer.type == 'video':
+    return (data.num_frames, data.crop_size, data.crop_size, 3)
+  return (data.image_size, data.image_size, 3)
+
+
+def summarize(config: ml_collections.ConfigDict) -> dict:
+  """Returns parameter count, GMACs and shapes for `config`'s model."""
+  num_classes = config.dataset_configs.num_classes
+  shape = example_input_shape(config)
+  model = build_model(config, num_classes)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
+                         train=False))
+  return dict(
+      params=variables['params'],
+      num_params=sum(x.size for x in jax.tree_util.tree_leaves(variables)),
+      gmacs=flops.gmacs(config, shape, num_classes),
+      input_shape=shape, num_classes=num_classes)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  summary = summarize(_CONFIG.value)
+  if _OVERVIEW.value:
+    print(parameter_overview.get_parameter_overview(summary['params'],
+                                                    include_stats=False))
+  print(f"input shape per example: {summary['input_shape']}, classes: "
+        f"{summary['num_classes']}")
+  print(f"parameters: {summary['num_params']:,} "
+        f"({summary['num_params'] / 1e6:.1f}M)")
+  print(f"GMACs per example (the paper's GFLOPs): {summary['gmacs']:.1f}")
+
+
+if __name__ == '__main__':
+  app.run(main)
