@@ -120,10 +120,11 @@ class Encoder1DBlock(nn.Module):
 
 
 def pool(x: jax.Array, classifier: str) -> jax.Array:
-  """`[B, L, C]` -> `[B, C]` by the class token or gap/gmp/gsp pooling."""
+  """`[..., L, C]` -> `[..., C]` by the class token or gap/gmp/gsp pooling."""
   if classifier == 'token':
-    return x[:, 0]
-  return {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier](x, axis=1)
+    return x[..., 0, :]
+  reduce = {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier]
+  return reduce(x, axis=-2)
 
 
 def classifier_head(x: jax.Array, representation_size: Optional[int],

@@ -63,7 +63,7 @@ class TokenLearnerEncoder(nn.Module):
                               name=f'TokenLearnerModule_{index}')(x)
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
     x = AddPositionEmbs(name='posembed_input')(inputs)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)

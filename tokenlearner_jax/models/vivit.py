@@ -26,18 +26,18 @@ def tubelet_kernel_init(method: Optional[str]):
 
   'central_frame_initializer' keeps only the central time slice. The reference
   zeroes the wrong axis (width instead of time); its behaviour is available as
-  'central_frame_initializer_scenic'. 'average_frame_initializer' repeats one
-  2-D kernel over time, divided by t. None is the plain LeCun normal.
+  'central_frame_initializer_scenic'. 'average_frame_initializer' draws the
+  LeCun normal of the whole 5-D shape and repeats its first time slice (the
+  reference's draw, value for value). None is the plain LeCun normal.
   """
   default = nn.linear.default_kernel_init
   if method is None:
     return default
 
   def init(key, shape, dtype=jnp.float32):
-    t = shape[0]
-    if method == 'average_frame_initializer':
-      return jnp.tile(default(key, shape[1:], dtype)[None], (t, 1, 1, 1, 1)) / t
     kernel = default(key, shape, dtype)
+    if method == 'average_frame_initializer':
+      return jnp.broadcast_to(kernel[:1], shape)
     axis = 0 if method == 'central_frame_initializer' else 2
     keep = jnp.arange(shape[axis]) == shape[0] // 2
     keep = jnp.reshape(keep, [-1 if i == axis else 1 for i in range(5)])
@@ -109,18 +109,27 @@ class FactorisedEncoderViViT(nn.Module):
 
   def _encode(self, x: jax.Array, sizes: Tuple[int, int, int], name: str,
               train: bool) -> jax.Array:
-    """`[N, L, C]` -> pooled `[N, C]` with an encoder called `name`."""
-    n, _, c = x.shape
+    """`[B, L, C]` -> `[B, C]`, or per frame `[B, t, L, C]` -> `[B, t, C]`."""
+    c = x.shape[-1]
     if self.classifier == 'token':
       cls = self.param(f'cls_{name}', nn.initializers.zeros, (1, 1, c), x.dtype)
-      x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)), x], axis=1)  # [N, 1+L, C]
+      cls = jnp.broadcast_to(cls, x.shape[:-2] + (1, c))  # [B, (t,) 1, C]
+      x = jnp.concatenate([cls, x], axis=-2)  # [B, (t,) 1+L, C]
+    encoder = TokenLearnerEncoder
+    if x.ndim == 4:
+      # One set of weights for all frames and, as in the reference's jax.vmap,
+      # the same dropout and stochastic-depth draws for every frame of a video.
+      encoder = nn.vmap(
+          TokenLearnerEncoder, in_axes=(1, None), out_axes=1,
+          variable_axes={'params': None},
+          split_rngs={'params': False, 'dropout': False})
     num_layers, num_heads, mlp_dim = sizes
-    x = TokenLearnerEncoder(
+    x = encoder(
         num_layers=num_layers, mlp_dim=mlp_dim, num_heads=num_heads,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_depth=self.stochastic_depth, dtype=self.dtype,
-        name=name)(x, train=train)
+        name=name)(x, train)
     return pool(x, self.classifier)
 
   @nn.compact
@@ -132,8 +141,7 @@ class FactorisedEncoderViViT(nn.Module):
                     self.temporal_encoding, self.kernel_init_method,
                     self.n_sampled_frames)  # [B, t, h, w, C]
     n, c = x.shape[0], x.shape[-1]
-    x = jnp.reshape(x, (n * grid.time, grid.per_slice, c))  # [B*t, h*w, C]
-    x = self._encode(x, self.spatial, 'SpatialTransformer', train)  # [B*t, C]
-    x = jnp.reshape(x, (n, grid.time, c))  # [B, t, C]
+    x = jnp.reshape(x, (n, grid.time, grid.per_slice, c))  # [B, t, h*w, C]
+    x = self._encode(x, self.spatial, 'SpatialTransformer', train)  # [B, t, C]
     x = self._encode(x, self.temporal, 'TemporalTransformer', train)  # [B, C]
     return classifier_head(x, self.representation_size, self.num_classes)

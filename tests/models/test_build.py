@@ -1,0 +1,286 @@
+"""Tests of `build_model`: shapes, parameter counts, parity with the NumPy
+reference forward pass, sown attention maps, and every config error."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tests import numpy_reference as ref
+from tests.models.test_tokenlearner import as_numpy
+from tests.models.test_tokenlearner import perturbed
+from tokenlearner_jax import config_lib
+from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models import from_scenic_params
+
+NUM_CLASSES = 7
+
+
+def make_config(tokenizer_type='dynamic', **kwargs):
+  """A 3-block, width-32 config ('mu' size); kwargs go to `model_config`."""
+  patch = kwargs.pop('patch', 4)
+  config = ml_collections.ConfigDict()
+  config.model = config_lib.model_config(f'mu/{patch}', tokenizer_type,
+                                         extra_layers=1, **kwargs)
+  return config
+
+
+def factorised_config(classifier):
+  config = make_config('video', classifier=classifier)
+  config.model.attention_config = dict(type='factorized_encoder')
+  config.model.spatial_transformer = dict(num_layers=2, num_heads=2, mlp_dim=64)
+  config.model.temporal_transformer = dict(num_layers=1, num_heads=2,
+                                           mlp_dim=48)
+  return config
+
+
+def init_and_apply(config, x, seed=0):
+  model = build_model(config, NUM_CLASSES)
+  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(seed), x,
+                                        train=False))(x)['params']
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False,
+                                           mutable=['intermediates']))
+  return model, params, apply
+
+
+def count(params):
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+# Parameter counts of the 'mu' pieces (width 32, MLP 64, 2 heads), by hand.
+BLOCK = 2 * 64 + 4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32)
+V11 = lambda s: 64 + (32 * 64 + 64) + (64 * s + s)
+V10 = lambda s: 64 + 9 * 32 * s + 3 * 9 * s * s
+FUSER = lambda s: 3 * 64 + (s * s + s) + (32 * 64 + 64) + (64 * s + s)
+HEAD = 32 * NUM_CLASSES + NUM_CLASSES
+
+
+class BuildModelTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ('vit', 'patch', {}, 0),
+      ('v11', 'dynamic', dict(tokenlearner_loc=1, num_tokens=5), V11(5)),
+      ('v10', 'dynamic', dict(tokenlearner_loc=1, num_tokens=5,
+                              use_v11=False), V10(5)),
+      ('v11_fuser', 'dynamic', dict(tokenlearner_loc=1, num_tokens=5,
+                                    use_tokenfuse=True), 2 * (V11(5) + FUSER(5))),
+      ('v10_fuser', 'dynamic', dict(tokenlearner_loc=0, num_tokens=3,
+                                    use_v11=False, use_tokenfuse=True),
+       3 * (V10(3) + FUSER(3))),
+  )
+  def test_image_parameter_count(self, tokenizer_type, kwargs, learner_params):
+    config = make_config(tokenizer_type, **kwargs)
+    _, params, _ = init_and_apply(config, jnp.ones((1, 16, 16, 3)))
+    embedding = 4 * 4 * 3 * 32 + 32
+    posemb = 16 * 32
+    self.assertEqual(count(params), embedding + posemb + 3 * BLOCK + 64 +
+                     learner_params + HEAD)
+
+  def test_video_token_head_representation_parameter_count(self):
+    config = make_config('video', tokenlearner_loc=2, num_tokens=4,
+                         classifier='token', representation_size=16)
+    _, params, _ = init_and_apply(config, jnp.ones((1, 4, 16, 16, 3)))
+    embedding = 2 * 4 * 4 * 3 * 32 + 32
+    posemb = (2 * 16 + 1) * 32  # 2 slices of 4x4 tokens and the class token
+    head = 32 * 16 + 16 + 16 * NUM_CLASSES + NUM_CLASSES
+    self.assertEqual(count(params), embedding + 32 + posemb + 3 * BLOCK + 64 +
+                     V11(4) + head)
+
+  def test_factorised_encoder_parameter_count(self):
+    _, params, _ = init_and_apply(factorised_config('token'),
+                                  jnp.ones((1, 4, 16, 16, 3)))
+    temporal_block = BLOCK - 2 * (64 * 32) + 2 * (48 * 32) + 48 - 64
+    embedding = 2 * 4 * 4 * 3 * 32 + 32
+    spatial = 32 + 17 * 32 + 2 * BLOCK + 64
+    temporal = 32 + 3 * 32 + temporal_block + 64
+    self.assertEqual(count(params), embedding + spatial + temporal + HEAD)
+
+  @parameterized.parameters(1, 2, 4)
+  def test_video_shapes_and_attention_maps(self, temporal_dims):
+    config = make_config('video', tokenlearner_loc=1, num_tokens=3,
+                         use_tokenfuse=True)
+    x = jnp.ones((2, 2 * temporal_dims, 12, 16, 3))
+    _, params, apply = init_and_apply(config, x)
+    logits, state = apply(params, x)
+    self.assertEqual(logits.shape, (2, NUM_CLASSES))
+    maps = state['intermediates']['Transformer']
+    self.assertEqual(sorted(maps),
+                     ['TokenLearnerModuleV11_0', 'TokenLearnerModuleV11_1'])
+    (weights,) = maps['TokenLearnerModuleV11_0']['attention_maps']
+    self.assertEqual(weights.shape, (2 * temporal_dims, 3, 12))
+
+  @parameterized.named_parameters(('image', (2, 16, 16, 3), 'dynamic'),
+                                  ('video', (2, 4, 16, 16, 3), 'video'))
+  def test_jit_equals_no_jit(self, shape, tokenizer_type):
+    config = make_config(tokenizer_type, tokenlearner_loc=1, num_tokens=2)
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    model, params, _ = init_and_apply(config, x)
+    params = perturbed(params)
+    eager = model.apply({'params': params}, x, train=False)
+    jitted = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+    np.testing.assert_allclose(jitted(params, x), eager, atol=1e-5, rtol=1e-5)
+
+  def test_stochastic_depth_is_wired(self):
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3))
+    outputs = {}
+    for rate in (0.0, 0.5):
+      config = make_config(tokenlearner_loc=1, num_tokens=2,
+                           stochastic_depth=rate)
+      model, params, _ = init_and_apply(config, x)
+      params = perturbed(params)
+      run = jax.jit(lambda p, x, train, m=model: m.apply(
+          {'params': p}, x, train=train, rngs={'dropout': jax.random.PRNGKey(5)}),
+                    static_argnums=2)
+      outputs[rate] = (run(params, x, True), run(params, x, False))
+    np.testing.assert_allclose(*outputs[0.0], atol=1e-6)
+    self.assertGreater(float(jnp.abs(outputs[0.5][0] - outputs[0.5][1]).max()),
+                       1e-3)
+
+  def test_factorised_encoder_applies_dropout_in_training(self):
+    config = factorised_config('token')
+    config.model.dropout_rate = 0.3
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 16, 16, 3))
+    model, params, _ = init_and_apply(config, x)
+    run = jax.jit(lambda p, x, train: model.apply(
+        {'params': p}, x, train=train, rngs={'dropout': jax.random.PRNGKey(5)}),
+                  static_argnums=2)
+    params = perturbed(params)
+    self.assertGreater(float(jnp.abs(run(params, x, True) -
+                                     run(params, x, False)).max()), 1e-3)
+
+
+PARITY_CASES = (
+    ('vit', 'patch', {}, (2, 16, 16, 3)),
+    ('v11', 'dynamic', dict(tokenlearner_loc=1, num_tokens=5,
+                            representation_size=16), (2, 16, 16, 3)),
+    ('v10', 'dynamic', dict(tokenlearner_loc=1, num_tokens=5, use_v11=False),
+     (2, 16, 16, 3)),
+    ('v11_fuser_token', 'dynamic', dict(tokenlearner_loc=1, num_tokens=4,
+                                        use_tokenfuse=True, classifier='token'),
+     (2, 16, 16, 3)),
+    ('v10_fuser_gsp', 'dynamic', dict(tokenlearner_loc=0, num_tokens=3,
+                                      use_v11=False, use_tokenfuse=True,
+                                      classifier='gsp', representation_size=16),
+     (2, 16, 16, 3)),
+    ('v11_fuser_non_square', 'dynamic', dict(tokenlearner_loc=1, num_tokens=4,
+                                             use_tokenfuse=True,
+                                             classifier='gmp'), (2, 16, 24, 3)),
+    ('v11_border_dropped', 'dynamic', dict(tokenlearner_loc=1, num_tokens=4),
+     (2, 18, 19, 3)),
+    ('video_v11_fuser', 'video', dict(tokenlearner_loc=1, num_tokens=4,
+                                      use_tokenfuse=True,
+                                      representation_size=16),
+     (2, 4, 16, 16, 3)),
+    ('video_v10_token', 'video', dict(tokenlearner_loc=2, num_tokens=4,
+                                      use_v11=False, classifier='token'),
+     (2, 4, 16, 16, 3)),
+    ('vivit_baseline', 'video', dict(classifier='token'), (2, 4, 16, 16, 3)),
+)
+
+
+class ReferenceParityTest(parameterized.TestCase):
+  """Our logits equal the independent NumPy reference's to 1e-4."""
+
+  def assert_parity(self, config, shape, reference_fn):
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    _, params, apply = init_and_apply(config, x)
+    # The reference layout loads as is; perturb so zero inits are exercised.
+    params = perturbed(from_scenic_params(params, config))
+    logits, _ = apply(params, x)
+    expected = reference_fn(np.asarray(x), as_numpy(params),
+                            config.model.to_dict())
+    self.assertGreater(np.abs(expected).max(), 0.1)
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
+
+  @parameterized.named_parameters(*PARITY_CASES)
+  def test_token_learner_vit(self, tokenizer_type, kwargs, shape):
+    self.assert_parity(make_config(tokenizer_type, **kwargs), shape,
+                       ref.token_learner_vit)
+
+  def test_temporal_sampling(self):
+    config = make_config('video', tokenlearner_loc=1, num_tokens=3)
+    config.model.tokenizer.patches.size = (4, 4)
+    config.model.tokenizer.temporal_encoding_config.method = 'temporal_sampling'
+    config.model.tokenizer.temporal_encoding_config.n_sampled_frames = 3
+    self.assert_parity(config, (2, 8, 16, 12, 3), ref.token_learner_vit)
+
+  @parameterized.parameters('token', 'gap')
+  def test_factorised_encoder(self, classifier):
+    self.assert_parity(factorised_config(classifier), (2, 4, 16, 16, 3),
+                       ref.factorised_vivit)
+
+
+class ConfigErrorTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ('loc_too_large', dict(tokenlearner_loc=3), 'tokenlearner_loc'),
+      ('loc_negative', dict(tokenlearner_loc=-1), 'tokenlearner_loc'),
+      ('classifier', dict(tokenlearner_loc=1, classifier='cls'),
+       'model.classifier'),
+  )
+  def test_bad_model_field(self, kwargs, field):
+    with self.assertRaisesRegex(ValueError, field):
+      build_model(make_config(**kwargs), NUM_CLASSES)
+
+  @parameterized.named_parameters(
+      ('tokenizer_type', 'model.tokenizer.type', 'pixels',
+       'model.tokenizer.type'),
+      ('method', 'model.tokenizer.temporal_encoding_config.method', 'fft',
+       'temporal_encoding_config.method'),
+      ('kernel_init', 'model.tokenizer.temporal_encoding_config.'
+       'kernel_init_method', 'random', 'kernel_init_method'),
+      ('dtype', 'model_dtype_str', 'float8', 'model_dtype_str'),
+      ('heads', 'model.num_heads', 3, 'divisible by model.num_heads'),
+      ('patches', 'model.tokenizer.patches.size', (4, 4), r'\(h, w, t\)'),
+  )
+  def test_bad_enum_or_shape_field(self, path, value, message):
+    config = make_config('video', tokenlearner_loc=1)
+    config.model_dtype_str = 'float32'
+    *parents, leaf = path.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+    with self.assertRaisesRegex(ValueError, message):
+      build_model(config, NUM_CLASSES)
+
+  def test_attention_type(self):
+    config = make_config('video')
+    config.model.attention_config = dict(type='axial')
+    with self.assertRaisesRegex(ValueError, 'attention_config.type'):
+      build_model(config, NUM_CLASSES)
+
+  @parameterized.named_parameters(
+      ('smaller_than_patch', 'dynamic', (1, 3, 16, 3), 'smaller than one patch'),
+      ('fewer_frames_than_tubelet', 'video', (1, 1, 16, 16, 3),
+       'smaller than one tubelet'),
+      ('image_to_video_model', 'video', (1, 16, 16, 3), r'\(T, H, W, C\)'),
+      ('v10_non_square_grid', 'dynamic', (1, 16, 24, 3), 'square'),
+  )
+  def test_bad_input_raises_before_compile(self, tokenizer_type, shape,
+                                           message):
+    config = make_config(tokenizer_type, tokenlearner_loc=1,
+                         use_v11='square' not in message)
+    model = build_model(config, NUM_CLASSES)
+    with self.assertRaisesRegex(ValueError, message):
+      jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x,
+                                          train=False), jnp.ones(shape))
+
+  def test_border_warning_names_the_dropped_pixels(self):
+    model = build_model(make_config(tokenlearner_loc=1), NUM_CLASSES)
+    with self.assertLogs('absl', 'WARNING') as logs:
+      jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x,
+                                          train=False), jnp.ones((1, 18, 16, 3)))
+    self.assertIn('2 bottom rows', '\n'.join(logs.output))
+
+  def test_tokenlearner_off_is_the_plain_encoder(self):
+    model = build_model(make_config(tokenlearner_loc=None), NUM_CLASSES)
+    params = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)), train=False))['params']
+    self.assertNotIn('TokenLearnerModuleV11_0', params['Transformer'])
+
+
+if __name__ == '__main__':
+  absltest.main()

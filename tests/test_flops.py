@@ -1,0 +1,75 @@
+"""Tests of the analytic GMACs: against XLA's count and against the paper."""
+
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tokenlearner_jax import config_lib
+from tokenlearner_jax.flops import gmacs
+from tokenlearner_jax.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(tokenizer_type='dynamic', **kwargs):
+  config = ml_collections.ConfigDict()
+  config.model = config_lib.model_config('Ti/8', tokenizer_type, **kwargs)
+  config.model.num_layers = 4
+  return config
+
+
+class GmacsTest(parameterized.TestCase):
+
+  def test_vit_b16_by_hand(self):
+    config = ml_collections.ConfigDict()
+    config.model = config_lib.model_config('B/16', 'patch')
+    n, d = 196, 768
+    block = 4 * n * d * d + 2 * n * n * d + 2 * n * d * 3072
+    expected = n * 16 * 16 * 3 * d + 12 * block + d * 1000
+    self.assertAlmostEqual(gmacs(config, (224, 224, 3), 1000), expected / 1e9)
+
+  @parameterized.named_parameters(
+      ('vit', 'patch', {}, (64, 64, 3)),
+      ('v11', 'dynamic', dict(tokenlearner_loc=2), (64, 64, 3)),
+      ('v10', 'dynamic', dict(tokenlearner_loc=2, use_v11=False), (64, 64, 3)),
+      ('fuser_token_rep', 'dynamic', dict(tokenlearner_loc=1, use_v11=False,
+                                          use_tokenfuse=True, classifier='token',
+                                          representation_size=64), (64, 64, 3)),
+      ('video', 'video', dict(tokenlearner_loc=2), (4, 64, 64, 3)),
+      ('video_fuser', 'video', dict(tokenlearner_loc=2, use_tokenfuse=True),
+       (4, 64, 64, 3)),
+  )
+  def test_matches_xla_cost_analysis(self, tokenizer_type, kwargs, shape):
+    # XLA counts 2 flops per multiply-add plus elementwise work, which we do
+    # not count: its half must lie just above our count. The model is unrolled
+    # (no scan), so every block is counted.
+    config = small_config(tokenizer_type, **kwargs)
+    model = build_model(config, 10)
+    x = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
+    variables = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+        variables, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    ours = gmacs(config, shape, 10)
+    xla = cost['flops'] / 2e9
+    self.assertBetween(xla / ours, 1.0, 1.03)
+
+  def test_paper_table_within_two_percent(self):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'scripts', 'flops_table.py'),
+         '--check'], capture_output=True, text=True, cwd=ROOT, check=False)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn('| TokenLearner 8at18 + L/16 | T6 | 1105 | 1087.9 | -1.5% |',
+                  result.stdout)
+
+
+if __name__ == '__main__':
+  absltest.main()
