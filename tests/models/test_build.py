@@ -138,6 +138,18 @@ class BuildModelTest(parameterized.TestCase):
     self.assertGreater(float(jnp.abs(outputs[0.5][0] - outputs[0.5][1]).max()),
                        1e-3)
 
+  def test_bfloat16_model_tracks_float32(self):
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+    config = make_config(tokenlearner_loc=1, num_tokens=2)
+    _, params, apply32 = init_and_apply(config, x)
+    config.model_dtype_str = 'bfloat16'
+    _, _, apply16 = init_and_apply(config, x)
+    params = perturbed(params)
+    logits16, logits32 = apply16(params, x)[0], apply32(params, x)[0]
+    self.assertEqual(logits16.shape, (2, NUM_CLASSES))
+    np.testing.assert_allclose(np.asarray(logits16, np.float32), logits32,
+                               atol=0.1)
+
   def test_factorised_encoder_applies_dropout_in_training(self):
     config = factorised_config('token')
     config.model.dropout_rate = 0.3
