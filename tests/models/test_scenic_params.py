@@ -14,8 +14,8 @@ from tokenlearner_jax.models.scenic_params import expected_modules
 
 def reference_tree(config, shape=(1, 16, 16, 3)):
   model = build_model(config, 5)
-  return jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.ones(shape), train=False))['params']
+  return flax.linen.meta.unbox(jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.ones(shape), train=False))['params'])
 
 
 def numpy_tree(tree):

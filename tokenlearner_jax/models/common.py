@@ -5,13 +5,24 @@ These mirror the scenic layers that TokenLearner builds on (`vit.AddPositionEmbs
 so that a parameter tree written by the reference loads unchanged.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
+LogicalAxes = Tuple[Optional[str], ...]
+
+
+def logical(init: Initializer, axes: Optional[Sequence[Optional[str]]]):
+  """`init` with logical axis names for sharding (None: left unannotated).
+
+  Names change no value: `config.logical_axis_rules` maps them to mesh axes.
+  """
+  if axes is None:
+    return init
+  return nn.with_logical_partitioning(init, tuple(axes))
 
 
 class MlpBlock(nn.Module):
@@ -27,6 +38,7 @@ class MlpBlock(nn.Module):
     activation_fn: Activation after the first Dense layer.
     kernel_init: Kernel initializer of both Dense layers.
     bias_init: Bias initializer of both Dense layers.
+    kernel_axes: Logical axis names of the two kernels, or None.
     dtype: Computation dtype.
   """
   mlp_dim: int
@@ -35,16 +47,23 @@ class MlpBlock(nn.Module):
   activation_fn: Callable[[jax.Array], jax.Array] = nn.gelu
   kernel_init: Initializer = nn.initializers.xavier_uniform()
   bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
+  kernel_axes: Optional[Tuple[LogicalAxes, LogicalAxes]] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs: jax.Array, *, deterministic: bool) -> jax.Array:
     out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
-    dense = lambda n: nn.Dense(n, dtype=self.dtype, kernel_init=self.kernel_init,
-                               bias_init=self.bias_init)
-    x = self.activation_fn(dense(self.mlp_dim)(inputs))
+    axes = self.kernel_axes or (None, None)
+
+    def dense(features: int, kernel_axes: Optional[LogicalAxes]) -> nn.Dense:
+      bias_axes = None if kernel_axes is None else kernel_axes[-1:]
+      return nn.Dense(features, dtype=self.dtype,
+                      kernel_init=logical(self.kernel_init, kernel_axes),
+                      bias_init=logical(self.bias_init, bias_axes))
+
+    x = self.activation_fn(dense(self.mlp_dim, axes[0])(inputs))
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-    x = dense(out_dim)(x)
+    x = dense(out_dim, axes[1])(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -76,7 +95,8 @@ class AddPositionEmbs(nn.Module):
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
-    pe = self.param('pos_embedding', self.posemb_init,
+    pe = self.param('pos_embedding',
+                    logical(self.posemb_init, (None, None, 'embed')),
                     (1,) + inputs.shape[1:], inputs.dtype)
     return inputs + pe
 
@@ -103,10 +123,12 @@ class Encoder1DBlock(nn.Module):
   def __call__(self, inputs: jax.Array, deterministic: bool) -> jax.Array:
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
     x = nn.LayerNorm(dtype=self.dtype)(inputs)
+    xavier = nn.initializers.xavier_uniform()
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
+        kernel_init=logical(xavier, ('embed', 'heads', 'kv')),
+        out_kernel_init=logical(xavier, ('heads', 'kv', 'embed')),
         broadcast_dropout=False,
         dropout_rate=self.attention_dropout_rate)(
             x, x, deterministic=deterministic)
@@ -115,6 +137,7 @@ class Encoder1DBlock(nn.Module):
 
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                 kernel_axes=(('embed', 'mlp'), ('mlp', 'embed')),
                  dtype=self.dtype)(y, deterministic=deterministic)
     return StochasticDepth(self.stochastic_depth)(y, deterministic) + x
 
@@ -134,6 +157,9 @@ def classifier_head(x: jax.Array, representation_size: Optional[int],
   Call inside a compact method: the layers join the caller's parameters.
   """
   if representation_size is not None:
-    x = nn.tanh(nn.Dense(representation_size, name='pre_logits')(x))
-  return nn.Dense(num_classes, kernel_init=nn.initializers.zeros,
+    x = nn.tanh(nn.Dense(
+        representation_size, name='pre_logits',
+        kernel_init=logical(nn.linear.default_kernel_init, ('embed', None)))(x))
+  return nn.Dense(num_classes,
+                  kernel_init=logical(nn.initializers.zeros, (None, 'classes')),
                   name='output_projection')(x)

@@ -66,13 +66,13 @@ def from_scenic_params(params: Any,
   Args:
     params: The reference's parameter tree (`train_state.params`, or
       `optimizer.target` of the deprecated TrainState); a `{'params': ...}`
-      wrapper is accepted too.
+      wrapper and logically partitioned (boxed) leaves are accepted too.
     config: The config the tree was trained with.
 
   Raises:
     ValueError: listing the modules that are missing or unexpected for config.
   """
-  params = flax.core.unfreeze(params)
+  params = flax.core.unfreeze(flax.linen.meta.unbox(params))
   if set(params) == {'params'}:
     params = params['params']
   expected, found = expected_modules(config), _module_names(params)

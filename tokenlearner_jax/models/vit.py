@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.common import classifier_head
+from tokenlearner_jax.models.common import logical
 from tokenlearner_jax.models.common import pool
 from tokenlearner_jax.models.encoder import TokenLearnerEncoder
 from tokenlearner_jax.models.vivit import embed_video
@@ -84,7 +85,10 @@ class TokenLearnerViT(nn.Module):
     else:
       fh, fw = self.patch_size[:2]
       x = nn.Conv(self.hidden_size, (fh, fw), strides=(fh, fw),
-                  padding='VALID', name='embedding')(x)  # [B, h, w, C]
+                  padding='VALID', name='embedding',
+                  kernel_init=logical(nn.linear.default_kernel_init,
+                                      (None, None, None, 'embed')))(
+                                          x)  # [B, h, w, C]
     n, c = x.shape[0], x.shape[-1]
     x = jnp.reshape(x, (n, grid.total, c))  # [B, T*h*w, C]
     if self.classifier == 'token':

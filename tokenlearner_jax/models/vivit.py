@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.common import classifier_head
+from tokenlearner_jax.models.common import logical
 from tokenlearner_jax.models.common import pool
 from tokenlearner_jax.models.encoder import TokenLearnerEncoder
 
@@ -60,12 +61,16 @@ def embed_video(x: jax.Array, patch_size: Sequence[int], hidden_size: int,
     t = x.shape[1]
     x = jnp.reshape(x, (n, t * height, width, channels))  # [B, t*H, W, 3]
     x = nn.Conv(hidden_size, (fh, fw), strides=(fh, fw), padding='VALID',
+                kernel_init=logical(nn.linear.default_kernel_init,
+                                    (None, None, None, 'embed')),
                 name='embedding')(x)  # [B, t*h, w, C]
     return jnp.reshape(x, (n, t, -1) + x.shape[2:])  # [B, t, h, w, C]
   ft = patch_size[2]
   return nn.Conv(hidden_size, (ft, fh, fw), strides=(ft, fh, fw),
-                 padding='VALID', kernel_init=tubelet_kernel_init(
-                     kernel_init_method), name='embedding')(x)  # [B,t,h,w,C]
+                 padding='VALID', kernel_init=logical(
+                     tubelet_kernel_init(kernel_init_method),
+                     (None, None, None, None, 'embed')),
+                 name='embedding')(x)  # [B, t, h, w, C]
 
 
 class FactorisedEncoderViViT(nn.Module):
