@@ -29,7 +29,7 @@ def get_config(arg=None):
   config.experiment_name = 'im1k_token_learner'
   config.dataset_name = 'imagenet'
   config.dataset_configs = ml_collections.ConfigDict(dict(
-      num_classes=1000, image_size=224))
+      num_classes=1000, image_size=224, shuffle_buffer_size=10_000))
 
   config.model_name = 'token_learner_multilabel_classification'
   config.model = config_lib.model_config(
@@ -54,6 +54,13 @@ def get_config(arg=None):
       end_learning_rate=1e-5, base_learning_rate=5e-3))
   config.rng_seed = 42
 
+  config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+  config.eval_batch_size = 1024
+  config.log_summary_steps = 100
+  config.log_eval_steps = 1000
+  config.checkpoint_steps = 5000
+  config_lib.sharding_defaults(config)
+
   if arg.runlocal:
     config.model = config_lib.model_config(
         'mu/8', 'dynamic', num_tokens=4,
@@ -61,4 +68,10 @@ def get_config(arg=None):
         use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1)
     config.dataset_configs.image_size = 32
     config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_training_steps = 2
+    config.log_summary_steps = 1
+    config.log_eval_steps = 2
+    config.checkpoint_steps = 2
+    config.dataset_configs.shuffle_buffer_size = 16
   return config

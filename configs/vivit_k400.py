@@ -31,7 +31,7 @@ def get_config(arg=None):
 
   config.dataset_name = 'video_tfrecord_dataset'
   config.dataset_configs = ml_collections.ConfigDict(dict(
-      base_dir='/path/to/kinetics400_tfrecords',
+      base_dir='/path/to/kinetics400_tfrecords',  # See the README.
       tables=dict(train='train.tfrecord@1024', validation='validation@1024',
                   test='test@1024'),
       examples_per_subset=dict(train=KINETICS400_TRAIN_SIZE,
@@ -63,6 +63,13 @@ def get_config(arg=None):
       base_learning_rate=0.1))
   config.rng_seed = 0
 
+  config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+  config.eval_batch_size = 64
+  config.log_summary_steps = 100
+  config.log_eval_steps = 1000
+  config.checkpoint_steps = 1000
+  config_lib.sharding_defaults(config)
+
   if arg.runlocal:
     config.model = config_lib.model_config(
         'mu/8', 'video', num_tokens=4, tokenlearner_loc=None if loc is None
@@ -71,4 +78,13 @@ def get_config(arg=None):
     config.dataset_configs.num_frames = 4
     config.dataset_configs.crop_size = 32
     config.batch_size = 4
+    config.eval_batch_size = 4
+    config.num_training_steps = 2
+    config.log_summary_steps = 1
+    config.log_eval_steps = 2
+    config.checkpoint_steps = 2
+    config.dataset_configs.min_resize = 36
+    config.dataset_configs.stride = 1
+    config.dataset_configs.examples_per_subset = dict(train=8, validation=4,
+                                                      test=4)
   return config

@@ -97,3 +97,10 @@ def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
     else:
       result[key] = type(default)(value)
   return result
+
+
+def sharding_defaults(config: ml_collections.ConfigDict) -> None:
+  """Data parallelism over all devices and the default logical-axis rules."""
+  from tokenlearner_jax import sharding  # pylint: disable=g-import-not-at-top
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  config.logical_axis_rules = [list(rule) for rule in sharding.DEFAULT_RULES]

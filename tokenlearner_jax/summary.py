@@ -22,10 +22,13 @@ from ml_collections import config_flags
 from tokenlearner_jax import flops
 from tokenlearner_jax.models import build_model
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                          lock_config=True)
-_OVERVIEW = flags.DEFINE_bool('overview', False,
-                              'Also print the per-parameter table.')
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as the entry point)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                  lock_config=True)
+  flags.DEFINE_bool('overview', False, 'Also print the per-parameter table.')
 
 
 def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
@@ -53,8 +56,8 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  summary = summarize(_CONFIG.value)
-  if _OVERVIEW.value:
+  summary = summarize(flags.FLAGS.config)
+  if flags.FLAGS.overview:
     print(parameter_overview.get_parameter_overview(summary['params'],
                                                     include_stats=False))
   print(f"input shape per example: {summary['input_shape']}, classes: "
@@ -65,4 +68,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['config'])
   app.run(main)

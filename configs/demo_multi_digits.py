@@ -1,0 +1,68 @@
+"""Demo: ViT + TokenLearner, JFT-style multi-label training on `multi_digits`.
+
+64x64 images holding 1-3 digits; the target is the multi-hot set of digits
+(sigmoid cross-entropy, `init_head_bias`, precision@1 and mAP), the path the
+reference uses for JFT pre-training. Generated offline on first use.
+
+  python -m tokenlearner_jax.train --config=configs/demo_multi_digits.py \
+      --workdir=/tmp/demo_multi_digits
+
+Args: runlocal (a few steps on the small split, for tests).
+"""
+
+import ml_collections
+
+from tokenlearner_jax import config_lib
+
+
+def get_config(arg=None):
+  """Returns the config; see the module docstring for `arg`."""
+  arg = config_lib.parse_arg(arg, runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.experiment_name = 'demo_multi_digits'
+  config.dataset_name = 'multi_digits'
+  config.dataset_configs = ml_collections.ConfigDict(dict(
+      builder_config='default',
+      data_dir=ml_collections.config_dict.placeholder(str), num_classes=10,
+      shuffle_buffer_size=4096))
+
+  config.model_name = 'token_learner_multilabel_classification'
+  config.model = config_lib.model_config(
+      'mu/8', 'dynamic', num_tokens=8, tokenlearner_loc=2, classifier='gap')
+  config.model.hidden_size = 128
+  config.model.num_heads = 4
+  config.model.mlp_dim = 256
+  config.model.num_layers = 6
+  config.model_dtype_str = 'float32'
+  config.init_head_bias = -2.0
+
+  config.optimizer = 'adamw'
+  config.optimizer_configs = ml_collections.ConfigDict(dict(
+      beta1=0.9, beta2=0.999, weight_decay=1e-4))
+  config.max_grad_norm = 1.0
+  config.label_smoothing = None
+  config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+  config.batch_size = 64
+  config.eval_batch_size = 250
+  config.num_training_steps = 2000
+  config.lr_configs = ml_collections.ConfigDict(dict(
+      learning_rate_schedule='compound',
+      factors='constant * linear_warmup * cosine_decay',
+      warmup_steps=200, base_learning_rate=1e-3))
+  config.log_summary_steps = 100
+  config.log_eval_steps = 1000
+  config.checkpoint_steps = 1000
+  config.rng_seed = 0
+  config_lib.sharding_defaults(config)
+
+  if arg.runlocal:
+    config.dataset_configs.builder_config = 'small'
+    config.model.num_layers = 2
+    config.model.tokenizer.tokenlearner_loc = 1
+    config.batch_size = 8
+    config.eval_batch_size = 32
+    config.num_training_steps = 2
+    config.log_summary_steps = 1
+    config.log_eval_steps = 2
+    config.checkpoint_steps = 2
+  return config
