@@ -24,35 +24,36 @@ def get_config(arg=None):
   config.dataset_configs = ml_collections.ConfigDict(dict(
       builder_config='default',
       data_dir=ml_collections.config_dict.placeholder(str), num_classes=40,
-      shuffle_buffer_size=4096))
+      shuffle_buffer_size=4096, crop_padding=4))
 
   config.model_name = 'token_learner_classification'
   config.model = config_lib.model_config(
-      'mu/8', 'video', num_tokens=8, tokenlearner_loc=2, classifier='gap')
-  config.model.hidden_size = 128
-  config.model.num_heads = 4
-  config.model.mlp_dim = 256
+      'mu/8', 'video', num_tokens=8, tokenlearner_loc=2, classifier='gap',
+      stochastic_depth=0.1)
+  config.model.hidden_size = 64
+  config.model.mlp_dim = 128
   config.model.num_layers = 6
   config.model_dtype_str = 'float32'
 
   config.optimizer = 'adamw'
   config.optimizer_configs = ml_collections.ConfigDict(dict(
-      beta1=0.9, beta2=0.999, weight_decay=1e-4))
+      beta1=0.9, beta2=0.999, weight_decay=0.05))
   config.max_grad_norm = 1.0
-  config.label_smoothing = None
-  config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+  config.label_smoothing = ml_collections.config_dict.placeholder(float)
+  config.mixup = ml_collections.ConfigDict(dict(
+      alpha=ml_collections.config_dict.placeholder(float)))
   config.batch_size = 64
   config.eval_batch_size = 250
-  config.num_training_steps = 3000
+  config.num_training_steps = 3200
   config.lr_configs = ml_collections.ConfigDict(dict(
       learning_rate_schedule='compound',
       factors='constant * linear_warmup * cosine_decay',
-      warmup_steps=200, base_learning_rate=1e-3))
+      warmup_steps=200, base_learning_rate=3e-3))
   config.log_summary_steps = 100
-  config.log_eval_steps = 1000
-  config.checkpoint_steps = 1000
+  config.log_eval_steps = 800
+  config.checkpoint_steps = 800
   config.rng_seed = 0
-  config_lib.sharding_defaults(config)
+  config_lib.trainer_defaults(config)
 
   if arg.runlocal:
     config.dataset_configs.builder_config = 'small'

@@ -40,8 +40,9 @@ def get_config(arg=None):
   config.optimizer_configs = ml_collections.ConfigDict(dict(
       beta1=0.9, beta2=0.999, weight_decay=1e-4))
   config.max_grad_norm = 1.0
-  config.label_smoothing = None
-  config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+  config.label_smoothing = ml_collections.config_dict.placeholder(float)
+  config.mixup = ml_collections.ConfigDict(dict(
+      alpha=ml_collections.config_dict.placeholder(float)))
   config.batch_size = 64
   config.eval_batch_size = 250
   config.num_training_steps = 2000
@@ -53,7 +54,7 @@ def get_config(arg=None):
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
   config.rng_seed = 0
-  config_lib.sharding_defaults(config)
+  config_lib.trainer_defaults(config)
 
   if arg.runlocal:
     config.dataset_configs.builder_config = 'small'

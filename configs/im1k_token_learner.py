@@ -6,6 +6,8 @@ im1k_token_learner_config.py`: multi-label (sigmoid) head with init_head_bias
 warmup steps and linear decay to 1e-5, clip 1. Unlike the reference,
 `stochastic_depth=0.1` takes effect.
 
+Train:
+  python -m tokenlearner_jax.train --config=configs/im1k_token_learner.py --workdir=DIR
 Model summary (parameters and GMACs per image):
   python -m tokenlearner_jax.summary --config=configs/im1k_token_learner.py
 Args: variant=B/16, num_tokens=16, tokenlearner_loc=9, use_v11,
@@ -43,7 +45,7 @@ def get_config(arg=None):
   config.optimizer_configs = ml_collections.ConfigDict(dict(
       beta1=0.9, beta2=0.999, weight_decay=0.3))
   config.max_grad_norm = 1.0
-  config.label_smoothing = None
+  config.label_smoothing = ml_collections.config_dict.placeholder(float)
   config.batch_size = 4096
   config.num_training_epochs = 90
   total_steps = config.num_training_epochs * IMAGENET_TRAIN_SIZE // 4096
@@ -54,12 +56,13 @@ def get_config(arg=None):
       end_learning_rate=1e-5, base_learning_rate=5e-3))
   config.rng_seed = 42
 
-  config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+  config.mixup = ml_collections.ConfigDict(dict(
+      alpha=ml_collections.config_dict.placeholder(float)))
   config.eval_batch_size = 1024
   config.log_summary_steps = 100
   config.log_eval_steps = 1000
   config.checkpoint_steps = 5000
-  config_lib.sharding_defaults(config)
+  config_lib.trainer_defaults(config)
 
   if arg.runlocal:
     config.model = config_lib.model_config(

@@ -4,8 +4,11 @@ The joint space-time ViViT-L/16x2 on 32x224x224 clips with 8 tokens learned per
 temporal slice before block 18 (TokenLearner v1.0, the paper's module). The
 training recipe is the reference ViViT K400 one (scenic
 `vivit/configs/kinetics400`): SGD momentum 0.9, base LR 0.1, batch 64, 30
-epochs, cosine decay with 2.5 warmup epochs, global-norm clip 1, 4x3-view test.
+epochs, cosine decay with 2.5 warmup epochs, global-norm clip 1. Eval is one
+central clip per video for now (the paper's 4x3-view test is not built yet).
 
+Train (set dataset_configs.base_dir to the TFRecords first):
+  python -m tokenlearner_jax.train --config=configs/vivit_k400.py --workdir=DIR
 Model summary (parameters and GMACs per view):
   python -m tokenlearner_jax.summary --config=configs/vivit_k400.py
 Args (`--config=configs/vivit_k400.py:ARGS`): variant=L/16, num_tokens=8,
@@ -51,7 +54,7 @@ def get_config(arg=None):
   config.optimizer = 'momentum'
   config.optimizer_configs = ml_collections.ConfigDict(dict(momentum=0.9))
   config.max_grad_norm = 1.0
-  config.label_smoothing = None
+  config.label_smoothing = ml_collections.config_dict.placeholder(float)
   config.batch_size = 64
   config.num_training_epochs = 30
   steps_per_epoch = KINETICS400_TRAIN_SIZE // config.batch_size
@@ -63,12 +66,13 @@ def get_config(arg=None):
       base_learning_rate=0.1))
   config.rng_seed = 0
 
-  config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+  config.mixup = ml_collections.ConfigDict(dict(
+      alpha=ml_collections.config_dict.placeholder(float)))
   config.eval_batch_size = 64
   config.log_summary_steps = 100
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
-  config_lib.sharding_defaults(config)
+  config_lib.trainer_defaults(config)
 
   if arg.runlocal:
     config.model = config_lib.model_config(

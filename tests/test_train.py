@@ -71,9 +71,11 @@ class ConfigsTrainTest(parameterized.TestCase):
     self.assertEqual(names, {'demo_moving_digits', 'demo_multi_digits',
                              'im1k_token_learner', 'vivit_k400'})
 
-  def test_demo_moving_digits(self):
+  def test_demo_moving_digits_with_mixup_and_label_smoothing(self):
     config = config_for('demo_moving_digits')
     config.dataset_configs.data_dir = DATA_DIR
+    config.mixup.alpha = 0.2
+    config.label_smoothing = 0.1
     final = self.run_config(config)
     self.assertSameElements(final, ['step', 'loss', 'accuracy',
                                     'top_5_accuracy'])
@@ -133,6 +135,36 @@ class ResumeTest(absltest.TestCase):
     self.assertEqual(final['step'], 4)
     steps = [r['step'] for r in read_jsonl(workdir) if r['kind'] == 'train']
     self.assertEqual(steps, [1, 2, 3, 4])
+
+
+class InitFromTest(absltest.TestCase):
+
+  def test_fine_tune_from_a_run_keeps_the_new_head(self):
+    config = config_for('demo_moving_digits')
+    config.dataset_configs.data_dir = DATA_DIR
+    pretrained_dir = self.create_tempdir().full_path
+    train.train_and_evaluate(config, pretrained_dir)
+    pretrained = train.load_pretrained_params(
+        train.ml_collections.ConfigDict({'checkpoint_path': pretrained_dir}))
+    model = train.build_model(config, 40)
+    tx, _ = optim.make_optimizer(config, 2)
+    mesh = train.sharding.make_mesh(config)
+    config.rng_seed = 7
+    state, _ = train.create_train_state(config, model, tx, (8, 32, 32, 3),
+                                        mesh)
+    tuned = train.init_from_pretrained(state, pretrained)
+    np.testing.assert_array_equal(tuned.params['embedding']['kernel'],
+                                  pretrained['embedding']['kernel'])
+    np.testing.assert_array_equal(tuned.params['output_projection']['kernel'],
+                                  state.params['output_projection']['kernel'])
+    # A model of another width is refused, naming the parameter.
+    config.model.hidden_size = 64
+    config.model.num_heads = 2
+    small, _ = train.create_train_state(config, train.build_model(config, 40),
+                                        tx, (8, 32, 32, 3), mesh)
+    with self.assertRaisesRegex(ValueError,
+                                r'init_from: parameter .* \(64,\) is \(128,\)'):
+      train.init_from_pretrained(small, pretrained)
 
 
 class ShardingEqualityTest(absltest.TestCase):

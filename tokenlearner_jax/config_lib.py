@@ -99,8 +99,12 @@ def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
   return result
 
 
-def sharding_defaults(config: ml_collections.ConfigDict) -> None:
-  """Data parallelism over all devices and the default logical-axis rules."""
+def trainer_defaults(config: ml_collections.ConfigDict) -> None:
+  """Sets no `init_from` checkpoint, data parallelism over all devices and
+  the default logical-axis rules."""
   from tokenlearner_jax import sharding  # pylint: disable=g-import-not-at-top
+  config.init_from = ml_collections.ConfigDict(dict(
+      checkpoint_path=ml_collections.config_dict.placeholder(str),
+      checkpoint_format='tokenlearner_jax'))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   config.logical_axis_rules = [list(rule) for rule in sharding.DEFAULT_RULES]

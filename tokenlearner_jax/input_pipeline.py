@@ -4,7 +4,9 @@ Batches are dicts of NumPy arrays for this process: `inputs` (float32 in
 [-1, 1]), `label` (one-hot or multi-hot float32) and, for eval, `batch_mask`
 (1 for real examples, 0 for padding, so every example counts exactly once).
 `config.dataset_name` selects the source:
-  * 'moving_digits', 'multi_digits': the offline demo builders;
+  * 'moving_digits', 'multi_digits': the offline demo builders
+    (`dataset_configs.crop_padding`: random translations by up to that many
+    pixels in training);
   * 'imagenet' (tfds 'imagenet2012') or any tfds image classification name;
   * 'video_tfrecord_dataset': `tf.SequenceExample`s with JPEG frames under
     'image/encoded' and labels under 'clip/label/index', as the reference reads.
@@ -94,12 +96,17 @@ def _tfds_data(config: ml_collections.ConfigDict) -> Data:
   eval_split = dc.get('eval_split', 'test' if 'test' in info.splits
                       else 'validation')
 
+  pad = dc.get('crop_padding', 0)
+
   def preprocess(example, train: bool):
     x = example[input_key]
     if image_size and x.shape.rank == 3:
       x = tf.image.resize(x, (image_size, image_size))
       if train:
         x = tf.image.random_flip_left_right(x)
+    if train and pad:  # Random translation, the same for all frames.
+      paddings = [[0, 0]] * (x.shape.rank - 3) + [[pad, pad]] * 2 + [[0, 0]]
+      x = tf.image.random_crop(tf.pad(x, paddings, mode='REFLECT'), x.shape)
     label = example[label_key]
     if label.shape.rank == 0:  # A class index: one-hot, also for multi-label.
       label = tf.one_hot(label, num_classes)

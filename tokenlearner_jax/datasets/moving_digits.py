@@ -1,9 +1,9 @@
 """`moving_digits`: 8-frame clips of one moving digit (the Kinetics stand-in).
 
-Each clip is 8 frames of 32x32 RGB: a 16x16 digit moves 1 or 2 pixels per frame
-in one of 4 directions over a noisy background, starting anywhere it stays in
-frame. The label is `digit * 4 + direction` (40 classes), so a model needs both
-appearance and motion. Test clips use digit images never seen in training.
+Each clip is 8 frames of 32x32 RGB: a 16x16 digit (tinted at random) moves 1
+or 2 pixels per frame in one of 4 directions over a noisy background, starting
+anywhere it stays in frame. The label is `digit * 4 + direction` (40 classes),
+so a model needs both appearance and motion. Test clips use digit images never seen in training.
 Generated offline from scikit-learn's digits; `tfds.load('moving_digits')`
 prepares it on first use (about a minute).
 """
@@ -52,7 +52,7 @@ class MovingDigits(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
   BUILDER_CONFIGS = [
-      MovingDigitsConfig(name='default', train_size=12_000, test_size=2_000,
+      MovingDigitsConfig(name='default', train_size=16_000, test_size=2_000,
                          description='The demo dataset.'),
       MovingDigitsConfig(name='small', train_size=256, test_size=128,
                          description='For tests.'),
