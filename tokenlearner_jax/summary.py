@@ -5,7 +5,7 @@ r"""Builds a config's model and prints its parameter count and GMACs.
 
 The input shape per example comes from `config.dataset_configs`:
 `(num_frames, crop_size, crop_size, 3)` for videos, `(image_size, image_size,
-3)` for images. Parameters are counted with `jax.eval_shape` (nothing is
+3)` for images, else from the tfds builder's features. Parameters are counted with `jax.eval_shape` (nothing is
 allocated); GMACs are the paper's "GFLOPs" (`tokenlearner_jax.flops`).
 """
 
@@ -32,11 +32,16 @@ def define_flags() -> None:
 
 
 def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
-  """One example's input shape, from `config.dataset_configs`."""
+  """One example's input shape, from `config.dataset_configs` or the builder."""
   data = config.dataset_configs
-  if config.model.tokenizer.type == 'video':
+  if 'num_frames' in data:
     return (data.num_frames, data.crop_size, data.crop_size, 3)
-  return (data.image_size, data.image_size, 3)
+  if 'image_size' in data:
+    return (data.image_size, data.image_size, 3)
+  from tokenlearner_jax import datasets  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  info = tfds.builder(config.dataset_name).info  # Needs no prepared data.
+  return tuple(info.features[info.supervised_keys[0]].shape)
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict:
