@@ -9,6 +9,7 @@ that no training example contains.
 from typing import Tuple
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 TEST_EVERY = 5
 
@@ -31,3 +32,19 @@ def source_indices(split: str) -> np.ndarray:
   index = np.arange(len(datasets.load_digits().target))
   return index[index % TEST_EVERY == 0] if split == 'test' else index[
       index % TEST_EVERY != 0]
+
+
+class SplitSizesConfig(tfds.core.BuilderConfig):
+  """A builder variant: how many train and test examples to generate."""
+
+  def __init__(self, *, train_size: int, test_size: int, **kwargs):
+    super().__init__(**kwargs)
+    self.train_size, self.test_size = train_size, test_size
+
+
+def split_generators(builder: tfds.core.GeneratorBasedBuilder):
+  """Both splits of a builder with `_generate_examples(split, size, seed)`."""
+  sizes = builder.builder_config
+  generate = builder._generate_examples  # pylint: disable=protected-access
+  return {'train': generate('train', sizes.train_size, 0),
+          'test': generate('test', sizes.test_size, 1)}

@@ -3,7 +3,8 @@
 Each clip is 8 frames of 32x32 RGB: a 16x16 digit (tinted at random) moves 1
 or 2 pixels per frame in one of 4 directions over a noisy background, starting
 anywhere it stays in frame. The label is `digit * 4 + direction` (40 classes),
-so a model needs both appearance and motion. Test clips use digit images never seen in training.
+so a model needs both appearance and motion. Test clips use digit images never
+seen in training.
 Generated offline from scikit-learn's digits; `tfds.load('moving_digits')`
 prepares it on first use (about a minute).
 """
@@ -29,7 +30,8 @@ def render_clip(digit: np.ndarray, direction: int, speed: int,
   lo_x, hi_x = max(0, -dx * travel), span - max(0, dx * travel)
   y0, x0 = rng.integers(lo_y, hi_y + 1), rng.integers(lo_x, hi_x + 1)
   color = rng.uniform(0.6, 1.0, size=3)
-  clip = rng.integers(0, 96, size=(NUM_FRAMES, SIZE, SIZE, 3)).astype(np.float32)
+  shape = (NUM_FRAMES, SIZE, SIZE, 3)
+  clip = rng.integers(0, 96, size=shape).astype(np.float32)
   for t in range(NUM_FRAMES):
     y, x = y0 + dy * speed * t, x0 + dx * speed * t
     patch = clip[t, y:y + DIGIT, x:x + DIGIT]
@@ -38,13 +40,6 @@ def render_clip(digit: np.ndarray, direction: int, speed: int,
   return clip.round().astype(np.uint8)
 
 
-class MovingDigitsConfig(tfds.core.BuilderConfig):
-  """Split sizes of one variant."""
-
-  def __init__(self, *, train_size: int, test_size: int, **kwargs):
-    super().__init__(**kwargs)
-    self.train_size, self.test_size = train_size, test_size
-
 
 class MovingDigits(tfds.core.GeneratorBasedBuilder):
   """Moving digits, 40 classes of digit x direction."""
@@ -52,10 +47,12 @@ class MovingDigits(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
   BUILDER_CONFIGS = [
-      MovingDigitsConfig(name='default', train_size=16_000, test_size=2_000,
-                         description='The demo dataset.'),
-      MovingDigitsConfig(name='small', train_size=256, test_size=128,
-                         description='For tests.'),
+      digits_source.SplitSizesConfig(
+          name='default', train_size=16_000, test_size=2_000,
+          description='The demo dataset.'),
+      digits_source.SplitSizesConfig(
+          name='small', train_size=256, test_size=128,
+          description='For tests.'),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -73,10 +70,7 @@ class MovingDigits(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
-    return {'train': self._generate_examples('train', self.builder_config
-                                             .train_size, seed=0),
-            'test': self._generate_examples('test', self.builder_config
-                                            .test_size, seed=1)}
+    return digits_source.split_generators(self)
 
   def _generate_examples(self, split: str, size: int, seed: int):
     images, labels = digits_source.digit_images(split)

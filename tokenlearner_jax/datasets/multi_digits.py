@@ -26,13 +26,6 @@ def render_image(digits, rng: np.random.Generator) -> np.ndarray:
   return image.round().astype(np.uint8)
 
 
-class MultiDigitsConfig(tfds.core.BuilderConfig):
-  """Split sizes of one variant."""
-
-  def __init__(self, *, train_size: int, test_size: int, **kwargs):
-    super().__init__(**kwargs)
-    self.train_size, self.test_size = train_size, test_size
-
 
 class MultiDigits(tfds.core.GeneratorBasedBuilder):
   """Multi-label digits: which of 10 digits appear in the image."""
@@ -40,10 +33,12 @@ class MultiDigits(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
   BUILDER_CONFIGS = [
-      MultiDigitsConfig(name='default', train_size=12_000, test_size=2_000,
-                        description='The demo dataset.'),
-      MultiDigitsConfig(name='small', train_size=256, test_size=128,
-                        description='For tests.'),
+      digits_source.SplitSizesConfig(
+          name='default', train_size=12_000, test_size=2_000,
+          description='The demo dataset.'),
+      digits_source.SplitSizesConfig(
+          name='small', train_size=256, test_size=128,
+          description='For tests.'),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -60,10 +55,7 @@ class MultiDigits(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
-    return {'train': self._generate_examples('train', self.builder_config
-                                             .train_size, seed=0),
-            'test': self._generate_examples('test', self.builder_config
-                                            .test_size, seed=1)}
+    return digits_source.split_generators(self)
 
   def _generate_examples(self, split: str, size: int, seed: int):
     images, labels = digits_source.digit_images(split)
