@@ -22,7 +22,10 @@ from tokenlearner_jax import optim
 from tokenlearner_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds')
+# One directory per pytest-xdist worker: two processes preparing the same tfds
+# dataset at once would race.
+DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds',
+                        os.environ.get('PYTEST_XDIST_WORKER', 'main'))
 
 
 def config_for(name: str, arg: str = 'runlocal'):

@@ -10,7 +10,10 @@ import tensorflow_datasets as tfds
 from tokenlearner_jax.datasets import moving_digits  # pylint: disable=unused-import
 from tokenlearner_jax.datasets import multi_digits  # pylint: disable=unused-import
 
-DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds')
+# One directory per pytest-xdist worker: two processes preparing the same tfds
+# dataset at once would race.
+DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds',
+                        os.environ.get('PYTEST_XDIST_WORKER', 'main'))
 
 
 def load(name):
