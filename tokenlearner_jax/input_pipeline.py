@@ -75,6 +75,16 @@ def _scale(x: tf.Tensor) -> tf.Tensor:
   return tf.cast(x, tf.float32) / 127.5 - 1.0
 
 
+def _example_seed(rng_seed: int, index: tf.Tensor) -> tf.Tensor:
+  """A stateless seed for the `index`-th train example of this process.
+
+  Augmentation draws from it, so a run's inputs depend only on `rng_seed`
+  and the example's position in the stream, never on thread timing.
+  """
+  stream = index * jax.process_count() + jax.process_index()
+  return tf.stack([tf.constant(rng_seed, tf.int64), stream])
+
+
 def _tfds_split(builder, split: str, seed: int) -> tf.data.Dataset:
   return builder.as_dataset(
       split=tfds.split_for_jax_process(split), shuffle_files=split == 'train',
@@ -98,15 +108,21 @@ def _tfds_data(config: ml_collections.ConfigDict) -> Data:
 
   pad = dc.get('crop_padding', 0)
 
-  def preprocess(example, train: bool):
+  def preprocess(example, seed=None):
+    """Eval preprocessing, or train augmentation when given a `seed`."""
     x = example[input_key]
+    train = seed is not None
+    if train:
+      flip_seed, crop_seed = tf.unstack(
+          tf.random.experimental.stateless_split(seed, 2))
     if image_size and x.shape.rank == 3:
       x = tf.image.resize(x, (image_size, image_size))
       if train:
-        x = tf.image.random_flip_left_right(x)
+        x = tf.image.stateless_random_flip_left_right(x, flip_seed)
     if train and pad:  # Random translation, the same for all frames.
       paddings = [[0, 0]] * (x.shape.rank - 3) + [[pad, pad]] * 2 + [[0, 0]]
-      x = tf.image.random_crop(tf.pad(x, paddings, mode='REFLECT'), x.shape)
+      x = tf.image.stateless_random_crop(
+          tf.pad(x, paddings, mode='REFLECT'), x.shape, crop_seed)
     label = example[label_key]
     if label.shape.rank == 0:  # A class index: one-hot, also for multi-label.
       label = tf.one_hot(label, num_classes)
@@ -116,13 +132,14 @@ def _tfds_data(config: ml_collections.ConfigDict) -> Data:
   if dc.get('cache', True):
     train = train.cache()
   train = train.repeat().shuffle(dc.get('shuffle_buffer_size', 10_000),
-                                 seed=config.rng_seed)
-  train = train.map(lambda e: preprocess(e, True),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+                                 seed=config.rng_seed).enumerate()
+  train = train.map(
+      lambda i, e: preprocess(e, seed=_example_seed(config.rng_seed, i)),
+      num_parallel_calls=tf.data.AUTOTUNE)
   train = train.batch(_per_process(config.batch_size, 'batch_size'),
                       drop_remainder=True).prefetch(2)
   eval_ds = _tfds_split(builder, eval_split, config.rng_seed).map(
-      lambda e: preprocess(e, False), num_parallel_calls=tf.data.AUTOTUNE)
+      preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   if dc.get('cache', True):
     eval_ds = eval_ds.cache()
   eval_bs = _per_process(config.eval_batch_size, 'eval_batch_size')
