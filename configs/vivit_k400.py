@@ -89,6 +89,8 @@ def get_config(arg=None):
     config.checkpoint_steps = 2
     config.dataset_configs.min_resize = 36
     config.dataset_configs.stride = 1
+    config.dataset_configs.tables = dict(
+        train='train.tfrecord@1', validation='validation@1', test='test@1')
     config.dataset_configs.examples_per_subset = dict(train=8, validation=4,
                                                       test=4)
   return config

@@ -81,20 +81,22 @@ class ConfigsTrainTest(parameterized.TestCase):
     config.label_smoothing = 0.1
     final = self.run_config(config)
     self.assertSameElements(final, ['step', 'loss', 'accuracy',
-                                    'top_5_accuracy'])
+                                    'top_5_accuracy', 'num_examples'])
 
   def test_demo_multi_digits(self):
     config = config_for('demo_multi_digits')
     config.dataset_configs.data_dir = DATA_DIR
     final = self.run_config(config)
-    self.assertSameElements(final, ['step', 'loss', 'prec@1', 'mAP'])
+    self.assertSameElements(
+        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples'])
     self.assertBetween(final['mAP'], 0.0, 1.0)
 
   def test_im1k_on_mock_data(self):
     config = config_for('im1k_token_learner')
     with tfds.testing.mock_data(num_examples=16):
       final = self.run_config(config)
-    self.assertSameElements(final, ['step', 'loss', 'prec@1', 'mAP'])
+    self.assertSameElements(
+        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples'])
 
   def test_vivit_k400_on_generated_tfrecords(self):
     config = config_for('vivit_k400')
@@ -104,7 +106,8 @@ class ConfigsTrainTest(parameterized.TestCase):
     write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5)
     write_video_tfrecords(base_dir, 'validation', 4, 5)
     final = self.run_config(config)
-    self.assertSameElements(final, ['step', 'loss', 'accuracy'])
+    self.assertSameElements(final,
+                            ['step', 'loss', 'accuracy', 'num_examples'])
 
 
 class ResumeTest(absltest.TestCase):

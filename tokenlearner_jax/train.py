@@ -33,6 +33,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from tokenlearner_jax import batching
 from tokenlearner_jax import flops
 from tokenlearner_jax import input_pipeline
 from tokenlearner_jax import metrics as metrics_lib
@@ -67,8 +68,13 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int
   return int(config.num_training_epochs * num_examples // config.batch_size)
 
 
-def create_train_state(config, model, tx, input_shape, mesh):
-  """Initialises the state directly sharded on `mesh`; returns it, shardings."""
+def create_train_state(config, model, tx, input_shape, mesh,
+                       abstract: bool = False):
+  """Initialises the state directly sharded on `mesh`; returns it, shardings.
+
+  With `abstract`, the state's leaves are `jax.ShapeDtypeStruct`s (nothing is
+  computed), as a restore target.
+  """
 
   def init(rng):
     params_rng, rng = jax.random.split(rng)
@@ -83,6 +89,8 @@ def create_train_state(config, model, tx, input_shape, mesh):
 
   rng = jax.random.PRNGKey(config.rng_seed)
   shardings = sharding.tree_sharding(jax.eval_shape(init, rng), mesh, config)
+  if abstract:
+    return jax.eval_shape(lambda r: nn.unbox(init(r)), rng), shardings
   state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings
 
@@ -121,27 +129,43 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   return new_state, step_metrics
 
 
-def eval_step(params, batch, *, model, multilabel: bool):
-  logits = model.apply({'params': params}, batch['inputs'], train=False)
+def eval_step(params, batch, *, model, multilabel: bool,
+              multiview: bool = False):
+  """Masked metric sums; `multiview` averages the logits of each example's
+  views (`inputs` `[B, views, ...]`)."""
+  inputs = batch['inputs']
+  if multiview:
+    b, v = inputs.shape[:2]
+    inputs = inputs.reshape((b * v,) + inputs.shape[2:])  # [B * views, ...]
+  logits = model.apply({'params': params}, inputs, train=False)
+  if multiview:
+    logits = logits.reshape(b, v, -1).mean(1)  # [B, classes]
   sums = metrics_lib.metric_sums(logits, batch['label'], batch['batch_mask'],
                                  multilabel)
   return sums, logits
 
 
-def evaluate(state, data, p_eval_step, batch_sharding, multilabel: bool):
-  """Metrics over the whole eval split (each example once)."""
+def evaluate(params, batches, p_eval_step, batch_sharding,
+             multilabel: bool) -> Dict[str, float]:
+  """Metrics over all `batches` of every process (each example once)."""
   totals, scores, labels = {}, [], []
-  for batch in data.eval_batches():
-    sums, logits = p_eval_step(state.params,
+  for batch in batching.in_lockstep(batches):
+    sums, logits = p_eval_step(params,
                                sharding.global_batch(batch, batch_sharding))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
     if multilabel:
-      keep = batch['batch_mask'] > 0
-      scores.append(multihost_utils.process_allgather(logits)[keep]
-                    if jax.process_count() > 1 else np.asarray(logits)[keep])
-      labels.append(batch['label'][keep])
+      logits = (multihost_utils.process_allgather(logits)
+                if jax.process_count() > 1 else np.asarray(logits))
+      label = (multihost_utils.process_allgather(batch['label'], tiled=True)
+               if jax.process_count() > 1 else batch['label'])
+      keep = (multihost_utils.process_allgather(batch['batch_mask'],
+                                                tiled=True)
+              if jax.process_count() > 1 else batch['batch_mask']) > 0
+      scores.append(logits[keep])
+      labels.append(label[keep])
   results = metrics_lib.finalize(totals)
+  results['num_examples'] = int(totals['num_examples'])
   if multilabel:
     results['mAP'] = metrics_lib.average_precision(np.concatenate(scores),
                                                    np.concatenate(labels))
@@ -157,17 +181,23 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
           enable_async_checkpointing=True))
 
 
-def restore(manager, state, shardings):
-  """The latest checkpoint restored onto `state`'s shardings, or `state`."""
-  step = manager.latest_step()
+def restore(manager, state, shardings, step: Optional[int] = None):
+  """Checkpoint `step` (default: the latest) restored onto `shardings`.
+
+  Returns `state` itself when there is no checkpoint.
+  """
+  step = manager.latest_step() if step is None else step
   if step is None:
     return state
+  if step not in manager.all_steps():
+    raise ValueError(f'No checkpoint at step {step} in {manager.directory}; '
+                     f'have {sorted(manager.all_steps())}.')
   target = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
       shardings)
   restored = manager.restore(step, args=ocp.args.StandardRestore(
       flax.serialization.to_state_dict(target)))
-  logging.info('Resumed from checkpoint at step %d.', step)
+  logging.info('Restored the checkpoint at step %d.', step)
   return flax.serialization.from_state_dict(state, restored)
 
 
@@ -294,8 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       record(step, 'train', summary)
       pending, last_time, last_step = [], time.time(), step
     if step % config.log_eval_steps == 0 or step == total_steps:
-      eval_results = evaluate(state, data, p_eval_step, batch_sharding,
-                              multilabel)
+      eval_results = evaluate(state.params, data.eval_batches(), p_eval_step,
+                              batch_sharding, multilabel)
       logging.info('step %d eval: %s', step, eval_results)
       record(step, 'eval', eval_results)
       last_time = time.time()
@@ -303,8 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         flax.serialization.to_state_dict(state)), force=step == total_steps)
 
   if eval_results is None:  # Resumed after the last step: evaluate again.
-    eval_results = evaluate(state, data, p_eval_step, batch_sharding,
-                            multilabel)
+    eval_results = evaluate(state.params, data.eval_batches(), p_eval_step,
+                            batch_sharding, multilabel)
   manager.wait_until_finished()
   writer.flush()
   final = {'step': int(state.step), **eval_results}
@@ -314,13 +344,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return final
 
 
-def main(argv) -> None:
-  del argv
+def initialize_runtime() -> None:
+  """Process-wide setup shared by the command-line entry points."""
   jax.config.update('jax_threefry_partitionable', True)
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # Keep TensorFlow off the GPUs.
+
+
+def main(argv) -> None:
+  del argv
+  initialize_runtime()
   workdir = flags.FLAGS.workdir
   if not workdir:
     raise app.UsageError('--workdir is required.')

@@ -1,0 +1,244 @@
+"""Kinetics-style SequenceExample TFRecords: clips, crops, views, bad input."""
+
+import io
+import json
+import os
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import ml_collections
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from tokenlearner_jax import video_tfrecords
+
+HEIGHT, WIDTH = 24, 40
+
+
+def frame_jpeg(level: int) -> bytes:
+  """A uniform grey frame: its brightness tells which frame it is."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((HEIGHT, WIDTH, 3), level, np.uint8)).save(
+      buffer, format='JPEG', quality=100)
+  return buffer.getvalue()
+
+
+def textured_jpeg(seed: int) -> bytes:
+  buffer = io.BytesIO()
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), np.uint8)).save(
+      buffer, format='JPEG', quality=100)
+  return buffer.getvalue()
+
+
+def sequence_example(frames, label: int) -> bytes:
+  example = tf.train.SequenceExample()
+  example.context.feature['clip/label/index'].int64_list.value.append(label)
+  feature_list = example.feature_lists.feature_list['image/encoded']
+  for frame in frames:
+    feature_list.feature.add().bytes_list.value.append(frame)
+  return example.SerializeToString()
+
+
+def write(path: str, examples) -> None:
+  with tf.io.TFRecordWriter(path) as writer:
+    for example in examples:
+      writer.write(example)
+
+
+def level_video(length: int, label: int) -> bytes:
+  """Frame i has brightness 10 * i."""
+  return sequence_example([frame_jpeg(10 * i) for i in range(length)], label)
+
+
+def frame_numbers(clip: np.ndarray, zero_centering: bool = True) -> np.ndarray:
+  """The frame index each frame of a `[T, H, W, 3]` clip shows."""
+  values = (clip + 1.0) * 127.5 if zero_centering else clip * 255.0
+  return np.round(values.mean(axis=(1, 2, 3)) / 10.0).astype(int)
+
+
+def dataset_config(base_dir: str, **overrides) -> ml_collections.ConfigDict:
+  dc = ml_collections.ConfigDict(dict(
+      base_dir=base_dir,
+      tables=dict(train='train@2', validation='validation@1',
+                  test='test-*'),
+      examples_per_subset=dict(train=4, validation=3, test=7),
+      num_classes=5, num_frames=4, stride=3, min_resize=HEIGHT,
+      crop_size=HEIGHT, zero_centering=True, num_test_clips=3,
+      do_three_spatial_crops=True, test_batch_size=2,
+      shuffle_buffer_size=8))
+  dc.update(overrides)
+  return dc
+
+
+def config_for(dc: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      dataset_name='video_tfrecord_dataset', dataset_configs=dc,
+      batch_size=2, eval_batch_size=2, rng_seed=0))
+
+
+class VideoTfrecordsTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.base_dir = self.create_tempdir().full_path
+    write(os.path.join(self.base_dir, 'train-00000-of-00002'),
+          [level_video(20, 0), level_video(20, 1)])
+    write(os.path.join(self.base_dir, 'train-00001-of-00002'),
+          [level_video(20, 2), level_video(7, 3)])
+    write(os.path.join(self.base_dir, 'validation-00000-of-00001'),
+          [level_video(20, i) for i in range(3)])
+    write(os.path.join(self.base_dir, 'test-a'),
+          [sequence_example([textured_jpeg(i)] * 20, i % 5) for i in range(4)])
+    write(os.path.join(self.base_dir, 'test-b'),
+          [sequence_example([textured_jpeg(i)] * 20, i % 5)
+           for i in range(4, 7)])
+
+  def data(self, **overrides):
+    return video_tfrecords.get_data(config_for(
+        dataset_config(self.base_dir, **overrides)))
+
+  def test_eval_takes_the_middle_clip_at_the_stride(self):
+    batch = next(self.data().eval_batches())
+    self.assertEqual(batch['inputs'].shape, (2, 4, HEIGHT, HEIGHT, 3))
+    # 20 frames, span (4 - 1) * 3 + 1 = 10: the middle clip starts at 5.
+    np.testing.assert_array_equal(frame_numbers(batch['inputs'][0]),
+                                  [5, 8, 11, 14])
+    np.testing.assert_array_equal(batch['label'][:, :3], np.eye(2, 3))
+
+  def test_train_clips_follow_the_stride_and_wrap_around(self):
+    data = self.data()
+    starts, labels = set(), set()
+    for _ in range(8):
+      batch = next(data.train_iter)
+      self.assertEqual(batch['inputs'].shape, (2, 4, HEIGHT, HEIGHT, 3))
+      for clip, label in zip(batch['inputs'], batch['label']):
+        numbers = frame_numbers(clip)
+        label = int(np.argmax(label))
+        labels.add(label)
+        length = 7 if label == 3 else 20
+        start = numbers[0]
+        np.testing.assert_array_equal(
+            numbers, (start + 3 * np.arange(4)) % length)
+        if length == 20:
+          starts.add(start)
+          self.assertLessEqual(start, 10)
+    self.assertSetEqual(labels, {0, 1, 2, 3})
+    self.assertGreater(len(starts), 2)  # Random clips.
+
+  def test_train_stream_depends_only_on_the_seed(self):
+    aug = dict(do_jitter_scale=True, scale_min_factor=1.0,
+               scale_max_factor=1.5, do_color_augment=True,
+               prob_color_augment=1.0, prob_color_drop=0.5)
+    a = [next(self.data(augmentation_params=aug).train_iter) for _ in range(3)]
+    b = [next(self.data(augmentation_params=aug).train_iter) for _ in range(3)]
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x['inputs'], y['inputs'])
+    self.assertLessEqual(np.abs(a[0]['inputs']).max(), 1.0)
+
+  def test_test_views_are_clips_times_three_crops(self):
+    data = self.data()
+    self.assertEqual(data.num_test_views, 9)
+    batch = next(data.test_batches('test'))
+    self.assertEqual(batch['inputs'].shape, (2, 9, 4, HEIGHT, HEIGHT, 3))
+    decoded = tf.io.decode_jpeg(textured_jpeg(0)).numpy() / 127.5 - 1.0
+    # Along the longer side (width 40, crop 24): offsets 0, 8 and 16.
+    for view, offset in zip(batch['inputs'][0][:3], (0, 8, 16)):
+      np.testing.assert_allclose(view[0], decoded[:, offset:offset + HEIGHT],
+                                 atol=1e-5)
+
+  def test_test_clips_are_evenly_spaced(self):
+    # Level videos: clip starts at linspace(0, 20 - 10, 3) = 0, 5, 10.
+    data = self.data(tables=dict(train='train@2', test='validation@1'),
+                     do_three_spatial_crops=False)
+    batch = next(data.test_batches('test'))
+    self.assertEqual(batch['inputs'].shape, (2, 3, 4, HEIGHT, HEIGHT, 3))
+    np.testing.assert_array_equal(
+        [frame_numbers(clip)[0] for clip in batch['inputs'][0]], [0, 5, 10])
+
+  @parameterized.parameters(1, 2, 3, 4, 7, 8)
+  def test_every_test_video_counts_exactly_once(self, test_batch_size):
+    data = self.data(test_batch_size=test_batch_size)
+    batches = list(data.test_batches('test'))
+    masks = np.concatenate([b['batch_mask'] for b in batches])
+    labels = np.concatenate([b['label'] for b in batches])[masks > 0]
+    self.assertEqual(masks.sum(), 7)
+    self.assertLen(masks, -(-7 // test_batch_size) * test_batch_size)
+    np.testing.assert_array_equal(np.argmax(labels, -1),
+                                  [i % 5 for i in range(7)])
+
+  def test_missing_shard_and_empty_glob_are_named(self):
+    with self.assertRaisesRegex(FileNotFoundError,
+                                r'tables.train.*3 of 3 shards.*train-00000-of-00003'):
+      self.data(tables=dict(train='train@3'))
+    data = self.data(tables=dict(train='train@2', test='nothing-*'))
+    with self.assertRaisesRegex(FileNotFoundError, r'tables.test.*nothing-\*'):
+      data.test_batches('test')
+    dc = dataset_config(self.base_dir)
+    dc.tables = dict(train='train@2')
+    with self.assertRaisesRegex(ValueError, r"no 'validation' entry"):
+      video_tfrecords.get_data(config_for(dc))
+
+  def test_unsupported_augmentation_is_named(self):
+    with self.assertRaisesRegex(ValueError, r'do_rand_augment'):
+      self.data(augmentation_params=dict(do_rand_augment=True))
+
+  def test_label_out_of_range_is_an_error(self):
+    with self.assertRaisesRegex(ValueError, r'num_classes=2'):
+      list(self.data(num_classes=2).eval_batches())
+
+  def test_corrupt_jpeg_names_the_file_or_is_skipped(self):
+    bad = sequence_example([b'not a jpeg'] * 20, 1)
+    write(os.path.join(self.base_dir, 'validation-00000-of-00001'),
+          [level_video(20, 0), bad, level_video(20, 2)])
+    with self.assertRaisesRegex(
+        ValueError, r'validation-00000-of-00001, record 1'):
+      list(self.data().eval_batches())
+    batches = list(self.data(skip_corrupt_examples=True).eval_batches())
+    self.assertEqual(sum(b['batch_mask'].sum() for b in batches), 2)
+
+  def test_truncated_file_names_the_file(self):
+    path = os.path.join(self.base_dir, 'validation-00000-of-00001')
+    with open(path, 'rb') as f:
+      content = f.read()
+    with open(path, 'wb') as f:
+      f.write(content[:len(content) - 100])
+    with self.assertRaisesRegex(ValueError, r'validation-00000-of-00001'):
+      list(self.data().eval_batches())
+
+
+class EvaluateCheckpointTest(absltest.TestCase):
+
+  def test_multi_view_eval_of_a_trained_run(self):
+    # pylint: disable=g-import-not-at-top
+    from tests.test_train import config_for as repo_config
+    from tokenlearner_jax import evaluate
+    from tokenlearner_jax import train
+    # pylint: enable=g-import-not-at-top
+    base_dir = self.create_tempdir().full_path
+    config = repo_config('vivit_k400')
+    config.dataset_configs.base_dir = base_dir
+    config.dataset_configs.num_classes = 5
+    config.dataset_configs.test_batch_size = 2
+    write(os.path.join(base_dir, 'train.tfrecord-00000-of-00001'),
+          [sequence_example([textured_jpeg(i)] * 10, i % 5) for i in range(8)])
+    write(os.path.join(base_dir, 'validation-00000-of-00001'),
+          [sequence_example([textured_jpeg(i)] * 10, i % 5) for i in range(3)])
+    write(os.path.join(base_dir, 'test-00000-of-00001'),
+          [sequence_example([textured_jpeg(i)] * 12, i % 5) for i in range(5)])
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(config, workdir)
+    results = evaluate.evaluate_checkpoint(config, workdir)
+    with open(os.path.join(workdir, 'eval_test.json')) as f:
+      self.assertEqual(json.load(f), results)
+    self.assertEqual(results['num_examples'], 5)
+    self.assertEqual(results['views_per_example'], 12)  # 4 clips x 3 crops.
+    self.assertEqual(results['step'], 2)
+    self.assertBetween(results['accuracy'], 0.0, 1.0)
+    with self.assertRaisesRegex(ValueError, r'No checkpoint at step 7'):
+      evaluate.evaluate_checkpoint(config, workdir, step=7)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,122 @@
+"""What every input pipeline hands the trainer: `Data`, padded eval batches.
+
+Batches are dicts of NumPy arrays for this process: `inputs` (float32),
+`label` (one-hot or multi-hot float32) and, for eval, `batch_mask` (1 for real
+examples, 0 for padding, so every example counts exactly once). Multi-view
+test batches have `inputs` of shape `[videos, views, *input_shape]`.
+"""
+
+import dataclasses
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+Batch = Dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Data:
+  """An endless train iterator, ways to iterate over eval splits, and facts.
+
+  Attributes:
+    train_iter: Endless iterator of train batches for this process.
+    eval_batches: Returns a fresh iterator over the eval split (one view per
+      example), padded; what the trainer evaluates periodically.
+    num_classes: Number of classes.
+    input_shape: Shape of one example's input (one view).
+    num_train_examples: Examples in the train split (all processes).
+    num_eval_examples: Examples in the eval split (all processes).
+    test_batches: Returns a fresh iterator over a split with the multi-view
+      test protocol: `inputs` of shape `[batch, num_test_views, *input_shape]`.
+    num_test_views: Views per test example (clips x spatial crops).
+  """
+  train_iter: Iterator[Batch]
+  eval_batches: Callable[[], Iterator[Batch]]
+  num_classes: int
+  input_shape: Tuple[int, ...]
+  num_train_examples: int
+  num_eval_examples: int
+  test_batches: Optional[Callable[[str], Iterator[Batch]]] = None
+  num_test_views: int = 1
+
+
+def per_process(batch_size: int, field: str) -> int:
+  """This process's share of a global batch size named `field`."""
+  if batch_size % jax.process_count():
+    raise ValueError(f'{field}={batch_size} must be divisible by the number of '
+                     f'processes {jax.process_count()}.')
+  return batch_size // jax.process_count()
+
+
+def padded_eval_batch_size(batch_size: int, field: str) -> int:
+  """This process's eval batch, rounded up to fill its local devices.
+
+  Eval batches are padded and masked anyway, so any `field` value works on
+  any device count: the batch only grows to the next multiple.
+  """
+  local = per_process(batch_size, field)
+  devices = jax.local_device_count()
+  return -(-local // devices) * devices
+
+
+def example_seed(rng_seed: int, index: tf.Tensor) -> tf.Tensor:
+  """A stateless seed for the `index`-th train example of this process.
+
+  Augmentation draws from it, so a run's inputs depend only on `rng_seed`
+  and the example's position in the stream, never on thread timing.
+  """
+  stream = index * jax.process_count() + jax.process_index()
+  return tf.stack([tf.constant(rng_seed, tf.int64), stream])
+
+
+def to_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:
+  return ({k: np.asarray(v) for k, v in b.items()}
+          for b in tfds.as_numpy(ds))
+
+
+def padded(ds: tf.data.Dataset, batch_size: int) -> Iterator[Batch]:
+  """Batches `ds` once, padding the last batch with masked zeros.
+
+  An empty `ds` gives one fully masked batch, so that every process has a
+  batch to bring to the collective eval step.
+  """
+  seen = False
+  for batch in to_numpy(ds.batch(batch_size)):
+    seen = True
+    yield _pad(batch, batch_size)
+  if not seen:
+    yield _pad({k: np.zeros((0,) + tuple(s.shape), s.dtype.as_numpy_dtype)
+                for k, s in ds.element_spec.items()}, batch_size)
+
+
+def _pad(batch: Batch, batch_size: int) -> Batch:
+  n = len(next(iter(batch.values())))
+  batch = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:],
+                                          v.dtype)]) for k, v in batch.items()}
+  batch['batch_mask'] = (np.arange(batch_size) < n).astype(np.float32)
+  return batch
+
+
+def in_lockstep(batches: Iterator[Batch]) -> Iterator[Batch]:
+  """Yields until every process is out of batches.
+
+  Processes can hold different numbers of eval examples; one that is done
+  brings fully masked batches to the collective step until all are done.
+  """
+  if jax.process_count() == 1:
+    yield from batches
+    return
+  last = None
+  while True:
+    batch = next(batches, None)
+    done = multihost_utils.process_allgather(np.asarray(batch is None))
+    if np.all(done):
+      return
+    if batch is None:
+      batch = {k: np.zeros_like(v) for k, v in last.items()}
+    last = batch
+    yield batch

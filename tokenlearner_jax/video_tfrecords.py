@@ -1,0 +1,368 @@
+"""Video classification from Kinetics-style SequenceExample TFRecords.
+
+The reference's format (scenic ViViT's `video_tfrecord_dataset`, DMVR
+MediaSequence): one `tf.train.SequenceExample` per video with a JPEG per frame
+in the feature list 'image/encoded' and the label ids in the context
+'clip/label/index' (what `scripts/make_video_tfrecords.py` writes). It reads
+the reference's `dataset_configs` keys, so a Scenic user's config carries over:
+
+  base_dir, tables ({split: 'name@N' for name-0000i-of-0000N, or a glob}),
+  examples_per_subset, num_classes, num_frames, stride, min_resize, crop_size,
+  zero_centering, augmentation_params (do_jitter_scale, scale_min_factor,
+  scale_max_factor, prob_scale_jitter, do_color_augment, prob_color_augment,
+  prob_color_drop), num_test_clips, do_three_spatial_crops, test_batch_size,
+  label_offset, and ours: eval_split, test_split, shuffle_buffer_size,
+  skip_corrupt_examples.
+
+Train: a random clip of `num_frames` frames `stride` apart, the smaller side
+resized to `min_resize`, scale jitter, a random `crop_size` crop, a flip and
+colour augmentation, each drawn from the example's stateless seed. Eval (during
+training): the middle clip, centre crop. Test: `num_test_clips` evenly spaced
+clips x 3 spatial crops (or the centre one) per video, as one example with a
+views axis, so each video is counted exactly once. Clips longer than the video
+wrap around to its start, as DMVR's samplers do.
+
+A corrupt record or JPEG stops the run with an error naming the file; with
+`skip_corrupt_examples=True` the example is skipped and counted instead.
+"""
+
+import os
+from typing import Dict, Iterator, List, Tuple
+
+from absl import logging
+import jax
+import ml_collections
+import tensorflow as tf
+
+from tokenlearner_jax import batching
+
+FRAMES_KEY = 'image/encoded'
+LABEL_KEY = 'clip/label/index'
+SUPPORTED_AUGMENTATIONS = ('do_jitter_scale', 'do_color_augment')
+
+
+def sharded_files(base_dir: str, table: str, field: str) -> List[str]:
+  """The files of one `tables` entry: 'name@N' or a glob under `base_dir`."""
+  if '@' in table:
+    prefix, count = table.rsplit('@', 1)
+    count = int(count)
+    files = [os.path.join(base_dir, f'{prefix}-{i:05d}-of-{count:05d}')
+             for i in range(count)]
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing:
+      raise FileNotFoundError(f'{field}={table!r}: {len(missing)} of {count} '
+                              f'shards are missing, e.g. {missing[0]}.')
+    return files
+  files = sorted(tf.io.gfile.glob(os.path.join(base_dir, table)))
+  if not files:
+    raise FileNotFoundError(f'{field}={table!r}: no file matches '
+                            f'{os.path.join(base_dir, table)}.')
+  return files
+
+
+def process_files(files: List[str], field: str) -> List[str]:
+  """This process's share of `files` (every process reads distinct files)."""
+  if len(files) < jax.process_count():
+    raise ValueError(f'{field}: {len(files)} files cannot be shared among '
+                     f'{jax.process_count()} processes; write more shards.')
+  return files[jax.process_index()::jax.process_count()]
+
+
+def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
+  context, sequence = tf.io.parse_single_sequence_example(
+      serialized,
+      context_features={LABEL_KEY: tf.io.VarLenFeature(tf.int64)},
+      sequence_features={FRAMES_KEY: tf.io.FixedLenSequenceFeature(
+          [], tf.string)})
+  return {'frames': sequence[FRAMES_KEY],
+          'label': tf.sparse.to_dense(context[LABEL_KEY])}
+
+
+def clip_indices(length: tf.Tensor, starts: tf.Tensor, num_frames: int,
+                 stride: int) -> tf.Tensor:
+  """`[clips, num_frames]` frame indices, wrapping past the video's end."""
+  steps = tf.range(num_frames) * stride  # [num_frames]
+  return tf.math.floormod(starts[:, None] + steps[None], length)
+
+
+def test_starts(length: tf.Tensor, num_clips: int, span: int) -> tf.Tensor:
+  """Start frames of `num_clips` clips evenly spaced over the video."""
+  last = tf.cast(tf.maximum(length - span, 0), tf.float32)
+  return tf.cast(tf.round(tf.linspace(0.0, last, num_clips)), tf.int32)
+
+
+def decode_frames(frames: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+  """Decodes `frames[indices]`: `[clips, T]` indices -> `[clips, T, H, W, 3]`."""
+  flat = tf.gather(frames, tf.reshape(indices, [-1]))  # [clips * T]
+  video = tf.map_fn(lambda f: tf.io.decode_jpeg(f, channels=3), flat,
+                    fn_output_signature=tf.uint8)  # [clips * T, H, W, 3]
+  shape = tf.concat([tf.shape(indices), tf.shape(video)[1:]], 0)
+  return tf.reshape(video, shape)  # [clips, T, H, W, 3]
+
+
+def resize_smallest(video: tf.Tensor, min_resize: int) -> tf.Tensor:
+  """Bilinear resize of `[..., H, W, 3]` so that min(H, W) == `min_resize`."""
+  size = tf.cast(tf.shape(video)[-3:-1], tf.float32)
+  scale = min_resize / tf.reduce_min(size)
+  new_size = tf.cast(tf.round(size * scale), tf.int32)
+  return _resize(video, new_size)
+
+
+def _resize(video: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+  shape = tf.shape(video)
+  frames = tf.reshape(video, tf.concat([[-1], shape[-3:]], 0))  # [N, H, W, 3]
+  frames = tf.image.resize(frames, size)
+  return tf.reshape(frames, tf.concat([shape[:-3], tf.shape(frames)[1:]], 0))
+
+
+def scale_jitter(video: tf.Tensor, aug: ml_collections.ConfigDict,
+                 crop_size: int, seed: tf.Tensor) -> tf.Tensor:
+  """Resizes `[T, H, W, 3]` by a random factor (scenic's scale jitter)."""
+  apply_seed, factor_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  factor = tf.random.stateless_uniform(
+      (), factor_seed, aug.get('scale_min_factor', 0.9),
+      aug.get('scale_max_factor', 1.33))
+  size = tf.cast(tf.shape(video)[1:3], tf.float32)
+  new_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), crop_size)
+  apply = (tf.random.stateless_uniform((), apply_seed)
+           < aug.get('prob_scale_jitter', 1.0))
+  return tf.cond(apply, lambda: _resize(video, new_size), lambda: video)
+
+
+def color_augment(video: tf.Tensor, aug: ml_collections.ConfigDict,
+                  seed: tf.Tensor) -> tf.Tensor:
+  """DMVR's default colour jitter and colour drop on `[T, H, W, 3]` in [0, 1].
+
+  One draw per video, so all frames change alike.
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+
+  def jitter(v):
+    v = tf.image.stateless_random_brightness(v, 32.0 / 255.0, seeds[0])
+    v = tf.image.stateless_random_saturation(v, 0.6, 1.4, seeds[1])
+    v = tf.image.stateless_random_contrast(v, 0.6, 1.4, seeds[2])
+    v = tf.image.stateless_random_hue(v, 0.2, seeds[3])
+    return tf.clip_by_value(v, 0.0, 1.0)
+
+  apply = (tf.random.stateless_uniform((), seeds[4])
+           < aug.get('prob_color_augment', 0.8))
+  video = tf.cond(apply, lambda: jitter(video), lambda: video)
+  drop = (tf.random.stateless_uniform((), seeds[5])
+          < aug.get('prob_color_drop', 0.0))
+  return tf.cond(drop, lambda: tf.image.grayscale_to_rgb(
+      tf.image.rgb_to_grayscale(video)), lambda: video)
+
+
+def three_spatial_crops(video: tf.Tensor, crop_size: int) -> tf.Tensor:
+  """`[T, H, W, 3]` -> `[3, T, crop, crop, 3]`: start, centre, end crops.
+
+  Along the longer side; the shorter side is centred.
+  """
+  h, w = tf.shape(video)[1], tf.shape(video)[2]
+  long_offsets = lambda n: tf.stack([0, (n - crop_size) // 2, n - crop_size])
+  ys = tf.where(h > w, long_offsets(h), tf.fill([3], (h - crop_size) // 2))
+  xs = tf.where(h > w, tf.fill([3], (w - crop_size) // 2), long_offsets(w))
+  return tf.stack([video[:, ys[i]:ys[i] + crop_size, xs[i]:xs[i] + crop_size]
+                   for i in range(3)])
+
+
+def centre_crop(video: tf.Tensor, crop_size: int) -> tf.Tensor:
+  """`[..., H, W, 3]` -> `[..., crop, crop, 3]`."""
+  offset = (tf.shape(video)[-3:-1] - crop_size) // 2
+  return video[..., offset[0]:offset[0] + crop_size,
+               offset[1]:offset[1] + crop_size, :]
+
+
+def labels(example: Dict[str, tf.Tensor],
+           dc: ml_collections.ConfigDict) -> tf.Tensor:
+  """Multi-hot `[num_classes]` (one-hot for one label), checked for range."""
+  index = example['label'] - dc.get('label_offset', 0)
+  checks = [
+      tf.debugging.assert_greater(
+          tf.size(index), 0, message='a video has no clip/label/index'),
+      tf.debugging.assert_less(
+          index, tf.constant(dc.num_classes, tf.int64),
+          message=f'label index >= dataset_configs.num_classes='
+          f'{dc.num_classes} (after label_offset)'),
+      tf.debugging.assert_non_negative(
+          index, message='label index < 0 after dataset_configs.label_offset'),
+  ]
+  with tf.control_dependencies(checks):
+    return tf.minimum(tf.reduce_sum(tf.one_hot(index, dc.num_classes), 0), 1.0)
+
+
+def _scale(video: tf.Tensor, zero_centering: bool) -> tf.Tensor:
+  """uint8 or float [0, 255] -> [-1, 1] (zero_centering) or [0, 1]."""
+  video = tf.cast(video, tf.float32) / 255.0
+  return video * 2.0 - 1.0 if zero_centering else video
+
+
+def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor):
+  """One random augmented clip `[T, crop, crop, 3]` and its label."""
+  clip_seed, jitter_seed, crop_seed, flip_seed, color_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 5))
+  frames = example['frames']
+  length = tf.shape(frames)[0]
+  span = (dc.num_frames - 1) * dc.stride + 1
+  start = tf.random.stateless_uniform(
+      (1,), clip_seed, 0, tf.maximum(length - span, 0) + 1, tf.int32)
+  indices = clip_indices(length, start, dc.num_frames, dc.stride)
+  video = resize_smallest(decode_frames(frames, indices)[0], dc.min_resize)
+  aug = dc.get('augmentation_params') or ml_collections.ConfigDict()
+  if aug.get('do_jitter_scale'):
+    video = scale_jitter(video, aug, dc.crop_size, jitter_seed)
+  crop = (dc.num_frames, dc.crop_size, dc.crop_size, 3)
+  video = tf.image.stateless_random_crop(video, crop, crop_seed)
+  video = tf.cond(tf.random.stateless_uniform((), flip_seed) < 0.5,
+                  lambda: tf.reverse(video, [2]), lambda: video)
+  video = _scale(video, zero_centering=False)
+  if aug.get('do_color_augment'):
+    video = color_augment(video, aug, color_seed)
+  if dc.get('zero_centering', True):
+    video = video * 2.0 - 1.0
+  return {'inputs': tf.ensure_shape(video, crop), 'label': labels(example, dc)}
+
+
+def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
+                 three_crops: bool):
+  """`[clips * crops, T, crop, crop, 3]` views of one video, and its label."""
+  frames = example['frames']
+  length = tf.shape(frames)[0]
+  span = (dc.num_frames - 1) * dc.stride + 1
+  if num_clips == 1:  # The middle clip.
+    starts = tf.maximum(length - span, 0)[None] // 2
+  else:
+    starts = test_starts(length, num_clips, span)
+  indices = clip_indices(length, starts, dc.num_frames, dc.stride)
+  video = resize_smallest(decode_frames(frames, indices), dc.min_resize)
+  if three_crops:
+    views = tf.concat([three_spatial_crops(clip, dc.crop_size)
+                       for clip in tf.unstack(video, num_clips)], 0)
+  else:
+    views = centre_crop(video, dc.crop_size)
+  shape = (num_clips * (3 if three_crops else 1), dc.num_frames,
+           dc.crop_size, dc.crop_size, 3)
+  return {'inputs': tf.ensure_shape(_scale(views, dc.get('zero_centering',
+                                                         True)), shape),
+          'label': labels(example, dc)}
+
+
+def _check_augmentations(dc: ml_collections.ConfigDict) -> None:
+  aug = dc.get('augmentation_params') or {}
+  unsupported = [k for k, v in aug.items()
+                 if k.startswith('do_') and v and k not in SUPPORTED_AUGMENTATIONS]
+  if unsupported:
+    raise ValueError(f'dataset_configs.augmentation_params: {unsupported} are '
+                     f'not supported (supported: {SUPPORTED_AUGMENTATIONS}).')
+
+
+def _records(files: List[str], shuffle_seed=None) -> tf.data.Dataset:
+  if shuffle_seed is not None:
+    files = tf.data.Dataset.from_tensor_slices(files).shuffle(
+        len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return files.interleave(tf.data.TFRecordDataset, cycle_length=4,
+                            num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+  return tf.data.TFRecordDataset(files)
+
+
+def locate_corrupt_file(files: List[str], dc: ml_collections.ConfigDict,
+                        ) -> Tuple[str, int, str]:
+  """The first file, record index and error of a record that fails to read."""
+  for path in files:
+    index = 0
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        example = parse_example(record)
+        for frame in example['frames']:
+          tf.io.decode_jpeg(frame, channels=3)
+        labels(example, dc)
+        index += 1
+    except (tf.errors.OpError, ValueError) as e:
+      message = getattr(e, 'message', str(e)).strip().splitlines()
+      return path, index, message[0] if message else type(e).__name__
+  return '', -1, ''
+
+
+def _named_errors(batches: Iterator[batching.Batch], files: List[str],
+                  dc: ml_collections.ConfigDict) -> Iterator[batching.Batch]:
+  """Re-raises a data error with the file and record that cause it."""
+  try:
+    yield from batches
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    logging.error('Input error (%s); locating the record...', e)
+    path, index, error = locate_corrupt_file(files, dc)
+    where = (f'{path}, record {index}: {error}' if path else
+             'could not be located again')
+    raise ValueError(
+        f'Corrupt or invalid video example in {where}. Set '
+        'dataset_configs.skip_corrupt_examples=True to skip such examples.'
+    ) from e
+
+
+def get_data(config: ml_collections.ConfigDict) -> batching.Data:
+  """`batching.Data` for `config.dataset_name='video_tfrecord_dataset'`."""
+  dc = config.dataset_configs
+  _check_augmentations(dc)
+  skip = dc.get('skip_corrupt_examples', False)
+
+  def files(split: str) -> List[str]:
+    if split not in dc.tables:
+      raise ValueError(f'dataset_configs.tables has no {split!r} entry '
+                       f'(has {sorted(dc.tables)}).')
+    field = f'dataset_configs.tables.{split}'
+    return process_files(sharded_files(dc.base_dir, dc.tables[split], field),
+                         field)
+
+  def guarded(ds: tf.data.Dataset, split_files: List[str], batch_size: int,
+              pad: bool) -> Iterator[batching.Batch]:
+    if skip:
+      ds = ds.ignore_errors(log_warning=True)
+    batches = (batching.padded(ds, batch_size) if pad else
+               batching.to_numpy(ds.batch(batch_size, drop_remainder=True)
+                                 .prefetch(2)))
+    return _named_errors(batches, split_files, dc)
+
+  train_files = files('train')
+  train = _records(train_files, config.rng_seed).map(parse_example)
+  train = train.repeat().shuffle(dc.get('shuffle_buffer_size', 1024),
+                                 seed=config.rng_seed).enumerate()
+  train = train.map(
+      lambda i, e: train_example(e, dc, batching.example_seed(
+          config.rng_seed, i)), num_parallel_calls=tf.data.AUTOTUNE)
+
+  def eval_batches(split: str, num_clips: int, three_crops: bool,
+                   batch_size: int, views_axis: bool,
+                   ) -> Iterator[batching.Batch]:
+    split_files = eval_files if split == eval_split else files(split)
+    ds = tf.data.TFRecordDataset(split_files).map(
+        lambda r: eval_example(parse_example(r), dc, num_clips, three_crops),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    if not views_axis:  # One view, as the model takes it.
+      ds = ds.map(lambda e: {'inputs': e['inputs'][0], 'label': e['label']})
+    return guarded(ds, split_files, batch_size, pad=True)
+
+  eval_split = dc.get('eval_split', 'validation')
+  eval_files = files(eval_split)  # Checked now, not at the first eval.
+  num_clips = dc.get('num_test_clips', 1)
+  three_crops = dc.get('do_three_spatial_crops', False)
+  eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
+                                            'eval_batch_size')
+  test_bs = batching.padded_eval_batch_size(
+      dc.get('test_batch_size') or config.eval_batch_size,
+      'dataset_configs.test_batch_size')
+  sizes = dc.get('examples_per_subset') or {}
+  return batching.Data(
+      train_iter=guarded(train, train_files,
+                         batching.per_process(config.batch_size, 'batch_size'),
+                         pad=False),
+      eval_batches=lambda: eval_batches(eval_split, 1, False, eval_bs, False),
+      num_classes=dc.num_classes,
+      input_shape=(dc.num_frames, dc.crop_size, dc.crop_size, 3),
+      num_train_examples=sizes.get('train', 0),
+      num_eval_examples=sizes.get(eval_split, 0),
+      test_batches=lambda split: eval_batches(split, num_clips, three_crops,
+                                              test_bs, True),
+      num_test_views=num_clips * (3 if three_crops else 1))
+
