@@ -94,10 +94,14 @@ def padded(ds: tf.data.Dataset, batch_size: int) -> Iterator[Batch]:
 
 
 def _pad(batch: Batch, batch_size: int) -> Batch:
+  """Pads to `batch_size`; `batch_mask` also drops examples whose optional
+  `example_mask` is 0 (e.g. ImageNet ReaL images without a label)."""
   n = len(next(iter(batch.values())))
+  example_mask = batch.pop('example_mask', np.ones(n, np.float32))
   batch = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:],
                                           v.dtype)]) for k, v in batch.items()}
-  batch['batch_mask'] = (np.arange(batch_size) < n).astype(np.float32)
+  batch['batch_mask'] = np.zeros(batch_size, np.float32)
+  batch['batch_mask'][:n] = example_mask
   return batch
 
 

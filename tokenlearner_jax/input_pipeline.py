@@ -5,7 +5,14 @@ What they return is `tokenlearner_jax.batching.Data`; inputs are float32 in
   * 'moving_digits', 'multi_digits': the offline demo builders
     (`dataset_configs.crop_padding`: random translations by up to that many
     pixels in training);
-  * 'imagenet' (tfds 'imagenet2012') or any tfds image classification name;
+  * 'imagenet' (tfds 'imagenet2012') or any tfds image classification name,
+    with `tokenlearner_jax.image_preprocessing` (inception crop, central crop,
+    flips); `dataset_configs.label_key` picks another label feature, e.g.
+    'real_label' of 'imagenet2012_real' (multi-hot; images without a ReaL
+    label are left out of the metrics);
+  * 'multilabel_image_tfrecords': JFT-style `tf.Example`s with 'image/encoded'
+    and a list of class ids under 'image/class/label'
+    (`tokenlearner_jax.image_tfrecords`);
   * 'video_tfrecord_dataset': `tf.SequenceExample`s with JPEG frames under
     'image/encoded' and labels under 'clip/label/index', as the reference reads
     (`tokenlearner_jax.video_tfrecords`).
@@ -17,13 +24,11 @@ import tensorflow_datasets as tfds
 
 from tokenlearner_jax import batching
 from tokenlearner_jax import datasets as _  # pylint: disable=unused-import  # Registers the demo builders.
+from tokenlearner_jax import image_preprocessing
+from tokenlearner_jax import image_tfrecords
 from tokenlearner_jax import video_tfrecords
 
 TFDS_NAMES = {'imagenet': 'imagenet2012'}
-
-
-def _scale(x: tf.Tensor) -> tf.Tensor:
-  return tf.cast(x, tf.float32) / 127.5 - 1.0
 
 
 def _tfds_split(builder, split: str, seed: int) -> tf.data.Dataset:
@@ -43,31 +48,32 @@ def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
   info = builder.info
   input_key, label_key = info.supervised_keys
   num_classes = dc.num_classes
-  image_size = dc.get('image_size')
   eval_split = dc.get('eval_split', 'test' if 'test' in info.splits
                       else 'validation')
 
   pad = dc.get('crop_padding', 0)
+  label_key = dc.get('label_key', label_key)
 
   def preprocess(example, seed=None):
     """Eval preprocessing, or train augmentation when given a `seed`."""
     x = example[input_key]
-    train = seed is not None
-    if train:
-      flip_seed, crop_seed = tf.unstack(
-          tf.random.experimental.stateless_split(seed, 2))
-    if image_size and x.shape.rank == 3:
-      x = tf.image.resize(x, (image_size, image_size))
-      if train:
-        x = tf.image.stateless_random_flip_left_right(x, flip_seed)
-    if train and pad:  # Random translation, the same for all frames.
-      paddings = [[0, 0]] * (x.shape.rank - 3) + [[pad, pad]] * 2 + [[0, 0]]
-      x = tf.image.stateless_random_crop(
-          tf.pad(x, paddings, mode='REFLECT'), x.shape, crop_seed)
+    if x.shape.rank == 3:  # An image.
+      x = image_preprocessing.preprocess_image(x, dc, seed)
+    else:  # A video: `[T, H, W, 3]`.
+      if seed is not None and pad:  # Random translation, alike for all frames.
+        paddings = [[0, 0]] + [[pad, pad]] * 2 + [[0, 0]]
+        x = tf.image.stateless_random_crop(
+            tf.pad(x, paddings, mode='REFLECT'), x.shape, seed)
+      x = tf.cast(x, tf.float32) / 127.5 - 1.0
     label = example[label_key]
-    if label.shape.rank == 0:  # A class index: one-hot, also for multi-label.
+    if label.dtype.is_integer:  # Class indices: one-hot or multi-hot.
       label = tf.one_hot(label, num_classes)
-    return {'inputs': _scale(x), 'label': tf.cast(label, tf.float32)}
+      if label.shape.rank == 2:  # A list of labels, e.g. ImageNet ReaL.
+        label = tf.minimum(tf.reduce_sum(label, 0), 1.0)
+    label = tf.cast(label, tf.float32)
+    # Examples without any label (some ReaL images) are left out of eval.
+    return {'inputs': x, 'label': label,
+            'example_mask': tf.cast(tf.reduce_any(label > 0), tf.float32)}
 
   train = _tfds_split(builder, 'train', config.rng_seed)
   if dc.get('cache', True):
@@ -76,7 +82,8 @@ def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
                                  seed=config.rng_seed).enumerate()
   train = train.map(
       lambda i, e: preprocess(e, batching.example_seed(config.rng_seed, i)),
-      num_parallel_calls=tf.data.AUTOTUNE)
+      num_parallel_calls=tf.data.AUTOTUNE).map(
+          lambda e: {'inputs': e['inputs'], 'label': e['label']})
   train = train.batch(batching.per_process(config.batch_size, 'batch_size'),
                       drop_remainder=True).prefetch(2)
 
@@ -107,4 +114,6 @@ def get_data(config: ml_collections.ConfigDict) -> batching.Data:
   """The `batching.Data` of `config.dataset_name`."""
   if config.dataset_name == 'video_tfrecord_dataset':
     return video_tfrecords.get_data(config)
+  if config.dataset_name == 'multilabel_image_tfrecords':
+    return image_tfrecords.get_data(config)
   return _tfds_data(config)

@@ -26,46 +26,18 @@ A corrupt record or JPEG stops the run with an error naming the file; with
 `skip_corrupt_examples=True` the example is skipped and counted instead.
 """
 
-import os
 from typing import Dict, Iterator, List, Tuple
 
 from absl import logging
-import jax
 import ml_collections
 import tensorflow as tf
 
 from tokenlearner_jax import batching
+from tokenlearner_jax import tfrecord_tables
 
 FRAMES_KEY = 'image/encoded'
 LABEL_KEY = 'clip/label/index'
 SUPPORTED_AUGMENTATIONS = ('do_jitter_scale', 'do_color_augment')
-
-
-def sharded_files(base_dir: str, table: str, field: str) -> List[str]:
-  """The files of one `tables` entry: 'name@N' or a glob under `base_dir`."""
-  if '@' in table:
-    prefix, count = table.rsplit('@', 1)
-    count = int(count)
-    files = [os.path.join(base_dir, f'{prefix}-{i:05d}-of-{count:05d}')
-             for i in range(count)]
-    missing = [f for f in files if not tf.io.gfile.exists(f)]
-    if missing:
-      raise FileNotFoundError(f'{field}={table!r}: {len(missing)} of {count} '
-                              f'shards are missing, e.g. {missing[0]}.')
-    return files
-  files = sorted(tf.io.gfile.glob(os.path.join(base_dir, table)))
-  if not files:
-    raise FileNotFoundError(f'{field}={table!r}: no file matches '
-                            f'{os.path.join(base_dir, table)}.')
-  return files
-
-
-def process_files(files: List[str], field: str) -> List[str]:
-  """This process's share of `files` (every process reads distinct files)."""
-  if len(files) < jax.process_count():
-    raise ValueError(f'{field}: {len(files)} files cannot be shared among '
-                     f'{jax.process_count()} processes; write more shards.')
-  return files[jax.process_index()::jax.process_count()]
 
 
 def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -312,8 +284,9 @@ def get_data(config: ml_collections.ConfigDict) -> batching.Data:
       raise ValueError(f'dataset_configs.tables has no {split!r} entry '
                        f'(has {sorted(dc.tables)}).')
     field = f'dataset_configs.tables.{split}'
-    return process_files(sharded_files(dc.base_dir, dc.tables[split], field),
-                         field)
+    return tfrecord_tables.process_files(
+        tfrecord_tables.sharded_files(dc.base_dir, dc.tables[split], field),
+        field)
 
   def guarded(ds: tf.data.Dataset, split_files: List[str], batch_size: int,
               pad: bool) -> Iterator[batching.Batch]:

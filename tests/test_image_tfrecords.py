@@ -1,0 +1,97 @@
+"""JFT-style multi-label image TFRecords, and ImageNet ReaL labels via tfds."""
+
+import io
+import os
+
+from absl.testing import absltest
+import ml_collections
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tokenlearner_jax import image_tfrecords
+from tokenlearner_jax import input_pipeline
+
+
+def image_example(seed: int, labels) -> bytes:
+  buffer = io.BytesIO()
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 255, (20, 30, 3), np.uint8)).save(
+      buffer, format='JPEG')
+  feature = {
+      'image/encoded': tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[buffer.getvalue()])),
+      'image/class/label': tf.train.Feature(
+          int64_list=tf.train.Int64List(value=labels))}
+  return tf.train.Example(features=tf.train.Features(
+      feature=feature)).SerializeToString()
+
+
+LABELS = [[0], [1, 3], [2, 3, 4], [4], [0, 1]]
+
+
+class ImageTfrecordsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.base_dir = self.create_tempdir().full_path
+    for split, count in (('train', 4), ('validation', 5)):
+      with tf.io.TFRecordWriter(os.path.join(
+          self.base_dir, f'{split}-00000-of-00001')) as writer:
+        for i in range(count):
+          writer.write(image_example(i, LABELS[i]))
+
+  def config(self, **overrides):
+    dc = ml_collections.ConfigDict(dict(
+        base_dir=self.base_dir,
+        tables=dict(train='train@1', validation='validation@1'),
+        num_classes=5, image_size=16, shuffle_buffer_size=4))
+    dc.update(overrides)
+    return ml_collections.ConfigDict(dict(
+        dataset_name='multilabel_image_tfrecords', dataset_configs=dc,
+        batch_size=2, eval_batch_size=3, rng_seed=0))
+
+  def test_multi_hot_labels_and_padded_eval(self):
+    data = input_pipeline.get_data(self.config())
+    train = next(data.train_iter)
+    self.assertEqual(train['inputs'].shape, (2, 16, 16, 3))
+    batches = list(data.eval_batches())
+    masks = np.concatenate([b['batch_mask'] for b in batches])
+    labels = np.concatenate([b['label'] for b in batches])
+    self.assertEqual(masks.tolist(), [1, 1, 1, 1, 1, 0])
+    for row, ids in zip(labels, LABELS):
+      self.assertEqual(np.flatnonzero(row).tolist(), ids)
+
+  def test_label_out_of_range_is_named(self):
+    data = input_pipeline.get_data(self.config(num_classes=4))
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                r'num_classes=4'):
+      list(data.eval_batches())
+
+  def test_image_size_is_required(self):
+    with self.assertRaisesRegex(ValueError, r'dataset_configs.image_size'):
+      image_tfrecords.get_data(self.config(image_size=None))
+
+
+class RealLabelsTest(absltest.TestCase):
+
+  def test_imagenet_real_labels_are_multi_hot_and_unlabeled_are_masked(self):
+    config = ml_collections.ConfigDict(dict(
+        dataset_name='imagenet2012_real', rng_seed=0, batch_size=2,
+        eval_batch_size=8, dataset_configs=dict(
+            num_classes=1000, image_size=16, label_key='real_label',
+            eval_split='validation')))
+    with tfds.testing.mock_data(num_examples=8):
+      builder = tfds.builder('imagenet2012_real')
+      expected = [len(e['real_label']) > 0 for e in tfds.as_numpy(
+          builder.as_dataset(split='validation'))]
+      data = input_pipeline.get_data(config)
+      batch = next(data.eval_batches())
+    np.testing.assert_array_equal(batch['batch_mask'], expected)
+    self.assertTrue(np.all(batch['label'].sum(-1)[batch['batch_mask'] > 0]
+                           >= 1))
+
+
+if __name__ == '__main__':
+  absltest.main()

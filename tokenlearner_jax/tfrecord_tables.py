@@ -1,0 +1,34 @@
+"""The reference's TFRecord tables: 'name@N' shard sets or globs, per process."""
+
+import os
+from typing import List
+
+import jax
+import tensorflow as tf
+
+
+def sharded_files(base_dir: str, table: str, field: str) -> List[str]:
+  """The files of one `tables` entry: 'name@N' or a glob under `base_dir`."""
+  if '@' in table:
+    prefix, count = table.rsplit('@', 1)
+    count = int(count)
+    files = [os.path.join(base_dir, f'{prefix}-{i:05d}-of-{count:05d}')
+             for i in range(count)]
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing:
+      raise FileNotFoundError(f'{field}={table!r}: {len(missing)} of {count} '
+                              f'shards are missing, e.g. {missing[0]}.')
+    return files
+  files = sorted(tf.io.gfile.glob(os.path.join(base_dir, table)))
+  if not files:
+    raise FileNotFoundError(f'{field}={table!r}: no file matches '
+                            f'{os.path.join(base_dir, table)}.')
+  return files
+
+
+def process_files(files: List[str], field: str) -> List[str]:
+  """This process's share of `files` (every process reads distinct files)."""
+  if len(files) < jax.process_count():
+    raise ValueError(f'{field}: {len(files)} files cannot be shared among '
+                     f'{jax.process_count()} processes; write more shards.')
+  return files[jax.process_index()::jax.process_count()]
