@@ -105,6 +105,10 @@ def trainer_defaults(config: ml_collections.ConfigDict) -> None:
   from tokenlearner_jax import sharding  # pylint: disable=g-import-not-at-top
   config.init_from = ml_collections.ConfigDict(dict(
       checkpoint_path=ml_collections.config_dict.placeholder(str),
-      checkpoint_format='tokenlearner_jax'))
+      checkpoint_format='tokenlearner_jax',  # Or 'scenic', 'big_vision'.
+      positional_embed_size_change=ml_collections.config_dict.placeholder(
+          str),  # 'resize', 'tile' or 'resize_tile'.
+      kernel_init_method=ml_collections.config_dict.placeholder(str),
+      init_missing_from_scratch=False))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   config.logical_axis_rules = [list(rule) for rule in sharding.DEFAULT_RULES]

@@ -38,6 +38,7 @@ from tokenlearner_jax import flops
 from tokenlearner_jax import input_pipeline
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
+from tokenlearner_jax import pretrained
 from tokenlearner_jax import sharding
 from tokenlearner_jax.models import build_model
 
@@ -201,57 +202,6 @@ def restore(manager, state, shardings, step: Optional[int] = None):
   return flax.serialization.from_state_dict(state, restored)
 
 
-def load_pretrained_params(init_from: ml_collections.ConfigDict) -> Dict:
-  """Parameters of `init_from.checkpoint_path`, as a nested dict of arrays.
-
-  `checkpoint_format='tokenlearner_jax'` (default): a workdir of this trainer
-  (its latest checkpoint). 'scenic': a reference flax msgpack checkpoint file,
-  holding `params` or the deprecated `optimizer.target`.
-  """
-  path = init_from.checkpoint_path
-  fmt = init_from.get('checkpoint_format', 'tokenlearner_jax')
-  if fmt == 'scenic':
-    with open(path, 'rb') as f:
-      tree = flax.serialization.msgpack_restore(f.read())
-    tree = tree['params'] if 'params' in tree else tree['optimizer']['target']
-    return flax.core.unfreeze(tree)
-  if fmt != 'tokenlearner_jax':
-    raise ValueError("init_from.checkpoint_format must be 'tokenlearner_jax' "
-                     f"or 'scenic', got {fmt!r}.")
-  manager = ocp.CheckpointManager(os.path.join(path, 'checkpoints'))
-  if manager.latest_step() is None:
-    raise ValueError(f'init_from.checkpoint_path: no checkpoint in {path}.')
-  return manager.restore(manager.latest_step())['params']
-
-
-def init_from_pretrained(state: TrainState, pretrained: Dict) -> TrainState:
-  """Copies pretrained parameters into `state`, keeping the new head.
-
-  Every parameter but `output_projection` must exist with the same shape
-  (position-embedding resizing and kernel inflation are not supported yet);
-  `pre_logits` is copied only where both models have one.
-  """
-  new = flax.traverse_util.flatten_dict(state.params, sep='/')
-  old = flax.traverse_util.flatten_dict(pretrained, sep='/')
-  merged = {}
-  for name, value in new.items():
-    if name.startswith('output_projection/') or (
-        name.startswith('pre_logits/') and name not in old):
-      merged[name] = value
-      continue
-    if name not in old or tuple(old[name].shape) != tuple(value.shape):
-      raise ValueError(
-          f'init_from: parameter {name} {tuple(value.shape)} is '
-          f'{"missing" if name not in old else tuple(old[name].shape)} in '
-          'the pretrained checkpoint.')
-    merged[name] = jax.device_put(jnp.asarray(old[name], value.dtype),
-                                  value.sharding)
-  logging.info('Initialised %d parameters from the pretrained checkpoint.',
-               len(merged))
-  return state.replace(
-      params=flax.traverse_util.unflatten_dict(merged, sep='/'))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, float]:
   """Trains, evaluates, checkpoints; returns the final eval metrics."""
@@ -271,7 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if manager.latest_step() is not None:
     state = restore(manager, state, shardings)
   elif config.get('init_from') and config.init_from.get('checkpoint_path'):
-    state = init_from_pretrained(state, load_pretrained_params(config.init_from))
+    state = state.replace(params=pretrained.init_params(
+        state.params, pretrained.load_params(config.init_from), config,
+        data.input_shape))
   start_step = int(state.step)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
