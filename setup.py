@@ -31,5 +31,5 @@ setuptools.setup(
         # Ships the digits images the offline demo datasets are made from.
         'scikit-learn',
     ],
-    extras_require={'test': ['pytest>=8', 'pytest-xdist']},
+    extras_require={'test': ['pytest>=8', 'pytest-xdist', 'av']},
 )
