@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tests.test_configs import load
+from tokenlearner_jax import evaluate
 from tokenlearner_jax import optim
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import train
@@ -61,8 +62,8 @@ def read_jsonl(workdir):
 class ConfigsTrainTest(parameterized.TestCase):
   """Every config in configs/ runs 2 train steps and an eval (runlocal)."""
 
-  def run_config(self, config):
-    workdir = self.create_tempdir().full_path
+  def run_config(self, config, workdir=None):
+    workdir = workdir or self.create_tempdir().full_path
     final = train.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, 'final_metrics.json')) as f:
       self.assertEqual(json.load(f), final)
@@ -74,7 +75,8 @@ class ConfigsTrainTest(parameterized.TestCase):
     names = {os.path.basename(p)[:-3]
              for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))}
     self.assertEqual(names, {'demo_moving_digits', 'demo_multi_digits',
-                             'im1k_token_learner', 'vivit_k400'})
+                             'im1k_token_learner', 'jft_pretrain',
+                             'vit_imagenet', 'vivit_k400', 'vivit_k600'})
 
   def test_demo_moving_digits_with_mixup_and_label_smoothing(self):
     config = config_for('demo_moving_digits')
@@ -110,6 +112,53 @@ class ConfigsTrainTest(parameterized.TestCase):
     final = self.run_config(config)
     self.assertSameElements(final,
                             ['step', 'loss', 'accuracy', 'num_examples'])
+
+  def test_vivit_k600_on_generated_tfrecords_with_the_4x3_test(self):
+    config = config_for('vivit_k600')
+    base_dir = self.create_tempdir().full_path
+    config.dataset_configs.base_dir = base_dir
+    config.dataset_configs.num_classes = 5
+    write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5)
+    write_video_tfrecords(base_dir, 'validation', 4, 5)
+    write_video_tfrecords(base_dir, 'test', 3, 5)
+    workdir = self.create_tempdir().full_path
+    self.run_config(config, workdir)
+    results = evaluate.evaluate_checkpoint(config, workdir)
+    self.assertEqual(results['views_per_example'], 12)
+    self.assertEqual(results['num_examples'], 3)
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'eval_test.json')))
+
+  def test_vit_imagenet_on_mock_data(self):
+    config = config_for('vit_imagenet')
+    with tfds.testing.mock_data(num_examples=16):
+      final = self.run_config(config)
+    self.assertSameElements(
+        final, ['step', 'loss', 'accuracy', 'top_5_accuracy', 'num_examples'])
+
+  def test_jft_pretrain_on_generated_tfrecords(self):
+    config = config_for('jft_pretrain')
+    base_dir = self.create_tempdir().full_path
+    config.dataset_configs.base_dir = base_dir
+    num_classes = config.dataset_configs.num_classes
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 8), ('validation', 5)):
+      with tf.io.TFRecordWriter(
+          os.path.join(base_dir, f'{split}-00000-of-00001')) as writer:
+        for i in range(count):
+          buffer = io.BytesIO()
+          Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(
+              buffer, format='JPEG')
+          labels = sorted({i % num_classes, (3 * i + 1) % num_classes})
+          writer.write(tf.train.Example(features=tf.train.Features(feature={
+              'image/encoded': tf.train.Feature(bytes_list=tf.train.BytesList(
+                  value=[buffer.getvalue()])),
+              'image/class/label': tf.train.Feature(
+                  int64_list=tf.train.Int64List(value=labels)),
+          })).SerializeToString())
+    final = self.run_config(config)
+    self.assertSameElements(
+        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples'])
+    self.assertEqual(final['num_examples'], 5)
 
 
 class ResumeTest(absltest.TestCase):
