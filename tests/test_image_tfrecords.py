@@ -92,6 +92,27 @@ class RealLabelsTest(absltest.TestCase):
     self.assertTrue(np.all(batch['label'].sum(-1)[batch['batch_mask'] > 0]
                            >= 1))
 
+  def test_train_on_imagenet_evaluate_on_real_labels(self):
+    config = ml_collections.ConfigDict(dict(
+        dataset_name='imagenet2012', rng_seed=0, batch_size=2,
+        eval_batch_size=8, dataset_configs=dict(
+            num_classes=1000, image_size=16,
+            eval_dataset_name='imagenet2012_real', eval_label_key='real_label',
+            eval_split='validation')))
+    with tfds.testing.mock_data(num_examples=8):
+      real = list(tfds.as_numpy(tfds.builder('imagenet2012_real').as_dataset(
+          split='validation')))
+      data = input_pipeline.get_data(config)
+      train_batch = next(data.train_iter)
+      batch = next(data.eval_batches())
+    self.assertEqual(train_batch['label'].shape, (2, 1000))
+    np.testing.assert_array_equal(train_batch['label'].sum(-1), [1, 1])
+    np.testing.assert_array_equal(batch['batch_mask'],
+                                  [len(e['real_label']) > 0 for e in real])
+    for row, example in zip(batch['label'], real):
+      self.assertEqual(np.flatnonzero(row).tolist(),
+                       sorted(set(example['real_label'].tolist())))
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -9,7 +9,10 @@ What they return is `tokenlearner_jax.batching.Data`; inputs are float32 in
     with `tokenlearner_jax.image_preprocessing` (inception crop, central crop,
     flips); `dataset_configs.label_key` picks another label feature, e.g.
     'real_label' of 'imagenet2012_real' (multi-hot; images without a ReaL
-    label are left out of the metrics);
+    label are left out of the metrics). `eval_dataset_name` (and
+    `eval_label_key`) evaluate on another tfds dataset, e.g. train on
+    'imagenet2012' and evaluate on the ReaL labels of 'imagenet2012_real',
+    which has no train split;
   * 'multilabel_image_tfrecords': JFT-style `tf.Example`s with 'image/encoded'
     and a list of class ids under 'image/class/label'
     (`tokenlearner_jax.image_tfrecords`);
@@ -37,24 +40,34 @@ def _tfds_split(builder, split: str, seed: int) -> tf.data.Dataset:
       read_config=tfds.ReadConfig(shuffle_seed=seed))
 
 
-def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
-  """Image or video classification from a tfds builder."""
-  dc = config.dataset_configs
-  name = TFDS_NAMES.get(config.dataset_name, config.dataset_name)
+def _tfds_builder(name: str, dc: ml_collections.ConfigDict):
+  name = TFDS_NAMES.get(name, name)
   if dc.get('builder_config'):
     name = f'{name}/{dc.builder_config}'
   builder = tfds.builder(name, data_dir=dc.get('data_dir'))
   builder.download_and_prepare()
+  return builder
+
+
+def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
+  """Image or video classification from a tfds builder."""
+  dc = config.dataset_configs
+  builder = _tfds_builder(config.dataset_name, dc)
   info = builder.info
   input_key, label_key = info.supervised_keys
-  num_classes = dc.num_classes
-  eval_split = dc.get('eval_split', 'test' if 'test' in info.splits
-                      else 'validation')
-
-  pad = dc.get('crop_padding', 0)
   label_key = dc.get('label_key', label_key)
+  eval_builder, eval_label_key = builder, label_key
+  if dc.get('eval_dataset_name'):
+    eval_builder = _tfds_builder(dc.eval_dataset_name, dc)
+    eval_label_key = dc.get('eval_label_key',
+                            eval_builder.info.supervised_keys[1])
+  num_classes = dc.num_classes
+  eval_splits = eval_builder.info.splits
+  eval_split = dc.get('eval_split', 'test' if 'test' in eval_splits
+                      else 'validation')
+  pad = dc.get('crop_padding', 0)
 
-  def preprocess(example, seed=None):
+  def preprocess(example, seed=None, label_key=label_key):
     """Eval preprocessing, or train augmentation when given a `seed`."""
     x = example[input_key]
     if x.shape.rank == 3:  # An image.
@@ -88,8 +101,9 @@ def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
                       drop_remainder=True).prefetch(2)
 
   def eval_split_ds(split: str) -> tf.data.Dataset:
-    return _tfds_split(builder, split, config.rng_seed).map(
-        preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    return _tfds_split(eval_builder, split, config.rng_seed).map(
+        lambda e: preprocess(e, label_key=eval_label_key),
+        num_parallel_calls=tf.data.AUTOTUNE)
 
   eval_ds = eval_split_ds(eval_split)
   if dc.get('cache', True):
@@ -98,7 +112,10 @@ def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
                                             'eval_batch_size')
   shape = tuple(next(iter(batching.to_numpy(eval_ds.take(1).batch(1))))[
       'inputs'].shape[1:])
-  sizes = {k: v.num_examples for k, v in info.splits.items()}  # {} if mocked
+  # Both {} if mocked.
+  train_size = {k: v.num_examples for k, v in info.splits.items()}.get('train')
+  eval_size = {k: v.num_examples for k, v in eval_splits.items()}.get(
+      eval_split)
   return batching.Data(
       train_iter=batching.to_numpy(train),
       eval_batches=lambda: batching.padded(eval_ds, eval_bs),
@@ -106,8 +123,8 @@ def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
           eval_split_ds(split).map(
               lambda e: {**e, 'inputs': e['inputs'][None]}), eval_bs),
       num_classes=num_classes, input_shape=shape,
-      num_train_examples=sizes.get('train', 0),
-      num_eval_examples=sizes.get(eval_split, 0))
+      num_train_examples=train_size or 0,
+      num_eval_examples=eval_size or 0)
 
 
 def get_data(config: ml_collections.ConfigDict) -> batching.Data:
