@@ -24,15 +24,17 @@ def get_config(arg=None):
   config.dataset_configs = ml_collections.ConfigDict(dict(
       builder_config='default',
       data_dir=ml_collections.config_dict.placeholder(str), num_classes=40,
-      shuffle_buffer_size=4096, crop_padding=4))
+      shuffle_buffer_size=4096, crop_padding=4,
+      # Small data: every process reads it all in one order, so the batches
+      # are the same for any number of processes.
+      global_order=True))
 
   config.model_name = 'token_learner_classification'
   config.model = config_lib.model_config(
-      'mu/8', 'video', num_tokens=8, tokenlearner_loc=2, classifier='gap',
-      stochastic_depth=0.1)
+      'mu/8', 'video', num_tokens=8, tokenlearner_loc=2, classifier='gap')
   config.model.hidden_size = 64
   config.model.mlp_dim = 128
-  config.model.num_layers = 6
+  config.model.num_layers = 4
   config.model_dtype_str = 'float32'
 
   config.optimizer = 'adamw'
@@ -42,16 +44,18 @@ def get_config(arg=None):
   config.label_smoothing = ml_collections.config_dict.placeholder(float)
   config.mixup = ml_collections.ConfigDict(dict(
       alpha=ml_collections.config_dict.placeholder(float)))
-  config.batch_size = 64
+  # Small batches and many updates, no stochastic depth: on 2 CPU cores this
+  # learned faster per second than batches of 64 or 6 layers did.
+  config.batch_size = 32
   config.eval_batch_size = 250
-  config.num_training_steps = 3200
+  config.num_training_steps = 5000
   config.lr_configs = ml_collections.ConfigDict(dict(
       learning_rate_schedule='compound',
       factors='constant * linear_warmup * cosine_decay',
-      warmup_steps=200, base_learning_rate=3e-3))
+      warmup_steps=400, base_learning_rate=3e-3))
   config.log_summary_steps = 100
-  config.log_eval_steps = 800
-  config.checkpoint_steps = 800
+  config.log_eval_steps = 1000
+  config.checkpoint_steps = 1000
   config.rng_seed = 0
   config_lib.trainer_defaults(config)
 
