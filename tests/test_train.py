@@ -4,9 +4,12 @@ import glob
 import io
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -216,6 +219,220 @@ class InitFromTest(absltest.TestCase):
                                   source['embedding']['kernel'])
     self.assertTrue(np.any(source['output_projection']['kernel'] != 0))
     np.testing.assert_array_equal(tuned['output_projection']['kernel'], 0)
+
+
+def train_command(workdir: str, *overrides: str):
+  return [sys.executable, '-m', 'tokenlearner_jax.train',
+          f'--config={ROOT}/configs/demo_moving_digits.py:runlocal',
+          f'--workdir={workdir}',
+          f'--config.dataset_configs.data_dir={DATA_DIR}', *overrides]
+
+
+def committed_steps(workdir: str):
+  """Checkpoint steps orbax has finished writing (no temporary suffix)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+class FaultToleranceTest(absltest.TestCase):
+  """Kill, preemption and non-finite losses, on real subprocesses."""
+
+  # Long enough to be killed mid-run; eval and checkpoints along the way.
+  OVERRIDES = ('--config.num_training_steps=120', '--config.checkpoint_steps=10',
+               '--config.log_summary_steps=5', '--config.log_eval_steps=60')
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tfds.builder('moving_digits/small', data_dir=DATA_DIR).download_and_prepare()
+
+  def run_to_end(self, workdir: str, *overrides: str):
+    result = subprocess.run(train_command(workdir, *overrides), cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    return result
+
+  def final_state(self, workdir: str):
+    config = config_for('demo_moving_digits')
+    manager = train.checkpoint_manager(workdir, config)
+    step = manager.latest_step()
+    with open(os.path.join(workdir, 'final_metrics.json')) as f:
+      return step, manager.restore(step), json.load(f)
+
+  def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(self):
+    straight = self.create_tempdir().full_path
+    self.run_to_end(straight, *self.OVERRIDES)
+    killed = self.create_tempdir().full_path
+    process = subprocess.Popen(train_command(killed, *self.OVERRIDES),
+                               cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not committed_steps(killed) and time.time() < deadline:
+      time.sleep(0.02)
+    process.kill()
+    process.wait()
+    steps_at_kill = committed_steps(killed)
+    self.assertNotEmpty(steps_at_kill)
+    self.assertLess(steps_at_kill[-1], 120, 'killed too late to test resume')
+    self.run_to_end(killed, *self.OVERRIDES)
+    step_a, state_a, final_a = self.final_state(straight)
+    step_b, state_b, final_b = self.final_state(killed)
+    self.assertEqual((step_a, step_b), (120, 120))
+    self.assertEqual(final_a, final_b)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state_a, state_b)
+
+  def test_sigterm_saves_the_current_step_and_exits_zero(self):
+    workdir = self.create_tempdir().full_path
+    overrides = ('--config.num_training_steps=100000',
+                 '--config.checkpoint_steps=100000',
+                 '--config.log_summary_steps=5',
+                 '--config.log_eval_steps=100000')
+    process = subprocess.Popen(train_command(workdir, *overrides), cwd=ROOT,
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    results = os.path.join(workdir, 'metrics.jsonl')
+    deadline = time.time() + 300
+    while not os.path.exists(results) and time.time() < deadline:
+      time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    sent = time.time()
+    _, stderr = process.communicate(timeout=60)
+    self.assertLess(time.time() - sent, 30)
+    self.assertEqual(process.returncode, 0, stderr[-3000:])
+    self.assertIn('Preempted: saved the checkpoint of step', stderr)
+    saved = committed_steps(workdir)[-1]  # orbax also keeps step 1.
+    self.assertGreaterEqual(saved, 5)
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'final_metrics.json')))
+    # The same command (here shortened) resumes after the saved step.
+    self.run_to_end(workdir, f'--config.num_training_steps={saved + 2}',
+                    '--config.log_summary_steps=1')
+    resumed = [r['step'] for r in read_jsonl(workdir)
+               if r['kind'] == 'train' and r['step'] > saved]
+    self.assertEqual(resumed, [saved + 1, saved + 2])
+
+
+class NonFiniteTest(absltest.TestCase):
+
+  def test_non_finite_update_stops_naming_the_step_and_keeps_checkpoints(
+      self):
+    config = config_for('demo_moving_digits')
+    config.dataset_configs.data_dir = DATA_DIR
+    config.num_training_steps = 1
+    config.checkpoint_steps = 1
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(config, workdir)
+    # Resumed with an infinite learning rate, step 2's update makes the
+    # parameters non-finite: the run stops there, before saving step 2.
+    config.num_training_steps = 4
+    config.lr_configs.factors = 'constant'
+    config.lr_configs.base_learning_rate = float('inf')
+    with self.assertRaisesRegex(
+        FloatingPointError, r'param_norm .* at step 2; .*checkpoint at step 1'):
+      train.train_and_evaluate(config, workdir)
+    self.assertEqual(committed_steps(workdir), [1])
+
+  def test_skip_nonfinite_steps_drops_the_update(self):
+    config = config_for('demo_moving_digits')
+    config.skip_nonfinite_steps = 2
+    tx, _ = optim.make_optimizer(config, 10)
+    params = {'w': jnp.ones(3)}
+    opt_state = tx.init(params)
+    updates, opt_state = tx.update({'w': jnp.array([1.0, jnp.nan, 0.0])},
+                                   opt_state, params)
+    np.testing.assert_array_equal(updates['w'], 0)
+    self.assertEqual(int(opt_state.total_notfinite), 1)
+
+
+class BadInputTest(absltest.TestCase):
+
+  def test_batch_not_divisible_by_data_parallel_size_is_named(self):
+    config = config_for('demo_moving_digits')
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                             ('data', 'fsdp', 'model'))
+    train.check_batch_sizes(config, mesh)  # Any batch splits over 1 device.
+    mesh = ml_collections.ConfigDict(dict(shape=dict(data=4, fsdp=2)))
+    config.batch_size = 12
+    with self.assertRaisesRegex(ValueError,
+                                r'batch_size=12 .* data-parallel size 8'):
+      train.check_batch_sizes(config, mesh)
+
+
+def free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    return sock.getsockname()[1]
+
+
+class MultiProcessTest(absltest.TestCase):
+  """Processes joined through jax.distributed (gloo collectives on CPU)."""
+
+  OVERRIDES = ('--config.num_training_steps=4', '--config.checkpoint_steps=4',
+               '--config.dataset_configs.global_order=True',
+               '--config.mesh.data=4', '--config.mesh.model=2',
+               '--config.model.num_layers=2')
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tfds.builder('moving_digits/small', data_dir=DATA_DIR).download_and_prepare()
+
+  def launch(self, workdir: str, devices: int, *overrides: str):
+    env = dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    return subprocess.Popen(train_command(workdir, *overrides), env=env,
+                            cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+  def launch_job(self, workdir: str, *overrides: str):
+    port = free_port()
+    return [self.launch(workdir, 4, *overrides,
+                        f'--coordinator_address=localhost:{port}',
+                        '--num_processes=2', f'--process_id={i}')
+            for i in range(2)]
+
+  def wait(self, process, timeout=600):
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr
+
+  def test_two_processes_match_one_and_their_checkpoint_restores_in_one(self):
+    one = self.create_tempdir().full_path
+    code, stderr = self.wait(self.launch(one, 8, *self.OVERRIDES))
+    self.assertEqual(code, 0, stderr[-3000:])
+    two = self.create_tempdir().full_path
+    for code, stderr in map(self.wait, self.launch_job(two, *self.OVERRIDES)):
+      self.assertEqual(code, 0, stderr[-3000:])
+    losses_one = [r['loss'] for r in read_jsonl(one) if r['kind'] == 'train']
+    losses_two = [r['loss'] for r in read_jsonl(two) if r['kind'] == 'train']
+    self.assertLen(losses_one, 4)
+    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)
+    # One process with 8 devices resumes the two-process checkpoint.
+    code, stderr = self.wait(self.launch(
+        two, 8, *self.OVERRIDES, '--config.num_training_steps=5'))
+    self.assertEqual(code, 0, stderr[-3000:])
+    self.assertIn('Restored the checkpoint at step 4', stderr)
+    steps = [r['step'] for r in read_jsonl(two) if r['kind'] == 'train']
+    self.assertEqual(steps, [1, 2, 3, 4, 5])
+
+  def test_a_dead_process_stops_the_other(self):
+    workdir = self.create_tempdir().full_path
+    first, second = self.launch_job(
+        workdir, *self.OVERRIDES, '--config.num_training_steps=1000000',
+        '--config.checkpoint_steps=1000000', '--config.log_eval_steps=1000000')
+    results = os.path.join(workdir, 'metrics.jsonl')
+    deadline = time.time() + 300
+    while not os.path.exists(results) and time.time() < deadline:
+      time.sleep(0.1)
+    second.kill()
+    second.wait()
+    killed = time.time()
+    try:
+      code, _ = self.wait(first, timeout=90)
+    finally:
+      first.kill()
+    self.assertLess(time.time() - killed, 60)
+    self.assertNotEqual(code, 0)
 
 
 class ShardingEqualityTest(absltest.TestCase):

@@ -63,13 +63,46 @@ def padded_eval_batch_size(batch_size: int, field: str) -> int:
   return -(-local // devices) * devices
 
 
-def example_seed(rng_seed: int, index: tf.Tensor) -> tf.Tensor:
+def skip_to_step(enumerated: tf.data.Dataset, batch_size: int,
+                 start_step: int, global_order: bool = False
+                 ) -> tf.data.Dataset:
+  """Skips the examples of the first `start_step` train batches.
+
+  Applied to the shuffled, enumerated stream before any decoding, so a
+  resumed run sees exactly the examples (and, through `example_seed`, the
+  augmentation) an uninterrupted run would. The stream is this process's, or
+  with `global_order` the global one.
+  """
+  per_step = (batch_size if global_order
+              else per_process(batch_size, 'batch_size'))
+  return enumerated.skip(start_step * per_step)
+
+
+def keep_process_rows(enumerated: tf.data.Dataset,
+                      batch_size: int) -> tf.data.Dataset:
+  """This process's rows of each global batch of a global, enumerated stream.
+
+  Process p keeps rows `[p * local, (p + 1) * local)` of every global batch,
+  which `jax.make_array_from_process_local_data` puts back in place: the
+  global batches are those of a single-process run, whatever the process
+  count.
+  """
+  local = per_process(batch_size, 'batch_size')
+  process = jax.process_index()
+  return enumerated.filter(
+      lambda i, _: tf.equal((i % batch_size) // local, process))
+
+
+def example_seed(rng_seed: int, index: tf.Tensor,
+                 global_order: bool = False) -> tf.Tensor:
   """A stateless seed for the `index`-th train example of this process.
 
   Augmentation draws from it, so a run's inputs depend only on `rng_seed`
-  and the example's position in the stream, never on thread timing.
+  and the example's position in the stream, never on thread timing. With
+  `global_order`, `index` already counts the global stream.
   """
-  stream = index * jax.process_count() + jax.process_index()
+  stream = (index if global_order
+            else index * jax.process_count() + jax.process_index())
   return tf.stack([tf.constant(rng_seed, tf.int64), stream])
 
 

@@ -111,4 +111,6 @@ def trainer_defaults(config: ml_collections.ConfigDict) -> None:
       kernel_init_method=ml_collections.config_dict.placeholder(str),
       init_missing_from_scratch=False))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  # 0: a non-finite loss stops the run; N: skip up to N such updates in a row.
+  config.skip_nonfinite_steps = 0
   config.logical_axis_rules = [list(rule) for rule in sharding.DEFAULT_RULES]

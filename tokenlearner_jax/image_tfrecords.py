@@ -46,8 +46,12 @@ def multi_hot(label: tf.Tensor, dc: ml_collections.ConfigDict) -> tf.Tensor:
                       1.0)
 
 
-def get_data(config: ml_collections.ConfigDict) -> batching.Data:
-  """`batching.Data` for `dataset_name='multilabel_image_tfrecords'`."""
+def get_data(config: ml_collections.ConfigDict,
+             start_step: int = 0) -> batching.Data:
+  """`batching.Data` for `dataset_name='multilabel_image_tfrecords'`.
+
+  The train stream starts after `start_step` batches (for resuming).
+  """
   dc = config.dataset_configs
   if not dc.get('image_size'):
     raise ValueError('dataset_configs.image_size must be set for '
@@ -71,8 +75,11 @@ def get_data(config: ml_collections.ConfigDict) -> batching.Data:
     return {'inputs': tf.ensure_shape(image, (size, size, 3)),
             'label': multi_hot(parsed['label'], dc)}
 
-  train = tf.data.TFRecordDataset(files('train')).repeat().shuffle(
-      dc.get('shuffle_buffer_size', 10_000), seed=config.rng_seed).enumerate()
+  train = batching.skip_to_step(
+      tf.data.TFRecordDataset(files('train')).repeat().shuffle(
+          dc.get('shuffle_buffer_size', 10_000),
+          seed=config.rng_seed).enumerate(),
+      config.batch_size, start_step)
   train = train.map(
       lambda i, r: example(r, batching.example_seed(config.rng_seed, i)),
       num_parallel_calls=tf.data.AUTOTUNE)

@@ -19,6 +19,13 @@ What they return is `tokenlearner_jax.batching.Data`; inputs are float32 in
   * 'video_tfrecord_dataset': `tf.SequenceExample`s with JPEG frames under
     'image/encoded' and labels under 'clip/label/index', as the reference reads
     (`tokenlearner_jax.video_tfrecords`).
+
+For tfds datasets, `dataset_configs.global_order=True` makes every process
+read the whole train split in one global order and keep its rows of each
+global batch, so batches (and losses) are the same for any number of
+processes, at the cost of each process reading every record (meant for
+small datasets and reproducibility checks). By default each process reads
+its own share (`tfds.split_for_jax_process`).
 """
 
 import ml_collections
@@ -34,9 +41,12 @@ from tokenlearner_jax import video_tfrecords
 TFDS_NAMES = {'imagenet': 'imagenet2012'}
 
 
-def _tfds_split(builder, split: str, seed: int) -> tf.data.Dataset:
+def _tfds_split(builder, split: str, seed: int,
+                whole: bool = False) -> tf.data.Dataset:
+  """This process's share of `split`, or the `whole` split."""
   return builder.as_dataset(
-      split=tfds.split_for_jax_process(split), shuffle_files=split == 'train',
+      split=split if whole else tfds.split_for_jax_process(split),
+      shuffle_files=split == 'train',
       read_config=tfds.ReadConfig(shuffle_seed=seed))
 
 
@@ -49,7 +59,8 @@ def _tfds_builder(name: str, dc: ml_collections.ConfigDict):
   return builder
 
 
-def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
+def _tfds_data(config: ml_collections.ConfigDict,
+               start_step: int) -> batching.Data:
   """Image or video classification from a tfds builder."""
   dc = config.dataset_configs
   builder = _tfds_builder(config.dataset_name, dc)
@@ -88,13 +99,19 @@ def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
     return {'inputs': x, 'label': label,
             'example_mask': tf.cast(tf.reduce_any(label > 0), tf.float32)}
 
-  train = _tfds_split(builder, 'train', config.rng_seed)
+  global_order = dc.get('global_order', False)
+  train = _tfds_split(builder, 'train', config.rng_seed, global_order)
   if dc.get('cache', True):
     train = train.cache()
-  train = train.repeat().shuffle(dc.get('shuffle_buffer_size', 10_000),
-                                 seed=config.rng_seed).enumerate()
+  train = batching.skip_to_step(
+      train.repeat().shuffle(dc.get('shuffle_buffer_size', 10_000),
+                             seed=config.rng_seed).enumerate(),
+      config.batch_size, start_step, global_order)
+  if global_order:
+    train = batching.keep_process_rows(train, config.batch_size)
   train = train.map(
-      lambda i, e: preprocess(e, batching.example_seed(config.rng_seed, i)),
+      lambda i, e: preprocess(e, batching.example_seed(config.rng_seed, i,
+                                                       global_order)),
       num_parallel_calls=tf.data.AUTOTUNE).map(
           lambda e: {'inputs': e['inputs'], 'label': e['label']})
   train = train.batch(batching.per_process(config.batch_size, 'batch_size'),
@@ -127,10 +144,15 @@ def _tfds_data(config: ml_collections.ConfigDict) -> batching.Data:
       num_eval_examples=eval_size or 0)
 
 
-def get_data(config: ml_collections.ConfigDict) -> batching.Data:
-  """The `batching.Data` of `config.dataset_name`."""
+def get_data(config: ml_collections.ConfigDict,
+             start_step: int = 0) -> batching.Data:
+  """The `batching.Data` of `config.dataset_name`.
+
+  The train stream starts where an uninterrupted run is after `start_step`
+  steps (for resuming).
+  """
   if config.dataset_name == 'video_tfrecord_dataset':
-    return video_tfrecords.get_data(config)
+    return video_tfrecords.get_data(config, start_step)
   if config.dataset_name == 'multilabel_image_tfrecords':
-    return image_tfrecords.get_data(config)
-  return _tfds_data(config)
+    return image_tfrecords.get_data(config, start_step)
+  return _tfds_data(config, start_step)

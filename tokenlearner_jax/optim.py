@@ -77,4 +77,10 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
                      f"'momentum', 'sgd', got {name!r}.")
   if config.get('max_grad_norm'):
     tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), tx)
+  if config.get('skip_nonfinite_steps'):
+    # Updates with a non-finite gradient are dropped (the state stays as it
+    # was); after `skip_nonfinite_steps` such steps in a row the update goes
+    # through, and the trainer stops on the non-finite loss.
+    tx = optax.apply_if_finite(
+        tx, max_consecutive_errors=int(config.skip_nonfinite_steps))
   return tx, schedule

@@ -8,11 +8,19 @@ orbax checkpoints under `WORKDIR/checkpoints` (re-running the same command
 resumes), clu writers (TensorBoard events in WORKDIR), one JSON object per
 logged summary in `WORKDIR/metrics.jsonl`, and the final eval metrics in
 `WORKDIR/final_metrics.json` for sweep scripts.
+
+Multi-process jobs: on TPU pods and under SLURM `jax.distributed` finds its
+peers by itself; elsewhere pass `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` to every process. SIGTERM (a preemption
+notice) saves a checkpoint at the current step and exits 0; the same command
+resumes there, with the input stream at the same position.
 """
 
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -50,6 +58,11 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Where checkpoints, TensorBoard events '
                       'and result files go.')
+  flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 of '
+                      'a multi-process job (auto-detected on TPU pods and '
+                      'SLURM).')
+  flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+  flags.DEFINE_integer('process_id', None, 'This process, 0 to N-1.')
 
 
 @flax.struct.dataclass
@@ -125,6 +138,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
       'grad_norm': optax.tree.norm(grads),
       'param_norm': optax.tree.norm(params),
   }
+  if isinstance(opt_state, optax.ApplyIfFiniteState):
+    step_metrics['skipped_steps'] = opt_state.total_notfinite
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state, rng=rng)
   return new_state, step_metrics
@@ -202,22 +217,64 @@ def restore(manager, state, shardings, step: Optional[int] = None):
   return flax.serialization.from_state_dict(state, restored)
 
 
+def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
+  """Batch sizes must split evenly over the data-parallel devices."""
+  parallel = mesh.shape['data'] * mesh.shape['fsdp']
+  if config.batch_size % parallel:
+    raise ValueError(
+        f'config.batch_size={config.batch_size} is not divisible by the '
+        f'data-parallel size {parallel} (config.mesh data x fsdp = '
+        f"{mesh.shape['data']} x {mesh.shape['fsdp']}).")
+
+
+# Set by SIGTERM (a preemption notice) in a single-process run; `main`
+# installs the handler. In a multi-process job JAX's preemption service handles
+# SIGTERM and the processes agree on the step through
+# `CheckpointManager.reached_preemption`.
+PREEMPTION_NOTICE = threading.Event()
+
+
+def preemption_requested(manager, step: int) -> bool:
+  if jax.process_count() > 1:
+    return manager.reached_preemption(step)
+  return PREEMPTION_NOTICE.is_set()
+
+
+def check_finite(unchecked, manager) -> None:
+  """Raises naming the first step with a non-finite watched metric.
+
+  `unchecked` holds `(step, {name: value})` pairs of per-step metrics.
+  """
+  for step, values in unchecked:
+    for name, value in values.items():
+      value = float(value)
+      if not np.isfinite(value):
+        raise FloatingPointError(
+            f'Non-finite train {name} ({value}) at step {step}; stopped with '
+            f'the last good checkpoint at step {manager.latest_step()} (set '
+            'config.skip_nonfinite_steps to skip such updates).')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Dict[str, float]:
-  """Trains, evaluates, checkpoints; returns the final eval metrics."""
+                       workdir: str) -> Optional[Dict[str, float]]:
+  """Trains, evaluates, checkpoints; returns the final eval metrics.
+
+  Returns None when stopped by SIGTERM (after saving a checkpoint).
+  """
   multilabel = metrics_lib.is_multilabel(config.model_name)
-  data = input_pipeline.get_data(config)
+  mesh = sharding.make_mesh(config)
+  check_batch_sizes(config, mesh)
+  manager = checkpoint_manager(workdir, config)
+  data = input_pipeline.get_data(config, start_step=manager.latest_step() or 0)
   model = build_model(config, data.num_classes)
   total_steps = num_train_steps(config, data.num_train_examples)
   tx, schedule = optim.make_optimizer(config, total_steps)
-  mesh = sharding.make_mesh(config)
   batch_sharding = sharding.batch_sharding(mesh)
   state, shardings = create_train_state(config, model, tx, data.input_shape,
                                         mesh)
 
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  manager = checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:
     state = restore(manager, state, shardings)
   elif config.get('init_from') and config.init_from.get('checkpoint_path'):
@@ -253,17 +310,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                total_steps, start_step, config.batch_size, dict(mesh.shape))
   pending, last_time, last_step = [], time.time(), start_step
   eval_results: Optional[Dict[str, float]] = None
+  # Per-step values not yet checked for finiteness: the loss (unless
+  # skip_nonfinite_steps skips such updates) and the updated parameters'
+  # norm, checked before any checkpoint is written.
+  watch = (('param_norm',) if config.get('skip_nonfinite_steps')
+           else ('loss', 'param_norm'))
+  unchecked = []
   for step in range(start_step + 1, total_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = sharding.global_batch(next(data.train_iter), batch_sharding)
       state, step_metrics = p_train_step(state, batch)
     pending.append(step_metrics)
+    unchecked.append((step, {k: step_metrics[k] for k in watch}))
     report(step)
+    preempted = preemption_requested(manager, step)
+    saving = preempted or manager.should_save(step) or step == total_steps
+    if saving or step % config.log_summary_steps == 0:
+      check_finite(unchecked, manager)  # Never save a non-finite state.
+      unchecked = []
     if step % config.log_summary_steps == 0 or step == total_steps:
       summary = {k: float(np.mean([m[k] for m in pending]))
                  for k in pending[0]}
-      if not np.isfinite(summary['loss']):
-        raise FloatingPointError(f'Non-finite train loss at step {step}.')
+      if 'skipped_steps' in summary:  # A running count: the latest.
+        summary['skipped_steps'] = int(pending[-1]['skipped_steps'])
       elapsed = time.time() - last_time
       steps_per_sec = (step - last_step) / elapsed
       summary['steps_per_sec'] = steps_per_sec
@@ -275,6 +344,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                    summary['examples_per_sec'], eta // 60, eta % 60)
       record(step, 'train', summary)
       pending, last_time, last_step = [], time.time(), step
+    if preempted:
+      manager.save(step, args=ocp.args.StandardSave(
+          flax.serialization.to_state_dict(state)), force=True)
+      manager.wait_until_finished()
+      writer.flush()
+      logging.warning('Preempted: saved the checkpoint of step %d; the same '
+                      'command resumes from it.', step)
+      return None
     if step % config.log_eval_steps == 0 or step == total_steps:
       eval_results = evaluate(state.params, data.eval_batches(), p_eval_step,
                               batch_sharding, multilabel)
@@ -296,21 +373,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return final
 
 
-def initialize_runtime() -> None:
-  """Process-wide setup shared by the command-line entry points."""
+def in_cluster() -> bool:
+  """Whether this process is one of several that JAX can find by itself."""
+  return bool(os.environ.get('JAX_COORDINATOR_ADDRESS') or
+              int(os.environ.get('SLURM_NTASKS', '1')) > 1 or
+              os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost').count(','))
+
+
+def initialize_runtime(coordinator_address: Optional[str] = None,
+                       num_processes: Optional[int] = None,
+                       process_id: Optional[int] = None) -> None:
+  """Process-wide setup shared by the command-line entry points.
+
+  Joins a multi-process job when given its coordinator (or when running on a
+  TPU pod or SLURM job, which `jax.distributed` detects); a dead peer then
+  stops this process within `heartbeat_timeout_seconds` instead of a hang.
+  """
   jax.config.update('jax_threefry_partitionable', True)
-  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise app.UsageError('--coordinator_address needs --num_processes and '
+                           '--process_id.')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=30)
+  elif in_cluster():
+    jax.distributed.initialize(heartbeat_timeout_seconds=30)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # Keep TensorFlow off the GPUs.
 
 
 def main(argv) -> None:
   del argv
-  initialize_runtime()
+  initialize_runtime(flags.FLAGS.coordinator_address,
+                     flags.FLAGS.num_processes, flags.FLAGS.process_id)
   workdir = flags.FLAGS.workdir
   if not workdir:
     raise app.UsageError('--workdir is required.')
+  if jax.process_count() == 1:
+    signal.signal(signal.SIGTERM, lambda *_: PREEMPTION_NOTICE.set())
   os.makedirs(workdir, exist_ok=True)
   train_and_evaluate(flags.FLAGS.config, workdir)
 

@@ -273,8 +273,12 @@ def _named_errors(batches: Iterator[batching.Batch], files: List[str],
     ) from e
 
 
-def get_data(config: ml_collections.ConfigDict) -> batching.Data:
-  """`batching.Data` for `config.dataset_name='video_tfrecord_dataset'`."""
+def get_data(config: ml_collections.ConfigDict,
+             start_step: int = 0) -> batching.Data:
+  """`batching.Data` for `config.dataset_name='video_tfrecord_dataset'`.
+
+  The train stream starts after `start_step` batches (for resuming).
+  """
   dc = config.dataset_configs
   _check_augmentations(dc)
   skip = dc.get('skip_corrupt_examples', False)
@@ -299,8 +303,10 @@ def get_data(config: ml_collections.ConfigDict) -> batching.Data:
 
   train_files = files('train')
   train = _records(train_files, config.rng_seed).map(parse_example)
-  train = train.repeat().shuffle(dc.get('shuffle_buffer_size', 1024),
-                                 seed=config.rng_seed).enumerate()
+  train = batching.skip_to_step(
+      train.repeat().shuffle(dc.get('shuffle_buffer_size', 1024),
+                             seed=config.rng_seed).enumerate(),
+      config.batch_size, start_step)
   train = train.map(
       lambda i, e: train_example(e, dc, batching.example_seed(
           config.rng_seed, i)), num_parallel_calls=tf.data.AUTOTUNE)
