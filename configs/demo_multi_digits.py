@@ -24,10 +24,7 @@ def get_config(arg=None):
   config.dataset_configs = ml_collections.ConfigDict(dict(
       builder_config='default',
       data_dir=ml_collections.config_dict.placeholder(str), num_classes=10,
-      shuffle_buffer_size=4096, random_flip=False,  # Digits: no mirroring.
-      # Small data: every process reads it all in one order, so the batches
-      # are the same for any number of processes.
-      global_order=True))
+      shuffle_buffer_size=4096, random_flip=False))  # Digits: no mirroring.
 
   config.model_name = 'token_learner_multilabel_classification'
   config.model = config_lib.model_config(
