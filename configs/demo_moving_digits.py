@@ -24,7 +24,8 @@ def get_config(arg=None):
   config.dataset_configs = ml_collections.ConfigDict(dict(
       builder_config='default',
       data_dir=ml_collections.config_dict.placeholder(str), num_classes=40,
-      shuffle_buffer_size=4096, crop_padding=4))
+      shuffle_buffer_size=4096, crop_padding=4,
+      global_order=False))  # True: the same batches on any process count.
 
   config.model_name = 'token_learner_classification'
   config.model = config_lib.model_config(

@@ -51,6 +51,27 @@ class TfdsPipelineTest(absltest.TestCase):
       shifted += (pad, pad) not in offsets
     self.assertGreater(shifted, len(augmented) // 2)
 
+  def test_resumed_stream_continues_where_the_run_stopped(self):
+    config = demo_config()
+    straight = first_batches(config, 3)
+    resumed = next(input_pipeline.get_data(config, start_step=2).train_iter)
+    np.testing.assert_array_equal(resumed['inputs'], straight[2]['inputs'])
+    np.testing.assert_array_equal(resumed['label'], straight[2]['label'])
+
+  def test_global_order_gives_the_same_stream_on_one_process(self):
+    config = demo_config()
+    local = first_batches(config, 2)
+    config.dataset_configs.global_order = True
+    for x, y in zip(local, first_batches(config, 2)):
+      np.testing.assert_array_equal(x['inputs'], y['inputs'])
+
+  def test_num_classes_that_disagrees_with_the_labels_is_named(self):
+    config = demo_config()
+    config.dataset_configs.num_classes = 10
+    with self.assertRaisesRegex(
+        ValueError, r"num_classes=10 but moving_digits 'label' has 40"):
+      input_pipeline.get_data(config)
+
   def test_eval_batches_are_padded_and_masked(self):
     config = demo_config(eval_batch_size=50)
     data = input_pipeline.get_data(config)

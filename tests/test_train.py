@@ -313,6 +313,26 @@ class FaultToleranceTest(absltest.TestCase):
     self.assertEqual(resumed, [saved + 1, saved + 2])
 
 
+  def test_an_unfinished_checkpoint_write_is_ignored(self):
+    config = config_for('demo_moving_digits')
+    config.dataset_configs.data_dir = DATA_DIR
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(config, workdir)  # Saves step 2.
+    # What a write killed midway leaves: orbax's temporary directory.
+    partial = os.path.join(workdir, 'checkpoints',
+                           '4.orbax-checkpoint-tmp-1700000000000000')
+    os.makedirs(os.path.join(partial, 'default'))
+    with open(os.path.join(partial, 'default', 'garbage'), 'w') as f:
+      f.write('half a checkpoint')
+    self.assertEqual(
+        train.checkpoint_manager(workdir, config).latest_step(), 2)
+    config.num_training_steps = 4
+    final = train.train_and_evaluate(config, workdir)
+    self.assertEqual(final['step'], 4)
+    steps = [r['step'] for r in read_jsonl(workdir) if r['kind'] == 'train']
+    self.assertEqual(steps, [1, 2, 3, 4])
+
+
 class NonFiniteTest(absltest.TestCase):
 
   def test_non_finite_update_stops_naming_the_step_and_keeps_checkpoints(

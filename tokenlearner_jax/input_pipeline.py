@@ -59,6 +59,18 @@ def _tfds_builder(name: str, dc: ml_collections.ConfigDict):
   return builder
 
 
+def _check_num_classes(builder, label_key: str, num_classes: int) -> None:
+  """`dataset_configs.num_classes` must match a ClassLabel feature."""
+  feature = builder.info.features[label_key]
+  if isinstance(feature, tfds.features.Sequence):  # A list of labels.
+    feature = feature.feature
+  if (isinstance(feature, tfds.features.ClassLabel) and
+      feature.num_classes != num_classes):
+    raise ValueError(
+        f'dataset_configs.num_classes={num_classes} but {builder.name} '
+        f"'{label_key}' has {feature.num_classes} classes.")
+
+
 def _tfds_data(config: ml_collections.ConfigDict,
                start_step: int) -> batching.Data:
   """Image or video classification from a tfds builder."""
@@ -73,6 +85,8 @@ def _tfds_data(config: ml_collections.ConfigDict,
     eval_label_key = dc.get('eval_label_key',
                             eval_builder.info.supervised_keys[1])
   num_classes = dc.num_classes
+  for b, key in ((builder, label_key), (eval_builder, eval_label_key)):
+    _check_num_classes(b, key, num_classes)
   eval_splits = eval_builder.info.splits
   eval_split = dc.get('eval_split', 'test' if 'test' in eval_splits
                       else 'validation')

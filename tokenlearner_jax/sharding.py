@@ -7,7 +7,8 @@ maps onto mesh axes; the batch is split over `data` x `fsdp`. FSDP is the rule
 `('embed', 'fsdp')` with a `fsdp` axis larger than 1.
 """
 
-from typing import Any, Sequence, Tuple
+import math
+from typing import Any, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -68,3 +69,30 @@ def global_batch(batch: dict, sharding: NamedSharding) -> dict:
   """This process's NumPy batch -> global `jax.Array`s sharded on the mesh."""
   return {k: jax.make_array_from_process_local_data(sharding, v)
           for k, v in batch.items()}
+
+
+def param_specs(boxed_params: Any, config: ml_collections.ConfigDict) -> Any:
+  """Mesh `PartitionSpec`s of boxed parameters under the config's rules."""
+  return nn.logical_to_mesh(nn.get_partition_spec(boxed_params), rules(config))
+
+
+def optimizer_copies(config: ml_collections.ConfigDict) -> int:
+  """Parameter-shaped arrays per parameter in the train state: the parameter
+  and the optimizer's moments (Adam: 2, momentum: 1, SGD: 0)."""
+  return {'adam': 3, 'adamw': 3, 'momentum': 2}.get(config.optimizer, 1)
+
+
+def bytes_per_device(params: Any, specs: Any,
+                     axis_sizes: Dict[str, int]) -> int:
+  """Bytes of `params` (unboxed arrays or shapes) that one device holds when
+  sharded by `specs` over mesh axes of `axis_sizes`."""
+  total = 0
+  for leaf, spec in zip(jax.tree_util.tree_leaves(params),
+                        jax.tree_util.tree_leaves(
+                            specs, is_leaf=lambda x: isinstance(x, P))):
+    shards = 1
+    for axes in spec:
+      for axis in (axes if isinstance(axes, tuple) else (axes,)):
+        shards *= axis_sizes.get(axis, 1) if axis else 1
+    total += math.prod(leaf.shape) * leaf.dtype.itemsize // shards
+  return total

@@ -1,12 +1,16 @@
 r"""Builds a config's model and prints its parameter count and GMACs.
 
   python -m tokenlearner_jax.summary --config=configs/vivit_k400.py \
-      [--config.model.tokenizer.num_tokens=16] [--overview]
+      [--config.model.tokenizer.num_tokens=16] [--overview] \
+      [--config.mesh.fsdp=2 --config.mesh.model=2]
 
 The input shape per example comes from `config.dataset_configs`:
 `(num_frames, crop_size, crop_size, 3)` for videos, `(image_size, image_size,
 3)` for images, else from the tfds builder's features. Parameters are counted with `jax.eval_shape` (nothing is
-allocated); GMACs are the paper's "GFLOPs" (`tokenlearner_jax.flops`).
+allocated); GMACs are the paper's "GFLOPs" (`tokenlearner_jax.flops`). The
+bytes of parameters and optimizer moments each device holds are given for
+`config.mesh`'s `fsdp` and `model` sizes (-1 counts as 1) under
+`config.logical_axis_rules`.
 """
 
 from typing import Sequence, Tuple
@@ -14,12 +18,14 @@ from typing import Sequence, Tuple
 from absl import app
 from absl import flags
 from clu import parameter_overview
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
 from tokenlearner_jax import flops
+from tokenlearner_jax import sharding
 from tokenlearner_jax.models import build_model
 
 
@@ -52,11 +58,18 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
   variables = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
                          train=False))
+  specs = sharding.param_specs(variables['params'], config)
+  axis_sizes = {axis: max(int(config.mesh.get(axis, 1)), 1)
+                for axis in sharding.MESH_AXES}
+  state_bytes = sharding.bytes_per_device(
+      nn.unbox(variables['params']), specs,
+      axis_sizes) * sharding.optimizer_copies(config)
   return dict(
-      params=variables['params'],
+      params=variables['params'], param_specs=specs,
       num_params=sum(x.size for x in jax.tree_util.tree_leaves(variables)),
       gmacs=flops.gmacs(config, shape, num_classes),
-      input_shape=shape, num_classes=num_classes)
+      input_shape=shape, num_classes=num_classes, axis_sizes=axis_sizes,
+      state_bytes_per_device=state_bytes)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -70,6 +83,10 @@ def main(argv: Sequence[str]) -> None:
   print(f"parameters: {summary['num_params']:,} "
         f"({summary['num_params'] / 1e6:.1f}M)")
   print(f"GMACs per example (the paper's GFLOPs): {summary['gmacs']:.1f}")
+  sizes = summary['axis_sizes']
+  print(f"parameters + {flags.FLAGS.config.optimizer} state per device with "
+        f"fsdp={sizes['fsdp']}, model={sizes['model']}: "
+        f"{summary['state_bytes_per_device'] / 2**20:,.1f} MiB")
 
 
 if __name__ == '__main__':

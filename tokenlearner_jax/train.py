@@ -347,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if preempted:
       manager.save(step, args=ocp.args.StandardSave(
           flax.serialization.to_state_dict(state)), force=True)
-      manager.wait_until_finished()
+      manager.close()  # Waits for the write to be committed.
       writer.flush()
       logging.warning('Preempted: saved the checkpoint of step %d; the same '
                       'command resumes from it.', step)
@@ -364,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if eval_results is None:  # Resumed after the last step: evaluate again.
     eval_results = evaluate(state.params, data.eval_batches(), p_eval_step,
                             batch_sharding, multilabel)
-  manager.wait_until_finished()
+  manager.close()  # Waits for the last write to be committed.
   writer.flush()
   final = {'step': int(state.step), **eval_results}
   if is_main:

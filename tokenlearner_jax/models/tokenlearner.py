@@ -16,7 +16,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tokenlearner_jax.models.common import logical
 from tokenlearner_jax.models.common import MlpBlock
+
+
+# Logical axes of the `token_masking` MLP kernels `[C, bottleneck]` and
+# `[bottleneck, S]`: tensor parallel over the bottleneck like a block's MLP.
+SELECTION_MLP_AXES = (('embed', 'mlp'), ('mlp', None))
 
 
 class TokenLearnerModule(nn.Module):
@@ -50,9 +56,13 @@ class TokenLearnerModule(nn.Module):
     n, h, w, c = inputs.shape
 
     selected = nn.LayerNorm()(inputs)
-    for _ in range(3):
+    for i in range(3):
+      # The first kernel is [3, 3, C, S]: sharded over C like other kernels.
+      kernel_axes = (None, None, 'embed', None) if i == 0 else None
       selected = nn.Conv(self.num_tokens, (3, 3), padding='SAME',
-                         use_bias=False)(selected)  # [B, H, W, S]
+                         use_bias=False, kernel_init=logical(
+                             nn.linear.default_kernel_init, kernel_axes))(
+                                 selected)  # [B, H, W, S]
       selected = nn.gelu(selected)
     selected = nn.Conv(self.num_tokens, (3, 3), padding='SAME',
                        use_bias=False)(selected)  # [B, H, W, S]
@@ -92,7 +102,8 @@ class TokenLearnerModuleV11(nn.Module):
     selected = nn.LayerNorm()(inputs)
     selected = MlpBlock(
         mlp_dim=self.bottleneck_dim, out_dim=self.num_tokens,
-        dropout_rate=self.dropout_rate, name='token_masking')(
+        dropout_rate=self.dropout_rate, kernel_axes=SELECTION_MLP_AXES,
+        name='token_masking')(
             selected, deterministic=deterministic)  # [B, HW, S]
     weights = jax.nn.softmax(jnp.transpose(selected, (0, 2, 1)),
                              axis=-1)  # [B, S, HW]
@@ -143,7 +154,8 @@ class TokenFuser(nn.Module):
     original = nn.LayerNorm()(original)
     mix = MlpBlock(
         mlp_dim=self.bottleneck_dim, out_dim=num_tokens,
-        dropout_rate=self.dropout_rate, name='token_masking')(
+        dropout_rate=self.dropout_rate, kernel_axes=SELECTION_MLP_AXES,
+        name='token_masking')(
             original, deterministic=deterministic)  # [B, HW, S]
     mix = nn.sigmoid(mix)
     out = jnp.einsum('bsc,bhs->bhc', inputs, mix)  # [B, HW, C]
