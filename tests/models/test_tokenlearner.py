@@ -18,15 +18,17 @@ def perturbed(params, seed=1, scale=0.1):
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(
       lambda x: jnp.asarray(x + scale * rng.standard_normal(x.shape), x.dtype),
-      params)
+      flax.linen.meta.unbox(params))
 
 
 def as_numpy(tree):
-  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), tree)
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64),
+                                flax.linen.meta.unbox(tree))
 
 
 def param_shapes(params):
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+  flat = flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(flax.linen.meta.unbox(params)), sep='/')
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
