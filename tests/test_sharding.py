@@ -7,6 +7,7 @@ from absl import logging
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
+import ml_collections
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
@@ -95,6 +96,24 @@ class PartitionSpecTest(parameterized.TestCase):
     # stay replicated: each axis of size 2 nearly halves the bytes.
     self.assertBetween(plain / fsdp, 1.95, 2.0)
     self.assertBetween(alone / plain, 1.95, 2.0)
+
+
+class MeshShapeTest(absltest.TestCase):
+
+  def mesh(self, **sizes):
+    return ml_collections.ConfigDict(sizes)
+
+  def test_minus_one_takes_the_remaining_devices(self):
+    self.assertEqual(sharding.mesh_shape(self.mesh(data=-1, model=2), 8),
+                     (4, 1, 2))
+
+  def test_sizes_that_do_not_fit_the_devices_are_named(self):
+    with self.assertRaisesRegex(ValueError, r'config.mesh .* does not divide 8'):
+      sharding.mesh_shape(self.mesh(data=-1, model=3), 8)
+    with self.assertRaisesRegex(ValueError, r'config.mesh .* needs 6 devices'):
+      sharding.mesh_shape(self.mesh(data=3, model=2), 8)
+    with self.assertRaisesRegex(ValueError, r'at most one -1'):
+      sharding.mesh_shape(self.mesh(data=-1, model=-1), 8)
 
 
 class BytesPerDeviceTest(absltest.TestCase):

@@ -145,6 +145,9 @@ def _tfds_data(config: ml_collections.ConfigDict,
       'inputs'].shape[1:])
   # Both {} if mocked.
   train_size = {k: v.num_examples for k, v in info.splits.items()}.get('train')
+  if train_size == 0:
+    raise ValueError(f"{builder.name}'s train split is empty "
+                     f'({builder.data_dir}).')
   eval_size = {k: v.num_examples for k, v in eval_splits.items()}.get(
       eval_split)
   return batching.Data(
