@@ -34,7 +34,10 @@ def model_config(variant: str,
                  kernel_init_method: Optional[str] = None,
                  dropout_rate: float = 0.0,
                  attention_dropout_rate: float = 0.0,
-                 stochastic_depth: float = 0.0) -> ml_collections.ConfigDict:
+                 stochastic_depth: float = 0.0,
+                 scan_layers: bool = False,
+                 remat_policy: str = 'none',
+                 attention_impl: str = 'einsum') -> ml_collections.ConfigDict:
   """The `config.model` block for `variant` such as 'B/16' or 'L/14'.
 
   Args:
@@ -52,6 +55,10 @@ def model_config(variant: str,
     dropout_rate: Dropout rate.
     attention_dropout_rate: Attention dropout rate.
     stochastic_depth: Stochastic depth rate of the last block.
+    scan_layers: `nn.scan` over runs of identical layers (speed option).
+    remat_policy: 'none' or a `jax.checkpoint_policies` name (memory option).
+    attention_impl: 'einsum' (reference) or 'fused'
+      (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU).
   """
   size, patch = variant.split('/')
   hidden, heads, mlp, layers = VIT_SIZES[size]
@@ -62,7 +69,8 @@ def model_config(variant: str,
       num_layers=layers + extra_layers,
       representation_size=representation_size, classifier=classifier,
       dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
-      stochastic_depth=stochastic_depth,
+      stochastic_depth=stochastic_depth, scan_layers=scan_layers,
+      remat_policy=remat_policy, attention_impl=attention_impl,
       tokenizer=dict(
           type=tokenizer_type,
           patches=dict(size=(patch, patch, tubelet_frames) if video
@@ -113,4 +121,7 @@ def trainer_defaults(config: ml_collections.ConfigDict) -> None:
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   # 0: a non-finite loss stops the run; N: skip up to N such updates in a row.
   config.skip_nonfinite_steps = 0
+  # Speed/memory: the train step reuses the old state's buffers (off: two
+  # copies of parameters and optimizer state live during a step).
+  config.donate_train_state = True
   config.logical_axis_rules = [list(rule) for rule in sharding.DEFAULT_RULES]

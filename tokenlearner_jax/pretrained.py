@@ -17,7 +17,8 @@ scenic's `init_token_learner_from_train_state` (with ViViT's `init_posemb` and
 Against the reference: every target parameter must be found with its shape
 (no silent half-initialised model), unknown source parameters are ignored
 (the reference copied them into the target), both scenic TrainState layouts
-load, and errors name the config field and the shapes.
+load, and errors name the config field and the shapes. Checkpoints of models
+with and without `model.scan_layers` load into either (`layer_stacking`).
 """
 
 import io
@@ -36,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import scipy.ndimage
 
+from tokenlearner_jax import layer_stacking
 from tokenlearner_jax.models import grid as grid_lib
 
 Params = Dict[str, Any]
@@ -120,7 +122,10 @@ def load_workdir(workdir: str) -> Params:
   finally:
     manager.close()
   logging.info('Read the parameters of step %d in %s.', step, directory)
-  return _as_numpy(restored['params'])
+  flat = flax.traverse_util.flatten_dict(_as_numpy(restored['params']),
+                                         sep='/')
+  return flax.traverse_util.unflatten_dict(
+      layer_stacking.unstack_layers(flat), sep='/')
 
 
 def latest_scenic_file(path: str) -> epath.Path:
@@ -460,6 +465,8 @@ def init_params(new_params: Params, pretrained: Params,
                                         sep='/')
   old = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained),
                                         sep='/')
+  # Either layout in, the target's out (model.scan_layers stacks layers).
+  old = layer_stacking.stack_layers(layer_stacking.unstack_layers(old), new)
   init_from = config.get('init_from') or ml_collections.ConfigDict()
   merged, kept = {}, []
   for name, value in new.items():

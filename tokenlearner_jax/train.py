@@ -292,7 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                         config=config, multilabel=multilabel),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-      donate_argnums=0)
+      # The old state's buffers become the new one's: one copy in memory.
+      donate_argnums=0 if config.get('donate_train_state', True) else ())
   p_eval_step = jax.jit(
       functools.partial(eval_step, model=model, multilabel=multilabel),
       in_shardings=(shardings.params, batch_sharding))

@@ -9,6 +9,8 @@ trace or compile. Differences from the reference, all deliberate:
     runs without TokenLearner); `tokenlearner_loc=None` means "off".
   * `stochastic_depth` is wired and `classifier='token'` works.
   * `model.attention_config.type='factorized_encoder'` builds ViViT model 2.
+Speed options (ours; none changes a number): `model.scan_layers`,
+`model.remat_policy`, `model.attention_impl` and `model_dtype_str`.
 """
 
 from typing import Any, Optional, Tuple
@@ -18,6 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from tokenlearner_jax.models import grid as grid_lib
+from tokenlearner_jax.models.common import ATTENTION_IMPLS
+from tokenlearner_jax.models.encoder import REMAT_POLICIES
 from tokenlearner_jax.models.vit import TokenLearnerViT
 from tokenlearner_jax.models.vivit import FactorisedEncoderViViT
 from tokenlearner_jax.models.vivit import KERNEL_INIT_METHODS
@@ -69,6 +73,21 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   dtype = config.get('model_dtype_str', 'float32')
   _require(dtype in DTYPES, f'model_dtype_str must be one of {tuple(DTYPES)}, '
            f'got {dtype!r}.')
+  _require(isinstance(model.get('scan_layers', False), bool),
+           f'model.scan_layers must be True or False, got '
+           f'{model.get("scan_layers")!r}.')
+  _require(model.get('remat_policy', 'none') in REMAT_POLICIES,
+           f'model.remat_policy must be one of {REMAT_POLICIES}, got '
+           f'{model.get("remat_policy")!r}.')
+  _require(model.get('attention_impl', 'einsum') in ATTENTION_IMPLS,
+           f'model.attention_impl must be one of {ATTENTION_IMPLS}, got '
+           f'{model.get("attention_impl")!r}.')
+  _require(model.get('attention_impl', 'einsum') == 'einsum' or
+           not model.get('attention_dropout_rate', 0.1),
+           "model.attention_impl='fused' has no attention dropout: set "
+           'model.attention_dropout_rate=0 (it is '
+           f'{model.get("attention_dropout_rate", 0.1)!r}; the reference '
+           'default is 0.1).')
   hidden = _positive_int(model.get('hidden_size'), 'model.hidden_size')
   rep = model.get('representation_size')
   _require(rep is None or (isinstance(rep, int) and rep > 0),
@@ -165,6 +184,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
       dropout_rate=model.get('dropout_rate', 0.1),
       attention_dropout_rate=model.get('attention_dropout_rate', 0.1),
       stochastic_depth=model.get('stochastic_depth', 0.0),
+      scan_layers=model.get('scan_layers', False),
+      remat_policy=model.get('remat_policy', 'none'),
+      attention_impl=model.get('attention_impl', 'einsum'),
       dtype=DTYPES[config.get('model_dtype_str', 'float32')])
   attention = model.get('attention_config', {}).get('type', 'spacetime')
   if attention == 'factorized_encoder':

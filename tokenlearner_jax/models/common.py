@@ -5,7 +5,7 @@ These mirror the scenic layers that TokenLearner builds on (`vit.AddPositionEmbs
 so that a parameter tree written by the reference loads unchanged.
 """
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -13,6 +13,10 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 LogicalAxes = Tuple[Optional[str], ...]
+# `Encoder1DBlock.attention_impl`: the reference's einsum softmax(QK^T)V
+# (flax's), or `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs
+# where it applies, XLA elsewhere).
+ATTENTION_IMPLS = ('einsum', 'fused')
 
 
 def logical(init: Initializer, axes: Optional[Sequence[Optional[str]]]):
@@ -67,6 +71,23 @@ class MlpBlock(nn.Module):
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
+def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                    mask: Optional[jax.Array] = None, dropout_rate: float = 0.,
+                    deterministic: bool = True, **unused) -> jax.Array:
+  """`jax.nn.dot_product_attention` as a flax `attention_fn`.
+
+  `[B, L, N, H]` queries, keys and values -> `[B, L, N, H]`. It has no
+  attention dropout, so a training call with `dropout_rate > 0` raises.
+  """
+  del unused
+  if dropout_rate > 0. and not deterministic:
+    raise ValueError(
+        "model.attention_impl='fused' (jax.nn.dot_product_attention) has no "
+        f'attention dropout; model.attention_dropout_rate={dropout_rate} needs '
+        "attention_impl='einsum'.")
+  return jax.nn.dot_product_attention(query, key, value, mask=mask)
+
+
 class StochasticDepth(nn.Module):
   """Drops the whole residual branch per example, scaling kept ones by 1/(1-rate).
 
@@ -76,12 +97,15 @@ class StochasticDepth(nn.Module):
   rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
+  def __call__(self, x: jax.Array, deterministic: bool,
+               rate: Union[float, jax.Array, None] = None) -> jax.Array:
+    """`rate`, where given (a traced per-layer rate under `nn.scan`), wins."""
+    rate = self.rate if rate is None else rate
+    if deterministic or (isinstance(rate, float) and rate == 0.0):
       return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.rate, shape)
-    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - rate, shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 class AddPositionEmbs(nn.Module):
@@ -110,6 +134,7 @@ class Encoder1DBlock(nn.Module):
     dropout_rate: Dropout after attention and inside the MLP.
     attention_dropout_rate: Dropout on the attention weights.
     stochastic_depth: Probability of dropping each residual branch (training).
+    attention_impl: One of `ATTENTION_IMPLS`.
     dtype: Computation dtype.
   """
   mlp_dim: int
@@ -117,29 +142,37 @@ class Encoder1DBlock(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   stochastic_depth: float = 0.0
+  attention_impl: str = 'einsum'
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, inputs: jax.Array, deterministic: bool,
+               depth_rate: Optional[jax.Array] = None) -> jax.Array:
+    """`depth_rate` overrides `stochastic_depth` (per layer under nn.scan)."""
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
     x = nn.LayerNorm(dtype=self.dtype)(inputs)
     xavier = nn.initializers.xavier_uniform()
+    attention_fn = {'einsum': nn.dot_product_attention,
+                    'fused': fused_attention}[self.attention_impl]
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         dtype=self.dtype,
+        attention_fn=attention_fn,
         kernel_init=logical(xavier, ('embed', 'heads', 'kv')),
         out_kernel_init=logical(xavier, ('heads', 'kv', 'embed')),
         broadcast_dropout=False,
         dropout_rate=self.attention_dropout_rate)(
             x, x, deterministic=deterministic)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic)
-    x = StochasticDepth(self.stochastic_depth)(x, deterministic) + inputs
+    x = StochasticDepth(self.stochastic_depth)(x, deterministic,
+                                               depth_rate) + inputs
 
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                  kernel_axes=(('embed', 'mlp'), ('mlp', 'embed')),
                  dtype=self.dtype)(y, deterministic=deterministic)
-    return StochasticDepth(self.stochastic_depth)(y, deterministic) + x
+    return StochasticDepth(self.stochastic_depth)(y, deterministic,
+                                                  depth_rate) + x
 
 
 def pool(x: jax.Array, classifier: str) -> jax.Array:

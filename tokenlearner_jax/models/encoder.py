@@ -5,9 +5,16 @@ block `tokenlearner_loc`) and `EncoderModFuser` (TokenLearner -> block ->
 TokenFuser + residual at every block >= `tokenlearner_loc`) in one module, with
 the same parameter names. With `tokenlearner_loc=None` it is the plain
 ViT/ViViT encoder.
+
+Speed options, none of which changes a number: `scan_layers` runs each run of
+identical layers as one `nn.scan` (parameters stacked on a leading axis, under
+the names `scan_segments` gives; `tokenlearner_jax.layer_stacking` converts
+from and to the reference layout), `remat_policy` rematerialises each block in
+the backward pass, and `attention_impl='fused'` uses
+`jax.nn.dot_product_attention`.
 """
 
-from typing import Any, Optional
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -18,6 +25,129 @@ from tokenlearner_jax.models.common import Encoder1DBlock
 from tokenlearner_jax.models.tokenlearner import TokenFuser
 from tokenlearner_jax.models.tokenlearner import TokenLearnerModule
 from tokenlearner_jax.models.tokenlearner import TokenLearnerModuleV11
+
+# `remat_policy` values: 'none' (no remat) or a `jax.checkpoint_policies` name.
+REMAT_POLICIES = ('none', 'nothing_saveable', 'dots_saveable',
+                  'dots_with_no_batch_dims_saveable', 'everything_saveable')
+
+
+class ScanSegment(NamedTuple):
+  """Layers `first..last` run as one `nn.scan` named `name`.
+
+  `kind` is 'block' (plain blocks) or 'fuser' (TokenLearner -> block ->
+  TokenFuser units, whose TokenLearner/TokenFuser indices start at `first -
+  tokenlearner_loc`).
+  """
+  name: str
+  first: int
+  last: int
+  kind: str
+
+
+def scan_segments(num_layers: int, tokenlearner_loc: Optional[int],
+                  use_tokenfuse: bool) -> List[ScanSegment]:
+  """The runs of identical layers that `scan_layers=True` stacks."""
+  loc = num_layers if tokenlearner_loc is None else tokenlearner_loc
+  segments = []
+  if loc > 0:
+    segments.append(ScanSegment(f'encoderblock_0_to_{loc - 1}', 0, loc - 1,
+                                'block'))
+  if loc < num_layers:
+    last = num_layers - 1
+    if use_tokenfuse:
+      segments.append(ScanSegment(f'fuserlayer_{loc}_to_{last}', loc, last,
+                                  'fuser'))
+    else:
+      segments.append(ScanSegment(f'encoderblock_{loc}_to_{last}', loc, last,
+                                  'block'))
+  return segments
+
+
+def learn_tokens(x: jax.Array, learner: nn.Module, *, temporal_dims: int,
+                 has_cls_token: bool, train: bool) -> Tuple[jax.Array, jax.Array]:
+  """TokenLearner per temporal slice, the class token kept in front.
+
+  Returns the next block's input `[B, 1|0 + T*S, C]` and the slices it was
+  learned from `[B*T, HW, C]` (for a TokenFuser).
+  """
+  n, _, c = x.shape
+  n_cls = int(has_cls_token)
+  cls, tokens = x[:, :n_cls], x[:, n_cls:]  # [B, 1|0, C], [B, T*HW, C]
+  t = temporal_dims
+  tokens = jnp.reshape(tokens, (n * t, tokens.shape[1] // t, c))  # [B*T, HW, C]
+  if isinstance(learner, TokenLearnerModuleV11):
+    learned = learner(tokens, deterministic=not train)  # [B*T, S, C]
+  else:
+    learned = learner(tokens)  # [B*T, S, C]
+  learned = jnp.reshape(learned, (n, -1, c))  # [B, T*S, C]
+  return jnp.concatenate([cls, learned], axis=1), tokens
+
+
+def fuse_tokens(y: jax.Array, tokens: jax.Array, fuser: nn.Module, *,
+                has_cls_token: bool, train: bool) -> jax.Array:
+  """TokenFuser + residual: `y` `[B, 1|0 + T*S, C]` -> `[B, 1|0 + T*HW, C]`.
+
+  `tokens` `[B*T, HW, C]` are the slices the TokenLearner read.
+  """
+  n, _, c = y.shape
+  n_cls = int(has_cls_token)
+  nt, hw, _ = tokens.shape
+  learned = jnp.reshape(y[:, n_cls:], (nt, -1, c))  # [B*T, S, C]
+  fused = fuser(learned, tokens, deterministic=not train)  # [B*T, HW, C]
+  fused = jnp.reshape(fused + tokens, (n, (nt // n) * hw, c))  # [B, T*HW, C]
+  return jnp.concatenate([y[:, :n_cls], fused], axis=1)
+
+
+def block_class(remat_policy: str):
+  """`Encoder1DBlock`, rematerialised under `remat_policy` unless 'none'."""
+  if remat_policy == 'none':
+    return Encoder1DBlock
+  return nn.remat(Encoder1DBlock,
+                  policy=getattr(jax.checkpoint_policies, remat_policy),
+                  static_argnums=(2,))  # `deterministic` (self counts).
+
+
+class FuserLayer(nn.Module):
+  """One TokenLearner -> block -> TokenFuser unit, for `nn.scan`.
+
+  Attributes:
+    block: Keyword arguments of its `Encoder1DBlock` (as a tuple of pairs).
+    num_tokens: Tokens learned per slice.
+    use_v11: TokenLearner v1.1 instead of v1.0.
+    temporal_dims: Temporal slices T.
+    has_cls_token: The first token is a class token.
+    dropout_rate: Dropout inside TokenLearner v1.1 / TokenFuser.
+    remat_policy: One of `REMAT_POLICIES`, for the block.
+    train: Training mode (dropout, stochastic depth).
+  """
+  block: tuple
+  num_tokens: int
+  use_v11: bool
+  temporal_dims: int
+  has_cls_token: bool
+  dropout_rate: float
+  remat_policy: str
+  train: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, depth_rate: Optional[jax.Array]):
+    """`[B, 1|0 + T*HW, C]` -> (the same shape, None), as `nn.scan` wants."""
+    if self.use_v11:
+      learner = TokenLearnerModuleV11(self.num_tokens,
+                                      dropout_rate=self.dropout_rate,
+                                      name='TokenLearnerModuleV11')
+    else:
+      learner = TokenLearnerModule(self.num_tokens, name='TokenLearnerModule')
+    block = block_class(self.remat_policy)(**dict(self.block),
+                                           name='encoderblock')
+    y, tokens = learn_tokens(x, learner, temporal_dims=self.temporal_dims,
+                             has_cls_token=self.has_cls_token,
+                             train=self.train)
+    y = block(y, not self.train, depth_rate)
+    return fuse_tokens(y, tokens,
+                       TokenFuser(dropout_rate=self.dropout_rate,
+                                  name='TokenFuser'),
+                       has_cls_token=self.has_cls_token, train=self.train), None
 
 
 class TokenLearnerEncoder(nn.Module):
@@ -37,6 +167,9 @@ class TokenLearnerEncoder(nn.Module):
     dropout_rate: Dropout rate (also used inside TokenLearner/TokenFuser).
     attention_dropout_rate: Dropout on attention weights.
     stochastic_depth: Drop rate of the last block; block i uses i/(L-1) of it.
+    scan_layers: Run each of `scan_segments` as one `nn.scan`.
+    remat_policy: One of `REMAT_POLICIES`: rematerialise each block.
+    attention_impl: 'einsum' (the reference) or 'fused'.
     dtype: Computation dtype of the blocks.
   """
   num_layers: int
@@ -51,57 +184,93 @@ class TokenLearnerEncoder(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   stochastic_depth: float = 0.0
+  scan_layers: bool = False
+  remat_policy: str = 'none'
+  attention_impl: str = 'einsum'
   dtype: Any = jnp.float32
 
-  def _learn_tokens(self, x: jax.Array, index: int, train: bool) -> jax.Array:
-    """`[B*T, HW, C]` -> `[B*T, S, C]` with the `index`-th TokenLearner."""
+  def _learner(self, index: int) -> nn.Module:
     if self.use_v11:
-      return TokenLearnerModuleV11(
-          self.num_tokens, dropout_rate=self.dropout_rate,
-          name=f'TokenLearnerModuleV11_{index}')(x, deterministic=not train)
+      return TokenLearnerModuleV11(self.num_tokens,
+                                   dropout_rate=self.dropout_rate,
+                                   name=f'TokenLearnerModuleV11_{index}')
     return TokenLearnerModule(self.num_tokens,
-                              name=f'TokenLearnerModule_{index}')(x)
+                              name=f'TokenLearnerModule_{index}')
+
+  def _block_args(self, stochastic_depth: float) -> dict:
+    return dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                stochastic_depth=stochastic_depth,
+                attention_impl=self.attention_impl, dtype=self.dtype)
+
+  def _depth_rate(self, lyr: int) -> float:
+    return (lyr / max(self.num_layers - 1, 1)) * self.stochastic_depth
+
+  def _unrolled(self, x: jax.Array, train: bool) -> jax.Array:
+    """The reference's loop: `encoderblock_{i}`, `TokenLearnerModule*_{j}`."""
+    block_cls = block_class(self.remat_policy)
+    loc = self.tokenlearner_loc
+    for lyr in range(self.num_layers):
+      block = block_cls(**self._block_args(self._depth_rate(lyr)),
+                        name=f'encoderblock_{lyr}')
+      learn_here = loc is not None and (
+          lyr >= loc if self.use_tokenfuse else lyr == loc)
+      if not learn_here:
+        x = block(x, not train)
+        continue
+      index = lyr - loc if self.use_tokenfuse else 0
+      y, tokens = learn_tokens(x, self._learner(index),
+                               temporal_dims=self.temporal_dims,
+                               has_cls_token=self.has_cls_token, train=train)
+      x = block(y, not train)
+      if self.use_tokenfuse:
+        x = fuse_tokens(x, tokens, TokenFuser(dropout_rate=self.dropout_rate,
+                                              name=f'TokenFuser_{index}'),
+                        has_cls_token=self.has_cls_token, train=train)
+    return x
+
+  def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
+    """Each of `scan_segments` as one `nn.scan` over stacked parameters."""
+    def scan(target, length: int):
+      return nn.scan(target, variable_axes={'params': 0, 'intermediates': 0},
+                     split_rngs={'params': True, 'dropout': True},
+                     length=length,
+                     metadata_params={nn.PARTITION_NAME: 'layers'})
+
+    sd = self.stochastic_depth
+
+    def block_body(block, carry, rate):
+      return block(carry, not train, rate if sd > 0 else None), None
+
+    for segment in scan_segments(self.num_layers, self.tokenlearner_loc,
+                                 self.use_tokenfuse):
+      # The stochastic-depth rate of each layer of the segment: [layers].
+      layers = range(segment.first, segment.last + 1)
+      rates = jnp.array([self._depth_rate(i) for i in layers], jnp.float32)
+      if segment.kind == 'fuser':
+        x, _ = scan(FuserLayer, len(layers))(
+            block=tuple(self._block_args(sd).items()),
+            num_tokens=self.num_tokens, use_v11=self.use_v11,
+            temporal_dims=self.temporal_dims,
+            has_cls_token=self.has_cls_token, dropout_rate=self.dropout_rate,
+            remat_policy=self.remat_policy, train=train,
+            name=segment.name)(x, rates if sd > 0 else None)
+        continue
+      if segment.first == self.tokenlearner_loc:  # Learn before this segment.
+        x, _ = learn_tokens(x, self._learner(0),
+                            temporal_dims=self.temporal_dims,
+                            has_cls_token=self.has_cls_token, train=train)
+      block = block_class(self.remat_policy)(**self._block_args(sd),
+                                             name=segment.name)
+      x, _ = scan(block_body, len(layers))(block, x, rates)
+    return x
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
     x = AddPositionEmbs(name='posembed_input')(inputs)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    n, _, c = x.shape
-    t = self.temporal_dims
-    n_cls = int(self.has_cls_token)
-    tl_on = self.tokenlearner_loc is not None
-
-    for lyr in range(self.num_layers):
-      block = Encoder1DBlock(
-          mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-          dropout_rate=self.dropout_rate,
-          attention_dropout_rate=self.attention_dropout_rate,
-          stochastic_depth=(lyr / max(self.num_layers - 1, 1)) *
-          self.stochastic_depth,
-          dtype=self.dtype, name=f'encoderblock_{lyr}')
-      learn_here = tl_on and (
-          lyr >= self.tokenlearner_loc if self.use_tokenfuse
-          else lyr == self.tokenlearner_loc)
-      if not learn_here:
-        x = block(x, deterministic=not train)
-        continue
-      cls, tokens = x[:, :n_cls], x[:, n_cls:]  # [B, 1|0, C], [B, T*HW, C]
-      hw = tokens.shape[1] // t
-      tokens = jnp.reshape(tokens, (n * t, hw, c))  # [B*T, HW, C]
-      index = lyr - self.tokenlearner_loc if self.use_tokenfuse else 0
-      learned = self._learn_tokens(tokens, index, train)  # [B*T, S, C]
-      s = learned.shape[1]
-      learned = jnp.reshape(learned, (n, t * s, c))  # [B, T*S, C]
-      y = block(jnp.concatenate([cls, learned], axis=1),
-                deterministic=not train)  # [B, 1|0 + T*S, C]
-      if not self.use_tokenfuse:
-        x = y
-        continue
-      learned = jnp.reshape(y[:, n_cls:], (n * t, s, c))  # [B*T, S, C]
-      fused = TokenFuser(dropout_rate=self.dropout_rate,
-                         name=f'TokenFuser_{index}')(
-                             learned, tokens, deterministic=not train)
-      fused = jnp.reshape(fused + tokens, (n, t * hw, c))  # [B, T*HW, C]
-      x = jnp.concatenate([y[:, :n_cls], fused], axis=1)
+    x = self._scanned(x, train) if self.scan_layers else self._unrolled(x,
+                                                                        train)
     return nn.LayerNorm(name='encoder_norm')(x)

@@ -41,6 +41,11 @@ class TokenLearnerViT(nn.Module):
     classifier: 'gap', 'gmp', 'gsp' pooling, or 'token' (a class token `cls`).
     dropout_rate: Dropout rate.
     attention_dropout_rate: Attention dropout rate.
+    scan_layers: Run runs of identical encoder layers as one `nn.scan`.
+    remat_policy: Rematerialise each block ('none' or a
+      `jax.checkpoint_policies` name).
+    attention_impl: 'einsum' (the reference) or 'fused'
+      (`jax.nn.dot_product_attention`).
     stochastic_depth: Stochastic depth rate of the last block.
     dtype: Computation dtype of the encoder blocks.
   """
@@ -63,6 +68,9 @@ class TokenLearnerViT(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   stochastic_depth: float = 0.0
+  scan_layers: bool = False
+  remat_policy: str = 'none'
+  attention_impl: str = 'einsum'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -104,7 +112,9 @@ class TokenLearnerViT(nn.Module):
         has_cls_token=self.classifier == 'token',
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, dtype=self.dtype,
+        stochastic_depth=self.stochastic_depth, scan_layers=self.scan_layers,
+        remat_policy=self.remat_policy, attention_impl=self.attention_impl,
+        dtype=self.dtype,
         name='Transformer')(x, train=train)
     return classifier_head(pool(x, self.classifier), self.representation_size,
                            self.num_classes)

@@ -94,6 +94,11 @@ class FactorisedEncoderViViT(nn.Module):
     classifier: 'token', 'gap', 'gmp' or 'gsp', used by both encoders.
     dropout_rate: Dropout rate.
     attention_dropout_rate: Attention dropout rate.
+    scan_layers: Run runs of identical encoder layers as one `nn.scan`.
+    remat_policy: Rematerialise each block ('none' or a
+      `jax.checkpoint_policies` name).
+    attention_impl: 'einsum' (the reference) or 'fused'
+      (`jax.nn.dot_product_attention`).
     stochastic_depth: Stochastic depth rate of the last block of each encoder.
     dtype: Computation dtype of the encoder blocks.
   """
@@ -110,6 +115,9 @@ class FactorisedEncoderViViT(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   stochastic_depth: float = 0.0
+  scan_layers: bool = False
+  remat_policy: str = 'none'
+  attention_impl: str = 'einsum'
   dtype: Any = jnp.float32
 
   def _encode(self, x: jax.Array, sizes: Tuple[int, int, int], name: str,
@@ -133,7 +141,9 @@ class FactorisedEncoderViViT(nn.Module):
         num_layers=num_layers, mlp_dim=mlp_dim, num_heads=num_heads,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, dtype=self.dtype,
+        stochastic_depth=self.stochastic_depth, scan_layers=self.scan_layers,
+        remat_policy=self.remat_policy, attention_impl=self.attention_impl,
+        dtype=self.dtype,
         name=name)(x, train)
     return pool(x, self.classifier)
 

@@ -1,0 +1,266 @@
+"""The speed options change no number: `scan_layers` (and the loader between
+the stacked and per-layer layouts), `remat_policy`, `attention_impl='fused'`,
+bf16 compute with fp32 parameters, and a donated train state."""
+
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from tests.models.test_tokenlearner import perturbed
+from tokenlearner_jax import config_lib
+from tokenlearner_jax import layer_stacking
+from tokenlearner_jax import pretrained
+from tokenlearner_jax import train
+from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models.encoder import scan_segments
+
+NUM_CLASSES = 5
+VIDEO = (2, 4, 16, 16, 3)  # [B, T, H, W, 3]: 2 temporal slices of 4x4 tokens.
+
+
+def video_config(**kwargs):
+  """A 4-block 'mu' ViViT; kwargs go to `model_config`."""
+  config = ml_collections.ConfigDict()
+  config.model = config_lib.model_config('mu/4', 'video', num_tokens=3,
+                                         **kwargs)
+  config.model.num_layers = 4
+  return config
+
+
+def init(config, x):
+  model = build_model(config, NUM_CLASSES)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), x, train=False))
+  return model, perturbed(params['params'], scale=0.05)
+
+
+def to_layout(params, target):
+  """`params` moved into `target`'s layout (stacked or per layer)."""
+  flat = flax.traverse_util.flatten_dict(params, sep='/')
+  flat = layer_stacking.stack_layers(layer_stacking.unstack_layers(flat),
+                                     flax.traverse_util.flatten_dict(
+                                         target, sep='/'))
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
+def loss_and_grads(model, params, x):
+  labels = jax.nn.one_hot(jnp.arange(x.shape[0]) % NUM_CLASSES, NUM_CLASSES)
+
+  def loss_fn(p):
+    logits = model.apply({'params': p}, x, train=True,
+                         rngs={'dropout': jax.random.PRNGKey(1)})
+    return optax.softmax_cross_entropy(logits, labels).mean()
+
+  return jax.jit(jax.value_and_grad(loss_fn))(params)
+
+
+def assert_trees_close(test, a, b, rtol, atol):
+  flat_a = flax.traverse_util.flatten_dict(a, sep='/')
+  flat_b = flax.traverse_util.flatten_dict(b, sep='/')
+  test.assertEqual(sorted(flat_a), sorted(flat_b))
+  for name in flat_a:
+    np.testing.assert_allclose(flat_a[name], flat_b[name], rtol=rtol,
+                               atol=atol, err_msg=name)
+
+
+def forward(model, params, x):
+  return jax.jit(lambda p: model.apply({'params': p}, x, train=False))(params)
+
+
+SCAN = dict(scan_layers=True)
+SCAN_REMAT = dict(scan_layers=True, remat_policy='dots_saveable')
+REMAT = dict(remat_policy='nothing_saveable')
+LAYOUTS = [
+    (dict(tokenlearner_loc=None), SCAN),
+    (dict(tokenlearner_loc=0), SCAN_REMAT),
+    (dict(tokenlearner_loc=2, use_v11=False), SCAN),
+    (dict(tokenlearner_loc=2), REMAT),
+    (dict(tokenlearner_loc=1, use_tokenfuse=True), SCAN_REMAT),
+    (dict(tokenlearner_loc=0, use_tokenfuse=True, use_v11=False,
+          classifier='token'), SCAN),
+    (dict(tokenlearner_loc=2, use_tokenfuse=True), REMAT),
+]
+
+
+class ScanRematTest(parameterized.TestCase):
+
+  @parameterized.parameters(*LAYOUTS)
+  def test_scanned_and_remat_match_the_unrolled_model(self, layout, options):
+    x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
+    model, params = init(video_config(**layout), x)
+    fast, fast_params = init(video_config(**layout, **options), x)
+    fast_params = to_layout(params, fast_params)
+    np.testing.assert_allclose(forward(fast, fast_params, x),
+                               forward(model, params, x), rtol=1e-5, atol=1e-6)
+    loss, grads = loss_and_grads(model, params, x)
+    fast_loss, fast_grads = loss_and_grads(fast, fast_params, x)
+    np.testing.assert_allclose(fast_loss, loss, rtol=1e-5)
+    # Gradients, compared in the per-layer layout.
+    assert_trees_close(self, to_layout(fast_grads, grads), grads, rtol=2e-4,
+                       atol=1e-6)
+
+  def test_segments_and_stacked_names(self):
+    self.assertEqual(
+        [s.name for s in scan_segments(6, 2, use_tokenfuse=False)],
+        ['encoderblock_0_to_1', 'encoderblock_2_to_5'])
+    self.assertEqual(
+        [s.name for s in scan_segments(6, 0, use_tokenfuse=True)],
+        ['fuserlayer_0_to_5'])
+    self.assertEqual([s.name for s in scan_segments(6, None, False)],
+                     ['encoderblock_0_to_5'])
+    x = jnp.zeros(VIDEO)
+    _, params = init(video_config(tokenlearner_loc=1, use_tokenfuse=True,
+                                  scan_layers=True), x)
+    fuser = params['Transformer']['fuserlayer_1_to_3']
+    self.assertEqual(sorted(fuser), ['TokenFuser', 'TokenLearnerModuleV11',
+                                     'encoderblock'])
+    # [layers, C, heads, head_dim]
+    self.assertEqual(
+        fuser['encoderblock']['MultiHeadDotProductAttention_0']['query'][
+            'kernel'].shape, (3, 32, 2, 16))
+    self.assertEqual(params['Transformer']['encoderblock_0_to_0']['LayerNorm_0']
+                     ['scale'].shape, (1, 32))
+
+  def test_unstack_then_stack_is_the_identity_and_bad_shapes_are_named(self):
+    x = jnp.zeros(VIDEO)
+    _, stacked = init(video_config(tokenlearner_loc=2, use_tokenfuse=True,
+                                   scan_layers=True), x)
+    flat = flax.traverse_util.flatten_dict(stacked, sep='/')
+    per_layer = layer_stacking.unstack_layers(flat)
+    self.assertIn('Transformer/TokenFuser_1/Dense_0/kernel', per_layer)
+    self.assertIn('Transformer/encoderblock_3/LayerNorm_0/scale', per_layer)
+    again = layer_stacking.stack_layers(per_layer, flat)
+    self.assertEqual(sorted(again), sorted(flat))
+    for name in flat:
+      np.testing.assert_array_equal(again[name], flat[name])
+    bad = {'Transformer/encoderblock_0_to_1/LayerNorm_0/scale': np.zeros(
+        (3, 32))}
+    with self.assertRaisesRegex(ValueError, 'encoderblock_0_to_1.*3, 32'):
+      layer_stacking.unstack_layers(bad)
+
+  def test_init_from_per_layer_checkpoint_into_scanned_model(self):
+    x = jnp.zeros(VIDEO)
+    config = video_config(tokenlearner_loc=2)
+    model, params = init(config, x)
+    scanned_config = video_config(tokenlearner_loc=2, scan_layers=True)
+    scanned, new = init(scanned_config, x)
+    scanned_config.init_from = ml_collections.ConfigDict()
+    loaded = pretrained.init_params(new, params, scanned_config, VIDEO[1:])
+    xr = jax.random.normal(jax.random.PRNGKey(3), VIDEO)
+    out = scanned.apply({'params': loaded}, xr, train=False)
+    # The head stays new (zero-initialised): compare the encoder outputs.
+    features = lambda m, p: jax.jit(lambda p: m.apply(  # pylint: disable=g-long-lambda
+        {'params': p}, xr, train=False, capture_intermediates=True)[1][
+            'intermediates']['Transformer']['__call__'][0])(p)
+    np.testing.assert_allclose(features(scanned, loaded),
+                               features(model, params), rtol=1e-5, atol=1e-6)
+    self.assertEqual(out.shape, (2, NUM_CLASSES))
+
+  def test_stochastic_depth_under_scan_draws_per_layer(self):
+    x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
+    config = video_config(tokenlearner_loc=2, scan_layers=True,
+                          stochastic_depth=0.5)
+    model, params = init(config, x)
+    outs = [model.apply({'params': params}, x, train=True,
+                        rngs={'dropout': jax.random.PRNGKey(seed)})
+            for seed in range(3)]
+    self.assertTrue(all(np.isfinite(o).all() for o in outs))
+    self.assertFalse(np.allclose(outs[0], outs[1]))  # Branches were dropped.
+    eval_out = model.apply({'params': params}, x, train=False)
+    unrolled, unrolled_params = init(video_config(
+        tokenlearner_loc=2, stochastic_depth=0.5), x)
+    np.testing.assert_allclose(
+        unrolled.apply({'params': to_layout(params, unrolled_params)}, x,
+                       train=False), eval_out, rtol=1e-5, atol=1e-6)
+
+
+class AttentionAndPrecisionTest(parameterized.TestCase):
+
+  def test_fused_attention_matches_einsum(self):
+    x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
+    model, params = init(video_config(tokenlearner_loc=1), x)
+    fused, _ = init(video_config(tokenlearner_loc=1, attention_impl='fused'), x)
+    np.testing.assert_allclose(
+        fused.apply({'params': params}, x, train=False),
+        model.apply({'params': params}, x, train=False), rtol=1e-5, atol=1e-6)
+    loss, grads = loss_and_grads(model, params, x)
+    fused_loss, fused_grads = loss_and_grads(fused, params, x)
+    np.testing.assert_allclose(fused_loss, loss, rtol=1e-5)
+    assert_trees_close(self, fused_grads, grads, rtol=2e-4, atol=1e-6)
+
+  def test_fused_attention_with_attention_dropout_is_refused(self):
+    config = video_config(tokenlearner_loc=1, attention_impl='fused',
+                          attention_dropout_rate=0.1)
+    with self.assertRaisesRegex(ValueError, 'attention_dropout_rate'):
+      build_model(config, NUM_CLASSES)
+
+  @parameterized.parameters(
+      ('remat_policy', 'dots', 'model.remat_policy'),
+      ('attention_impl', 'flash', 'model.attention_impl'))
+  def test_bad_options_are_named(self, field, value, message):
+    config = video_config(tokenlearner_loc=1)
+    config.model[field] = value
+    with self.assertRaisesRegex(ValueError, message):
+      build_model(config, NUM_CLASSES)
+
+  def test_bfloat16_computes_in_bf16_with_fp32_parameters(self):
+    x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
+    config = video_config(tokenlearner_loc=1, use_tokenfuse=True)
+    model, params = init(config, x)
+    config.model_dtype_str = 'bfloat16'
+    bf16 = build_model(config, NUM_CLASSES)
+    bf16_params = nn.unbox(bf16.init(jax.random.PRNGKey(0), x, train=False))
+    self.assertEqual({p.dtype for p in jax.tree_util.tree_leaves(bf16_params)},
+                     {jnp.dtype(jnp.float32)})
+    _, inter = bf16.apply({'params': params}, x, train=False,
+                          capture_intermediates=True)
+    block = inter['intermediates']['Transformer']['encoderblock_0']
+    self.assertEqual(block['MlpBlock_0']['Dense_0']['__call__'][0].dtype,
+                     jnp.bfloat16)
+    logits = bf16.apply({'params': params}, x, train=False)
+    self.assertEqual(logits.dtype, jnp.float32)
+    reference = model.apply({'params': params}, x, train=False)
+    scale = float(jnp.max(jnp.abs(reference)))
+    np.testing.assert_allclose(logits, reference, atol=0.03 * scale)
+
+
+class DonationTest(absltest.TestCase):
+
+  def test_donated_and_undonated_steps_agree(self):
+    x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
+    config = video_config(tokenlearner_loc=1)
+    model, params = init(config, x)
+    config.mixup = ml_collections.ConfigDict(dict(alpha=None))
+    config.label_smoothing = None
+    tx = optax.adam(1e-3)
+    batch = {'inputs': x, 'label': jax.nn.one_hot(jnp.array([0, 3]),
+                                                  NUM_CLASSES)}
+    step = functools.partial(train.train_step, model=model, tx=tx,
+                             schedule=lambda s: 1e-3, config=config,
+                             multilabel=False)
+
+    def run(donate):
+      state = train.TrainState(step=jnp.zeros((), jnp.int32),
+                               params=jax.tree_util.tree_map(jnp.array, params),
+                               opt_state=tx.init(params),
+                               rng=jax.random.PRNGKey(0))
+      jitted = jax.jit(step, donate_argnums=0 if donate else ())
+      for _ in range(3):
+        state, metrics = jitted(state, batch)
+      return state.params, metrics['loss']
+
+    donated, donated_loss = run(True)
+    kept, kept_loss = run(False)
+    self.assertEqual(float(donated_loss), float(kept_loss))
+    assert_trees_close(self, donated, kept, rtol=0, atol=0)
+
+
+if __name__ == '__main__':
+  absltest.main()
