@@ -1,6 +1,5 @@
 """scripts/benchmark.py on 'mu' models: every part runs and its figures add up."""
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -8,12 +7,9 @@ from unittest import mock
 
 from absl.testing import absltest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, 'scripts', 'benchmark.py')
-_spec = importlib.util.spec_from_file_location('benchmark', SCRIPT)
-benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(benchmark)
+from tests.scripts import load_script
+
+benchmark = load_script('benchmark')
 
 TINY = [
     benchmark.vit('mu_vit', 'mu/8', (32, 32, 3)),

@@ -1,6 +1,5 @@
 """scripts/make_video_tfrecords.py: shards, label ids, resampling, bad input."""
 
-import importlib.util
 import io
 import math
 import os
@@ -17,12 +16,11 @@ import av
 import numpy as np
 import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, 'scripts', 'make_video_tfrecords.py')
-_spec = importlib.util.spec_from_file_location('make_video_tfrecords', SCRIPT)
-mvt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mvt)
+from tests.scripts import load_script
+from tests.scripts import script_path
+
+SCRIPT = script_path('make_video_tfrecords')
+mvt = load_script('make_video_tfrecords')
 
 HEIGHT, WIDTH, RATE = 32, 48, 10
 # (path in the CSV, label, frames at RATE fps); labels out of sorted order.
