@@ -455,6 +455,38 @@ class MultiProcessTest(absltest.TestCase):
     self.assertNotEqual(code, 0)
 
 
+  def test_sigterm_to_a_job_saves_one_step_and_every_process_exits_zero(self):
+    workdir = self.create_tempdir().full_path
+    processes = self.launch_job(
+        workdir, *self.OVERRIDES, '--config.num_training_steps=1000000',
+        '--config.checkpoint_steps=1000000', '--config.log_eval_steps=1000000',
+        '--config.log_summary_steps=5')
+    results = os.path.join(workdir, 'metrics.jsonl')
+    deadline = time.time() + 300
+    while not os.path.exists(results) and time.time() < deadline:
+      time.sleep(0.1)
+    for process in processes:  # What a scheduler's preemption notice does.
+      process.send_signal(signal.SIGTERM)
+    sent = time.time()
+    try:
+      outcomes = [self.wait(p, timeout=90) for p in processes]
+    finally:
+      for process in processes:
+        process.kill()
+    self.assertLess(time.time() - sent, 30)
+    for code, stderr in outcomes:
+      self.assertEqual(code, 0, stderr[-3000:])
+      self.assertIn('Preempted: saved the checkpoint of step', stderr)
+    saved = committed_steps(workdir)[-1]
+    self.assertGreaterEqual(saved, 5)
+    # One process resumes the job's checkpoint.
+    code, stderr = self.wait(self.launch(
+        workdir, 8, *self.OVERRIDES, f'--config.num_training_steps={saved + 1}',
+        '--config.log_summary_steps=1'))
+    self.assertEqual(code, 0, stderr[-3000:])
+    self.assertIn(f'Restored the checkpoint at step {saved}', stderr)
+
+
 class ShardingEqualityTest(absltest.TestCase):
   """1 device and 8 devices (data=4, model=2) give the same losses."""
 
