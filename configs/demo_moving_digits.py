@@ -7,7 +7,8 @@ scikit-learn's digits on first use, so this runs with no download.
   python -m tokenlearner_jax.train --config=configs/demo_moving_digits.py \
       --workdir=/tmp/demo_moving_digits
 
-Args: runlocal (a few steps on the small split, for tests).
+Args: runlocal (a few steps on the small split, for tests). `sweep()`: the
+TokenLearner-location grid for `scripts/sweep.py --from_config`.
 """
 
 import ml_collections
@@ -68,3 +69,9 @@ def get_config(arg=None):
     config.log_eval_steps = 2
     config.checkpoint_steps = 2
   return config
+
+
+def sweep():
+  """TokenLearner location x seed, for `scripts/sweep.py --from_config`."""
+  return [{'model.tokenizer.tokenlearner_loc': loc, 'rng_seed': seed}
+          for loc in (0, 1, 2, 3) for seed in (0, 1, 2)]

@@ -88,14 +88,16 @@ class ConfigsTrainTest(parameterized.TestCase):
     config.label_smoothing = 0.1
     final = self.run_config(config)
     self.assertSameElements(final, ['step', 'loss', 'accuracy',
-                                    'top_5_accuracy', 'num_examples'])
+                                    'top_5_accuracy', 'num_examples',
+                                    'gmacs_per_example'])
 
   def test_demo_multi_digits(self):
     config = config_for('demo_multi_digits')
     config.dataset_configs.data_dir = DATA_DIR
     final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples'])
+        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
+                'gmacs_per_example'])
     self.assertBetween(final['mAP'], 0.0, 1.0)
 
   def test_im1k_on_mock_data(self):
@@ -103,7 +105,8 @@ class ConfigsTrainTest(parameterized.TestCase):
     with tfds.testing.mock_data(num_examples=16):
       final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples'])
+        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
+                'gmacs_per_example'])
 
   def test_vivit_k400_on_generated_tfrecords(self):
     config = config_for('vivit_k400')
@@ -160,7 +163,8 @@ class ConfigsTrainTest(parameterized.TestCase):
           })).SerializeToString())
     final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples'])
+        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
+                'gmacs_per_example'])
     self.assertEqual(final['num_examples'], 5)
 
 

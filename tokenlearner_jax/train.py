@@ -282,9 +282,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         state.params, pretrained.load_params(config.init_from), config,
         data.input_shape))
   start_step = int(state.step)
+  gmacs = flops.gmacs(config, data.input_shape, data.num_classes)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
-    gmacs = flops.gmacs(config, data.input_shape, data.num_classes)
     logging.info('GMACs per example: %.4f', gmacs)
     writer.write_scalars(0, {'gmacs_per_example': gmacs})
 
@@ -367,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                             batch_sharding, multilabel)
   manager.close()  # Waits for the last write to be committed.
   writer.flush()
-  final = {'step': int(state.step), **eval_results}
+  final = {'step': int(state.step), **eval_results,
+           'gmacs_per_example': gmacs}
   if is_main:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(final, f, indent=1)

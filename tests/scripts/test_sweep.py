@@ -1,0 +1,90 @@
+"""scripts/sweep.py: grids, real runs, skipping finished runs, the tables."""
+
+import csv
+import json
+import os
+import shutil
+
+from absl.testing import absltest
+
+from tests.scripts import load_script
+from tests.test_train import DATA_DIR
+from tests.test_train import ROOT
+
+sweep = load_script('sweep')
+
+
+class GridTest(absltest.TestCase):
+
+  def test_product_and_names(self):
+    grid = sweep.parse_grid(['model.num_layers=2,4', 'rng_seed=0,1,2'])
+    points = sweep.grid_points(grid)
+    self.assertLen(points, 6)
+    self.assertEqual(points[1], {'model.num_layers': '2', 'rng_seed': '1'})
+    self.assertEqual(sweep.run_name(points[1]), 'model.num_layers=2,rng_seed=1')
+    with self.assertRaisesRegex(ValueError, "'rng_seed'"):
+      sweep.parse_grid(['rng_seed'])
+
+  def test_config_sweep_points(self):
+    points = sweep.config_sweep(os.path.join(ROOT, 'configs',
+                                             'demo_moving_digits.py:runlocal'))
+    self.assertLen(points, 12)
+    self.assertEqual(points[0], {'model.tokenizer.tokenlearner_loc': '0',
+                                 'rng_seed': '0'})
+
+  def test_group_over_seeds(self):
+    rows = [dict(run=f'a={a},s={s}', a=a, s=s, status='done', step=5,
+                 accuracy=acc)
+            for a, s, acc in (('1', '0', 0.5), ('1', '1', 0.7), ('2', '0', 0.9))]
+    grouped = sweep.group(rows, ['a', 's'], 's')
+    self.assertEqual(grouped[0], {'a': '1', 'n (s)': 2,
+                                  'accuracy': '0.6 ± 0.14'})
+    self.assertEqual(grouped[1]['accuracy'], '0.9 ± 0')
+
+
+class SweepRunTest(absltest.TestCase):
+
+  def test_runs_skips_finished_and_tables(self):
+    root = self.create_tempdir().full_path
+    argv = [f'--config={ROOT}/configs/demo_moving_digits.py:runlocal',
+            f'--workdir={root}', '--grid=rng_seed=0,1',
+            f'--set=dataset_configs.data_dir={DATA_DIR}', '--parallel=2',
+            '--group_over=rng_seed']
+    self.assertEqual(sweep.main(argv), 0)
+    with open(os.path.join(root, 'results.csv')) as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([r['rng_seed'] for r in rows], ['0', '1'])
+    for row in rows:
+      self.assertEqual(row['status'], 'done')
+      self.assertEqual(row['step'], '2')
+      with open(os.path.join(root, row['run'], 'final_metrics.json')) as f:
+        final = json.load(f)
+      self.assertAlmostEqual(float(row['accuracy']), final['accuracy'])
+      self.assertGreater(float(row['gmacs_per_example']), 0)
+    self.assertNotEqual(rows[0]['loss'], rows[1]['loss'])  # Seeds differ.
+    with open(os.path.join(root, 'results.md')) as f:
+      self.assertIn('n (rng_seed)', f.read())
+    # An "interrupted" sweep: one run lost; re-running redoes only that one.
+    shutil.rmtree(os.path.join(root, 'rng_seed=1'))
+    kept_log = os.path.join(root, 'rng_seed=0', 'train.log')
+    mtime = os.path.getmtime(kept_log)
+    self.assertEqual(sweep.main(argv), 0)
+    self.assertEqual(os.path.getmtime(kept_log), mtime)
+    self.assertTrue(os.path.exists(os.path.join(root, 'rng_seed=1',
+                                                'final_metrics.json')))
+
+  def test_a_failed_run_is_reported_and_the_sweep_exits_non_zero(self):
+    root = self.create_tempdir().full_path
+    argv = [f'--config={ROOT}/configs/demo_moving_digits.py:runlocal',
+            f'--workdir={root}', '--grid=model.tokenizer.tokenlearner_loc=7',
+            f'--set=dataset_configs.data_dir={DATA_DIR}']
+    self.assertEqual(sweep.main(argv), 1)
+    with open(os.path.join(root, 'results.csv')) as f:
+      (row,) = list(csv.DictReader(f))
+    self.assertEqual(row['status'], 'failed (exit 1)')
+    with open(os.path.join(root, row['run'], 'train.log')) as f:
+      self.assertIn('tokenlearner_loc must be in [0, num_layers=2)', f.read())
+
+
+if __name__ == '__main__':
+  absltest.main()
