@@ -44,6 +44,11 @@ class GmacsTest(parameterized.TestCase):
       ('video', 'video', dict(tokenlearner_loc=2), (4, 64, 64, 3)),
       ('video_fuser', 'video', dict(tokenlearner_loc=2, use_tokenfuse=True),
        (4, 64, 64, 3)),
+      ('pooling_2x2', 'dynamic', dict(tokenlearner_loc=1,
+                                      token_reduction='pooling'), (64, 64, 3)),
+      ('dense_tokens_video', 'video', dict(tokenlearner_loc=1,
+                                           token_reduction='dense'),
+       (4, 64, 64, 3)),
   )
   def test_matches_xla_cost_analysis(self, tokenizer_type, kwargs, shape):
     # XLA counts 2 flops per multiply-add plus elementwise work, which we do

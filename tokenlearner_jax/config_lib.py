@@ -27,6 +27,9 @@ def model_config(variant: str,
                  tokenlearner_loc: Optional[int] = None,
                  use_tokenfuse: bool = False,
                  use_v11: bool = True,
+                 use_sum_pooling: bool = True,
+                 token_reduction: str = 'tokenlearner',
+                 pooling_window: int = 2,
                  extra_layers: int = 0,
                  tubelet_frames: int = 2,
                  classifier: str = 'gap',
@@ -47,6 +50,11 @@ def model_config(variant: str,
     tokenlearner_loc: First block on learned tokens; None turns it off.
     use_tokenfuse: TokenLearner -> block -> TokenFuser at every block >= loc.
     use_v11: TokenLearner v1.1; False is the paper's v1.0 module.
+    use_sum_pooling: v1.0 sums over space (reference); False: the mean.
+    token_reduction: 'tokenlearner', or the paper's baselines 'pooling'
+      (k x k average pooling at `tokenlearner_loc`) and 'dense' (tokens
+      from a fully connected layer over space).
+    pooling_window: k of 'pooling'.
     extra_layers: Blocks appended to the base depth (the paper's "24+11").
     tubelet_frames: Frames per tubelet for videos.
     classifier: 'gap', 'gmp', 'gsp' or 'token'.
@@ -77,6 +85,8 @@ def model_config(variant: str,
                        else (patch, patch)),
           num_tokens=num_tokens, tokenlearner_loc=tokenlearner_loc,
           use_tokenfuse=use_tokenfuse, use_v11=use_v11,
+          use_sum_pooling=use_sum_pooling, token_reduction=token_reduction,
+          pooling_window=pooling_window,
           temporal_encoding_config=dict(
               method='3d_conv', kernel_init_method=kernel_init_method,
               n_sampled_frames=None))))

@@ -50,8 +50,15 @@ def encoder_macs(config: ml_collections.ConfigDict, grid: grid_lib.TokenGrid,
     return model.num_layers * block_macs(full, d, mlp)
   loc, s = tokenizer.tokenlearner_loc, tokenizer.num_tokens
   use_v11 = tokenizer.get('use_v11', True)
+  reduction = tokenizer.get('token_reduction', 'tokenlearner')
+  if reduction == 'pooling':  # Averages: no multiply-adds.
+    s = grid.per_slice // tokenizer.pooling_window**2
+    learner = 0
+  elif reduction == 'dense':  # A [HW, S] weighting of every channel.
+    learner = grid.time * grid.per_slice * s * d
+  else:
+    learner = grid.time * tokenlearner_macs(grid.per_slice, d, s, use_v11)
   learned = grid.time * s + extra_tokens
-  learner = grid.time * tokenlearner_macs(grid.per_slice, d, s, use_v11)
   if tokenizer.get('use_tokenfuse', False):
     fuser = grid.time * tokenfuser_macs(grid.per_slice, d, s)
     later = block_macs(learned, d, mlp) + learner + fuser

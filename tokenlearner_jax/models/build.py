@@ -9,7 +9,9 @@ trace or compile. Differences from the reference, all deliberate:
     runs without TokenLearner); `tokenlearner_loc=None` means "off".
   * `stochastic_depth` is wired and `classifier='token'` works.
   * `model.attention_config.type='factorized_encoder'` builds ViViT model 2.
-Speed options (ours; none changes a number): `model.scan_layers`,
+The paper's baselines (ours, off by default): `model.tokenizer.token_reduction`
+'pooling' (`pooling_window`) or 'dense', and `use_sum_pooling=False` (v1.0's
+mean pooling, as the paper's text). Speed options (ours; none changes a number): `model.scan_layers`,
 `model.remat_policy`, `model.attention_impl` and `model_dtype_str`.
 """
 
@@ -22,6 +24,7 @@ import ml_collections
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.common import ATTENTION_IMPLS
 from tokenlearner_jax.models.encoder import REMAT_POLICIES
+from tokenlearner_jax.models.encoder import TOKEN_REDUCTIONS
 from tokenlearner_jax.models.vit import TokenLearnerViT
 from tokenlearner_jax.models.vivit import FactorisedEncoderViViT
 from tokenlearner_jax.models.vivit import KERNEL_INIT_METHODS
@@ -160,6 +163,19 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
            f'{num_layers}) while TokenLearner is on, got {loc!r} (use None to '
            f'turn TokenLearner off).')
   _positive_int(tokenizer.get('num_tokens'), 'model.tokenizer.num_tokens')
+  reduction = tokenizer.get('token_reduction', 'tokenlearner')
+  _require(reduction in TOKEN_REDUCTIONS, 'model.tokenizer.token_reduction '
+           f'must be one of {TOKEN_REDUCTIONS}, got {reduction!r}.')
+  if reduction == 'pooling':
+    _positive_int(tokenizer.get('pooling_window'),
+                  'model.tokenizer.pooling_window')
+  _require(isinstance(tokenizer.get('use_sum_pooling', True), bool),
+           'model.tokenizer.use_sum_pooling must be True or False, got '
+           f'{tokenizer.get("use_sum_pooling")!r}.')
+  _require(reduction == 'tokenlearner' or not model.get('scan_layers', False)
+           or not tokenizer.get('use_tokenfuse', False),
+           'model.scan_layers with model.tokenizer.use_tokenfuse needs '
+           "model.tokenizer.token_reduction='tokenlearner'.")
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -204,4 +220,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
       num_tokens=tokenizer.get('num_tokens', 8),
       use_v11=tokenizer.get('use_v11', True),
       use_tokenfuse=tokenizer.get('use_tokenfuse', False),
+      use_sum_pooling=tokenizer.get('use_sum_pooling', True),
+      token_reduction=tokenizer.get('token_reduction', 'tokenlearner'),
+      pooling_window=tokenizer.get('pooling_window', 2),
       **common)

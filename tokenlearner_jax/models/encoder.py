@@ -22,10 +22,14 @@ import jax.numpy as jnp
 
 from tokenlearner_jax.models.common import AddPositionEmbs
 from tokenlearner_jax.models.common import Encoder1DBlock
+from tokenlearner_jax.models.tokenlearner import DenseTokens
+from tokenlearner_jax.models.tokenlearner import PoolingTokens
 from tokenlearner_jax.models.tokenlearner import TokenFuser
 from tokenlearner_jax.models.tokenlearner import TokenLearnerModule
 from tokenlearner_jax.models.tokenlearner import TokenLearnerModuleV11
 
+# `token_reduction` values: TokenLearner, or the paper's baselines.
+TOKEN_REDUCTIONS = ('tokenlearner', 'pooling', 'dense')
 # `remat_policy` values: 'none' (no remat) or a `jax.checkpoint_policies` name.
 REMAT_POLICIES = ('none', 'nothing_saveable', 'dots_saveable',
                   'dots_with_no_batch_dims_saveable', 'everything_saveable')
@@ -114,6 +118,7 @@ class FuserLayer(nn.Module):
     block: Keyword arguments of its `Encoder1DBlock` (as a tuple of pairs).
     num_tokens: Tokens learned per slice.
     use_v11: TokenLearner v1.1 instead of v1.0.
+    use_sum_pooling: v1.0 sums over space (the reference); False: the mean.
     temporal_dims: Temporal slices T.
     has_cls_token: The first token is a class token.
     dropout_rate: Dropout inside TokenLearner v1.1 / TokenFuser.
@@ -123,6 +128,7 @@ class FuserLayer(nn.Module):
   block: tuple
   num_tokens: int
   use_v11: bool
+  use_sum_pooling: bool
   temporal_dims: int
   has_cls_token: bool
   dropout_rate: float
@@ -137,7 +143,9 @@ class FuserLayer(nn.Module):
                                       dropout_rate=self.dropout_rate,
                                       name='TokenLearnerModuleV11')
     else:
-      learner = TokenLearnerModule(self.num_tokens, name='TokenLearnerModule')
+      learner = TokenLearnerModule(self.num_tokens,
+                                   use_sum_pooling=self.use_sum_pooling,
+                                   name='TokenLearnerModule')
     block = block_class(self.remat_policy)(**dict(self.block),
                                            name='encoderblock')
     y, tokens = learn_tokens(x, learner, temporal_dims=self.temporal_dims,
@@ -163,6 +171,12 @@ class TokenLearnerEncoder(nn.Module):
     num_tokens: Tokens learned per slice.
     use_v11: TokenLearner v1.1 (MLP + softmax) instead of v1.0 (convs + sigmoid).
     use_tokenfuse: TokenLearner -> block -> TokenFuser at every block >= loc.
+    use_sum_pooling: v1.0 sums over space (the reference); False: the mean
+      (the paper's text).
+    token_reduction: One of `TOKEN_REDUCTIONS`: 'tokenlearner', or the
+      paper's baselines 'pooling' (k x k average pooling, Table 5) and
+      'dense' (tokens from a fully connected layer over space).
+    pooling_window: k of 'pooling'.
     has_cls_token: The first token is a class token that TokenLearner skips.
     dropout_rate: Dropout rate (also used inside TokenLearner/TokenFuser).
     attention_dropout_rate: Dropout on attention weights.
@@ -180,6 +194,9 @@ class TokenLearnerEncoder(nn.Module):
   num_tokens: int = 8
   use_v11: bool = True
   use_tokenfuse: bool = False
+  use_sum_pooling: bool = True
+  token_reduction: str = 'tokenlearner'
+  pooling_window: int = 2
   has_cls_token: bool = False
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
@@ -190,11 +207,16 @@ class TokenLearnerEncoder(nn.Module):
   dtype: Any = jnp.float32
 
   def _learner(self, index: int) -> nn.Module:
+    if self.token_reduction == 'pooling':
+      return PoolingTokens(self.pooling_window, name=f'PoolingTokens_{index}')
+    if self.token_reduction == 'dense':
+      return DenseTokens(self.num_tokens, name=f'DenseTokens_{index}')
     if self.use_v11:
       return TokenLearnerModuleV11(self.num_tokens,
                                    dropout_rate=self.dropout_rate,
                                    name=f'TokenLearnerModuleV11_{index}')
     return TokenLearnerModule(self.num_tokens,
+                              use_sum_pooling=self.use_sum_pooling,
                               name=f'TokenLearnerModule_{index}')
 
   def _block_args(self, stochastic_depth: float) -> dict:
@@ -232,6 +254,9 @@ class TokenLearnerEncoder(nn.Module):
 
   def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
     """Each of `scan_segments` as one `nn.scan` over stacked parameters."""
+    if self.token_reduction != 'tokenlearner' and self.use_tokenfuse:
+      raise ValueError('model.scan_layers with model.tokenizer.use_tokenfuse '
+                       "needs token_reduction='tokenlearner'.")
     def scan(target, length: int):
       return nn.scan(target, variable_axes={'params': 0, 'intermediates': 0},
                      split_rngs={'params': True, 'dropout': True},
@@ -252,6 +277,7 @@ class TokenLearnerEncoder(nn.Module):
         x, _ = scan(FuserLayer, len(layers))(
             block=tuple(self._block_args(sd).items()),
             num_tokens=self.num_tokens, use_v11=self.use_v11,
+            use_sum_pooling=self.use_sum_pooling,
             temporal_dims=self.temporal_dims,
             has_cls_token=self.has_cls_token, dropout_rate=self.dropout_rate,
             remat_policy=self.remat_policy, train=train,

@@ -111,6 +111,49 @@ class TokenLearnerModuleV11(nn.Module):
     return jnp.einsum('bsi,bic->bsc', weights, inputs)  # [B, S, C]
 
 
+class PoolingTokens(nn.Module):
+  """The paper's pooling baseline (Table 5): k x k average pooling of the grid.
+
+  Attributes:
+    window: Pooling window and stride k; the grid side must be divisible by it.
+  """
+  window: int
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Maps `[B, HW, C]` (HW a square) to `[B, HW / k^2, C]`."""
+    n, hw, c = inputs.shape
+    h = math.isqrt(hw)
+    if h * h != hw or h % self.window:
+      raise ValueError(
+          f'PoolingTokens needs a square grid whose side is divisible by '
+          f'model.tokenizer.pooling_window={self.window}; got {hw} tokens per '
+          'slice.')
+    x = jnp.reshape(inputs, (n, h, h, c))  # [B, H, W, C]
+    x = nn.avg_pool(x, (self.window,) * 2, strides=(self.window,) * 2)
+    return jnp.reshape(x, (n, -1, c))  # [B, HW / k^2, C]
+
+
+class DenseTokens(nn.Module):
+  """The paper's "tokens from a fully connected layer" alternative.
+
+  Each token is a learned, input-independent weighted sum over space of the
+  LayerNorm-ed input: `Dense_0` maps the spatial axis HW to S.
+
+  Attributes:
+    num_tokens: Number of tokens S.
+  """
+  num_tokens: int
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Maps `[B, HW, C]` to `[B, S, C]`."""
+    x = nn.LayerNorm()(inputs)
+    x = nn.DenseGeneral(self.num_tokens, axis=1, name='Dense_0')(
+        x)  # [B, C, S]
+    return jnp.transpose(x, (0, 2, 1))  # [B, S, C]
+
+
 class TokenFuser(nn.Module):
   """Maps S tokens back onto the original grid (the residual is added outside).
 
