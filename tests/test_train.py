@@ -116,8 +116,8 @@ class ConfigsTrainTest(parameterized.TestCase):
     write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5)
     write_video_tfrecords(base_dir, 'validation', 4, 5)
     final = self.run_config(config)
-    self.assertSameElements(final,
-                            ['step', 'loss', 'accuracy', 'num_examples'])
+    self.assertSameElements(final, ['step', 'loss', 'accuracy',
+                                    'num_examples', 'gmacs_per_example'])
 
   def test_vivit_k600_on_generated_tfrecords_with_the_4x3_test(self):
     config = config_for('vivit_k600')
@@ -139,7 +139,8 @@ class ConfigsTrainTest(parameterized.TestCase):
     with tfds.testing.mock_data(num_examples=16):
       final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'accuracy', 'top_5_accuracy', 'num_examples'])
+        final, ['step', 'loss', 'accuracy', 'top_5_accuracy', 'num_examples',
+                'gmacs_per_example'])
 
   def test_jft_pretrain_on_generated_tfrecords(self):
     config = config_for('jft_pretrain')
@@ -481,14 +482,8 @@ class MultiProcessTest(absltest.TestCase):
     for code, stderr in outcomes:
       self.assertEqual(code, 0, stderr[-3000:])
       self.assertIn('Preempted: saved the checkpoint of step', stderr)
-    saved = committed_steps(workdir)[-1]
-    self.assertGreaterEqual(saved, 5)
-    # One process resumes the job's checkpoint.
-    code, stderr = self.wait(self.launch(
-        workdir, 8, *self.OVERRIDES, f'--config.num_training_steps={saved + 1}',
-        '--config.log_summary_steps=1'))
-    self.assertEqual(code, 0, stderr[-3000:])
-    self.assertIn(f'Restored the checkpoint at step {saved}', stderr)
+    # Both processes wrote the one checkpoint of the step they stopped at.
+    self.assertGreaterEqual(committed_steps(workdir)[-1], 5)
 
 
 class ShardingEqualityTest(absltest.TestCase):

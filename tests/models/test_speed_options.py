@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from tests.models.test_tokenlearner import perturbed
 from tokenlearner_jax import config_lib
@@ -77,14 +78,17 @@ def forward(model, params, x):
 SCAN = dict(scan_layers=True)
 SCAN_REMAT = dict(scan_layers=True, remat_policy='dots_saveable')
 REMAT = dict(remat_policy='nothing_saveable')
+# Every segment kind and option once (CI), then more combinations (slow).
 LAYOUTS = [
-    (dict(tokenlearner_loc=None), SCAN),
-    (dict(tokenlearner_loc=0), SCAN_REMAT),
-    (dict(tokenlearner_loc=2, use_v11=False), SCAN),
     (dict(tokenlearner_loc=2), REMAT),
     (dict(tokenlearner_loc=1, use_tokenfuse=True), SCAN_REMAT),
     (dict(tokenlearner_loc=0, use_tokenfuse=True, use_v11=False,
           classifier='token'), SCAN),
+    (dict(tokenlearner_loc=2, use_v11=False), SCAN),
+]
+MORE_LAYOUTS = [
+    (dict(tokenlearner_loc=None), SCAN),
+    (dict(tokenlearner_loc=0), SCAN_REMAT),
     (dict(tokenlearner_loc=2, use_tokenfuse=True), REMAT),
 ]
 
@@ -93,6 +97,14 @@ class ScanRematTest(parameterized.TestCase):
 
   @parameterized.parameters(*LAYOUTS)
   def test_scanned_and_remat_match_the_unrolled_model(self, layout, options):
+    self.check_against_unrolled(layout, options)
+
+  @parameterized.parameters(*MORE_LAYOUTS)
+  @pytest.mark.slow  # Innermost: the generated tests copy the mark.
+  def test_more_layouts_match_the_unrolled_model(self, layout, options):
+    self.check_against_unrolled(layout, options)
+
+  def check_against_unrolled(self, layout, options):
     x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
     model, params = init(video_config(**layout), x)
     fast, fast_params = init(video_config(**layout, **options), x)
