@@ -222,7 +222,6 @@ def bench_compile(spec: Spec, args) -> Dict[str, Any]:
   for scan in (False, True):
     config = spec_config(spec, argparse.Namespace(**{**vars(args),
                                                      'scan': scan}))
-    config.model.tokenizer.tokenlearner_loc = None
     *_, seconds = compiled_train_step(config, spec.input_shape, NUM_CLASSES)
     result['scan_compile_s' if scan else 'unrolled_compile_s'] = seconds
     print(f'  {spec.name} scan={scan}: compile {seconds:.1f} s',
