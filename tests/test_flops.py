@@ -49,6 +49,15 @@ class GmacsTest(parameterized.TestCase):
       ('dense_tokens_video', 'video', dict(tokenlearner_loc=1,
                                            token_reduction='dense'),
        (4, 64, 64, 3)),
+      ('pooling_twice', 'dynamic', dict(tokenlearner_loc=1,
+                                        token_reduction='pooling',
+                                        pooling_locs=(2,)), (64, 64, 3)),
+      ('unpool', 'dynamic', dict(tokenlearner_loc=1, use_tokenfuse=True,
+                                 fuser_type='unpool'), (64, 64, 3)),
+      ('reprojection_video', 'video', dict(tokenlearner_loc=1,
+                                           use_tokenfuse=True,
+                                           fuser_type='reprojection'),
+       (4, 64, 64, 3)),
   )
   def test_matches_xla_cost_analysis(self, tokenizer_type, kwargs, shape):
     # XLA counts 2 flops per multiply-add plus elementwise work, which we do
@@ -66,6 +75,21 @@ class GmacsTest(parameterized.TestCase):
     ours = gmacs(config, shape, 10)
     xla = cost['flops'] / 2e9
     self.assertBetween(xla / ours, 1.0, 1.03)
+
+  def test_reprojection_costs_what_the_papers_figure_adds(self):
+    # The TokenFuser-alternatives figure (ViT-B/16 at 384, TL at 6): the
+    # reprojection points lie 4.1 (8 tokens) and 4.2 (16 tokens) GFLOPs to
+    # the right of TokenFuser's (read from pixels, +-0.1).
+    for num_tokens, paper_delta in ((8, 4.1), (16, 4.2)):
+      cost = {}
+      for fuser_type in ('tokenfuser', 'reprojection'):
+        config = ml_collections.ConfigDict()
+        config.model = config_lib.model_config(
+            'B/16', 'dynamic', num_tokens=num_tokens, tokenlearner_loc=6,
+            use_tokenfuse=True, fuser_type=fuser_type)
+        cost[fuser_type] = gmacs(config, (384, 384, 3), 1000)
+      self.assertBetween(cost['reprojection'] - cost['tokenfuser'],
+                         paper_delta - 0.2, paper_delta + 0.2)
 
   def test_paper_table_within_two_percent(self):
     result = subprocess.run(

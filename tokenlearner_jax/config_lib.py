@@ -26,10 +26,12 @@ def model_config(variant: str,
                  num_tokens: int = 8,
                  tokenlearner_loc: Optional[int] = None,
                  use_tokenfuse: bool = False,
+                 fuser_type: str = 'tokenfuser',
                  use_v11: bool = True,
                  use_sum_pooling: bool = True,
                  token_reduction: str = 'tokenlearner',
                  pooling_window: int = 2,
+                 pooling_locs: Tuple[int, ...] = (),
                  extra_layers: int = 0,
                  tubelet_frames: int = 2,
                  classifier: str = 'gap',
@@ -49,12 +51,18 @@ def model_config(variant: str,
     num_tokens: Tokens learned per temporal slice.
     tokenlearner_loc: First block on learned tokens; None turns it off.
     use_tokenfuse: TokenLearner -> block -> TokenFuser at every block >= loc.
+    fuser_type: With `use_tokenfuse`: 'tokenfuser' (the reference), or the
+      paper's alternatives 'unpool' (scatter the tokens back with the
+      TokenLearner's own maps) and 'reprojection' (an attention layer from
+      the grid to the tokens).
     use_v11: TokenLearner v1.1; False is the paper's v1.0 module.
     use_sum_pooling: v1.0 sums over space (reference); False: the mean.
     token_reduction: 'tokenlearner', or the paper's baselines 'pooling'
       (k x k average pooling at `tokenlearner_loc`) and 'dense' (tokens
       from a fully connected layer over space).
     pooling_window: k of 'pooling'.
+    pooling_locs: Further blocks before which 'pooling' pools again (Table
+      5's "2x2 pool at 9 and 18": loc 9, `pooling_locs=(18,)`).
     extra_layers: Blocks appended to the base depth (the paper's "24+11").
     tubelet_frames: Frames per tubelet for videos.
     classifier: 'gap', 'gmp', 'gsp' or 'token'.
@@ -84,9 +92,9 @@ def model_config(variant: str,
           patches=dict(size=(patch, patch, tubelet_frames) if video
                        else (patch, patch)),
           num_tokens=num_tokens, tokenlearner_loc=tokenlearner_loc,
-          use_tokenfuse=use_tokenfuse, use_v11=use_v11,
+          use_tokenfuse=use_tokenfuse, fuser_type=fuser_type, use_v11=use_v11,
           use_sum_pooling=use_sum_pooling, token_reduction=token_reduction,
-          pooling_window=pooling_window,
+          pooling_window=pooling_window, pooling_locs=tuple(pooling_locs),
           temporal_encoding_config=dict(
               method='3d_conv', kernel_init_method=kernel_init_method,
               n_sampled_frames=None))))

@@ -40,6 +40,23 @@ def tokenfuser_macs(hw: int, hidden: int, num_tokens: int) -> int:
   return mixing + masking + hw * num_tokens * hidden
 
 
+def reprojection_macs(hw: int, hidden: int, num_tokens: int) -> int:
+  """One 'reprojection' (attention from the grid to the tokens) on one slice:
+  query and output projections of the grid, key and value projections of the
+  tokens, QK^T and AV."""
+  return (2 * hw * hidden * hidden + 2 * num_tokens * hidden * hidden +
+          2 * hw * num_tokens * hidden)
+
+
+def fuser_macs(fuser_type: str, hw: int, hidden: int, num_tokens: int) -> int:
+  """What maps the tokens of one slice back: TokenFuser or an alternative."""
+  if fuser_type == 'unpool':  # The transpose of TokenLearner's pooling.
+    return hw * num_tokens * hidden
+  if fuser_type == 'reprojection':
+    return reprojection_macs(hw, hidden, num_tokens)
+  return tokenfuser_macs(hw, hidden, num_tokens)
+
+
 def encoder_macs(config: ml_collections.ConfigDict, grid: grid_lib.TokenGrid,
                  extra_tokens: int) -> int:
   """The joint space-time encoder with TokenLearner/TokenFuser where enabled."""
@@ -54,13 +71,22 @@ def encoder_macs(config: ml_collections.ConfigDict, grid: grid_lib.TokenGrid,
   if reduction == 'pooling':  # Averages: no multiply-adds.
     s = grid.per_slice // tokenizer.pooling_window**2
     learner = 0
+    locs = [loc, *(tokenizer.get('pooling_locs') or ()), model.num_layers]
+    if len(locs) > 2:  # Pooling again at later blocks.
+      macs, hw = loc * block_macs(full, d, mlp), grid.per_slice
+      for start, end in zip(locs[:-1], locs[1:]):
+        hw //= tokenizer.pooling_window**2
+        macs += (end - start) * block_macs(grid.time * hw + extra_tokens, d,
+                                           mlp)
+      return macs
   elif reduction == 'dense':  # A [HW, S] weighting of every channel.
     learner = grid.time * grid.per_slice * s * d
   else:
     learner = grid.time * tokenlearner_macs(grid.per_slice, d, s, use_v11)
   learned = grid.time * s + extra_tokens
   if tokenizer.get('use_tokenfuse', False):
-    fuser = grid.time * tokenfuser_macs(grid.per_slice, d, s)
+    fuser = grid.time * fuser_macs(tokenizer.get('fuser_type', 'tokenfuser'),
+                                   grid.per_slice, d, s)
     later = block_macs(learned, d, mlp) + learner + fuser
     return loc * block_macs(full, d, mlp) + (model.num_layers - loc) * later
   return (loc * block_macs(full, d, mlp) + learner +

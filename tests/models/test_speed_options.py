@@ -85,11 +85,16 @@ LAYOUTS = [
     (dict(tokenlearner_loc=0, use_tokenfuse=True, use_v11=False,
           classifier='token'), SCAN),
     (dict(tokenlearner_loc=2, use_v11=False), SCAN),
+    (dict(tokenlearner_loc=1, use_tokenfuse=True, fuser_type='reprojection'),
+     SCAN),
 ]
 MORE_LAYOUTS = [
     (dict(tokenlearner_loc=None), SCAN),
     (dict(tokenlearner_loc=0), SCAN_REMAT),
     (dict(tokenlearner_loc=2, use_tokenfuse=True), REMAT),
+    (dict(tokenlearner_loc=1, use_tokenfuse=True, fuser_type='unpool'), SCAN),
+    (dict(tokenlearner_loc=1, use_tokenfuse=True, token_reduction='dense'),
+     SCAN),
 ]
 
 

@@ -10,7 +10,8 @@ trace or compile. Differences from the reference, all deliberate:
   * `stochastic_depth` is wired and `classifier='token'` works.
   * `model.attention_config.type='factorized_encoder'` builds ViViT model 2.
 The paper's baselines (ours, off by default): `model.tokenizer.token_reduction`
-'pooling' (`pooling_window`) or 'dense', and `use_sum_pooling=False` (v1.0's
+'pooling' (`pooling_window`, `pooling_locs`) or 'dense', `fuser_type` 'unpool'
+or 'reprojection' instead of TokenFuser, and `use_sum_pooling=False` (v1.0's
 mean pooling, as the paper's text). Speed options (ours; none changes a number): `model.scan_layers`,
 `model.remat_policy`, `model.attention_impl` and `model_dtype_str`.
 """
@@ -23,6 +24,7 @@ import ml_collections
 
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.common import ATTENTION_IMPLS
+from tokenlearner_jax.models.encoder import FUSER_TYPES
 from tokenlearner_jax.models.encoder import REMAT_POLICIES
 from tokenlearner_jax.models.encoder import TOKEN_REDUCTIONS
 from tokenlearner_jax.models.vit import TokenLearnerViT
@@ -172,10 +174,29 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(tokenizer.get('use_sum_pooling', True), bool),
            'model.tokenizer.use_sum_pooling must be True or False, got '
            f'{tokenizer.get("use_sum_pooling")!r}.')
-  _require(reduction == 'tokenlearner' or not model.get('scan_layers', False)
-           or not tokenizer.get('use_tokenfuse', False),
-           'model.scan_layers with model.tokenizer.use_tokenfuse needs '
-           "model.tokenizer.token_reduction='tokenlearner'.")
+  fuse = tokenizer.get('use_tokenfuse', False)
+  fuser_type = tokenizer.get('fuser_type', 'tokenfuser')
+  _require(fuser_type in FUSER_TYPES, 'model.tokenizer.fuser_type must be one '
+           f'of {FUSER_TYPES}, got {fuser_type!r}.')
+  _require(fuse or fuser_type == 'tokenfuser',
+           f'model.tokenizer.fuser_type={fuser_type!r} needs '
+           'model.tokenizer.use_tokenfuse=True.')
+  _require(fuser_type != 'unpool' or reduction == 'tokenlearner',
+           "model.tokenizer.fuser_type='unpool' reuses TokenLearner's maps: "
+           f"it needs token_reduction='tokenlearner', got {reduction!r}.")
+  pooling_locs = tuple(tokenizer.get('pooling_locs') or ())
+  if pooling_locs:
+    _require(reduction == 'pooling' and not fuse,
+             'model.tokenizer.pooling_locs needs '
+             "token_reduction='pooling' and use_tokenfuse=False.")
+    _require(not model.get('scan_layers', False),
+             'model.scan_layers does not take model.tokenizer.pooling_locs.')
+    _require(all(isinstance(l, int) for l in pooling_locs) and
+             list(pooling_locs) == sorted(set(pooling_locs)) and
+             loc < pooling_locs[0] and pooling_locs[-1] < num_layers,
+             'model.tokenizer.pooling_locs must be increasing layer indices in '
+             f'(tokenlearner_loc={loc}, num_layers={num_layers}), got '
+             f'{pooling_locs!r}.')
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -220,7 +241,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
       num_tokens=tokenizer.get('num_tokens', 8),
       use_v11=tokenizer.get('use_v11', True),
       use_tokenfuse=tokenizer.get('use_tokenfuse', False),
+      fuser_type=tokenizer.get('fuser_type', 'tokenfuser'),
       use_sum_pooling=tokenizer.get('use_sum_pooling', True),
       token_reduction=tokenizer.get('token_reduction', 'tokenlearner'),
       pooling_window=tokenizer.get('pooling_window', 2),
+      pooling_locs=tuple(tokenizer.get('pooling_locs') or ()),
       **common)

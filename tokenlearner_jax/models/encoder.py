@@ -27,9 +27,15 @@ from tokenlearner_jax.models.tokenlearner import PoolingTokens
 from tokenlearner_jax.models.tokenlearner import TokenFuser
 from tokenlearner_jax.models.tokenlearner import TokenLearnerModule
 from tokenlearner_jax.models.tokenlearner import TokenLearnerModuleV11
+from tokenlearner_jax.models.tokenlearner import TokenReprojection
+from tokenlearner_jax.models.tokenlearner import unpool_tokens
 
 # `token_reduction` values: TokenLearner, or the paper's baselines.
 TOKEN_REDUCTIONS = ('tokenlearner', 'pooling', 'dense')
+# `fuser_type` values (with `use_tokenfuse`): the reference's TokenFuser, or
+# the paper's alternatives (scatter with the TokenLearner's own maps, or an
+# attention layer from the grid to the tokens).
+FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 # `remat_policy` values: 'none' (no remat) or a `jax.checkpoint_policies` name.
 REMAT_POLICIES = ('none', 'nothing_saveable', 'dots_saveable',
                   'dots_with_no_batch_dims_saveable', 'everything_saveable')
@@ -67,37 +73,74 @@ def scan_segments(num_layers: int, tokenlearner_loc: Optional[int],
   return segments
 
 
+def make_learner(token_reduction: str, *, num_tokens: int, use_v11: bool,
+                 use_sum_pooling: bool, pooling_window: int,
+                 dropout_rate: float, suffix: str) -> nn.Module:
+  """The token reducer `token_reduction` names, named `<Class><suffix>`."""
+  if token_reduction == 'pooling':
+    return PoolingTokens(pooling_window, name=f'PoolingTokens{suffix}')
+  if token_reduction == 'dense':
+    return DenseTokens(num_tokens, name=f'DenseTokens{suffix}')
+  if use_v11:
+    return TokenLearnerModuleV11(num_tokens, dropout_rate=dropout_rate,
+                                 name=f'TokenLearnerModuleV11{suffix}')
+  return TokenLearnerModule(num_tokens, use_sum_pooling=use_sum_pooling,
+                            name=f'TokenLearnerModule{suffix}')
+
+
+def make_fuser(fuser_type: str, *, num_heads: int, dropout_rate: float,
+               suffix: str) -> Optional[nn.Module]:
+  """The module that maps tokens back onto the grid; None for 'unpool'."""
+  if fuser_type == 'unpool':
+    return None
+  if fuser_type == 'reprojection':
+    return TokenReprojection(num_heads, dropout_rate=dropout_rate,
+                             name=f'TokenReprojection{suffix}')
+  return TokenFuser(dropout_rate=dropout_rate, name=f'TokenFuser{suffix}')
+
+
 def learn_tokens(x: jax.Array, learner: nn.Module, *, temporal_dims: int,
-                 has_cls_token: bool, train: bool) -> Tuple[jax.Array, jax.Array]:
+                 has_cls_token: bool, train: bool, return_weights: bool = False
+                 ) -> Tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   """TokenLearner per temporal slice, the class token kept in front.
 
-  Returns the next block's input `[B, 1|0 + T*S, C]` and the slices it was
-  learned from `[B*T, HW, C]` (for a TokenFuser).
+  Returns the next block's input `[B, 1|0 + T*S, C]`, the slices it was
+  learned from `[B*T, HW, C]` (for a TokenFuser) and, with `return_weights`
+  (TokenLearner only, for 'unpool'), the spatial weights `[B*T, S, HW]`.
   """
   n, _, c = x.shape
   n_cls = int(has_cls_token)
   cls, tokens = x[:, :n_cls], x[:, n_cls:]  # [B, 1|0, C], [B, T*HW, C]
   t = temporal_dims
   tokens = jnp.reshape(tokens, (n * t, tokens.shape[1] // t, c))  # [B*T, HW, C]
+  kwargs = {'return_weights': True} if return_weights else {}
   if isinstance(learner, TokenLearnerModuleV11):
-    learned = learner(tokens, deterministic=not train)  # [B*T, S, C]
+    learned = learner(tokens, deterministic=not train, **kwargs)  # [B*T, S, C]
   else:
-    learned = learner(tokens)  # [B*T, S, C]
+    learned = learner(tokens, **kwargs)  # [B*T, S, C]
+  weights = None
+  if return_weights:
+    learned, weights = learned  # [B*T, S, C], [B*T, S, HW]
   learned = jnp.reshape(learned, (n, -1, c))  # [B, T*S, C]
-  return jnp.concatenate([cls, learned], axis=1), tokens
+  return jnp.concatenate([cls, learned], axis=1), tokens, weights
 
 
-def fuse_tokens(y: jax.Array, tokens: jax.Array, fuser: nn.Module, *,
-                has_cls_token: bool, train: bool) -> jax.Array:
-  """TokenFuser + residual: `y` `[B, 1|0 + T*S, C]` -> `[B, 1|0 + T*HW, C]`.
+def fuse_tokens(y: jax.Array, tokens: jax.Array, fuser: Optional[nn.Module],
+                weights: Optional[jax.Array], *, has_cls_token: bool,
+                train: bool) -> jax.Array:
+  """Fuser + residual: `y` `[B, 1|0 + T*S, C]` -> `[B, 1|0 + T*HW, C]`.
 
-  `tokens` `[B*T, HW, C]` are the slices the TokenLearner read.
+  `tokens` `[B*T, HW, C]` are the slices the TokenLearner read; `fuser` None
+  unpools with its `weights` `[B*T, S, HW]`.
   """
   n, _, c = y.shape
   n_cls = int(has_cls_token)
   nt, hw, _ = tokens.shape
   learned = jnp.reshape(y[:, n_cls:], (nt, -1, c))  # [B*T, S, C]
-  fused = fuser(learned, tokens, deterministic=not train)  # [B*T, HW, C]
+  if fuser is None:
+    fused = unpool_tokens(learned, weights)  # [B*T, HW, C]
+  else:
+    fused = fuser(learned, tokens, deterministic=not train)  # [B*T, HW, C]
   fused = jnp.reshape(fused + tokens, (n, (nt // n) * hw, c))  # [B, T*HW, C]
   return jnp.concatenate([y[:, :n_cls], fused], axis=1)
 
@@ -116,19 +159,17 @@ class FuserLayer(nn.Module):
 
   Attributes:
     block: Keyword arguments of its `Encoder1DBlock` (as a tuple of pairs).
-    num_tokens: Tokens learned per slice.
-    use_v11: TokenLearner v1.1 instead of v1.0.
-    use_sum_pooling: v1.0 sums over space (the reference); False: the mean.
+    learner: Arguments of `make_learner` (as a tuple of pairs).
+    fuser_type: One of `FUSER_TYPES`.
     temporal_dims: Temporal slices T.
     has_cls_token: The first token is a class token.
-    dropout_rate: Dropout inside TokenLearner v1.1 / TokenFuser.
+    dropout_rate: Dropout inside TokenLearner v1.1 / the fuser.
     remat_policy: One of `REMAT_POLICIES`, for the block.
     train: Training mode (dropout, stochastic depth).
   """
   block: tuple
-  num_tokens: int
-  use_v11: bool
-  use_sum_pooling: bool
+  learner: tuple
+  fuser_type: str
   temporal_dims: int
   has_cls_token: bool
   dropout_rate: float
@@ -138,23 +179,16 @@ class FuserLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, depth_rate: Optional[jax.Array]):
     """`[B, 1|0 + T*HW, C]` -> (the same shape, None), as `nn.scan` wants."""
-    if self.use_v11:
-      learner = TokenLearnerModuleV11(self.num_tokens,
-                                      dropout_rate=self.dropout_rate,
-                                      name='TokenLearnerModuleV11')
-    else:
-      learner = TokenLearnerModule(self.num_tokens,
-                                   use_sum_pooling=self.use_sum_pooling,
-                                   name='TokenLearnerModule')
-    block = block_class(self.remat_policy)(**dict(self.block),
-                                           name='encoderblock')
-    y, tokens = learn_tokens(x, learner, temporal_dims=self.temporal_dims,
-                             has_cls_token=self.has_cls_token,
-                             train=self.train)
+    block_args = dict(self.block)
+    block = block_class(self.remat_policy)(**block_args, name='encoderblock')
+    y, tokens, weights = learn_tokens(
+        x, make_learner(**dict(self.learner), suffix=''),
+        temporal_dims=self.temporal_dims, has_cls_token=self.has_cls_token,
+        train=self.train, return_weights=self.fuser_type == 'unpool')
     y = block(y, not self.train, depth_rate)
-    return fuse_tokens(y, tokens,
-                       TokenFuser(dropout_rate=self.dropout_rate,
-                                  name='TokenFuser'),
+    fuser = make_fuser(self.fuser_type, num_heads=block_args['num_heads'],
+                       dropout_rate=self.dropout_rate, suffix='')
+    return fuse_tokens(y, tokens, fuser, weights,
                        has_cls_token=self.has_cls_token, train=self.train), None
 
 
@@ -171,12 +205,17 @@ class TokenLearnerEncoder(nn.Module):
     num_tokens: Tokens learned per slice.
     use_v11: TokenLearner v1.1 (MLP + softmax) instead of v1.0 (convs + sigmoid).
     use_tokenfuse: TokenLearner -> block -> TokenFuser at every block >= loc.
+    fuser_type: One of `FUSER_TYPES`: what maps the tokens back with
+      `use_tokenfuse` ('tokenfuser', the reference, or the paper's 'unpool'
+      and 'reprojection').
     use_sum_pooling: v1.0 sums over space (the reference); False: the mean
       (the paper's text).
     token_reduction: One of `TOKEN_REDUCTIONS`: 'tokenlearner', or the
       paper's baselines 'pooling' (k x k average pooling, Table 5) and
       'dense' (tokens from a fully connected layer over space).
     pooling_window: k of 'pooling'.
+    pooling_locs: Further blocks before which 'pooling' pools again (Table
+      5's "2x2 pool at 9 and 18" is loc 9 with `pooling_locs=(18,)`).
     has_cls_token: The first token is a class token that TokenLearner skips.
     dropout_rate: Dropout rate (also used inside TokenLearner/TokenFuser).
     attention_dropout_rate: Dropout on attention weights.
@@ -194,9 +233,11 @@ class TokenLearnerEncoder(nn.Module):
   num_tokens: int = 8
   use_v11: bool = True
   use_tokenfuse: bool = False
+  fuser_type: str = 'tokenfuser'
   use_sum_pooling: bool = True
   token_reduction: str = 'tokenlearner'
   pooling_window: int = 2
+  pooling_locs: Tuple[int, ...] = ()
   has_cls_token: bool = False
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
@@ -206,18 +247,12 @@ class TokenLearnerEncoder(nn.Module):
   attention_impl: str = 'einsum'
   dtype: Any = jnp.float32
 
-  def _learner(self, index: int) -> nn.Module:
-    if self.token_reduction == 'pooling':
-      return PoolingTokens(self.pooling_window, name=f'PoolingTokens_{index}')
-    if self.token_reduction == 'dense':
-      return DenseTokens(self.num_tokens, name=f'DenseTokens_{index}')
-    if self.use_v11:
-      return TokenLearnerModuleV11(self.num_tokens,
-                                   dropout_rate=self.dropout_rate,
-                                   name=f'TokenLearnerModuleV11_{index}')
-    return TokenLearnerModule(self.num_tokens,
-                              use_sum_pooling=self.use_sum_pooling,
-                              name=f'TokenLearnerModule_{index}')
+  def _learner_args(self) -> dict:
+    return dict(token_reduction=self.token_reduction,
+                num_tokens=self.num_tokens, use_v11=self.use_v11,
+                use_sum_pooling=self.use_sum_pooling,
+                pooling_window=self.pooling_window,
+                dropout_rate=self.dropout_rate)
 
   def _block_args(self, stochastic_depth: float) -> dict:
     return dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
@@ -233,30 +268,36 @@ class TokenLearnerEncoder(nn.Module):
     """The reference's loop: `encoderblock_{i}`, `TokenLearnerModule*_{j}`."""
     block_cls = block_class(self.remat_policy)
     loc = self.tokenlearner_loc
+    # Blocks preceded by a token reduction (without a fuser).
+    reduce_at = [] if loc is None else [loc, *self.pooling_locs]
     for lyr in range(self.num_layers):
       block = block_cls(**self._block_args(self._depth_rate(lyr)),
                         name=f'encoderblock_{lyr}')
       learn_here = loc is not None and (
-          lyr >= loc if self.use_tokenfuse else lyr == loc)
+          lyr >= loc if self.use_tokenfuse else lyr in reduce_at)
       if not learn_here:
         x = block(x, not train)
         continue
-      index = lyr - loc if self.use_tokenfuse else 0
-      y, tokens = learn_tokens(x, self._learner(index),
-                               temporal_dims=self.temporal_dims,
-                               has_cls_token=self.has_cls_token, train=train)
+      index = lyr - loc if self.use_tokenfuse else reduce_at.index(lyr)
+      unpool = self.use_tokenfuse and self.fuser_type == 'unpool'
+      y, tokens, weights = learn_tokens(
+          x, make_learner(**self._learner_args(), suffix=f'_{index}'),
+          temporal_dims=self.temporal_dims, has_cls_token=self.has_cls_token,
+          train=train, return_weights=unpool)
       x = block(y, not train)
       if self.use_tokenfuse:
-        x = fuse_tokens(x, tokens, TokenFuser(dropout_rate=self.dropout_rate,
-                                              name=f'TokenFuser_{index}'),
+        fuser = make_fuser(self.fuser_type, num_heads=self.num_heads,
+                           dropout_rate=self.dropout_rate, suffix=f'_{index}')
+        x = fuse_tokens(x, tokens, fuser, weights,
                         has_cls_token=self.has_cls_token, train=train)
     return x
 
   def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
     """Each of `scan_segments` as one `nn.scan` over stacked parameters."""
-    if self.token_reduction != 'tokenlearner' and self.use_tokenfuse:
-      raise ValueError('model.scan_layers with model.tokenizer.use_tokenfuse '
-                       "needs token_reduction='tokenlearner'.")
+    if self.pooling_locs:
+      raise ValueError('model.scan_layers does not take '
+                       'model.tokenizer.pooling_locs.')
+
     def scan(target, length: int):
       return nn.scan(target, variable_axes={'params': 0, 'intermediates': 0},
                      split_rngs={'params': True, 'dropout': True},
@@ -276,17 +317,17 @@ class TokenLearnerEncoder(nn.Module):
       if segment.kind == 'fuser':
         x, _ = scan(FuserLayer, len(layers))(
             block=tuple(self._block_args(sd).items()),
-            num_tokens=self.num_tokens, use_v11=self.use_v11,
-            use_sum_pooling=self.use_sum_pooling,
-            temporal_dims=self.temporal_dims,
+            learner=tuple(self._learner_args().items()),
+            fuser_type=self.fuser_type, temporal_dims=self.temporal_dims,
             has_cls_token=self.has_cls_token, dropout_rate=self.dropout_rate,
             remat_policy=self.remat_policy, train=train,
             name=segment.name)(x, rates if sd > 0 else None)
         continue
       if segment.first == self.tokenlearner_loc:  # Learn before this segment.
-        x, _ = learn_tokens(x, self._learner(0),
-                            temporal_dims=self.temporal_dims,
-                            has_cls_token=self.has_cls_token, train=train)
+        x, _, _ = learn_tokens(
+            x, make_learner(**self._learner_args(), suffix='_0'),
+            temporal_dims=self.temporal_dims,
+            has_cls_token=self.has_cls_token, train=train)
       block = block_class(self.remat_policy)(**self._block_args(sd),
                                              name=segment.name)
       x, _ = scan(block_body, len(layers))(block, x, rates)

@@ -37,9 +37,11 @@ class TokenLearnerViT(nn.Module):
     num_tokens: Tokens learned per temporal slice.
     use_v11: TokenLearner v1.1 instead of v1.0.
     use_tokenfuse: The TokenLearner -> block -> TokenFuser stack (Figure 3b).
+    fuser_type: 'tokenfuser', or the paper's 'unpool' / 'reprojection'.
     use_sum_pooling: v1.0 sums over space (reference); False: the mean.
     token_reduction: 'tokenlearner', 'pooling' or 'dense' (the baselines).
     pooling_window: k of the k x k 'pooling' baseline.
+    pooling_locs: Further blocks before which 'pooling' pools again.
     representation_size: Width of the tanh `pre_logits` layer; None skips it.
     classifier: 'gap', 'gmp', 'gsp' pooling, or 'token' (a class token `cls`).
     dropout_rate: Dropout rate.
@@ -66,9 +68,11 @@ class TokenLearnerViT(nn.Module):
   num_tokens: int = 8
   use_v11: bool = True
   use_tokenfuse: bool = False
+  fuser_type: str = 'tokenfuser'
   use_sum_pooling: bool = True
   token_reduction: str = 'tokenlearner'
   pooling_window: int = 2
+  pooling_locs: Tuple[int, ...] = ()
   representation_size: Optional[int] = None
   classifier: str = 'gap'
   dropout_rate: float = 0.1
@@ -114,10 +118,10 @@ class TokenLearnerViT(nn.Module):
         num_heads=self.num_heads, temporal_dims=grid.time,
         tokenlearner_loc=self.tokenlearner_loc if tl_on else None,
         num_tokens=self.num_tokens, use_v11=self.use_v11,
-        use_tokenfuse=self.use_tokenfuse,
+        use_tokenfuse=self.use_tokenfuse, fuser_type=self.fuser_type,
         use_sum_pooling=self.use_sum_pooling,
         token_reduction=self.token_reduction,
-        pooling_window=self.pooling_window,
+        pooling_window=self.pooling_window, pooling_locs=self.pooling_locs,
         has_cls_token=self.classifier == 'token',
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
