@@ -30,6 +30,8 @@ setuptools.setup(
         'importlib_resources',
         # Ships the digits images the offline demo datasets are made from.
         'scikit-learn',
+        # Renders the attention maps (tokenlearner_jax.visualize).
+        'Pillow',
     ],
     extras_require={'test': ['pytest>=8', 'pytest-xdist', 'av']},
 )

@@ -1,0 +1,67 @@
+"""`python -m tokenlearner_jax.visualize` on a short demo run."""
+
+import json
+import os
+
+from absl.testing import absltest
+import numpy as np
+from PIL import Image
+
+from tests.test_train import DATA_DIR
+from tests.test_train import config_for
+from tokenlearner_jax import train
+from tokenlearner_jax import visualize
+
+
+class OverlayTest(absltest.TestCase):
+
+  def test_red_where_the_weight_is(self):
+    frame = np.zeros((8, 8, 3), np.float32)  # Mid grey.
+    weight = np.zeros((2, 2), np.float32)
+    weight[0, 1] = 1.0  # The top-right patch.
+    out = visualize.overlay(frame, weight).astype(int)
+    side = 8 * visualize.SCALE
+    self.assertEqual(out.shape, (side, side, 3))
+    top_right, bottom_left = out[2, side - 3], out[side - 3, 2]
+    np.testing.assert_array_equal(bottom_left, [127, 127, 127])
+    self.assertGreater(top_right[0], 200)
+    self.assertLess(top_right[1], 60)
+
+
+class VisualizeTest(absltest.TestCase):
+
+  def test_renders_every_token_and_frame_of_a_trained_run(self):
+    config = config_for('demo_moving_digits')
+    config.dataset_configs.data_dir = DATA_DIR
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(config, workdir)
+    entries = visualize.visualize(config, workdir, num_clips=2)
+    self.assertLen(entries, 2)
+    out = os.path.join(workdir, 'visualizations')
+    with open(os.path.join(out, 'index.json')) as f:
+      self.assertEqual(json.load(f), entries)
+    frames, size = 8, 32 * visualize.SCALE
+    tokens = config.model.tokenizer.num_tokens
+    png = Image.open(os.path.join(out, 'clip_0.png'))
+    # One column per frame (2-pixel gaps), the clip and one row per token.
+    self.assertEqual(png.size, (frames * size + 2 * (frames - 1),
+                                (tokens + 1) * size))
+    gif = Image.open(os.path.join(out, 'clip_1.gif'))
+    self.assertEqual(gif.n_frames, frames)
+    self.assertEqual(gif.size, ((tokens + 1) * size, size))
+    # The maps are v1.1's softmax over each slice's 4x4 grid.
+    _, maps = visualize.attention_maps(
+        visualize.build_model(config, 40), visualize.pretrained.load_workdir(
+            workdir), np.zeros((1, 8, 32, 32, 3), np.float32), config)
+    self.assertEqual(maps.shape, (1, 4, tokens, 4, 4))
+    np.testing.assert_allclose(maps.sum((3, 4)), 1.0, rtol=1e-5)
+
+  def test_a_model_without_tokenlearner_is_named(self):
+    config = config_for('demo_moving_digits')
+    config.model.tokenizer.tokenlearner_loc = None
+    with self.assertRaisesRegex(ValueError, 'model.tokenizer'):
+      visualize.visualize(config, self.create_tempdir().full_path)
+
+
+if __name__ == '__main__':
+  absltest.main()
