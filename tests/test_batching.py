@@ -4,6 +4,7 @@ from unittest import mock
 
 from absl.testing import absltest
 import jax
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -17,6 +18,15 @@ def dataset(n: int) -> tf.data.Dataset:
 
 
 class BatchingTest(absltest.TestCase):
+
+  def test_autotune_option(self):
+    ds = tf.data.Dataset.range(4)
+    on = batching.with_options(ds, ml_collections.ConfigDict())
+    off = batching.with_options(ds, ml_collections.ConfigDict(
+        dict(autotune=False)))
+    self.assertTrue(on.options().autotune.enabled)
+    self.assertFalse(off.options().autotune.enabled)
+    self.assertEqual(list(off.as_numpy_iterator()), [0, 1, 2, 3])
 
   def test_padded_counts_every_example_once(self):
     for n, size in ((7, 3), (6, 3), (1, 4)):

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -104,6 +105,22 @@ def example_seed(rng_seed: int, index: tf.Tensor,
   stream = (index if global_order
             else index * jax.process_count() + jax.process_index())
   return tf.stack([tf.constant(rng_seed, tf.int64), stream])
+
+
+def with_options(ds: tf.data.Dataset,
+                 dc: ml_collections.ConfigDict) -> tf.data.Dataset:
+  """`ds` with the tf.data options of `dataset_configs`.
+
+  `dataset_configs.autotune` (default True): tf.data's autotuning of
+  parallelism and buffers. False runs parallel maps with one thread per core
+  and no tuning thread: on a machine with few cores this leaves more CPU to
+  the train step, and an iterator is released at once (with autotuning,
+  releasing one waits for the tuning thread's next wake-up, up to a minute,
+  which delays a run's exit).
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = dc.get('autotune', True)
+  return ds.with_options(options)
 
 
 def to_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:

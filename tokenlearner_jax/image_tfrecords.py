@@ -83,17 +83,18 @@ def get_data(config: ml_collections.ConfigDict,
   train = train.map(
       lambda i, r: example(r, batching.example_seed(config.rng_seed, i)),
       num_parallel_calls=tf.data.AUTOTUNE)
-  train = train.batch(batching.per_process(config.batch_size, 'batch_size'),
-                      drop_remainder=True).prefetch(2)
+  train = batching.with_options(
+      train.batch(batching.per_process(config.batch_size, 'batch_size'),
+                  drop_remainder=True).prefetch(2), dc)
   eval_split = dc.get('eval_split', 'validation')
   eval_files = files(eval_split)
   eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
                                             'eval_batch_size')
 
   def eval_ds(split: str) -> tf.data.Dataset:
-    return tf.data.TFRecordDataset(
+    return batching.with_options(tf.data.TFRecordDataset(
         eval_files if split == eval_split else files(split)).map(
-            example, num_parallel_calls=tf.data.AUTOTUNE)
+            example, num_parallel_calls=tf.data.AUTOTUNE), dc)
 
   sizes = dc.get('examples_per_subset') or {}
   return batching.Data(

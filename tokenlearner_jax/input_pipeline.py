@@ -128,13 +128,15 @@ def _tfds_data(config: ml_collections.ConfigDict,
                                                        global_order)),
       num_parallel_calls=tf.data.AUTOTUNE).map(
           lambda e: {'inputs': e['inputs'], 'label': e['label']})
-  train = train.batch(batching.per_process(config.batch_size, 'batch_size'),
-                      drop_remainder=True).prefetch(2)
+  train = batching.with_options(
+      train.batch(batching.per_process(config.batch_size, 'batch_size'),
+                  drop_remainder=True).prefetch(2), dc)
 
   def eval_split_ds(split: str) -> tf.data.Dataset:
-    return _tfds_split(eval_builder, split, config.rng_seed).map(
-        lambda e: preprocess(e, label_key=eval_label_key),
-        num_parallel_calls=tf.data.AUTOTUNE)
+    return batching.with_options(
+        _tfds_split(eval_builder, split, config.rng_seed).map(
+            lambda e: preprocess(e, label_key=eval_label_key),
+            num_parallel_calls=tf.data.AUTOTUNE), dc)
 
   eval_ds = eval_split_ds(eval_split)
   if dc.get('cache', True):

@@ -296,6 +296,7 @@ def get_data(config: ml_collections.ConfigDict,
               pad: bool) -> Iterator[batching.Batch]:
     if skip:
       ds = ds.ignore_errors(log_warning=True)
+    ds = batching.with_options(ds, dc)
     batches = (batching.padded(ds, batch_size) if pad else
                batching.to_numpy(ds.batch(batch_size, drop_remainder=True)
                                  .prefetch(2)))
