@@ -390,6 +390,19 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
+def slurm_job_id() -> int:
+  """A SLURM job id whose coordinator port (jax's SlurmCluster picks 61440 +
+  id % 4096) is free here."""
+  for job_id in np.random.default_rng().permutation(4096):
+    with socket.socket() as sock:
+      try:
+        sock.bind(('localhost', 61440 + int(job_id)))
+      except OSError:
+        continue
+      return int(job_id) + 4096 * 1000
+  raise RuntimeError('No free port in 61440-65535.')
+
+
 class MultiProcessTest(absltest.TestCase):
   """Processes joined through jax.distributed (gloo collectives on CPU)."""
 
@@ -403,9 +416,10 @@ class MultiProcessTest(absltest.TestCase):
     super().setUpClass()
     tfds.builder('moving_digits/small', data_dir=DATA_DIR).download_and_prepare()
 
-  def launch(self, workdir: str, devices: int, *overrides: str):
+  def launch(self, workdir: str, devices: int, *overrides: str, env=None):
     env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+               **(env or {}))
     return subprocess.Popen(train_command(workdir, *overrides), env=env,
                             cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -417,6 +431,14 @@ class MultiProcessTest(absltest.TestCase):
                         '--num_processes=2', f'--process_id={i}')
             for i in range(2)]
 
+  def launch_slurm_job(self, workdir: str, *overrides: str):
+    """Two processes that find each other through SLURM's variables, as
+    `jax.distributed.initialize()`'s auto-detection reads them (no flags)."""
+    job = str(slurm_job_id())
+    return [self.launch(workdir, 4, *overrides, env=dict(
+        SLURM_JOB_ID=job, SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='2',
+        SLURM_PROCID=str(i), SLURM_LOCALID=str(i))) for i in range(2)]
+
   def wait(self, process, timeout=600):
     _, stderr = process.communicate(timeout=timeout)
     return process.returncode, stderr
@@ -426,8 +448,11 @@ class MultiProcessTest(absltest.TestCase):
     code, stderr = self.wait(self.launch(one, 8, *self.OVERRIDES))
     self.assertEqual(code, 0, stderr[-3000:])
     two = self.create_tempdir().full_path
-    for code, stderr in map(self.wait, self.launch_job(two, *self.OVERRIDES)):
+    # Joined by SLURM auto-detection here; the tests below pass the flags.
+    for code, stderr in map(self.wait,
+                            self.launch_slurm_job(two, *self.OVERRIDES)):
       self.assertEqual(code, 0, stderr[-3000:])
+      self.assertIn('2 processes', stderr)
     losses_one = [r['loss'] for r in read_jsonl(one) if r['kind'] == 'train']
     losses_two = [r['loss'] for r in read_jsonl(two) if r['kind'] == 'train']
     self.assertLen(losses_one, 4)

@@ -307,8 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       with open(results_file, 'a') as f:
         f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
 
-  logging.info('Training %d steps from step %d, batch %d, mesh %s.',
-               total_steps, start_step, config.batch_size, dict(mesh.shape))
+  logging.info('Training %d steps from step %d, batch %d, mesh %s, '
+               '%d processes.', total_steps, start_step, config.batch_size,
+               dict(mesh.shape), jax.process_count())
   pending, last_time, last_step = [], time.time(), start_step
   eval_results: Optional[Dict[str, float]] = None
   # Per-step values not yet checked for finiteness: the loss (unless
