@@ -71,8 +71,8 @@ def encoder_macs(config: ml_collections.ConfigDict, grid: grid_lib.TokenGrid,
   if reduction == 'pooling':  # Averages: no multiply-adds.
     s = grid.per_slice // tokenizer.pooling_window**2
     learner = 0
-    locs = [loc, *(tokenizer.get('pooling_locs') or ()), model.num_layers]
-    if len(locs) > 2:  # Pooling again at later blocks.
+    if not tokenizer.get('use_tokenfuse', False):  # Pooled at every loc.
+      locs = [loc, *(tokenizer.get('pooling_locs') or ()), model.num_layers]
       macs, hw = loc * block_macs(full, d, mlp), grid.per_slice
       for start, end in zip(locs[:-1], locs[1:]):
         hw //= tokenizer.pooling_window**2

@@ -33,6 +33,7 @@ from tokenlearner_jax import input_pipeline
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import train
 from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.build import tokenlearner_enabled
 
 SCALE = 4  # Pixels per input pixel in the rendered images.
@@ -42,7 +43,7 @@ OPACITY = 0.7  # Of the red overlay where a token's weight is largest.
 def define_flags() -> None:
   """The command-line flags (defined only when run as the entry point)."""
   config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                  lock_config=False)
+                                  lock_config=True)
   flags.DEFINE_string('workdir', None, 'The training run to visualise.')
   flags.DEFINE_integer('num_clips', 4, 'Eval examples to render.')
   flags.DEFINE_integer('tokenlearner', 0,
@@ -65,10 +66,13 @@ def attention_maps(model, params, inputs: np.ndarray, config:
     raise ValueError(f'--tokenlearner={index}: the model has no {names[0]} or '
                      f'{names[1]} (it has {sorted(encoder)}).')
   weights = np.asarray(encoder[found[0]]['attention_maps'][0])  # [B*T, S, HW]
-  patch = config.model.tokenizer.patches.size
-  h, w = inputs.shape[-3] // patch[0], inputs.shape[-2] // patch[1]
-  b = inputs.shape[0]
-  maps = weights.reshape(b, -1, weights.shape[1], h, w)  # [B, T, S, h, w]
+  tokenizer = config.model.tokenizer
+  tec = tokenizer.get('temporal_encoding_config') or {}
+  grid = grid_lib.token_grid(inputs.shape[1:], tokenizer.patches.size,
+                             tokenizer.type, tec.get('method', '3d_conv'),
+                             tec.get('n_sampled_frames'), warn=False)
+  maps = weights.reshape(inputs.shape[0], grid.time, weights.shape[1],
+                         grid.height, grid.width)  # [B, T, S, h, w]
   return np.asarray(logits), maps
 
 

@@ -160,10 +160,9 @@ class FuserLayer(nn.Module):
   Attributes:
     block: Keyword arguments of its `Encoder1DBlock` (as a tuple of pairs).
     learner: Arguments of `make_learner` (as a tuple of pairs).
-    fuser_type: One of `FUSER_TYPES`.
+    fuser_type: One of `FUSER_TYPES` (its dropout is the learner's).
     temporal_dims: Temporal slices T.
     has_cls_token: The first token is a class token.
-    dropout_rate: Dropout inside TokenLearner v1.1 / the fuser.
     remat_policy: One of `REMAT_POLICIES`, for the block.
     train: Training mode (dropout, stochastic depth).
   """
@@ -172,22 +171,21 @@ class FuserLayer(nn.Module):
   fuser_type: str
   temporal_dims: int
   has_cls_token: bool
-  dropout_rate: float
   remat_policy: str
   train: bool
 
   @nn.compact
   def __call__(self, x: jax.Array, depth_rate: Optional[jax.Array]):
     """`[B, 1|0 + T*HW, C]` -> (the same shape, None), as `nn.scan` wants."""
-    block_args = dict(self.block)
+    block_args, learner_args = dict(self.block), dict(self.learner)
     block = block_class(self.remat_policy)(**block_args, name='encoderblock')
     y, tokens, weights = learn_tokens(
-        x, make_learner(**dict(self.learner), suffix=''),
+        x, make_learner(**learner_args, suffix=''),
         temporal_dims=self.temporal_dims, has_cls_token=self.has_cls_token,
         train=self.train, return_weights=self.fuser_type == 'unpool')
     y = block(y, not self.train, depth_rate)
     fuser = make_fuser(self.fuser_type, num_heads=block_args['num_heads'],
-                       dropout_rate=self.dropout_rate, suffix='')
+                       dropout_rate=learner_args['dropout_rate'], suffix='')
     return fuse_tokens(y, tokens, fuser, weights,
                        has_cls_token=self.has_cls_token, train=self.train), None
 
@@ -319,8 +317,8 @@ class TokenLearnerEncoder(nn.Module):
             block=tuple(self._block_args(sd).items()),
             learner=tuple(self._learner_args().items()),
             fuser_type=self.fuser_type, temporal_dims=self.temporal_dims,
-            has_cls_token=self.has_cls_token, dropout_rate=self.dropout_rate,
-            remat_policy=self.remat_policy, train=train,
+            has_cls_token=self.has_cls_token, remat_policy=self.remat_policy,
+            train=train,
             name=segment.name)(x, rates if sd > 0 else None)
         continue
       if segment.first == self.tokenlearner_loc:  # Learn before this segment.
