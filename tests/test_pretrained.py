@@ -443,6 +443,23 @@ class InitParamsTest(parameterized.TestCase):
     np.testing.assert_allclose(posemb, np.tile(source[POSEMB][:, :1],
                                                (1, 96, 1)), atol=1e-6)
 
+  def test_posemb_image_to_video_of_equal_length_is_resized_and_tiled(self):
+    source = self.source(make_config('patch'), (32, 32, 3))  # 8x8 = 64.
+    config = make_config('video')
+    video = (8, 16, 16, 3)  # 4 slices x 4x4 = 64 positions, like the source.
+    _, new = init(config, video)
+    config.init_from.positional_embed_size_change = None
+    with self.assertRaisesRegex(ValueError, r'must be one of .*\(1, 64, 16\)'):
+      pretrained.init_params(new, unflat(source), config, video)
+    config.init_from.positional_embed_size_change = 'resize_tile'
+    out = pretrained.init_params(new, unflat(source), config, video)
+    posemb = np.asarray(out['Transformer']['posembed_input']['pos_embedding'])
+    per_slice = pretrained.resize_posemb(source[POSEMB][0], 4, 4)  # [16, D]
+    self.assertEqual(posemb.shape, (1, 64, 16))
+    for t in range(4):
+      np.testing.assert_allclose(posemb[0, 16 * t:16 * (t + 1)], per_slice,
+                                 rtol=1e-6)
+
   def test_posemb_resize_refuses_video(self):
     config = make_config('video')
     config.init_from.positional_embed_size_change = 'resize'

@@ -337,20 +337,26 @@ def tile_posemb(grid: np.ndarray, time: int) -> np.ndarray:
 def adapt_posemb(source: np.ndarray, target: Any, *,
                  source_has_cls: bool, target_has_cls: bool,
                  grid: grid_lib.TokenGrid,
-                 method: Optional[str]) -> np.ndarray:
+                 method: Optional[str],
+                 source_is_image: bool = False) -> np.ndarray:
   """The source embedding `[1, N, D]` fitted to the target's `[1, N', D]`.
 
   The class-token position (the first row of a model with a `cls` token) is
   kept when both have one, dropped when only the source has one, and taken
   from `target` (its initial value) when only the target has one. When the
-  source grid's length differs from the target's `grid.total`, `method` (one
-  of `POSEMB_METHODS`) maps it: 'resize' to `h x w` (images: `grid.time`
-  must be 1), 'tile' a `h*w` grid over the T slices, 'resize_tile' both.
+  source grid's length differs from the target's `grid.total`, or the source
+  is an image model's (`source_is_image`: one h' x w' grid) and the target
+  has T > 1 time slices (a grid of the same length is still not the same
+  grid, e.g. 8x8 vs 4 x 4x4), `method` (one of `POSEMB_METHODS`) maps it:
+  'resize' to `h x w` (images: `grid.time` must be 1), 'tile' a `h*w` grid
+  over the T slices, 'resize_tile' both.
   """
   if source.ndim != 3 or source.shape[-1] != target.shape[-1]:
     raise ValueError(f'init_from: parameter {POSEMB} {target.shape} is '
                      f'{source.shape} in the pretrained checkpoint.')
-  if source.shape == target.shape and source_has_cls == target_has_cls:
+  image_to_video = source_is_image and grid.time > 1
+  if (source.shape == target.shape and source_has_cls == target_has_cls and
+      not image_to_video):
     return source
   n_cls = int(target_has_cls)
   if target.shape[1] != n_cls + grid.total:
@@ -358,7 +364,7 @@ def adapt_posemb(source: np.ndarray, target: Any, *,
                      f'{grid.time}x{grid.height}x{grid.width} token grid of '
                      'the input shape (plus a class token).')
   tokens = source[0, int(source_has_cls):]  # [N - cls, D]
-  if tokens.shape[0] != grid.total:
+  if tokens.shape[0] != grid.total or image_to_video:
     field = 'init_from.positional_embed_size_change'
     shapes = (f'source {source.shape} (class token: {source_has_cls}), target '
               f'{target.shape} = {n_cls} + {grid.time}x{grid.height}x'
@@ -492,7 +498,8 @@ def init_params(new_params: Params, pretrained: Params,
       source = adapt_posemb(
           source, value, source_has_cls='cls' in old,
           target_has_cls='cls' in new, grid=target_grid(config, input_shape),
-          method=init_from.get('positional_embed_size_change'))
+          method=init_from.get('positional_embed_size_change'),
+          source_is_image=np.ndim(old.get('embedding/kernel')) == 4)
     if tuple(source.shape) != tuple(value.shape):
       raise ValueError(f'init_from: parameter {name} {tuple(value.shape)} is '
                        f'{tuple(source.shape)} in the pretrained checkpoint.')
