@@ -7,8 +7,10 @@ scikit-learn's digits on first use, so this runs with no download.
   python -m tokenlearner_jax.train --config=configs/demo_moving_digits.py \
       --workdir=/tmp/demo_moving_digits
 
-Args: runlocal (a few steps on the small split, for tests). `sweep()`: the
-TokenLearner-location grid for `scripts/sweep.py --from_config`.
+Args: tokenlearner_loc (default 2; None: no TokenLearner, the ViViT
+baseline), runlocal (a few steps on the small split, for tests). `sweep()`:
+the TokenLearner-location grid for `scripts/sweep.py --from_config`;
+`scripts/reproduce.py` runs the paper's ablations on this config.
 """
 
 import ml_collections
@@ -18,7 +20,8 @@ from tokenlearner_jax import config_lib
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = config_lib.parse_arg(arg, runlocal=False)
+  arg = config_lib.parse_arg(arg, tokenlearner_loc='2', runlocal=False)
+  loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
   config = ml_collections.ConfigDict()
   config.experiment_name = 'demo_moving_digits'
   config.dataset_name = 'moving_digits'
@@ -33,7 +36,7 @@ def get_config(arg=None):
 
   config.model_name = 'token_learner_classification'
   config.model = config_lib.model_config(
-      'mu/8', 'video', num_tokens=8, tokenlearner_loc=2, classifier='gap')
+      'mu/8', 'video', num_tokens=8, tokenlearner_loc=loc, classifier='gap')
   config.model.hidden_size = 64
   config.model.mlp_dim = 128
   config.model.num_layers = 4
@@ -67,7 +70,7 @@ def get_config(arg=None):
   if arg.runlocal:
     config.dataset_configs.builder_config = 'small'
     config.model.num_layers = 2
-    config.model.tokenizer.tokenlearner_loc = 1
+    config.model.tokenizer.tokenlearner_loc = None if loc is None else 1
     config.batch_size = 8
     config.eval_batch_size = 32
     config.num_training_steps = 2

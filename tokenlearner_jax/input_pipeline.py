@@ -28,6 +28,7 @@ small datasets and reproducibility checks). By default each process reads
 its own share (`tfds.split_for_jax_process`).
 """
 
+from absl import logging
 import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -55,7 +56,15 @@ def _tfds_builder(name: str, dc: ml_collections.ConfigDict):
   if dc.get('builder_config'):
     name = f'{name}/{dc.builder_config}'
   builder = tfds.builder(name, data_dir=dc.get('data_dir'))
-  builder.download_and_prepare()
+  try:
+    builder.download_and_prepare()
+  except FileExistsError:
+    # Another process (a parallel sweep run, another host) generated the same
+    # dataset first and won the final rename: use its copy.
+    builder = tfds.builder(name, data_dir=dc.get('data_dir'))
+    if not builder.is_prepared():
+      raise
+    logging.info('%s was prepared by another process meanwhile.', name)
   return builder
 
 

@@ -1,0 +1,125 @@
+"""scripts/reproduce.py: the studies' configs, verdicts, report, a real run."""
+
+import os
+
+from absl import flags
+from absl.testing import absltest
+from ml_collections import config_flags
+
+from tests.scripts import load_script
+from tests.test_train import DATA_DIR
+from tokenlearner_jax import flops
+
+reproduce = load_script('reproduce')
+CLIP = (8, 32, 32, 3)  # moving_digits.
+
+
+def parsed_config(command):
+  """The config a train command line would run (its --config* flags)."""
+  argv = [command[0]] + command[3:]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, '', flag_values=values)
+  values(argv)
+  return values.config
+
+
+class StudiesTest(absltest.TestCase):
+
+  def test_claims_name_variants_of_their_study(self):
+    for study in reproduce.STUDIES.values():
+      for name in study.variants:
+        self.assertIn(name, reproduce.VARIANTS)
+      for claim in study.claims:
+        self.assertIn(claim.a, study.variants)
+        self.assertIn(claim.b, study.variants)
+        self.assertIn(claim.relation, ('higher', 'similar'))
+
+  def test_every_variant_runs_the_config_it_names(self):
+    configs = {}
+    for variant in reproduce.needed_variants(
+        list(reproduce.STUDIES.values())):
+      command = reproduce.command(variant, 1, '/w', '/root', 300, False)
+      config = configs[variant.name] = parsed_config(command)
+      self.assertEqual(config.rng_seed, 1)
+      self.assertEqual(config.num_training_steps, 300)
+      self.assertEqual(config.dataset_name, 'multi_digits' if variant.pretrain
+                       else 'moving_digits')
+    model = lambda name: configs[name].model  # pylint: disable=unnecessary-lambda-assignment
+    self.assertIsNone(model('no_tl').tokenizer.tokenlearner_loc)
+    self.assertEqual([model(f'tl8_at{x}').tokenizer.tokenlearner_loc
+                      for x in ('0', '025', '05', '075')], [0, 1, 2, 3])
+    self.assertEqual(model('tl16_at05').tokenizer.num_tokens, 16)
+    self.assertFalse(model('tl8_v10').tokenizer.use_v11)
+    self.assertEqual(model('tl8_unpool').tokenizer.fuser_type, 'unpool')
+    self.assertEqual(model('pool2x2_at05').tokenizer.token_reduction,
+                     'pooling')
+    self.assertEqual(model('dense8_at05').tokenizer.token_reduction, 'dense')
+    # Pre-training uses the fine-tuned model's shape, on 2-D patches.
+    for field in ('hidden_size', 'num_heads', 'mlp_dim', 'num_layers'):
+      self.assertEqual(model('pretrain_multi')[field], model('tl8_at05')[field])
+    self.assertEqual(model('pretrain_multi').tokenizer.tokenlearner_loc, 2)
+    self.assertEqual(configs['tl8_finetuned'].init_from.checkpoint_path,
+                     '/root/pretrain_multi_seed1')
+    # The location study spans compute: later TokenLearner, more GMACs.
+    macs = [flops.gmacs(configs[name], CLIP) for name in
+            reproduce.STUDIES['location'].variants[1:] + ('no_tl',)]
+    self.assertEqual(macs, sorted(macs))
+    self.assertLess(macs[2], 0.85 * macs[-1])  # At 0.5: 9.5 vs 12.1 MMACs.
+
+  def test_verdicts(self):
+    higher = reproduce.Claim('a', 'b', 'higher', 'x')
+    similar = reproduce.Claim('a', 'b', 'similar', 'x')
+    self.assertEqual(reproduce.verdict(higher, [0.6, 0.62, 0.61],
+                                       [0.5, 0.51, 0.52]),
+                     'agrees: +10.0 ± 0.8 points')
+    self.assertStartsWith(reproduce.verdict(higher, [0.5, 0.51, 0.52],
+                                            [0.6, 0.62, 0.61]), 'disagrees')
+    self.assertStartsWith(reproduce.verdict(higher, [0.5, 0.6, 0.55],
+                                            [0.52, 0.58, 0.5]), 'cannot tell')
+    self.assertStartsWith(reproduce.verdict(similar, [0.5, 0.51, 0.505],
+                                            [0.505, 0.5, 0.51]), 'agrees')
+    self.assertStartsWith(reproduce.verdict(similar, [0.6, 0.61, 0.605],
+                                            [0.5, 0.51, 0.505]), 'disagrees')
+    self.assertEqual(reproduce.verdict(higher, [0.6], [0.5]),
+                     'not enough seeds')
+
+
+class ReproduceRunTest(absltest.TestCase):
+
+  def test_transfer_study_runs_pretraining_first_and_reports(self):
+    root = self.create_tempdir().full_path
+    out = self.create_tempdir().full_path
+    argv = [f'--workdir={root}', f'--out={out}', '--studies=transfer',
+            '--seeds=0,1', '--runlocal',
+            f'--set=dataset_configs.data_dir={DATA_DIR}']
+    self.assertEqual(reproduce.main(argv), 0)
+    for name in ('pretrain_multi', 'tl8_at05', 'tl8_finetuned'):
+      for seed in (0, 1):
+        self.assertTrue(os.path.exists(os.path.join(
+            root, f'{name}_seed{seed}', 'final_metrics.json')))
+    with open(os.path.join(root, 'tl8_finetuned_seed1', 'train.log')) as f:
+      log = f.read()
+    self.assertIn('pretrain_multi_seed1', log)
+    self.assertIn('Inflating embedding/kernel', log)
+    self.assertIn('(resize_tile)', log)
+    with open(os.path.join(out, 'results.md')) as f:
+      text = f.read()
+    self.assertIn('| TL 8 at 0.5, pre-trained | loc 0.5, init_from '
+                  'pretrain_multi |', text)
+    self.assertRegex(text, r'Pre-training on images, fine-tuning on video: '
+                     r'TL 8 at 0\.5, pre-trained beats TL 8 at 0\.5 — '
+                     r'(agrees|disagrees|cannot tell)')
+    with open(os.path.join(out, 'results_transfer.png'), 'rb') as f:
+      self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+    # Everything finished: a second call trains nothing and reports again.
+    mtime = os.path.getmtime(os.path.join(root, 'tl8_at05_seed0',
+                                          'final_metrics.json'))
+    self.assertEqual(reproduce.main(argv + ['--report_only']), 0)
+    self.assertEqual(mtime, os.path.getmtime(os.path.join(
+        root, 'tl8_at05_seed0', 'final_metrics.json')))
+
+
+if __name__ == '__main__':
+  absltest.main()
