@@ -32,6 +32,8 @@ setuptools.setup(
         'scikit-learn',
         # Renders the attention maps (tokenlearner_jax.visualize).
         'Pillow',
+        # Plots of scripts/reproduce.py.
+        'matplotlib',
     ],
     extras_require={'test': ['pytest>=8', 'pytest-xdist', 'av']},
 )

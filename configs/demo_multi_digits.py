@@ -25,7 +25,10 @@ def get_config(arg=None):
       builder_config='default',
       data_dir=ml_collections.config_dict.placeholder(str), num_classes=10,
       shuffle_buffer_size=4096, random_flip=False,  # Digits: no mirroring.
-      global_order=False))  # True: the same batches on any process count.
+      global_order=False,  # True: the same batches on any process count.
+      # tf.data autotuning off: on 2 cores it delays the exit by up to a
+      # minute (see demo_moving_digits.py).
+      autotune=False))
 
   config.model_name = 'token_learner_multilabel_classification'
   config.model = config_lib.model_config(

@@ -272,6 +272,12 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
   return statistics.mean(values), std
 
 
+def pm(values: Sequence[float]) -> str:
+  """'mean ± std' of `values` (just the mean for one value)."""
+  mean, std = mean_std(values)
+  return f'{mean:.1f}' if math.isnan(std) else f'{mean:.1f} ± {std:.1f}'
+
+
 def verdict(claim: Claim, a: Sequence[float], b: Sequence[float]) -> str:
   """Whether accuracies `a` and `b` (fractions, one per seed) bear `claim`.
 
@@ -305,12 +311,15 @@ def plot(study: Study, runs: Dict[str, List[dict]], path: str) -> None:
   for name in study.variants:
     if not runs.get(name):
       continue
-    mean, std = mean_std([100 * r['accuracy'] for r in runs[name]])
+    accuracies = [100 * r['accuracy'] for r in runs[name]]
+    mean, std = mean_std(accuracies)
     mmacs = 1000 * runs[name][0]['gmacs_per_example']
-    axes.errorbar(mmacs, mean, yerr=0 if math.isnan(std) else std, fmt='o',
-                  capsize=4, label=VARIANTS[name].label)
+    bar = axes.errorbar(mmacs, mean, yerr=0 if math.isnan(std) else std,
+                        fmt='o', capsize=4, label=VARIANTS[name].label)
+    axes.scatter([mmacs] * len(accuracies), accuracies, s=12, marker='x',
+                 color=bar[0].get_color(), alpha=0.6)  # Each seed.
   axes.set_xlabel('MMACs per clip (multiply-adds, one view)')
-  axes.set_ylabel('test accuracy (%), mean ± std over seeds')
+  axes.set_ylabel('test accuracy (%): mean ± std, x: seeds')
   axes.set_title(study.title)
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8)
@@ -351,14 +360,22 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
         sections.append(f'| {variant.label} | {setting} | | (no finished '
                         'run) | | |')
         continue
-      acc = mean_std([100 * r['accuracy'] for r in done])
-      top5 = mean_std([100 * r['top_5_accuracy'] for r in done])
       seeds_text = ', '.join(f'{100 * r["accuracy"]:.1f}' for r in done)
       sections.append(
           f'| {variant.label} | {setting} | '
-          f'{1000 * done[0]["gmacs_per_example"]:.2f} | {acc[0]:.1f} ± '
-          f'{acc[1]:.1f} | {top5[0]:.1f} ± {top5[1]:.1f} | {seeds_text} |')
+          f'{1000 * done[0]["gmacs_per_example"]:.2f} | '
+          f'{pm([100 * r["accuracy"] for r in done])} | '
+          f'{pm([100 * r["top_5_accuracy"] for r in done])} | {seeds_text} |')
     sections.append('')
+    for source in dict.fromkeys(VARIANTS[n].init_from for n in study.variants
+                                if VARIANTS[n].init_from):
+      done = runs.get(source, [])
+      if done:
+        sections += [
+            f'{VARIANTS[source].label} (the same model on 2-D patches of '
+            f'64x64 multi_digits images, multi-label, {len(done)} seed(s)): '
+            f'prec@1 {pm([100 * r["prec@1"] for r in done])}%, mAP '
+            f'{pm([100 * r["mAP"] for r in done])}%.', '']
     for claim in study.claims:
       relation = 'beats' if claim.relation == 'higher' else 'is similar to'
       text = (f'{VARIANTS[claim.a].label} {relation} {VARIANTS[claim.b].label}'

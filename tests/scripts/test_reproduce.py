@@ -89,28 +89,27 @@ class StudiesTest(absltest.TestCase):
 class ReproduceRunTest(absltest.TestCase):
 
   def test_transfer_study_runs_pretraining_first_and_reports(self):
+    # One seed (3 runs, about a minute): the verdicts need two or more.
     root = self.create_tempdir().full_path
     out = self.create_tempdir().full_path
     argv = [f'--workdir={root}', f'--out={out}', '--studies=transfer',
-            '--seeds=0,1', '--runlocal',
+            '--seeds=0', '--runlocal',
             f'--set=dataset_configs.data_dir={DATA_DIR}']
     self.assertEqual(reproduce.main(argv), 0)
     for name in ('pretrain_multi', 'tl8_at05', 'tl8_finetuned'):
-      for seed in (0, 1):
-        self.assertTrue(os.path.exists(os.path.join(
-            root, f'{name}_seed{seed}', 'final_metrics.json')))
-    with open(os.path.join(root, 'tl8_finetuned_seed1', 'train.log')) as f:
+      self.assertTrue(os.path.exists(os.path.join(
+          root, f'{name}_seed0', 'final_metrics.json')))
+    with open(os.path.join(root, 'tl8_finetuned_seed0', 'train.log')) as f:
       log = f.read()
-    self.assertIn('pretrain_multi_seed1', log)
+    self.assertIn('pretrain_multi_seed0', log)
     self.assertIn('Inflating embedding/kernel', log)
     self.assertIn('(resize_tile)', log)
     with open(os.path.join(out, 'results.md')) as f:
       text = f.read()
     self.assertIn('| TL 8 at 0.5, pre-trained | loc 0.5, init_from '
                   'pretrain_multi |', text)
-    self.assertRegex(text, r'Pre-training on images, fine-tuning on video: '
-                     r'TL 8 at 0\.5, pre-trained beats TL 8 at 0\.5 — '
-                     r'(agrees|disagrees|cannot tell)')
+    self.assertIn('Pre-training on images, fine-tuning on video: TL 8 at 0.5, '
+                  'pre-trained beats TL 8 at 0.5 — not enough seeds', text)
     with open(os.path.join(out, 'results_transfer.png'), 'rb') as f:
       self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
     # Everything finished: a second call trains nothing and reports again.
