@@ -18,8 +18,14 @@ Studies (`--studies`, default all): location (TokenLearner before block 0,
 (TokenLearner vs 2x2 pooling vs fully connected tokens), transfer
 (pre-training the same model on `multi_digits` images, then fine-tuning
 with `init_from`: tubelet kernel inflation, position embedding resized and
-tiled, vs training from scratch for the same steps). Exits non-zero if a run
-failed.
+tiled, vs training from scratch for the same steps); `--variants` keeps
+only some of their variants, e.g. a longer budget for a few:
+
+  python scripts/reproduce.py --workdir=/tmp/reproduce_3000 --steps=3000 \
+      --studies=location --variants=no_tl,tl8_at0,tl8_at05 \
+      --out=docs/location_3000_steps
+
+Exits non-zero if a run failed.
 """
 
 import argparse
@@ -33,11 +39,15 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import scipy.stats
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweep  # pylint: disable=g-import-not-at-top
 
 MOVING = 'configs/demo_moving_digits.py'
 MULTI = 'configs/demo_multi_digits.py'
+# Points within which a 'similar' claim holds.
+SIMILAR = 2.0
 # Model fields the pre-training run copies from the fine-tuning config.
 SHARED_MODEL_FIELDS = ('hidden_size', 'num_heads', 'mlp_dim', 'num_layers',
                        'tokenizer.num_tokens', 'tokenizer.tokenlearner_loc')
@@ -224,6 +234,18 @@ def command(variant: Variant, seed: int, workdir: str, root: str, steps: int,
       workdir, {}, fixed)
 
 
+def only_variants(study: Study, names: Sequence[str]) -> Study:
+  """`study` with only the variants `names` and the claims between them."""
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    raise ValueError(f'--variants: unknown {unknown}; known: '
+                     f'{list(VARIANTS)}.')
+  kept = tuple(n for n in study.variants if n in names)
+  return dataclasses.replace(
+      study, variants=kept,
+      claims=tuple(c for c in study.claims if c.a in kept and c.b in kept))
+
+
 def needed_variants(studies: Sequence[Study]) -> List[Variant]:
   """The variants of `studies` and the pre-training runs they start from."""
   names = list(dict.fromkeys(n for s in studies for n in s.variants))
@@ -272,34 +294,50 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
   return statistics.mean(values), std
 
 
+def by_seed(runs: Dict[str, List[dict]], name: str) -> Dict[int, float]:
+  return {r['seed']: r['accuracy'] for r in runs.get(name, [])}
+
+
 def pm(values: Sequence[float]) -> str:
   """'mean ± std' of `values` (just the mean for one value)."""
   mean, std = mean_std(values)
   return f'{mean:.1f}' if math.isnan(std) else f'{mean:.1f} ± {std:.1f}'
 
 
-def verdict(claim: Claim, a: Sequence[float], b: Sequence[float]) -> str:
-  """Whether accuracies `a` and `b` (fractions, one per seed) bear `claim`.
+def verdict(claim: Claim, a: Dict[int, float], b: Dict[int, float]) -> str:
+  """Whether accuracies `a` and `b` (fractions, by seed) bear `claim`.
 
-  d = mean(a) - mean(b) in points with its standard error se. 'higher'
-  agrees when d > 2 se, disagrees when d < -2 se, else cannot tell;
-  'similar' agrees when |d| <= max(2 se, 1 point).
+  Paired by seed: a seed fixes the data order and augmentation (the same
+  batches for every variant), so d is the mean over seeds of the per-seed
+  difference, in points, with a 95% Student-t interval. 'higher' agrees when
+  the interval lies above 0, disagrees when below, else cannot tell;
+  'similar' agrees when it lies within +-SIMILAR points, disagrees when it
+  excludes 0 and |d| > SIMILAR, else cannot tell.
   """
-  if len(a) < 2 or len(b) < 2:
+  seeds = sorted(set(a) & set(b))
+  if len(seeds) < 2:
     return 'not enough seeds'
-  d = 100 * (statistics.mean(a) - statistics.mean(b))
-  se = 100 * math.sqrt(statistics.variance(a) / len(a) +
-                       statistics.variance(b) / len(b))
-  figure = f'{d:+.1f} ± {se:.1f} points'
+  diffs = [100 * (a[s] - b[s]) for s in seeds]
+  d = statistics.mean(diffs)
+  half = (scipy.stats.t.ppf(0.975, len(diffs) - 1) *
+          statistics.stdev(diffs) / math.sqrt(len(diffs)))
+  low, high = d - half, d + half
+  figure = (f'd = {d:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}] '
+            f'over {len(diffs)} seeds')
   if claim.relation == 'similar':
-    word = 'agrees' if abs(d) <= max(2 * se, 1.0) else 'disagrees'
-  elif d > 2 * se:
+    if -SIMILAR <= low and high <= SIMILAR:
+      word = 'agrees'
+    elif (low > 0 or high < 0) and abs(d) > SIMILAR:
+      word = 'disagrees'
+    else:
+      word = 'cannot tell'
+  elif low > 0:
     word = 'agrees'
-  elif d < -2 * se:
+  elif high < 0:
     word = 'disagrees'
   else:
-    word = 'cannot tell (within noise)'
-  return f'{word}: {figure}'
+    word = 'cannot tell'
+  return f'{word} ({figure})'
 
 
 def plot(study: Study, runs: Dict[str, List[dict]], path: str) -> None:
@@ -338,10 +376,14 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
       '(ViViT-mu: width 64, 4 blocks, 8-frame 32x32 clips in 4x4x4 tubelets, '
       f'40 classes) for {steps} steps of 24 clips from scratch, once per seed '
       f'({", ".join(map(str, seeds))}), and is tested on the 2,000 test '
-      'clips. Accuracy is mean ± std over seeds; "d" is the difference of '
-      'the means in points ± its standard error. A claim "agrees" when d '
-      'exceeds twice its standard error in the paper\'s direction (for '
-      '"similar": |d| within the larger of 2 se and 1 point).', '']
+      'clips. Accuracy is mean ± std over seeds. A seed fixes the data order '
+      'and augmentation (the same batches for every variant), so claims are '
+      'checked on differences paired by seed: d is the mean per-seed '
+      'difference in points with its 95% Student-t interval. A claim that A '
+      'beats B "agrees" when the interval lies above 0, "disagrees" when it '
+      f'lies below, else "cannot tell"; "similar" agrees when the interval '
+      f'lies within ±{SIMILAR:g} points and disagrees when it excludes 0 '
+      f'with |d| > {SIMILAR:g}.', '']
   summary, sections = [], []
   for study in studies:
     sections += [f'## {study.title}', '',
@@ -379,7 +421,7 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
     for claim in study.claims:
       relation = 'beats' if claim.relation == 'higher' else 'is similar to'
       text = (f'{VARIANTS[claim.a].label} {relation} {VARIANTS[claim.b].label}'
-              f' — {verdict(claim, *[[r["accuracy"] for r in runs.get(n, [])] for n in (claim.a, claim.b)])}')
+              f' — {verdict(claim, by_seed(runs, claim.a), by_seed(runs, claim.b))}')
       sections.append(f'* Paper: {claim.source}. Miniature: {text}.')
       summary.append(f'* {study.title}: {text}.')
     sections.append('')
@@ -397,6 +439,9 @@ def parse_args(argv):
                       'the workdir).')
   parser.add_argument('--studies', default=','.join(STUDIES),
                       help=f'Comma-separated, of {list(STUDIES)}.')
+  parser.add_argument('--variants', default='',
+                      help='Comma-separated variant names: only these (and '
+                      'the claims between them) of the studies.')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--steps', type=int, default=1500)
   parser.add_argument('--parallel', type=int, default=2)
@@ -415,6 +460,8 @@ def main(argv=None) -> int:
   if unknown:
     raise ValueError(f'--studies: unknown {unknown}; known: {list(STUDIES)}.')
   studies = [STUDIES[s] for s in args.studies.split(',')]
+  if args.variants:
+    studies = [only_variants(s, args.variants.split(',')) for s in studies]
   seeds = [int(s) for s in args.seeds.split(',')]
   root = os.path.abspath(args.workdir)
   out = args.out or root

@@ -68,21 +68,40 @@ class StudiesTest(absltest.TestCase):
     self.assertEqual(macs, sorted(macs))
     self.assertLess(macs[2], 0.85 * macs[-1])  # At 0.5: 9.5 vs 12.1 MMACs.
 
-  def test_verdicts(self):
+  def test_only_variants_keeps_their_claims(self):
+    study = reproduce.only_variants(reproduce.STUDIES['location'],
+                                    ['tl8_at05', 'no_tl', 'tl8_at0'])
+    self.assertEqual(study.variants, ('no_tl', 'tl8_at0', 'tl8_at05'))
+    self.assertEqual([(c.a, c.b) for c in study.claims],
+                     [('tl8_at05', 'no_tl'), ('tl8_at05', 'tl8_at0')])
+    with self.assertRaisesRegex(ValueError, r"--variants: unknown \['tl9'\]"):
+      reproduce.only_variants(study, ['tl9'])
+
+  def test_verdicts_pair_seeds(self):
     higher = reproduce.Claim('a', 'b', 'higher', 'x')
     similar = reproduce.Claim('a', 'b', 'similar', 'x')
-    self.assertEqual(reproduce.verdict(higher, [0.6, 0.62, 0.61],
-                                       [0.5, 0.51, 0.52]),
-                     'agrees: +10.0 ± 0.8 points')
-    self.assertStartsWith(reproduce.verdict(higher, [0.5, 0.51, 0.52],
-                                            [0.6, 0.62, 0.61]), 'disagrees')
-    self.assertStartsWith(reproduce.verdict(higher, [0.5, 0.6, 0.55],
-                                            [0.52, 0.58, 0.5]), 'cannot tell')
-    self.assertStartsWith(reproduce.verdict(similar, [0.5, 0.51, 0.505],
-                                            [0.505, 0.5, 0.51]), 'agrees')
-    self.assertStartsWith(reproduce.verdict(similar, [0.6, 0.61, 0.605],
-                                            [0.5, 0.51, 0.505]), 'disagrees')
-    self.assertEqual(reproduce.verdict(higher, [0.6], [0.5]),
+    seeds = lambda *v: dict(enumerate(v))  # pylint: disable=unnecessary-lambda-assignment
+    # Seeds move both alike (seed 2 is easy): paired, +5, +4, +4 is clear.
+    self.assertEqual(
+        reproduce.verdict(higher, seeds(0.40, 0.39, 0.45),
+                          seeds(0.35, 0.35, 0.41)),
+        'agrees (d = +4.3 points, 95% interval [+2.9, +5.8] over 3 seeds)')
+    self.assertStartsWith(reproduce.verdict(
+        higher, seeds(0.35, 0.35, 0.41), seeds(0.40, 0.39, 0.45)), 'disagrees')
+    self.assertStartsWith(reproduce.verdict(
+        higher, seeds(0.40, 0.30, 0.45), seeds(0.35, 0.35, 0.41)),
+                          'cannot tell')
+    self.assertStartsWith(reproduce.verdict(
+        similar, seeds(0.400, 0.391, 0.452), seeds(0.401, 0.390, 0.450)),
+                          'agrees')
+    self.assertStartsWith(reproduce.verdict(
+        similar, seeds(0.40, 0.39, 0.45), seeds(0.35, 0.35, 0.41)),
+                          'disagrees')
+    self.assertStartsWith(reproduce.verdict(
+        similar, seeds(0.40, 0.30, 0.45), seeds(0.40, 0.35, 0.41)),
+                          'cannot tell')
+    # Only seeds both have count; one is not enough.
+    self.assertEqual(reproduce.verdict(higher, {0: 0.6, 1: 0.6}, {1: 0.5}),
                      'not enough seeds')
 
 
