@@ -53,24 +53,31 @@ class SweepRunTest(absltest.TestCase):
           f'--set=dataset_configs.data_dir={DATA_DIR}', '--parallel=2',
           '--group_over=rng_seed'])
 
-    # An "interrupted" sweep (only its first point finished), then the whole
-    # grid again: only the missing point runs.
-    self.assertEqual(run_sweep('0'), 0)
-    kept_log = os.path.join(root, 'rng_seed=0', 'train.log')
+    # An "interrupted" sweep whose first point finished (its files written
+    # here, which is all a finished run is to the sweep), then the whole grid:
+    # only the missing point runs, for real.
+    finished = os.path.join(root, 'rng_seed=0')
+    os.makedirs(finished)
+    kept_log = os.path.join(finished, 'train.log')
+    with open(kept_log, 'w') as f:
+      f.write('finished earlier\n')
+    with open(os.path.join(finished, 'final_metrics.json'), 'w') as f:
+      json.dump(dict(step=2, loss=9.5, accuracy=0.25, gmacs_per_example=1.0),
+                f)
     mtime = os.path.getmtime(kept_log)
     self.assertEqual(run_sweep('0,1'), 0)
     self.assertEqual(os.path.getmtime(kept_log), mtime)
     with open(os.path.join(root, 'results.csv')) as f:
       rows = list(csv.DictReader(f))
     self.assertEqual([r['rng_seed'] for r in rows], ['0', '1'])
-    for row in rows:
-      self.assertEqual(row['status'], 'done')
-      self.assertEqual(row['step'], '2')
-      with open(os.path.join(root, row['run'], 'final_metrics.json')) as f:
-        final = json.load(f)
-      self.assertAlmostEqual(float(row['accuracy']), final['accuracy'])
-      self.assertGreater(float(row['gmacs_per_example']), 0)
-    self.assertNotEqual(rows[0]['loss'], rows[1]['loss'])  # Seeds differ.
+    self.assertEqual((rows[0]['status'], rows[0]['loss']), ('done', '9.5'))
+    row = rows[1]  # The real run.
+    self.assertEqual((row['status'], row['step']), ('done', '2'))
+    with open(os.path.join(root, row['run'], 'final_metrics.json')) as f:
+      final = json.load(f)
+    self.assertAlmostEqual(float(row['accuracy']), final['accuracy'])
+    self.assertAlmostEqual(float(row['loss']), final['loss'])
+    self.assertGreater(float(row['gmacs_per_example']), 0)
     with open(os.path.join(root, 'results.md')) as f:
       grouped = f.read().split('n (rng_seed)')[1]  # The mean ± std table.
     self.assertIn('±', grouped)
