@@ -377,10 +377,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def in_cluster() -> bool:
-  """Whether this process is one of several that JAX can find by itself."""
-  return bool(os.environ.get('JAX_COORDINATOR_ADDRESS') or
-              int(os.environ.get('SLURM_NTASKS', '1')) > 1 or
-              os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost').count(','))
+  """Whether `jax.distributed.initialize()` can find this job's peers itself.
+
+  The signals its cluster detection reads: `JAX_COORDINATOR_ADDRESS`; a SLURM
+  step of several tasks; a Cloud TPU VM (set by `import jax` when TPU chips
+  and libtpu are present) that is on GKE (`TPU_WORKER_HOSTNAMES` or
+  `TPU_PROCESS_ADDRESSES`) or may ask GCE's metadata server for its workers
+  (`TPU_SKIP_MDS_QUERY` unset). A single-host TPU VM joins a 1-process job.
+  """
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  if int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    return True
+  # No public API says whether this is a Cloud TPU VM; jax sets this flag at
+  # import, and its TPU cluster detection reads the same one.
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  if not cloud_tpu_init.running_in_cloud_tpu_vm:
+    return False
+  return bool(os.environ.get('TPU_WORKER_HOSTNAMES') or
+              os.environ.get('TPU_PROCESS_ADDRESSES') or
+              not os.environ.get('TPU_SKIP_MDS_QUERY'))
 
 
 def initialize_runtime(coordinator_address: Optional[str] = None,
