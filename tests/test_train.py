@@ -230,6 +230,21 @@ class InitFromTest(absltest.TestCase):
     np.testing.assert_array_equal(tuned['output_projection']['kernel'], 0)
 
 
+# The trainer's subprocesses share jax's persistent compilation cache: reruns
+# of one command (the kill / resume chain) and the processes of one job
+# compile once. A cached executable is the one a compile would give.
+COMPILATION_CACHE = {
+    'JAX_COMPILATION_CACHE_DIR': os.path.join(
+        tempfile.gettempdir(), 'tokenlearner_jax_test_compilation_cache'),
+    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+}
+
+
+def train_env(**variables: str) -> Dict[str, str]:
+  """The environment of a trainer subprocess."""
+  return dict(os.environ, **COMPILATION_CACHE, **variables)
+
+
 def train_command(workdir: str, *overrides: str):
   return [sys.executable, '-m', 'tokenlearner_jax.train',
           f'--config={ROOT}/configs/demo_moving_digits.py:runlocal',
@@ -243,6 +258,15 @@ def committed_steps(workdir: str):
   if not os.path.isdir(directory):
     return []
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def steps_being_written(workdir: str):
+  """Checkpoint steps whose write has started but not been committed."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return [int(name.split('.')[0]) for name in os.listdir(directory)
+          if '.orbax-checkpoint-tmp' in name]
 
 
 class FaultToleranceTest(absltest.TestCase):
@@ -259,7 +283,8 @@ class FaultToleranceTest(absltest.TestCase):
 
   def run_to_end(self, workdir: str, *overrides: str):
     result = subprocess.run(train_command(workdir, *overrides), cwd=ROOT,
-                            capture_output=True, text=True, check=False)
+                            env=train_env(), capture_output=True, text=True,
+                            check=False)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     return result
 
@@ -270,76 +295,79 @@ class FaultToleranceTest(absltest.TestCase):
     with open(os.path.join(workdir, 'final_metrics.json')) as f:
       return step, manager.restore(step), json.load(f)
 
-  def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(self):
-    straight = self.create_tempdir().full_path
-    self.run_to_end(straight, *self.OVERRIDES)
-    killed = self.create_tempdir().full_path
-    process = subprocess.Popen(train_command(killed, *self.OVERRIDES),
-                               cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+  def start(self, workdir: str, *overrides: str):
+    """Starts a run; returns it and the file its stderr goes to (a file: a
+    full pipe would stall a run that is not being read)."""
+    log = os.path.join(self.create_tempdir().full_path, 'stderr')
+    with open(log, 'w') as stderr:
+      process = subprocess.Popen(train_command(workdir, *overrides), cwd=ROOT,
+                                 env=train_env(), stdout=subprocess.DEVNULL,
+                                 stderr=stderr)
+    return process, log
+
+  def run_until(self, workdir: str, condition, *overrides: str,
+                sig=signal.SIGKILL):
+    """Starts a run, sends it `sig` as soon as `condition()` holds and returns
+    its exit code, stderr and the seconds from the signal to its exit."""
+    process, log = self.start(workdir, *overrides)
     deadline = time.time() + 300
-    while not committed_steps(killed) and time.time() < deadline:
+    while not condition() and time.time() < deadline:
+      if process.poll() is not None:
+        break
       time.sleep(0.02)
-    process.kill()
-    process.wait()
-    steps_at_kill = committed_steps(killed)
-    self.assertNotEmpty(steps_at_kill)
-    self.assertLess(steps_at_kill[-1], 120, 'killed too late to test resume')
-    self.run_to_end(killed, *self.OVERRIDES)
+    process.send_signal(sig)
+    sent = time.time()
+    process.wait(timeout=120)
+    seconds = time.time() - sent
+    with open(log) as f:
+      stderr = f.read()
+    self.assertTrue(condition(), f'the run ended first: {stderr[-3000:]}')
+    return process.returncode, stderr, seconds
+
+  def test_killed_and_preempted_run_ends_bit_identical_to_an_uninterrupted_one(
+      self):
+    straight = self.create_tempdir().full_path
+    # The uninterrupted run goes alongside the interrupted one.
+    reference, reference_log = self.start(straight, *self.OVERRIDES)
+    workdir = self.create_tempdir().full_path
+    # 1. SIGKILL as soon as the first checkpoint is committed.
+    self.run_until(workdir, lambda: committed_steps(workdir), *self.OVERRIDES)
+    first = committed_steps(workdir)[-1]
+    # 2. SIGKILL in the rerun while the checkpoint of step 20 or later is
+    # being written: the partial write is left behind, run 3 must restore the
+    # last complete step instead, and run 4 writes that step again over it.
+    self.run_until(workdir, lambda: [s for s in steps_being_written(workdir)
+                                     if s >= 20], *self.OVERRIDES)
+    second = committed_steps(workdir)[-1]
+    self.assertGreater(second, first)
+    for step in steps_being_written(workdir):
+      self.assertGreater(step, second)
+    # 3. SIGTERM (a preemption notice) once the rerun has logged a train
+    # summary: it saves the current step and exits 0 within 30 s.
+    logged = len(read_jsonl(workdir))
+    code, stderr, seconds = self.run_until(
+        workdir, lambda: any(r['kind'] == 'train'
+                             for r in read_jsonl(workdir)[logged:]),
+        *self.OVERRIDES, sig=signal.SIGTERM)
+    self.assertEqual(code, 0, stderr[-3000:])
+    self.assertIn(f'Restored the checkpoint at step {second}', stderr)
+    self.assertLess(seconds, 30)
+    saved = committed_steps(workdir)[-1]
+    self.assertIn(f'Preempted: saved the checkpoint of step {saved}', stderr)
+    self.assertLess(saved, 120, 'preempted too late to test resume')
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 'final_metrics.json')))
+    # 4. The same command resumes there and finishes.
+    result = self.run_to_end(workdir, *self.OVERRIDES)
+    self.assertIn(f'Restored the checkpoint at step {saved}', result.stderr)
+    reference.wait(timeout=600)
+    with open(reference_log) as f:
+      self.assertEqual(reference.returncode, 0, f.read()[-3000:])
     step_a, state_a, final_a = self.final_state(straight)
-    step_b, state_b, final_b = self.final_state(killed)
+    step_b, state_b, final_b = self.final_state(workdir)
     self.assertEqual((step_a, step_b), (120, 120))
     self.assertEqual(final_a, final_b)
     jax.tree_util.tree_map(np.testing.assert_array_equal, state_a, state_b)
-
-  def test_sigterm_saves_the_current_step_and_exits_zero(self):
-    workdir = self.create_tempdir().full_path
-    overrides = ('--config.num_training_steps=100000',
-                 '--config.checkpoint_steps=100000',
-                 '--config.log_summary_steps=5',
-                 '--config.log_eval_steps=100000')
-    process = subprocess.Popen(train_command(workdir, *overrides), cwd=ROOT,
-                               stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    results = os.path.join(workdir, 'metrics.jsonl')
-    deadline = time.time() + 300
-    while not os.path.exists(results) and time.time() < deadline:
-      time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    sent = time.time()
-    _, stderr = process.communicate(timeout=60)
-    self.assertLess(time.time() - sent, 30)
-    self.assertEqual(process.returncode, 0, stderr[-3000:])
-    self.assertIn('Preempted: saved the checkpoint of step', stderr)
-    saved = committed_steps(workdir)[-1]  # orbax also keeps step 1.
-    self.assertGreaterEqual(saved, 5)
-    self.assertFalse(os.path.exists(os.path.join(workdir, 'final_metrics.json')))
-    # The same command (here shortened) resumes after the saved step.
-    self.run_to_end(workdir, f'--config.num_training_steps={saved + 2}',
-                    '--config.log_summary_steps=1')
-    resumed = [r['step'] for r in read_jsonl(workdir)
-               if r['kind'] == 'train' and r['step'] > saved]
-    self.assertEqual(resumed, [saved + 1, saved + 2])
-
-
-  def test_an_unfinished_checkpoint_write_is_ignored(self):
-    config = config_for('demo_moving_digits')
-    config.dataset_configs.data_dir = DATA_DIR
-    workdir = self.create_tempdir().full_path
-    train.train_and_evaluate(config, workdir)  # Saves step 2.
-    # What a write killed midway leaves: orbax's temporary directory.
-    partial = os.path.join(workdir, 'checkpoints',
-                           '4.orbax-checkpoint-tmp-1700000000000000')
-    os.makedirs(os.path.join(partial, 'default'))
-    with open(os.path.join(partial, 'default', 'garbage'), 'w') as f:
-      f.write('half a checkpoint')
-    self.assertEqual(
-        train.checkpoint_manager(workdir, config).latest_step(), 2)
-    config.num_training_steps = 4
-    final = train.train_and_evaluate(config, workdir)
-    self.assertEqual(final['step'], 4)
-    steps = [r['step'] for r in read_jsonl(workdir) if r['kind'] == 'train']
-    self.assertEqual(steps, [1, 2, 3, 4])
 
 
 class NonFiniteTest(absltest.TestCase):
@@ -420,13 +448,22 @@ class MultiProcessTest(absltest.TestCase):
     super().setUpClass()
     tfds.builder('moving_digits/small', data_dir=DATA_DIR).download_and_prepare()
 
+  def setUp(self):
+    super().setUp()
+    self.logs = {}  # pid -> its stderr file
+
   def launch(self, workdir: str, devices: int, *overrides: str, env=None):
-    env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               **(env or {}))
-    return subprocess.Popen(train_command(workdir, *overrides), env=env,
-                            cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file: a full pipe would stall a process not waited on.
+    log = os.path.join(self.create_tempdir().full_path, 'stderr')
+    with open(log, 'w') as stderr:
+      process = subprocess.Popen(
+          train_command(workdir, *overrides), cwd=ROOT,
+          env=train_env(JAX_PLATFORMS='cpu', XLA_FLAGS=(
+              f'--xla_force_host_platform_device_count={devices}'),
+                        **(env or {})),
+          stdout=subprocess.DEVNULL, stderr=stderr)
+    self.logs[process.pid] = log
+    return process
 
   def launch_job(self, workdir: str, *overrides: str):
     port = free_port()
@@ -444,23 +481,31 @@ class MultiProcessTest(absltest.TestCase):
         SLURM_PROCID=str(i), SLURM_LOCALID=str(i))) for i in range(2)]
 
   def wait(self, process, timeout=600):
-    _, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stderr
+    process.wait(timeout=timeout)
+    with open(self.logs[process.pid]) as f:
+      return process.returncode, f.read()
 
-  def test_two_processes_match_one_and_their_checkpoint_restores_in_one(self):
-    one = self.create_tempdir().full_path
-    code, stderr = self.wait(self.launch(one, 8, *self.OVERRIDES))
-    self.assertEqual(code, 0, stderr[-3000:])
-    two = self.create_tempdir().full_path
-    # Joined by SLURM auto-detection here; the tests below pass the flags.
-    for code, stderr in map(self.wait,
-                            self.launch_slurm_job(two, *self.OVERRIDES)):
+  def test_1x1_1x8_and_2x4_devices_agree_and_the_2x4_checkpoint_restores(
+      self):
+    """1 device, 1 process x 8 devices (data=4, model=2) and 2 processes x 4
+    devices give the same losses; one process resumes the job's checkpoint."""
+    one_device, one_process, two = (self.create_tempdir().full_path
+                                    for _ in range(3))
+    # All three at once. The job joins by SLURM auto-detection here; the
+    # tests below pass the flags.
+    runs = [self.launch(one_device, 1, *self.OVERRIDES,
+                        '--config.mesh.data=1', '--config.mesh.model=1'),
+            self.launch(one_process, 8, *self.OVERRIDES),
+            *self.launch_slurm_job(two, *self.OVERRIDES)]
+    for process, (code, stderr) in zip(runs, map(self.wait, runs)):
       self.assertEqual(code, 0, stderr[-3000:])
-      self.assertIn('2 processes', stderr)
-    losses_one = [r['loss'] for r in read_jsonl(one) if r['kind'] == 'train']
-    losses_two = [r['loss'] for r in read_jsonl(two) if r['kind'] == 'train']
-    self.assertLen(losses_one, 4)
-    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)
+      if process in runs[2:]:
+        self.assertIn('2 processes', stderr)
+    losses = [[r['loss'] for r in read_jsonl(workdir) if r['kind'] == 'train']
+              for workdir in (one_device, one_process, two)]
+    self.assertLen(losses[0], 4)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-5)
     # One process with 8 devices resumes the two-process checkpoint.
     code, stderr = self.wait(self.launch(
         two, 8, *self.OVERRIDES, '--config.num_training_steps=5'))
@@ -629,34 +674,6 @@ class TpuPodDetectionTest(parameterized.TestCase):
       # 2 processes, this one's index, 8 devices in all, both peers seen.
       with open(os.path.join(joined, str(worker))) as f:
         self.assertEqual(f.read(), f'2 {worker} 8 [0, 1]\n')
-
-
-class ShardingEqualityTest(absltest.TestCase):
-  """1 device and 8 devices (data=4, model=2) give the same losses."""
-
-  def run_subprocess(self, devices: int, mesh: str, workdir: str):
-    env = dict(os.environ,
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
-    overrides = [f'--config.mesh.{k}={v}' for k, v in
-                 zip(('data', 'fsdp', 'model'), mesh.split(','))]
-    cmd = [sys.executable, '-m', 'tokenlearner_jax.train',
-           f'--config={ROOT}/configs/demo_moving_digits.py:runlocal',
-           f'--workdir={workdir}', '--config.num_training_steps=4',
-           f'--config.dataset_configs.data_dir={DATA_DIR}',
-           '--config.model.num_layers=2'] + overrides
-    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True,
-                            text=True, check=False)
-    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    return [r['loss'] for r in read_jsonl(workdir) if r['kind'] == 'train']
-
-  def test_one_vs_eight_devices(self):
-    # Prepare the data once, so that both runs only read it.
-    tfds.builder('moving_digits/small', data_dir=DATA_DIR).download_and_prepare()
-    one = self.run_subprocess(1, '1,1,1', self.create_tempdir().full_path)
-    eight = self.run_subprocess(8, '4,1,2', self.create_tempdir().full_path)
-    self.assertLen(one, 4)
-    np.testing.assert_allclose(eight, one, rtol=1e-5)
 
 
 if __name__ == '__main__':
