@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -62,8 +63,13 @@ def write_video_tfrecords(base_dir: str, split: str, count: int,
 
 
 def read_jsonl(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
+  """The records of WORKDIR/metrics.jsonl; none before it exists, and not a
+  last line still being written."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.endswith('\n')]
 
 
 class ConfigsTrainTest(parameterized.TestCase):
@@ -295,6 +301,19 @@ class FaultToleranceTest(absltest.TestCase):
     with open(os.path.join(workdir, 'final_metrics.json')) as f:
       return step, manager.restore(step), json.load(f)
 
+  def assert_same_end(self, reference, reference_log: str, straight: str,
+                      workdir: str):
+    """The uninterrupted run (still going) and the interrupted one end with
+    the same step, bit-identical train state and equal final metrics."""
+    reference.wait(timeout=600)
+    with open(reference_log) as f:
+      self.assertEqual(reference.returncode, 0, f.read()[-3000:])
+    step_a, state_a, final_a = self.final_state(straight)
+    step_b, state_b, final_b = self.final_state(workdir)
+    self.assertEqual((step_a, step_b), (120, 120))
+    self.assertEqual(final_a, final_b)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state_a, state_b)
+
   def start(self, workdir: str, *overrides: str):
     """Starts a run; returns it and the file its stderr goes to (a file: a
     full pipe would stall a run that is not being read)."""
@@ -360,14 +379,32 @@ class FaultToleranceTest(absltest.TestCase):
     # 4. The same command resumes there and finishes.
     result = self.run_to_end(workdir, *self.OVERRIDES)
     self.assertIn(f'Restored the checkpoint at step {saved}', result.stderr)
-    reference.wait(timeout=600)
-    with open(reference_log) as f:
-      self.assertEqual(reference.returncode, 0, f.read()[-3000:])
-    step_a, state_a, final_a = self.final_state(straight)
-    step_b, state_b, final_b = self.final_state(workdir)
-    self.assertEqual((step_a, step_b), (120, 120))
-    self.assertEqual(final_a, final_b)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, state_a, state_b)
+    self.assert_same_end(reference, reference_log, straight, workdir)
+
+  @pytest.mark.slow
+  def test_sigkill_at_random_points_ends_bit_identical(self):
+    """More kill points than the chain above: 5 seeded random moments of a
+    120-step run, wherever they fall (a step, the eval at step 60, a
+    checkpoint write)."""
+    overrides = (*self.OVERRIDES, '--config.log_summary_steps=1')
+    straight = self.create_tempdir().full_path
+    reference, reference_log = self.start(straight, *overrides)
+    workdir = self.create_tempdir().full_path
+    rng = np.random.default_rng(0)
+    for kill_step in np.sort(rng.choice(np.arange(11, 120), 5, replace=False)):
+      # Once this run has logged the step, after a random fraction of a
+      # second.
+      delay, logged, seen = rng.uniform(0, 0.5), len(read_jsonl(workdir)), []
+
+      def reached(kill_step=kill_step, delay=delay, logged=logged, seen=seen):
+        if not seen and any(r['step'] >= kill_step
+                            for r in read_jsonl(workdir)[logged:]):
+          seen.append(time.time())
+        return bool(seen) and time.time() >= seen[0] + delay
+
+      self.run_until(workdir, reached, *overrides)
+    self.run_to_end(workdir, *overrides)
+    self.assert_same_end(reference, reference_log, straight, workdir)
 
 
 class NonFiniteTest(absltest.TestCase):
