@@ -1,7 +1,8 @@
 """Test-wide settings: compile fast (the tests compile many tiny models), let
-absltest helpers (`create_tempdir`) run under pytest, and run `slow` tests
-(more cases of what CI already covers in a small form) only with
-`TOKENLEARNER_SLOW_TESTS=1`."""
+absltest helpers (`create_tempdir`) run under pytest, run `slow` tests (more
+cases of what CI already covers in a small form) only with
+`TOKENLEARNER_SLOW_TESTS=1`, and start the `processes` tests (minutes each)
+first, so that pytest-xdist's workers do not end with one of them alone."""
 
 import os
 
@@ -17,10 +18,15 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'slow: more cases of a tested behaviour; run with '
       'TOKENLEARNER_SLOW_TESTS=1.')
+  config.addinivalue_line(
+      'markers', 'processes: starts several training processes (a minute or '
+      'more on 2 cores); collected first.')
 
 
 def pytest_collection_modifyitems(config, items):
   del config
+  # A stable sort: the same order in every xdist worker, as xdist requires.
+  items.sort(key=lambda item: 'processes' not in item.keywords)
   if os.environ.get('TOKENLEARNER_SLOW_TESTS') == '1':
     return
   skip = pytest.mark.skip(reason='slow: set TOKENLEARNER_SLOW_TESTS=1')

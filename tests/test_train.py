@@ -275,6 +275,7 @@ def steps_being_written(workdir: str):
           if '.orbax-checkpoint-tmp' in name]
 
 
+@pytest.mark.processes
 class FaultToleranceTest(absltest.TestCase):
   """Kill, preemption and non-finite losses, on real subprocesses."""
 
@@ -472,6 +473,7 @@ def slurm_job_id() -> int:
   raise RuntimeError('No free port in 61440-65535.')
 
 
+@pytest.mark.processes
 class MultiProcessTest(absltest.TestCase):
   """Processes joined through jax.distributed (gloo collectives on CPU)."""
 

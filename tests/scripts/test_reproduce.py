@@ -5,6 +5,7 @@ import os
 from absl import flags
 from absl.testing import absltest
 from ml_collections import config_flags
+import pytest
 
 from tests.scripts import load_script
 from tests.test_train import DATA_DIR
@@ -105,6 +106,7 @@ class StudiesTest(absltest.TestCase):
                      'not enough seeds')
 
 
+@pytest.mark.processes
 class ReproduceRunTest(absltest.TestCase):
 
   def test_transfer_study_runs_pretraining_first_and_reports(self):

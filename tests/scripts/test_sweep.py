@@ -5,6 +5,7 @@ import json
 import os
 
 from absl.testing import absltest
+import pytest
 
 from tests.scripts import load_script
 from tests.test_train import DATA_DIR
@@ -41,6 +42,7 @@ class GridTest(absltest.TestCase):
     self.assertEqual(grouped[1]['accuracy'], '0.9 ± 0')
 
 
+@pytest.mark.processes
 class SweepRunTest(absltest.TestCase):
 
   def test_runs_skips_finished_and_tables(self):
