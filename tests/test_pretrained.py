@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from tokenlearner_jax import config_lib
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import train
+from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
 
 NUM_CLASSES = 5
@@ -150,9 +151,9 @@ class LoadParamsTest(parameterized.TestCase):
     for step, params in ((1, jax.tree_util.tree_map(np.zeros_like,
                                                     self.params)),
                          (2, self.params)):
-      state = train.TrainState(step=jnp.asarray(step), params=params,
-                               opt_state=tx.init(params),
-                               rng=jax.random.PRNGKey(0))
+      state = train_steps.TrainState(step=jnp.asarray(step), params=params,
+                                     opt_state=tx.init(params),
+                                     rng=jax.random.PRNGKey(0))
       manager.save(step, args=ocp.args.StandardSave(
           flax.serialization.to_state_dict(state)))
     manager.wait_until_finished()

@@ -31,6 +31,7 @@ from tokenlearner_jax import evaluate
 from tokenlearner_jax import optim
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import train
+from tokenlearner_jax import train_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One directory per pytest-xdist worker: two processes preparing the same tfds
@@ -191,8 +192,8 @@ class ResumeTest(absltest.TestCase):
     model = train.build_model(config, 40)
     tx, _ = optim.make_optimizer(config, 2)
     mesh = train.sharding.make_mesh(config)
-    fresh, shardings = train.create_train_state(config, model, tx, data_shape,
-                                                mesh)
+    fresh, shardings = train_steps.create_train_state(config, model, tx,
+                                                      data_shape, mesh)
     manager = train.checkpoint_manager(workdir, config)
     self.assertEqual(manager.latest_step(), 2)
     restored = train.restore(manager, fresh, shardings)
@@ -438,20 +439,6 @@ class NonFiniteTest(absltest.TestCase):
                                    opt_state, params)
     np.testing.assert_array_equal(updates['w'], 0)
     self.assertEqual(int(opt_state.total_notfinite), 1)
-
-
-class BadInputTest(absltest.TestCase):
-
-  def test_batch_not_divisible_by_data_parallel_size_is_named(self):
-    config = config_for('demo_moving_digits')
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
-                             ('data', 'fsdp', 'model'))
-    train.check_batch_sizes(config, mesh)  # Any batch splits over 1 device.
-    mesh = ml_collections.ConfigDict(dict(shape=dict(data=4, fsdp=2)))
-    config.batch_size = 12
-    with self.assertRaisesRegex(ValueError,
-                                r'batch_size=12 .* data-parallel size 8'):
-      train.check_batch_sizes(config, mesh)
 
 
 def free_port() -> int:

@@ -28,6 +28,7 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train
+from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
 
 
@@ -55,13 +56,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   tx, _ = optim.make_optimizer(
       config, train.num_train_steps(config, data.num_train_examples))
   mesh = sharding.make_mesh(config)
-  target, shardings = train.create_train_state(
+  target, shardings = train_steps.create_train_state(
       config, model, tx, data.input_shape, mesh, abstract=True)
   state = train.restore(manager, target, shardings, step)
   batch_sharding = sharding.batch_sharding(mesh)
   p_eval_step = jax.jit(
-      functools.partial(train.eval_step, model=model, multilabel=multilabel,
-                        multiview=True),
+      functools.partial(train_steps.eval_step, model=model,
+                        multilabel=multilabel, multiview=True),
       in_shardings=(shardings.params, batch_sharding))
   logging.info('Evaluating step %d on %r with %d views per example.',
                int(state.step), split, data.num_test_views)

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 from absl import app
 from absl import flags
@@ -31,14 +31,11 @@ from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
 import flax
-import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
 from tokenlearner_jax import batching
@@ -48,8 +45,8 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import sharding
+from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
-
 
 
 def define_flags() -> None:
@@ -65,14 +62,6 @@ def define_flags() -> None:
   flags.DEFINE_integer('process_id', None, 'This process, 0 to N-1.')
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array
-
-
 def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
   if config.get('num_training_steps'):
     return int(config.num_training_steps)
@@ -80,85 +69,6 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int
     raise ValueError('num_training_epochs needs the train split size, which '
                      'the dataset does not report: set num_training_steps.')
   return int(config.num_training_epochs * num_examples // config.batch_size)
-
-
-def create_train_state(config, model, tx, input_shape, mesh,
-                       abstract: bool = False):
-  """Initialises the state directly sharded on `mesh`; returns it, shardings.
-
-  With `abstract`, the state's leaves are `jax.ShapeDtypeStruct`s (nothing is
-  computed), as a restore target.
-  """
-
-  def init(rng):
-    params_rng, rng = jax.random.split(rng)
-    params = model.init(params_rng, jnp.zeros((1,) + input_shape),
-                        train=False)['params']
-    if config.get('init_head_bias') is not None:
-      head = dict(params['output_projection'])
-      head['bias'] = jnp.full_like(head['bias'], config.init_head_bias)
-      params = {**params, 'output_projection': head}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=rng)
-
-  rng = jax.random.PRNGKey(config.rng_seed)
-  shardings = sharding.tree_sharding(jax.eval_shape(init, rng), mesh, config)
-  if abstract:
-    return jax.eval_shape(lambda r: nn.unbox(init(r)), rng), shardings
-  state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
-  return state, shardings
-
-
-def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
-               schedule, config, multilabel: bool):
-  """One optimizer step; returns the new state and this step's metrics."""
-  rng, dropout_rng, mixup_rng = jax.random.split(state.rng, 3)
-  inputs, labels = batch['inputs'], batch['label']
-  alpha = config.get('mixup', {}).get('alpha')
-  if alpha:  # As the reference: mix with the reversed batch, one weight.
-    lam = jax.random.beta(mixup_rng, alpha, alpha)
-    inputs = lam * inputs + (1 - lam) * inputs[::-1]
-    labels = lam * labels + (1 - lam) * labels[::-1]
-
-  def loss_fn(params):
-    logits = model.apply({'params': params}, inputs, train=True,
-                         rngs={'dropout': dropout_rng})
-    loss = metrics_lib.per_example_loss(logits, labels, multilabel,
-                                        config.get('label_smoothing')).mean()
-    return loss, logits
-
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  hit = jnp.take_along_axis(labels, jnp.argmax(logits, -1)[:, None], -1) > 0
-  step_metrics = {
-      'loss': loss, 'learning_rate': schedule(state.step),
-      'prec@1' if multilabel else 'accuracy': jnp.mean(hit),
-      'grad_norm': optax.tree.norm(grads),
-      'param_norm': optax.tree.norm(params),
-  }
-  if isinstance(opt_state, optax.ApplyIfFiniteState):
-    step_metrics['skipped_steps'] = opt_state.total_notfinite
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state, rng=rng)
-  return new_state, step_metrics
-
-
-def eval_step(params, batch, *, model, multilabel: bool,
-              multiview: bool = False):
-  """Masked metric sums; `multiview` averages the logits of each example's
-  views (`inputs` `[B, views, ...]`)."""
-  inputs = batch['inputs']
-  if multiview:
-    b, v = inputs.shape[:2]
-    inputs = inputs.reshape((b * v,) + inputs.shape[2:])  # [B * views, ...]
-  logits = model.apply({'params': params}, inputs, train=False)
-  if multiview:
-    logits = logits.reshape(b, v, -1).mean(1)  # [B, classes]
-  sums = metrics_lib.metric_sums(logits, batch['label'], batch['batch_mask'],
-                                 multilabel)
-  return sums, logits
 
 
 def evaluate(params, batches, p_eval_step, batch_sharding,
@@ -217,16 +127,6 @@ def restore(manager, state, shardings, step: Optional[int] = None):
   return flax.serialization.from_state_dict(state, restored)
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
-  """Batch sizes must split evenly over the data-parallel devices."""
-  parallel = mesh.shape['data'] * mesh.shape['fsdp']
-  if config.batch_size % parallel:
-    raise ValueError(
-        f'config.batch_size={config.batch_size} is not divisible by the '
-        f'data-parallel size {parallel} (config.mesh data x fsdp = '
-        f"{mesh.shape['data']} x {mesh.shape['fsdp']}).")
-
-
 # Set by SIGTERM (a preemption notice) in a single-process run; `main`
 # installs the handler. In a multi-process job JAX's preemption service handles
 # SIGTERM and the processes agree on the step through
@@ -263,15 +163,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
-  check_batch_sizes(config, mesh)
+  train_steps.check_batch_sizes(config, mesh)
   manager = checkpoint_manager(workdir, config)
   data = input_pipeline.get_data(config, start_step=manager.latest_step() or 0)
   model = build_model(config, data.num_classes)
   total_steps = num_train_steps(config, data.num_train_examples)
   tx, schedule = optim.make_optimizer(config, total_steps)
   batch_sharding = sharding.batch_sharding(mesh)
-  state, shardings = create_train_state(config, model, tx, data.input_shape,
-                                        mesh)
+  state, shardings = train_steps.create_train_state(
+      config, model, tx, data.input_shape, mesh)
 
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
@@ -289,13 +189,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.write_scalars(0, {'gmacs_per_example': gmacs})
 
   p_train_step = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        config=config, multilabel=multilabel),
+      functools.partial(train_steps.train_step, model=model, tx=tx,
+                        schedule=schedule, config=config,
+                        multilabel=multilabel),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
       # The old state's buffers become the new one's: one copy in memory.
       donate_argnums=0 if config.get('donate_train_state', True) else ())
   p_eval_step = jax.jit(
-      functools.partial(eval_step, model=model, multilabel=multilabel),
+      functools.partial(train_steps.eval_step, model=model,
+                        multilabel=multilabel),
       in_shardings=(shardings.params, batch_sharding))
   report = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                            writer=writer)

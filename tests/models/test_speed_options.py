@@ -19,7 +19,7 @@ from tests.models.test_tokenlearner import perturbed
 from tokenlearner_jax import config_lib
 from tokenlearner_jax import layer_stacking
 from tokenlearner_jax import pretrained
-from tokenlearner_jax import train
+from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models.encoder import scan_segments
 
@@ -259,15 +259,15 @@ class DonationTest(absltest.TestCase):
     tx = optax.adam(1e-3)
     batch = {'inputs': x, 'label': jax.nn.one_hot(jnp.array([0, 3]),
                                                   NUM_CLASSES)}
-    step = functools.partial(train.train_step, model=model, tx=tx,
+    step = functools.partial(train_steps.train_step, model=model, tx=tx,
                              schedule=lambda s: 1e-3, config=config,
                              multilabel=False)
 
     def run(donate):
-      state = train.TrainState(step=jnp.zeros((), jnp.int32),
-                               params=jax.tree_util.tree_map(jnp.array, params),
-                               opt_state=tx.init(params),
-                               rng=jax.random.PRNGKey(0))
+      state = train_steps.TrainState(
+          step=jnp.zeros((), jnp.int32),
+          params=jax.tree_util.tree_map(jnp.array, params),
+          opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
       jitted = jax.jit(step, donate_argnums=0 if donate else ())
       for _ in range(3):
         state, metrics = jitted(state, batch)
