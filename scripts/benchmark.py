@@ -1,29 +1,38 @@
 """Benchmarks the train step of model configs, compile times and the input.
 
 For each model, in one process: compile time of the real train step
-(`tokenlearner_jax.train.train_step`, AdamW, jit-sharded over all devices),
-step time (median of `--steps` steps after `--warmup`), examples/s, XLA's peak
-memory, achieved FLOP/s from the analytic count (`tokenlearner_jax.flops`;
-a train step = 3 forward passes = 6 FLOPs per multiply-add) and MFU against a
-matmul peak measured in the same run. Then TokenLearner's speedup over its
-baseline against its GMAC ratio, the compile time of a 24-layer model with and
-without `nn.scan`, and the demo input pipelines alone (clips/s, images/s)
-against what the demo's train step consumes.
+(`tokenlearner_jax.train_steps.train_step`, AdamW, jit-sharded over all
+devices), step time (median of `--steps` steps after `--warmup`), examples/s,
+XLA's peak memory, achieved FLOP/s from the analytic count
+(`tokenlearner_jax.flops`; a train step = 3 forward passes = 6 FLOPs per
+multiply-add) and MFU against a matmul peak measured in the same run. Then
+TokenLearner's speedup over its baseline against its GMAC ratio, the compile
+time of a 24-layer model with and without `nn.scan`, and the demo input
+pipelines alone (clips/s, images/s) against what the demo's train step
+consumes. `--max_batch` adds the largest batch that fits in device memory,
+per remat policy.
 
   python scripts/benchmark.py --small            # 2 CPU cores: minutes
   python scripts/benchmark.py                    # ViT-B/16, ViViT-B/16x2
   python scripts/benchmark.py --models=vit_b16,vit_b16_tl8at6 --batch=8
   python scripts/benchmark.py --dtype=bfloat16 --attention=fused --out=b.json
+  python scripts/benchmark.py --skip=models,compile,demo,input \
+      --max_batch=vivit_b16x2_tl8at6 --dtype=bfloat16 --attention=fused --scan
+
+The model benchmarks need no TensorFlow (the input benchmark does).
 
 Prints Markdown tables; `--out` writes the same as JSON.
 """
 
 import argparse
 import functools
+import glob
+import gzip
 import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -32,18 +41,18 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from tokenlearner_jax import config_lib
 from tokenlearner_jax import flops
-from tokenlearner_jax import input_pipeline
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
-from tokenlearner_jax import train
+from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models.encoder import REMAT_POLICIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 1000
+PROFILED_STEPS = 3  # With --profile_dir, after the timed steps.
 IMAGE224 = (224, 224, 3)
 
 
@@ -130,8 +139,15 @@ def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDi
   return config
 
 
-def matmul_peak(dtype: str, sizes: Sequence[int] = (1024, 2048, 4096)) -> float:
-  """The best FLOP/s of square `dtype` matmuls on one device."""
+def matmul_peak(dtype: str, sizes: Optional[Sequence[int]] = None) -> float:
+  """The best FLOP/s of square `dtype` matmuls on one device.
+
+  On an accelerator each timing covers 20 products dispatched back to back,
+  so that launch gaps do not count; on the CPU one product is long enough.
+  """
+  on_cpu = jax.devices()[0].platform == 'cpu'
+  sizes = sizes or ((1024, 2048, 4096) if on_cpu else (4096, 8192))
+  reps = 1 if on_cpu else 20
   best = 0.0
   for n in sizes:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
@@ -141,9 +157,11 @@ def matmul_peak(dtype: str, sizes: Sequence[int] = (1024, 2048, 4096)) -> float:
     times = []
     for _ in range(5):
       start = time.perf_counter()
-      matmul(a, b).block_until_ready()
+      for _ in range(reps):
+        product = matmul(a, b)
+      product.block_until_ready()
       times.append(time.perf_counter() - start)
-    best = max(best, 2 * n**3 / min(times))
+    best = max(best, 2 * n**3 * reps / min(times))
   return best
 
 
@@ -157,31 +175,109 @@ def peak_memory_bytes(compiled) -> Optional[int]:
     return None
 
 
-def compiled_train_step(config, input_shape, num_classes: int):
-  """(compiled step, state, batch, compile seconds) for `config`."""
+class StepProgram(NamedTuple):
+  """The jitted train step of a config and what builds its arguments."""
+  config: ml_collections.ConfigDict
+  step: Any  # jax.jit-ed `train_steps.train_step`.
+  make_state: Any  # () -> the initialised train state on the mesh.
+  make_batch: Any  # () -> a random batch on the mesh.
+  abstract_args: Tuple[Any, Any]  # (state, batch) shapes, to compile alone.
+
+
+def train_step_program(config, input_shape, num_classes: int) -> StepProgram:
+  """The real train step of `config` (AdamW, jit over the mesh)."""
   model = build_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config, total_steps=1000)
   mesh = sharding.make_mesh(config)
-  train.check_batch_sizes(config, mesh)
+  train_steps.check_batch_sizes(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  state, shardings = train.create_train_state(config, model, tx,
-                                              tuple(input_shape), mesh)
-  batch = {
-      'inputs': jax.random.normal(jax.random.PRNGKey(0),
-                                  (config.batch_size,) + tuple(input_shape)),
-      'label': jax.nn.one_hot(jnp.arange(config.batch_size) % num_classes,
-                              num_classes)}
-  batch = jax.device_put(batch, batch_sharding)
+  input_shape = tuple(input_shape)
+  abstract_state, shardings = train_steps.create_train_state(
+      config, model, tx, input_shape, mesh, abstract=True)
+  abstract_batch = {
+      'inputs': jax.ShapeDtypeStruct((config.batch_size,) + input_shape,
+                                     jnp.float32),
+      'label': jax.ShapeDtypeStruct((config.batch_size, num_classes),
+                                    jnp.float32)}
+
+  def make_batch():
+    return jax.device_put({
+        'inputs': jax.random.normal(jax.random.PRNGKey(0),
+                                    (config.batch_size,) + input_shape),
+        'label': jax.nn.one_hot(jnp.arange(config.batch_size) % num_classes,
+                                num_classes)}, batch_sharding)
+
   step = jax.jit(
-      functools.partial(train.train_step, model=model, tx=tx,
+      functools.partial(train_steps.train_step, model=model, tx=tx,
                         schedule=schedule, config=config, multilabel=False),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
       donate_argnums=0 if config.donate_train_state else ())
+  return StepProgram(
+      config, step,
+      lambda: train_steps.create_train_state(config, model, tx, input_shape,
+                                             mesh)[0],
+      make_batch, (abstract_state, abstract_batch))
+
+
+def compiled_train_step(config, input_shape, num_classes: int):
+  """(compiled step, state, batch, compile seconds) for `config`."""
+  program = train_step_program(config, input_shape, num_classes)
+  state, batch = program.make_state(), program.make_batch()
   # Initialisation runs asynchronously: let it finish before timing compiles.
   jax.block_until_ready((state, batch))
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = program.step.lower(state, batch).compile()
   return compiled, state, batch, time.perf_counter() - start
+
+
+def time_steps(compiled, state, batch, warmup: int, steps: int):
+  """(step seconds of the `steps` timed steps, last state, last metrics)."""
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    state, step_metrics = compiled(state, batch)
+    jax.block_until_ready((state, step_metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return times, state, step_metrics
+
+
+def trace_summary(trace_dir: str, steps: int, top: int = 15
+                  ) -> List[Dict[str, Any]]:
+  """The kinds of op that took the most time in a `jax.profiler` trace.
+
+  From the device's 'XLA Ops' line where the trace has one (HLO op names),
+  else from its kernel streams; on a CPU, from the XLA threads. Ops are
+  grouped by name without their number ('fusion.12' -> 'fusion').
+  """
+  path = sorted(glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*',
+                                      'perfetto_trace.json.gz')))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)['traceEvents']
+  processes, threads = {}, {}
+  for e in events:
+    if e.get('ph') == 'M' and e['name'] == 'process_name':
+      processes[e['pid']] = e['args']['name']
+    if e.get('ph') == 'M' and e['name'] == 'thread_name':
+      threads[e['pid'], e['tid']] = e['args']['name']
+  devices = {pid for pid, name in processes.items()
+             if name.startswith('/device:')}
+  if devices:
+    lines = {key for key in threads if key[0] in devices}
+    ops_lines = {key for key in lines if threads[key] == 'XLA Ops'}
+    lines = ops_lines or {key for key in lines if 'XLA' not in threads[key]
+                          and 'Steps' not in threads[key]}
+  else:
+    lines = {key for key, name in threads.items() if 'XLA' in name}
+  totals = {}
+  for e in events:
+    if (e.get('ph') == 'X' and (e['pid'], e.get('tid')) in lines and
+        not e['name'].startswith('ThunkExecutor')):
+      kind = re.sub(r'\.\d+$', '', e['name'])
+      totals[kind] = totals.get(kind, 0.) + e['dur']
+  busy = sum(totals.values())
+  return [dict(op=op[:80], ms_per_step=us / 1e3 / steps, share=us / busy)
+          for op, us in sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
 
 
 def bench_model(name: str, config, input_shape, num_classes: int,
@@ -189,13 +285,8 @@ def bench_model(name: str, config, input_shape, num_classes: int,
   """Compile time, step time, examples/s, FLOP/s, MFU, memory of one model."""
   compiled, state, batch, compile_s = compiled_train_step(config, input_shape,
                                                           num_classes)
-  times = []
-  for i in range(args.warmup + args.steps):
-    start = time.perf_counter()
-    state, step_metrics = compiled(state, batch)
-    jax.block_until_ready((state, step_metrics))
-    if i >= args.warmup:
-      times.append(time.perf_counter() - start)
+  times, state, step_metrics = time_steps(compiled, state, batch, args.warmup,
+                                          args.steps)
   step_s = statistics.median(times)
   gmacs = flops.gmacs(config, input_shape, num_classes)
   flop_per_s = 6 * gmacs * 1e9 * config.batch_size / step_s
@@ -213,7 +304,130 @@ def bench_model(name: str, config, input_shape, num_classes: int,
   print(f'  {name}: {step_s * 1e3:.1f} ms/step, {row["examples_per_s"]:.1f} '
         f'ex/s, MFU {row["mfu"]:.1%}, compile {compile_s:.1f} s',
         file=sys.stderr, flush=True)
+  if args.profile_dir:
+    trace_dir = os.path.join(args.profile_dir, name)
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      time_steps(compiled, state, batch, 0, PROFILED_STEPS)
+    row['profile'] = trace_summary(trace_dir, PROFILED_STEPS)
+    print(markdown(row['profile'], [('op', f'{name}: ops'),
+                                    ('ms_per_step', 'ms/step'),
+                                    ('share', 'share')]), file=sys.stderr)
   return row
+
+
+def device_memory_limit(args) -> int:
+  """Bytes one device may use: `--memory_limit_gib`, else its allocator's."""
+  if args.memory_limit_gib:
+    return int(args.memory_limit_gib * 2**30)
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'bytes_limit' not in stats:
+    raise ValueError('--max_batch: this device reports no memory limit; set '
+                     '--memory_limit_gib.')
+  return int(stats['bytes_limit'])  # Per device, as XLA's peak estimate.
+
+
+def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
+                    ) -> Dict[str, Any]:
+  """The largest batch of `spec` whose train step fits in `limit` bytes.
+
+  By XLA's peak estimate, which is about linear in the batch: two compiles (at
+  2 and 8 times `--max_batch_multiple`) fit the line; the batch where it meets
+  `limit` is compiled first, then batches further out (doubling the distance)
+  until one fits and one does not, then bisection until they are at most 5%
+  (or one multiple) apart. One real step then runs at the batch that fits
+  (10% less and again if the device runs out of memory all the same).
+  """
+  multiple = args.max_batch_multiple
+
+  def rounded(batch):
+    return max(multiple, int(batch) // multiple * multiple)
+
+  def tolerance(batch):
+    return max(multiple, rounded(batch * 0.05))
+
+  def compiled_at(batch):
+    config = spec_config(spec, argparse.Namespace(
+        **{**vars(args), 'remat': remat, 'batch': batch}))
+    program = train_step_program(config, spec.input_shape, NUM_CLASSES)
+    executable = program.step.lower(*program.abstract_args).compile()
+    needs = peak_memory_bytes(executable)
+    print(f'    batch {batch}: {needs / 2**20:.0f} MiB', file=sys.stderr,
+          flush=True)
+    return program, executable, needs
+
+  small, large = 2 * multiple, 8 * multiple
+  programs = {small: compiled_at(small), large: compiled_at(large)}
+  memory = {b: c[2] for b, c in programs.items()}  # Batch -> XLA's peak.
+  per_example = max(1., (memory[large] - memory[small]) / (large - small))
+  fixed = memory[small] - per_example * small
+  predicted = rounded((limit - fixed) / per_example)
+  result = dict(model=spec.name, remat=remat, limit_mib=limit / 2**20,
+                per_example_mib=per_example / 2**20, fixed_mib=fixed / 2**20,
+                predicted_batch=predicted)
+
+  def bracket():
+    fits = [b for b, m in memory.items() if m <= limit]
+    over = [b for b, m in memory.items() if m > limit]
+    return max(fits, default=None), min(over, default=None)
+
+  # Out from the prediction in doubling steps (the fit points bound them),
+  # then bisection.
+  probe, distance, probed = predicted, tolerance(predicted), set()
+  while True:
+    if probe not in memory:
+      programs[probe] = compiled_at(probe)
+      memory[probe] = programs[probe][2]
+    probed.add(probe)
+    fit, over_batch = bracket()
+    if fit is None:
+      if probe == multiple:
+        raise ValueError(f'--max_batch: {spec.name} (remat={remat}) does not '
+                         f'fit in {limit / 2**20:.0f} MiB at batch {probe}.')
+      probe = rounded(probe - distance)
+    elif over_batch is None:
+      probe = probe + distance
+    elif over_batch - fit <= tolerance(fit):
+      break
+    else:
+      middle = rounded((fit + over_batch) / 2)
+      if fit not in probed:
+        probe = max(middle, rounded(over_batch - distance))
+      elif over_batch not in probed:
+        probe = min(middle, fit + distance)
+      else:
+        probe = middle
+      if probe in memory:
+        break
+    distance *= 2
+  batch, over_peak = fit, memory[over_batch]
+  program, compiled, _ = programs[batch]
+  peak_bytes = memory[batch]
+  for _ in range(3):
+    try:
+      times, *_ = time_steps(compiled, program.make_state(),
+                             program.make_batch(), 1, 2)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e):
+        raise
+      over_batch, over_peak = batch, peak_bytes
+      batch = rounded(batch * 0.9)
+      program, compiled, peak_bytes = compiled_at(batch)
+  else:
+    raise RuntimeError(f'{spec.name} remat={remat}: no batch ran.')
+  step_s = min(times)
+  gmacs = flops.gmacs(program.config, spec.input_shape, NUM_CLASSES)
+  result.update(batch=batch, peak_memory_mib=peak_bytes / 2**20,
+                over_batch=over_batch, over_peak_memory_mib=over_peak / 2**20,
+                step_s=step_s, examples_per_s=batch / step_s,
+                # Model FLOPs: a rematerialised forward pass is not counted.
+                mfu=6 * gmacs * 1e9 * batch / step_s /
+                (peak * jax.device_count()))
+  print(f'  {spec.name} remat={remat}: largest batch {batch} '
+        f'({peak_bytes / 2**20:.0f} of {limit / 2**20:.0f} MiB; {over_batch} '
+        f'needs {over_peak / 2**20:.0f}), {result["examples_per_s"]:.1f} ex/s, '
+        f'MFU {result["mfu"]:.1%}', file=sys.stderr, flush=True)
+  return result
 
 
 def bench_compile(spec: Spec, args) -> Dict[str, Any]:
@@ -234,6 +448,8 @@ def bench_compile(spec: Spec, args) -> Dict[str, Any]:
 
 def bench_input(name: str, batches: int) -> Dict[str, Any]:
   """Examples/s of the train iterator of `configs/<name>.py` alone."""
+  # Imported here: the model benchmarks run without TensorFlow (GPU images).
+  from tokenlearner_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = load_config_file(name)
   data = input_pipeline.get_data(config)
   for _ in range(5):  # Warm-up: caches, shuffle buffer.
@@ -258,7 +474,7 @@ def markdown(rows: List[Dict[str, Any]], columns: Sequence[Tuple[str, str]]
     for key, _ in columns:
       value = row.get(key, '')
       if isinstance(value, float):
-        value = (f'{value:.1%}' if key in ('mfu', 'efficiency') else
+        value = (f'{value:.1%}' if key in ('mfu', 'efficiency', 'share') else
                  f'{value:.4g}')
       cells.append(str(value))
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -281,9 +497,22 @@ def parse_args(argv):
   parser.add_argument('--attention', default='einsum',
                       choices=('einsum', 'fused'))
   parser.add_argument('--skip', default='',
-                      help="Comma-separated parts to skip: 'compile', "
-                      "'input', 'demo'.")
+                      help="Comma-separated parts to skip: 'models', "
+                      "'compile', 'input', 'demo'.")
   parser.add_argument('--input_batches', type=int, default=100)
+  parser.add_argument('--max_batch', default='',
+                      help='Comma-separated models whose largest batch to find.')
+  parser.add_argument('--max_batch_remat', default='none,nothing_saveable',
+                      help='The remat policies to find it for.')
+  parser.add_argument('--max_batch_multiple', type=int, default=8,
+                      help='The batch is a multiple of this.')
+  parser.add_argument('--memory_limit_gib', type=float, default=0.,
+                      help="Device memory for --max_batch (default: the "
+                      "allocator's limit).")
+  parser.add_argument('--profile_dir', default='',
+                      help='Trace 3 more steps of each model there with '
+                      'jax.profiler (perfetto JSON too) and print the ops '
+                      'that took longest.')
   parser.add_argument('--out', default='', help='Write the results as JSON.')
   return parser.parse_args(argv)
 
@@ -293,10 +522,21 @@ def main(argv=None) -> Dict[str, Any]:
   skip = set(filter(None, args.skip.split(',')))
   which = 'small' if args.small else 'default'
   names = list(filter(None, args.models.split(',')))
-  unknown = [m for m in names if m not in ALL_SPECS]
+  max_batch_names = list(filter(None, args.max_batch.split(',')))
+  remats = list(filter(None, args.max_batch_remat.split(',')))
+  for flag, given in (('--models', names), ('--max_batch', max_batch_names)):
+    unknown = [m for m in given if m not in ALL_SPECS]
+    if unknown:
+      raise ValueError(f'{flag}: unknown {unknown}; known: {sorted(ALL_SPECS)}.')
+  unknown = [r for r in remats + [args.remat] if r not in REMAT_POLICIES]
   if unknown:
-    raise ValueError(f'--models: unknown {unknown}; known: {sorted(ALL_SPECS)}.')
-  specs = [ALL_SPECS[m] for m in names] if names else MODEL_SETS[which]
+    raise ValueError(f'--remat/--max_batch_remat: unknown {unknown}; known: '
+                     f'{sorted(REMAT_POLICIES)}.')
+  limit = device_memory_limit(args) if max_batch_names else None
+  if 'models' in skip:
+    specs = []
+  else:
+    specs = [ALL_SPECS[m] for m in names] if names else MODEL_SETS[which]
   device = jax.devices()[0]
   print(f'{jax.device_count()} x {device.device_kind} ({device.platform}); '
         f'jax {jax.__version__}', file=sys.stderr, flush=True)
@@ -334,6 +574,10 @@ def main(argv=None) -> Dict[str, Any]:
         'demo_moving_digits', demo, data_shape, 40,
         argparse.Namespace(**{**vars(args), 'steps': max(args.steps, 20)}),
         peak)
+  if max_batch_names:
+    results['max_batch'] = [
+        bench_max_batch(ALL_SPECS[name], remat, args, limit, peak)
+        for name in max_batch_names for remat in remats]
   if 'input' not in skip:
     results['input'] = [bench_input(name, args.input_batches) for name in
                         ('demo_moving_digits', 'demo_multi_digits')]
@@ -347,11 +591,12 @@ def main(argv=None) -> Dict[str, Any]:
         f'{results["matmul_peak_gflop_per_s"]:.1f} GFLOP/s per device.\n')
   model_rows = results['models'] + ([results['demo_train_step']]
                                     if 'demo_train_step' in results else [])
-  print(markdown(model_rows, [
-      ('model', 'model'), ('batch', 'batch'), ('gmacs', 'GMACs/example'),
-      ('compile_s', 'compile s'), ('step_s', 'step s (median)'),
-      ('examples_per_s', 'examples/s'), ('tflop_per_s', 'TFLOP/s'),
-      ('mfu', 'MFU'), ('peak_memory_mib', 'XLA peak MiB')]))
+  if model_rows:
+    print(markdown(model_rows, [
+        ('model', 'model'), ('batch', 'batch'), ('gmacs', 'GMACs/example'),
+        ('compile_s', 'compile s'), ('step_s', 'step s (median)'),
+        ('examples_per_s', 'examples/s'), ('tflop_per_s', 'TFLOP/s'),
+        ('mfu', 'MFU'), ('peak_memory_mib', 'XLA peak MiB')]))
   if results['speedups']:
     print('\n' + markdown(results['speedups'], [
         ('model', 'model'), ('baseline', 'baseline'),
@@ -362,6 +607,15 @@ def main(argv=None) -> Dict[str, Any]:
     print(f'\nCompile, {c["model"]} ({c["num_layers"]} layers): unrolled '
           f'{c["unrolled_compile_s"]:.1f} s, nn.scan {c["scan_compile_s"]:.1f} '
           f's (ratio {c["ratio"]:.2f}).')
+  if 'max_batch' in results:
+    print('\nLargest batch in device memory (XLA\'s peak estimate; one '
+          'step run at it):\n')
+    print(markdown(results['max_batch'], [
+        ('model', 'model'), ('remat', 'remat'), ('batch', 'largest batch'),
+        ('peak_memory_mib', 'XLA peak MiB'), ('limit_mib', 'limit MiB'),
+        ('over_batch', 'next batch'), ('over_peak_memory_mib', 'its MiB'),
+        ('per_example_mib', 'MiB/example'), ('step_s', 'step s'),
+        ('examples_per_s', 'examples/s'), ('mfu', 'MFU')]))
   if 'input' in results:
     for r in results['input']:
       print(f'Input {r["config"]}: {r["examples_per_s"]:.0f} examples/s '
