@@ -495,7 +495,7 @@ def parse_args(argv):
   parser.add_argument('--scan', action='store_true')
   parser.add_argument('--remat', default='none')
   parser.add_argument('--attention', default='einsum',
-                      choices=('einsum', 'fused'))
+                      choices=('einsum', 'fused', 'cudnn'))
   parser.add_argument('--skip', default='',
                       help="Comma-separated parts to skip: 'models', "
                       "'compile', 'input', 'demo'.")

@@ -73,8 +73,9 @@ def model_config(variant: str,
     stochastic_depth: Stochastic depth rate of the last block.
     scan_layers: `nn.scan` over runs of identical layers (speed option).
     remat_policy: 'none' or a `jax.checkpoint_policies` name (memory option).
-    attention_impl: 'einsum' (reference) or 'fused'
-      (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU).
+    attention_impl: 'einsum' (reference), 'fused'
+      (`jax.nn.dot_product_attention`, XLA's) or 'cudnn' (the same with
+      cuDNN flash attention: CUDA GPUs, bf16).
   """
   size, patch = variant.split('/')
   hidden, heads, mlp, layers = VIT_SIZES[size]

@@ -1,6 +1,7 @@
 """The speed options change no number: `scan_layers` (and the loader between
-the stacked and per-layer layouts), `remat_policy`, `attention_impl='fused'`,
-bf16 compute with fp32 parameters, and a donated train state."""
+the stacked and per-layer layouts), `remat_policy`, `attention_impl='fused'`
+(and 'cudnn', on a GPU), bf16 compute with fp32 parameters, and a donated
+train state."""
 
 import functools
 
@@ -217,6 +218,30 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
                           attention_dropout_rate=0.1)
     with self.assertRaisesRegex(ValueError, 'attention_dropout_rate'):
       build_model(config, NUM_CLASSES)
+
+  def test_cudnn_attention_needs_bf16_and_a_gpu(self):
+    config = video_config(tokenlearner_loc=1, attention_impl='cudnn')
+    with self.assertRaisesRegex(ValueError, "model_dtype_str='bfloat16'"):
+      build_model(config, NUM_CLASSES)
+    config.model_dtype_str = 'bfloat16'
+    if jax.default_backend() != 'gpu':
+      with self.assertRaisesRegex(ValueError, 'attention_impl.*CUDA GPU.*cpu'):
+        build_model(config, NUM_CLASSES)
+
+  @absltest.skipIf(jax.default_backend() != 'gpu', 'cuDNN needs a CUDA GPU.')
+  def test_cudnn_attention_matches_einsum_in_bf16(self):
+    x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
+    config = video_config(tokenlearner_loc=1)
+    config.model_dtype_str = 'bfloat16'
+    model, params = init(config, x)
+    config.model.attention_impl = 'cudnn'
+    cudnn = build_model(config, NUM_CLASSES)
+    np.testing.assert_allclose(
+        cudnn.apply({'params': params}, x, train=False),
+        model.apply({'params': params}, x, train=False), rtol=2e-2, atol=2e-2)
+    loss, _ = loss_and_grads(model, params, x)
+    cudnn_loss, _ = loss_and_grads(cudnn, params, x)
+    np.testing.assert_allclose(cudnn_loss, loss, rtol=2e-2)
 
   @parameterized.parameters(
       ('remat_policy', 'dots', 'model.remat_policy'),

@@ -19,6 +19,7 @@ mean pooling, as the paper's text). Speed options (ours; none changes a number):
 from typing import Any, Optional, Tuple
 
 from absl import logging
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -87,12 +88,16 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   _require(model.get('attention_impl', 'einsum') in ATTENTION_IMPLS,
            f'model.attention_impl must be one of {ATTENTION_IMPLS}, got '
            f'{model.get("attention_impl")!r}.')
-  _require(model.get('attention_impl', 'einsum') == 'einsum' or
+  attention = model.get('attention_impl', 'einsum')
+  _require(attention == 'einsum' or
            not model.get('attention_dropout_rate', 0.1),
-           "model.attention_impl='fused' has no attention dropout: set "
+           f'model.attention_impl={attention!r} has no attention dropout: set '
            'model.attention_dropout_rate=0 (it is '
            f'{model.get("attention_dropout_rate", 0.1)!r}; the reference '
            'default is 0.1).')
+  _require(attention != 'cudnn' or dtype in ('bfloat16', 'float16'),
+           "model.attention_impl='cudnn' (cuDNN flash attention) computes in "
+           f"bf16 or fp16: set model_dtype_str='bfloat16' (it is {dtype!r}).")
   hidden = _positive_int(model.get('hidden_size'), 'model.hidden_size')
   rep = model.get('representation_size')
   _require(rep is None or (isinstance(rep, int) and rep > 0),
@@ -207,6 +212,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """
   validate_model_config(config)
   _positive_int(num_classes, 'num_classes')
+  _require(config.model.get('attention_impl') != 'cudnn' or
+           jax.default_backend() == 'gpu',
+           "model.attention_impl='cudnn' (cuDNN flash attention) needs a CUDA "
+           f"GPU; jax's backend here is {jax.default_backend()!r}.")
   model, tokenizer = config.model, config.model.tokenizer
   tec = tokenizer.get('temporal_encoding_config') or ml_collections.ConfigDict()
   common = dict(

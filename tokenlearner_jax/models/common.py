@@ -5,6 +5,7 @@ These mirror the scenic layers that TokenLearner builds on (`vit.AddPositionEmbs
 so that a parameter tree written by the reference loads unchanged.
 """
 
+import functools
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -14,9 +15,10 @@ import jax.numpy as jnp
 Initializer = Callable[..., jax.Array]
 LogicalAxes = Tuple[Optional[str], ...]
 # `Encoder1DBlock.attention_impl`: the reference's einsum softmax(QK^T)V
-# (flax's), or `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs
-# where it applies, XLA elsewhere).
-ATTENTION_IMPLS = ('einsum', 'fused')
+# (flax's); `jax.nn.dot_product_attention` with its default implementation
+# (XLA's: jax does not pick cuDNN by itself); or the same with cuDNN's flash
+# attention (CUDA GPUs, bf16/fp16).
+ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn')
 
 
 def logical(init: Initializer, axes: Optional[Sequence[Optional[str]]]):
@@ -73,19 +75,24 @@ class MlpBlock(nn.Module):
 
 def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                     mask: Optional[jax.Array] = None, dropout_rate: float = 0.,
-                    deterministic: bool = True, **unused) -> jax.Array:
+                    deterministic: bool = True,
+                    implementation: Optional[str] = None,
+                    **unused) -> jax.Array:
   """`jax.nn.dot_product_attention` as a flax `attention_fn`.
 
   `[B, L, N, H]` queries, keys and values -> `[B, L, N, H]`. It has no
   attention dropout, so a training call with `dropout_rate > 0` raises.
+  `implementation`: None (jax's choice: XLA) or 'cudnn'.
   """
   del unused
   if dropout_rate > 0. and not deterministic:
     raise ValueError(
-        "model.attention_impl='fused' (jax.nn.dot_product_attention) has no "
-        f'attention dropout; model.attention_dropout_rate={dropout_rate} needs '
+        'jax.nn.dot_product_attention (model.attention_impl '
+        f"{'cudnn' if implementation else 'fused'!r}) has no attention "
+        f'dropout; model.attention_dropout_rate={dropout_rate} needs '
         "attention_impl='einsum'.")
-  return jax.nn.dot_product_attention(query, key, value, mask=mask)
+  return jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                      implementation=implementation)
 
 
 class StochasticDepth(nn.Module):
@@ -152,8 +159,11 @@ class Encoder1DBlock(nn.Module):
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
     x = nn.LayerNorm(dtype=self.dtype)(inputs)
     xavier = nn.initializers.xavier_uniform()
-    attention_fn = {'einsum': nn.dot_product_attention,
-                    'fused': fused_attention}[self.attention_impl]
+    attention_fn = {
+        'einsum': nn.dot_product_attention,
+        'fused': fused_attention,
+        'cudnn': functools.partial(fused_attention, implementation='cudnn'),
+    }[self.attention_impl]
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         dtype=self.dtype,

@@ -10,8 +10,8 @@ Speed options, none of which changes a number: `scan_layers` runs each run of
 identical layers as one `nn.scan` (parameters stacked on a leading axis, under
 the names `scan_segments` gives; `tokenlearner_jax.layer_stacking` converts
 from and to the reference layout), `remat_policy` rematerialises each block in
-the backward pass, and `attention_impl='fused'` uses
-`jax.nn.dot_product_attention`.
+the backward pass, and `attention_impl='fused'` / `'cudnn'` use
+`jax.nn.dot_product_attention` (XLA's / cuDNN's flash attention).
 """
 
 from typing import Any, List, NamedTuple, Optional, Tuple
@@ -220,7 +220,7 @@ class TokenLearnerEncoder(nn.Module):
     stochastic_depth: Drop rate of the last block; block i uses i/(L-1) of it.
     scan_layers: Run each of `scan_segments` as one `nn.scan`.
     remat_policy: One of `REMAT_POLICIES`: rematerialise each block.
-    attention_impl: 'einsum' (the reference) or 'fused'.
+    attention_impl: 'einsum' (the reference), 'fused' or 'cudnn'.
     dtype: Computation dtype of the blocks.
   """
   num_layers: int

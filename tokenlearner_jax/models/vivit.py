@@ -97,8 +97,8 @@ class FactorisedEncoderViViT(nn.Module):
     scan_layers: Run runs of identical encoder layers as one `nn.scan`.
     remat_policy: Rematerialise each block ('none' or a
       `jax.checkpoint_policies` name).
-    attention_impl: 'einsum' (the reference) or 'fused'
-      (`jax.nn.dot_product_attention`).
+    attention_impl: 'einsum' (the reference), 'fused' or 'cudnn'
+      (`jax.nn.dot_product_attention`, XLA's or cuDNN's).
     stochastic_depth: Stochastic depth rate of the last block of each encoder.
     dtype: Computation dtype of the encoder blocks.
   """
