@@ -201,17 +201,27 @@ class ScanRematTest(parameterized.TestCase):
 
 class AttentionAndPrecisionTest(parameterized.TestCase):
 
-  def test_fused_attention_matches_einsum(self):
+  def assert_matches_einsum(self, attention_impl, dtype, rtol, atol,
+                            grads_rtol=None):
+    """`attention_impl`'s logits, loss (and gradients) vs the einsum's."""
     x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
-    model, params = init(video_config(tokenlearner_loc=1), x)
-    fused, _ = init(video_config(tokenlearner_loc=1, attention_impl='fused'), x)
+    config = video_config(tokenlearner_loc=1)
+    config.model_dtype_str = dtype
+    model, params = init(config, x)
+    config.model.attention_impl = attention_impl
+    other = build_model(config, NUM_CLASSES)
     np.testing.assert_allclose(
-        fused.apply({'params': params}, x, train=False),
-        model.apply({'params': params}, x, train=False), rtol=1e-5, atol=1e-6)
+        other.apply({'params': params}, x, train=False),
+        model.apply({'params': params}, x, train=False), rtol=rtol, atol=atol)
     loss, grads = loss_and_grads(model, params, x)
-    fused_loss, fused_grads = loss_and_grads(fused, params, x)
-    np.testing.assert_allclose(fused_loss, loss, rtol=1e-5)
-    assert_trees_close(self, fused_grads, grads, rtol=2e-4, atol=1e-6)
+    other_loss, other_grads = loss_and_grads(other, params, x)
+    np.testing.assert_allclose(other_loss, loss, rtol=rtol)
+    if grads_rtol:
+      assert_trees_close(self, other_grads, grads, rtol=grads_rtol, atol=atol)
+
+  def test_fused_attention_matches_einsum(self):
+    self.assert_matches_einsum('fused', 'float32', rtol=1e-5, atol=1e-6,
+                               grads_rtol=2e-4)
 
   def test_fused_attention_with_attention_dropout_is_refused(self):
     config = video_config(tokenlearner_loc=1, attention_impl='fused',
@@ -230,18 +240,7 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
 
   @absltest.skipIf(jax.default_backend() != 'gpu', 'cuDNN needs a CUDA GPU.')
   def test_cudnn_attention_matches_einsum_in_bf16(self):
-    x = jax.random.normal(jax.random.PRNGKey(2), VIDEO)
-    config = video_config(tokenlearner_loc=1)
-    config.model_dtype_str = 'bfloat16'
-    model, params = init(config, x)
-    config.model.attention_impl = 'cudnn'
-    cudnn = build_model(config, NUM_CLASSES)
-    np.testing.assert_allclose(
-        cudnn.apply({'params': params}, x, train=False),
-        model.apply({'params': params}, x, train=False), rtol=2e-2, atol=2e-2)
-    loss, _ = loss_and_grads(model, params, x)
-    cudnn_loss, _ = loss_and_grads(cudnn, params, x)
-    np.testing.assert_allclose(cudnn_loss, loss, rtol=2e-2)
+    self.assert_matches_einsum('cudnn', 'bfloat16', rtol=2e-2, atol=2e-2)
 
   @parameterized.parameters(
       ('remat_policy', 'dots', 'model.remat_policy'),
