@@ -139,6 +139,11 @@ def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDi
   return config
 
 
+def with_options(args: argparse.Namespace, **changes) -> argparse.Namespace:
+  """A copy of `args` with `changes`."""
+  return argparse.Namespace(**{**vars(args), **changes})
+
+
 def matmul_peak(dtype: str, sizes: Optional[Sequence[int]] = None) -> float:
   """The best FLOP/s of square `dtype` matmuls on one device.
 
@@ -346,8 +351,7 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
     return max(multiple, rounded(batch * 0.05))
 
   def compiled_at(batch):
-    config = spec_config(spec, argparse.Namespace(
-        **{**vars(args), 'remat': remat, 'batch': batch}))
+    config = spec_config(spec, with_options(args, remat=remat, batch=batch))
     program = train_step_program(config, spec.input_shape, NUM_CLASSES)
     executable = program.step.lower(*program.abstract_args).compile()
     needs = peak_memory_bytes(executable)
@@ -434,8 +438,7 @@ def bench_compile(spec: Spec, args) -> Dict[str, Any]:
   """Train-step compile seconds of `spec` unrolled and with `nn.scan`."""
   result = dict(model=spec.name)
   for scan in (False, True):
-    config = spec_config(spec, argparse.Namespace(**{**vars(args),
-                                                     'scan': scan}))
+    config = spec_config(spec, with_options(args, scan=scan))
     *_, seconds = compiled_train_step(config, spec.input_shape, NUM_CLASSES)
     result['scan_compile_s' if scan else 'unrolled_compile_s'] = seconds
     print(f'  {spec.name} scan={scan}: compile {seconds:.1f} s',
@@ -572,7 +575,7 @@ def main(argv=None) -> Dict[str, Any]:
     data_shape = (8, 32, 32, 3)  # moving_digits clips.
     results['demo_train_step'] = bench_model(
         'demo_moving_digits', demo, data_shape, 40,
-        argparse.Namespace(**{**vars(args), 'steps': max(args.steps, 20)}),
+        with_options(args, steps=max(args.steps, 20)),
         peak)
   if max_batch_names:
     results['max_batch'] = [

@@ -85,10 +85,10 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   _require(model.get('remat_policy', 'none') in REMAT_POLICIES,
            f'model.remat_policy must be one of {REMAT_POLICIES}, got '
            f'{model.get("remat_policy")!r}.')
-  _require(model.get('attention_impl', 'einsum') in ATTENTION_IMPLS,
-           f'model.attention_impl must be one of {ATTENTION_IMPLS}, got '
-           f'{model.get("attention_impl")!r}.')
   attention = model.get('attention_impl', 'einsum')
+  _require(attention in ATTENTION_IMPLS,
+           f'model.attention_impl must be one of {ATTENTION_IMPLS}, got '
+           f'{attention!r}.')
   _require(attention == 'einsum' or
            not model.get('attention_dropout_rate', 0.1),
            f'model.attention_impl={attention!r} has no attention dropout: set '
