@@ -16,7 +16,7 @@ classes (`token_learner_multilabel_classification`, `init_head_bias=-10`);
 the class count is BiT's for JFT-300M (the paper does not restate it).
 
 Data: `tf.train.Example` TFRecords with a JPEG under 'image/encoded' and the
-class ids under 'image/class/label' (`tokenlearner_jax.image_tfrecords`);
+class ids under 'image/class/label' (`tokenlearner_jax.data.image_tfrecords`);
 inception crop + flip for training, central crop for eval. JFT is not public:
 set `dataset_configs.base_dir`, `tables` and `examples_per_subset` (the train
 size sets the step count) to your copy.

@@ -452,7 +452,7 @@ def bench_compile(spec: Spec, args) -> Dict[str, Any]:
 def bench_input(name: str, batches: int) -> Dict[str, Any]:
   """Examples/s of the train iterator of `configs/<name>.py` alone."""
   # Imported here: the model benchmarks run without TensorFlow (GPU images).
-  from tokenlearner_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from tokenlearner_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   config = load_config_file(name)
   data = input_pipeline.get_data(config)
   for _ in range(5):  # Warm-up: caches, shuffle buffer.

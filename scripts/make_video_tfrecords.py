@@ -2,7 +2,7 @@ r"""Converts a folder of videos listed in a CSV to sharded video TFRecords.
 
 Writes the format the reference's ViViT reads (scenic's
 `video_tfrecord_dataset`, DMVR MediaSequence), as
-`tokenlearner_jax.video_tfrecords` does: one `tf.train.SequenceExample` per
+`tokenlearner_jax.data.video_tfrecords` does: one `tf.train.SequenceExample` per
 video with
 
   sequence 'image/encoded':    one JPEG per frame, in time order;

@@ -23,12 +23,12 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from tokenlearner_jax import input_pipeline
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train
 from tokenlearner_jax import train_steps
+from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
 
 

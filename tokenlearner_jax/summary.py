@@ -44,7 +44,7 @@ def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
     return (data.num_frames, data.crop_size, data.crop_size, 3)
   if 'image_size' in data:
     return (data.image_size, data.image_size, 3)
-  from tokenlearner_jax import datasets  # pylint: disable=g-import-not-at-top,unused-import
+  from tokenlearner_jax.data import datasets  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   info = tfds.builder(config.dataset_name).info  # Needs no prepared data.
   return tuple(info.features[info.supervised_keys[0]].shape)

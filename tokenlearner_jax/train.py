@@ -38,14 +38,14 @@ from ml_collections import config_flags
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tokenlearner_jax import batching
 from tokenlearner_jax import flops
-from tokenlearner_jax import input_pipeline
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
+from tokenlearner_jax.data import batching
+from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
 
 

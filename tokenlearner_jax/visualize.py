@@ -29,9 +29,9 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from tokenlearner_jax import input_pipeline
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import train
+from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.build import tokenlearner_enabled

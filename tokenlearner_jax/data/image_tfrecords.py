@@ -6,8 +6,8 @@ sigmoid head (`model_name='token_learner_multilabel_classification'`).
 `config.dataset_name='multilabel_image_tfrecords'` with `dataset_configs`:
   base_dir, tables ({split: 'name@N' or a glob}), examples_per_subset,
   num_classes, label_offset, shuffle_buffer_size, eval_split, and the image
-  keys of `tokenlearner_jax.image_preprocessing` (image_size, inception_crop,
-  eval_crop_fraction, random_flip).
+  keys of `tokenlearner_jax.data.image_preprocessing` (image_size,
+  inception_crop, eval_crop_fraction, random_flip).
 """
 
 from typing import Dict, List
@@ -15,9 +15,9 @@ from typing import Dict, List
 import ml_collections
 import tensorflow as tf
 
-from tokenlearner_jax import batching
-from tokenlearner_jax import image_preprocessing
-from tokenlearner_jax import tfrecord_tables
+from tokenlearner_jax.data import batching
+from tokenlearner_jax.data import image_preprocessing
+from tokenlearner_jax.data import tfrecord_tables
 
 IMAGE_KEY = 'image/encoded'
 LABEL_KEY = 'image/class/label'

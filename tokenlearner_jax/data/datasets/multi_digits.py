@@ -9,7 +9,7 @@ scikit-learn's digits.
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tokenlearner_jax.datasets import digits_source
+from tokenlearner_jax.data.datasets import digits_source
 
 SIZE, DIGIT, NUM_CLASSES = 64, 16, 10
 

@@ -32,8 +32,8 @@ from absl import logging
 import ml_collections
 import tensorflow as tf
 
-from tokenlearner_jax import batching
-from tokenlearner_jax import tfrecord_tables
+from tokenlearner_jax.data import batching
+from tokenlearner_jax.data import tfrecord_tables
 
 FRAMES_KEY = 'image/encoded'
 LABEL_KEY = 'clip/label/index'

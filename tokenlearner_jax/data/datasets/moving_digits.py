@@ -12,7 +12,7 @@ prepares it on first use (about a minute).
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tokenlearner_jax.datasets import digits_source
+from tokenlearner_jax.data.datasets import digits_source
 
 NUM_FRAMES, SIZE, DIGIT = 8, 32, 16
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # right, left, down, up

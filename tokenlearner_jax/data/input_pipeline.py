@@ -1,13 +1,13 @@
 """Input pipelines: tfds by name, and Kinetics-style SequenceExample TFRecords.
 
-What they return is `tokenlearner_jax.batching.Data`; inputs are float32 in
+What they return is `tokenlearner_jax.data.batching.Data`; inputs are float32 in
 [-1, 1]. `config.dataset_name` selects the source:
   * 'moving_digits', 'multi_digits': the offline demo builders
     (`dataset_configs.crop_padding`: random translations by up to that many
     pixels in training);
   * 'imagenet' (tfds 'imagenet2012') or any tfds image classification name,
-    with `tokenlearner_jax.image_preprocessing` (inception crop, central crop,
-    flips); `dataset_configs.label_key` picks another label feature, e.g.
+    with `tokenlearner_jax.data.image_preprocessing` (inception crop, central
+    crop, flips); `dataset_configs.label_key` picks another label feature, e.g.
     'real_label' of 'imagenet2012_real' (multi-hot; images without a ReaL
     label are left out of the metrics). `eval_dataset_name` (and
     `eval_label_key`) evaluate on another tfds dataset, e.g. train on
@@ -15,10 +15,10 @@ What they return is `tokenlearner_jax.batching.Data`; inputs are float32 in
     which has no train split;
   * 'multilabel_image_tfrecords': JFT-style `tf.Example`s with 'image/encoded'
     and a list of class ids under 'image/class/label'
-    (`tokenlearner_jax.image_tfrecords`);
+    (`tokenlearner_jax.data.image_tfrecords`);
   * 'video_tfrecord_dataset': `tf.SequenceExample`s with JPEG frames under
     'image/encoded' and labels under 'clip/label/index', as the reference reads
-    (`tokenlearner_jax.video_tfrecords`).
+    (`tokenlearner_jax.data.video_tfrecords`).
 
 For tfds datasets, `dataset_configs.global_order=True` makes every process
 read the whole train split in one global order and keep its rows of each
@@ -33,11 +33,12 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tokenlearner_jax import batching
-from tokenlearner_jax import datasets as _  # pylint: disable=unused-import  # Registers the demo builders.
-from tokenlearner_jax import image_preprocessing
-from tokenlearner_jax import image_tfrecords
-from tokenlearner_jax import video_tfrecords
+from tokenlearner_jax.data import batching
+# Registers the demo builders with tfds.
+from tokenlearner_jax.data import datasets as _  # pylint: disable=unused-import
+from tokenlearner_jax.data import image_preprocessing
+from tokenlearner_jax.data import image_tfrecords
+from tokenlearner_jax.data import video_tfrecords
 
 TFDS_NAMES = {'imagenet': 'imagenet2012'}
 

@@ -1,6 +1,0 @@
-"""Offline demo datasets, registered with tfds on import."""
-
-from tokenlearner_jax.datasets.moving_digits import MovingDigits
-from tokenlearner_jax.datasets.multi_digits import MultiDigits
-
-__all__ = ['MovingDigits', 'MultiDigits']
