@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from tokenlearner_jax import video_tfrecords
+from tokenlearner_jax.data import video_tfrecords
 
 HEIGHT, WIDTH = 24, 40
 

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from tokenlearner_jax import batching
+from tokenlearner_jax.data import batching
 
 
 def dataset(n: int) -> tf.data.Dataset:

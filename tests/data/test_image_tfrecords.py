@@ -10,8 +10,8 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tokenlearner_jax import image_tfrecords
-from tokenlearner_jax import input_pipeline
+from tokenlearner_jax.data import image_tfrecords
+from tokenlearner_jax.data import input_pipeline
 
 
 def image_example(seed: int, labels) -> bytes:

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from tokenlearner_jax import image_preprocessing
+from tokenlearner_jax.data import image_preprocessing
 
 
 def grid_image(height: int, width: int) -> tf.Tensor:

@@ -4,8 +4,8 @@ from absl.testing import absltest
 import numpy as np
 
 from configs import demo_moving_digits
-from tests.datasets.test_digits import DATA_DIR
-from tokenlearner_jax import input_pipeline
+from tests.data.datasets.test_digits import DATA_DIR
+from tokenlearner_jax.data import input_pipeline
 
 
 def demo_config(**overrides):

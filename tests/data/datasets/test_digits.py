@@ -7,8 +7,8 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tokenlearner_jax.datasets import moving_digits  # pylint: disable=unused-import
-from tokenlearner_jax.datasets import multi_digits  # pylint: disable=unused-import
+from tokenlearner_jax.data.datasets import moving_digits
+from tokenlearner_jax.data.datasets import multi_digits  # pylint: disable=unused-import
 
 # One directory per pytest-xdist worker: two processes preparing the same tfds
 # dataset at once would race.
