@@ -15,12 +15,12 @@ the TokenLearner-location grid for `scripts/sweep.py --from_config`;
 
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = config_lib.parse_arg(arg, tokenlearner_loc='2', runlocal=False)
+  arg = common.parse_arg(arg, tokenlearner_loc='2', runlocal=False)
   loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
   config = ml_collections.ConfigDict()
   config.experiment_name = 'demo_moving_digits'
@@ -35,7 +35,7 @@ def get_config(arg=None):
       autotune=False))
 
   config.model_name = 'token_learner_classification'
-  config.model = config_lib.model_config(
+  config.model = common.model_config(
       'mu/8', 'video', num_tokens=8, tokenlearner_loc=loc, classifier='gap')
   config.model.hidden_size = 64
   config.model.mlp_dim = 128
@@ -65,7 +65,7 @@ def get_config(arg=None):
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
   config.rng_seed = 0
-  config_lib.trainer_defaults(config)
+  common.trainer_defaults(config)
 
   if arg.runlocal:
     config.dataset_configs.builder_config = 'small'

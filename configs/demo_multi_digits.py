@@ -12,12 +12,12 @@ Args: runlocal (a few steps on the small split, for tests).
 
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = config_lib.parse_arg(arg, runlocal=False)
+  arg = common.parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
   config.experiment_name = 'demo_multi_digits'
   config.dataset_name = 'multi_digits'
@@ -31,7 +31,7 @@ def get_config(arg=None):
       autotune=False))
 
   config.model_name = 'token_learner_multilabel_classification'
-  config.model = config_lib.model_config(
+  config.model = common.model_config(
       'mu/8', 'dynamic', num_tokens=8, tokenlearner_loc=2, classifier='gap')
   config.model.hidden_size = 128
   config.model.num_heads = 4
@@ -58,7 +58,7 @@ def get_config(arg=None):
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
   config.rng_seed = 0
-  config_lib.trainer_defaults(config)
+  common.trainer_defaults(config)
 
   if arg.runlocal:
     config.dataset_configs.builder_config = 'small'

@@ -16,14 +16,14 @@ use_tokenfuse, runlocal.
 
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = config_lib.parse_arg(
+  arg = common.parse_arg(
       arg, variant='B/16', num_tokens=16, tokenlearner_loc='9', use_v11=True,
       use_tokenfuse=False, runlocal=False)
   loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
@@ -34,7 +34,7 @@ def get_config(arg=None):
       num_classes=1000, image_size=224, shuffle_buffer_size=10_000))
 
   config.model_name = 'token_learner_multilabel_classification'
-  config.model = config_lib.model_config(
+  config.model = common.model_config(
       arg.variant, 'dynamic', num_tokens=arg.num_tokens,
       tokenlearner_loc=loc, use_v11=arg.use_v11,
       use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1)
@@ -62,10 +62,10 @@ def get_config(arg=None):
   config.log_summary_steps = 100
   config.log_eval_steps = 1000
   config.checkpoint_steps = 5000
-  config_lib.trainer_defaults(config)
+  common.trainer_defaults(config)
 
   if arg.runlocal:
-    config.model = config_lib.model_config(
+    config.model = common.model_config(
         'mu/8', 'dynamic', num_tokens=4,
         tokenlearner_loc=None if loc is None else 1, use_v11=arg.use_v11,
         use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1)

@@ -59,7 +59,7 @@ the figures' reading error: `tokenlearner_loc=0` (~0.76, ours 0.82), ViT-S/32
 
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 
 JFT_NUM_CLASSES = 18_291
 JFT_TRAIN_SIZE = 303_000_000  # About; set to your copy's count.
@@ -70,7 +70,7 @@ BASE_LEARNING_RATES = {'mu': 1e-3, 'Ti': 1e-3, 'S': 1e-3, 'B': 8e-4,
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = config_lib.parse_arg(
+  arg = common.parse_arg(
       arg, variant='B/16', num_tokens=8, tokenlearner_loc='6', use_v11=False,
       use_tokenfuse=False, extra_layers=0, image_size=224, runlocal=False)
   loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
@@ -91,8 +91,8 @@ def get_config(arg=None):
       shuffle_buffer_size=250_000))
 
   config.model_name = 'token_learner_multilabel_classification'
-  hidden_size = config_lib.VIT_SIZES[size][0]
-  config.model = config_lib.model_config(
+  hidden_size = common.VIT_SIZES[size][0]
+  config.model = common.model_config(
       arg.variant, 'dynamic', num_tokens=arg.num_tokens,
       tokenlearner_loc=loc, use_v11=arg.use_v11,
       use_tokenfuse=arg.use_tokenfuse, extra_layers=arg.extra_layers,
@@ -121,10 +121,10 @@ def get_config(arg=None):
   config.log_summary_steps = 100
   config.log_eval_steps = 5000
   config.checkpoint_steps = 5000
-  config_lib.trainer_defaults(config)
+  common.trainer_defaults(config)
 
   if arg.runlocal:
-    config.model = config_lib.model_config(
+    config.model = common.model_config(
         'mu/8', 'dynamic', num_tokens=4,
         tokenlearner_loc=None if loc is None else 1, use_v11=arg.use_v11,
         use_tokenfuse=arg.use_tokenfuse, representation_size=32)

@@ -76,14 +76,14 @@ T4 row above.
 
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = config_lib.parse_arg(
+  arg = common.parse_arg(
       arg, variant='B/16', num_tokens=8, tokenlearner_loc='6', use_v11=False,
       use_tokenfuse=False, extra_layers=0, image_size=0, classifier='gap',
       runlocal=False)
@@ -100,7 +100,7 @@ def get_config(arg=None):
       cache=False))  # Decoded ImageNet does not fit in memory.
 
   config.model_name = 'token_learner_classification'
-  config.model = config_lib.model_config(
+  config.model = common.model_config(
       arg.variant, 'dynamic', num_tokens=arg.num_tokens,
       tokenlearner_loc=loc, use_v11=arg.use_v11,
       use_tokenfuse=arg.use_tokenfuse, extra_layers=arg.extra_layers,
@@ -127,14 +127,14 @@ def get_config(arg=None):
   config.log_summary_steps = 100
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
-  config_lib.trainer_defaults(config)
+  common.trainer_defaults(config)
   config.init_from.checkpoint_format = 'big_vision'
   config.init_from.positional_embed_size_change = 'resize'
   config.init_from.init_missing_from_scratch = (
       loc is not None or arg.extra_layers > 0)
 
   if arg.runlocal:
-    config.model = config_lib.model_config(
+    config.model = common.model_config(
         'mu/8', 'dynamic', num_tokens=4,
         tokenlearner_loc=None if loc is None else 1, use_v11=arg.use_v11,
         use_tokenfuse=arg.use_tokenfuse, classifier=arg.classifier)

@@ -64,7 +64,7 @@ its 6 views split. The Fuser row is a Kinetics-600 result (Table 8).
 
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 
 KINETICS400_TRAIN_SIZE = 214_834  # scenic's sizes; Kinetics shrinks over time.
 KINETICS400_SIZES = dict(train=KINETICS400_TRAIN_SIZE, validation=17_637,
@@ -94,10 +94,10 @@ ROWS = {
 
 def parse_row_arg(arg):
   """Parses `arg` over `DEFAULTS`, with `row=NAME` supplying the defaults."""
-  row = config_lib.parse_arg(arg, **DEFAULTS).row
+  row = common.parse_arg(arg, **DEFAULTS).row
   if row and row not in ROWS:
     raise ValueError(f'Unknown row={row!r}; known: {sorted(ROWS)}.')
-  return config_lib.parse_arg(arg, **{**DEFAULTS, **ROWS.get(row, {})})
+  return common.parse_arg(arg, **{**DEFAULTS, **ROWS.get(row, {})})
 
 
 def kinetics_config(arg, *, experiment_name: str, num_classes: int,
@@ -126,7 +126,7 @@ def kinetics_config(arg, *, experiment_name: str, num_classes: int,
       num_test_clips=4, do_three_spatial_crops=True, test_batch_size=8))
 
   config.model_name = 'token_learner_classification'
-  config.model = config_lib.model_config(
+  config.model = common.model_config(
       arg.variant, 'video', num_tokens=arg.num_tokens, tokenlearner_loc=loc,
       use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
       extra_layers=arg.extra_layers, classifier='token',
@@ -154,7 +154,7 @@ def kinetics_config(arg, *, experiment_name: str, num_classes: int,
   config.log_summary_steps = 100
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
-  config_lib.trainer_defaults(config)
+  common.trainer_defaults(config)
   # From a JFT-pretrained image model (see the module docstring); the tubelet
   # kernel inflation is model.tokenizer.temporal_encoding_config's
   # central_frame_initializer.
@@ -163,7 +163,7 @@ def kinetics_config(arg, *, experiment_name: str, num_classes: int,
   config.init_from.init_missing_from_scratch = loc is not None
 
   if arg.runlocal:
-    config.model = config_lib.model_config(
+    config.model = common.model_config(
         'mu/8', 'video', num_tokens=4, tokenlearner_loc=None if loc is None
         else 1, use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
         classifier='token', kernel_init_method='central_frame_initializer')

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax import flops
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding

@@ -12,7 +12,7 @@ import sys
 
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 from tokenlearner_jax.flops import gmacs
 
 IMG224, IMG384, IMG512 = (224, 224, 3), (384, 384, 3), (512, 512, 3)
@@ -77,7 +77,7 @@ def table_rows():
   """Yields (row, table, paper, ours, relative difference, note)."""
   for name, table, paper, variant, shape, kwargs, note in ROWS:
     config = ml_collections.ConfigDict()
-    config.model = config_lib.model_config(variant, use_v11=False, **kwargs)
+    config.model = common.model_config(variant, use_v11=False, **kwargs)
     ours = gmacs(config, shape, num_classes=1000)
     yield name, table, paper, ours, ours / paper - 1, note
 

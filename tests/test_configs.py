@@ -9,7 +9,7 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 from tokenlearner_jax import flops
 from tokenlearner_jax import summary
 from tokenlearner_jax.models import build_model
@@ -165,13 +165,13 @@ class PaperRowsTest(parameterized.TestCase):
 class ParseArgTest(absltest.TestCase):
 
   def test_types_and_flags(self):
-    arg = config_lib.parse_arg('num_tokens=16,runlocal,name=x',
+    arg = common.parse_arg('num_tokens=16,runlocal,name=x',
                                num_tokens=8, runlocal=False, name=None)
     self.assertEqual((arg.num_tokens, arg.runlocal, arg.name), (16, True, 'x'))
 
   def test_unknown_key_raises(self):
     with self.assertRaisesRegex(ValueError, 'nmu_tokens'):
-      config_lib.parse_arg('nmu_tokens=4', num_tokens=8)
+      common.parse_arg('nmu_tokens=4', num_tokens=8)
 
 
 if __name__ == '__main__':

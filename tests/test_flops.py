@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common
 from tokenlearner_jax.flops import gmacs
 from tokenlearner_jax.models import build_model
 
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def small_config(tokenizer_type='dynamic', **kwargs):
   config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config('Ti/8', tokenizer_type, **kwargs)
+  config.model = common.model_config('Ti/8', tokenizer_type, **kwargs)
   config.model.num_layers = 4
   return config
 
@@ -28,7 +28,7 @@ class GmacsTest(parameterized.TestCase):
 
   def test_vit_b16_by_hand(self):
     config = ml_collections.ConfigDict()
-    config.model = config_lib.model_config('B/16', 'patch')
+    config.model = common.model_config('B/16', 'patch')
     n, d = 196, 768
     block = 4 * n * d * d + 2 * n * n * d + 2 * n * d * 3072
     expected = n * 16 * 16 * 3 * d + 12 * block + d * 1000
@@ -84,7 +84,7 @@ class GmacsTest(parameterized.TestCase):
       cost = {}
       for fuser_type in ('tokenfuser', 'reprojection'):
         config = ml_collections.ConfigDict()
-        config.model = config_lib.model_config(
+        config.model = common.model_config(
             'B/16', 'dynamic', num_tokens=num_tokens, tokenlearner_loc=6,
             use_tokenfuse=True, fuser_type=fuser_type)
         cost[fuser_type] = gmacs(config, (384, 384, 3), 1000)

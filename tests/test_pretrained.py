@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import train
 from tokenlearner_jax import train_steps

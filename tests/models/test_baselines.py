@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from tests.models.test_tokenlearner import perturbed
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models.tokenlearner import DenseTokens
 from tokenlearner_jax.models.tokenlearner import PoolingTokens

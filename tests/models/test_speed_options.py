@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from tests.models.test_tokenlearner import perturbed
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax import layer_stacking
 from tokenlearner_jax import pretrained
 from tokenlearner_jax import train_steps
