@@ -13,6 +13,8 @@ the TokenLearner-location grid for `scripts/sweep.py --from_config`;
 `scripts/reproduce.py` runs the paper's ablations on this config.
 """
 
+from typing import Optional
+
 import ml_collections
 
 from tokenlearner_jax.configs import common
@@ -20,8 +22,9 @@ from tokenlearner_jax.configs import common
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = common.parse_arg(arg, tokenlearner_loc='2', runlocal=False)
-  loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
+  arg = common.parse_arg(arg, types=dict(tokenlearner_loc=Optional[int]),
+                         tokenlearner_loc=2, runlocal=False)
+  loc = arg.tokenlearner_loc
   config = ml_collections.ConfigDict()
   config.experiment_name = 'demo_moving_digits'
   config.dataset_name = 'moving_digits'

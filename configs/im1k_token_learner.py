@@ -14,6 +14,8 @@ Args: variant=B/16, num_tokens=16, tokenlearner_loc=9, use_v11,
 use_tokenfuse, runlocal.
 """
 
+from typing import Optional
+
 import ml_collections
 
 from tokenlearner_jax.configs import common
@@ -24,9 +26,10 @@ IMAGENET_TRAIN_SIZE = 1_281_167
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
   arg = common.parse_arg(
-      arg, variant='B/16', num_tokens=16, tokenlearner_loc='9', use_v11=True,
-      use_tokenfuse=False, runlocal=False)
-  loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
+      arg, types=dict(tokenlearner_loc=Optional[int]), variant='B/16',
+      num_tokens=16, tokenlearner_loc=9, use_v11=True, use_tokenfuse=False,
+      runlocal=False)
+  loc = arg.tokenlearner_loc
   config = ml_collections.ConfigDict()
   config.experiment_name = 'im1k_token_learner'
   config.dataset_name = 'imagenet'

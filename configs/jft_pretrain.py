@@ -57,6 +57,8 @@ the figures' reading error: `tokenlearner_loc=0` (~0.76, ours 0.82), ViT-S/32
 (`variant=S/32,tokenlearner_loc=11,extra_layers=10`: ~1.14, ours 1.20).
 """
 
+from typing import Optional
+
 import ml_collections
 
 from tokenlearner_jax.configs import common
@@ -71,9 +73,10 @@ BASE_LEARNING_RATES = {'mu': 1e-3, 'Ti': 1e-3, 'S': 1e-3, 'B': 8e-4,
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
   arg = common.parse_arg(
-      arg, variant='B/16', num_tokens=8, tokenlearner_loc='6', use_v11=False,
-      use_tokenfuse=False, extra_layers=0, image_size=224, runlocal=False)
-  loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
+      arg, types=dict(tokenlearner_loc=Optional[int]), variant='B/16',
+      num_tokens=8, tokenlearner_loc=6, use_v11=False, use_tokenfuse=False,
+      extra_layers=0, image_size=224, runlocal=False)
+  loc = arg.tokenlearner_loc
   size = arg.variant.split('/')[0]
   if size not in BASE_LEARNING_RATES:
     raise ValueError(f'variant={arg.variant!r}: size must be one of '

@@ -74,6 +74,8 @@ tokenlearner_loc=18,extra_layers=11` (1551 GMACs); its L/10 (24+11) is the
 T4 row above.
 """
 
+from typing import Optional
+
 import ml_collections
 
 from tokenlearner_jax.configs import common
@@ -84,10 +86,10 @@ IMAGENET_TRAIN_SIZE = 1_281_167
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
   arg = common.parse_arg(
-      arg, variant='B/16', num_tokens=8, tokenlearner_loc='6', use_v11=False,
-      use_tokenfuse=False, extra_layers=0, image_size=0, classifier='gap',
-      runlocal=False)
-  loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
+      arg, types=dict(tokenlearner_loc=Optional[int]), variant='B/16',
+      num_tokens=8, tokenlearner_loc=6, use_v11=False, use_tokenfuse=False,
+      extra_layers=0, image_size=0, classifier='gap', runlocal=False)
+  loc = arg.tokenlearner_loc
   image_size = arg.image_size or (
       512 if arg.variant.split('/')[0] in ('L', 'H') else 384)
   config = ml_collections.ConfigDict()

@@ -62,131 +62,14 @@ L/10 stem floors 224/10 to a 22x22 grid per slice. The ViViT-L/16 baseline is
 its 6 views split. The Fuser row is a Kinetics-600 result (Table 8).
 """
 
-import ml_collections
+from tokenlearner_jax.configs import kinetics
 
-from tokenlearner_jax.configs import common
-
-KINETICS400_TRAIN_SIZE = 214_834  # scenic's sizes; Kinetics shrinks over time.
-KINETICS400_SIZES = dict(train=KINETICS400_TRAIN_SIZE, validation=17_637,
-                         test=34_579)
-
-DEFAULTS = dict(variant='L/16', num_tokens=8, tokenlearner_loc='18',
-                use_v11=False, use_tokenfuse=False, extra_layers=0, row='',
-                runlocal=False)
-
-# The paper's ViViT rows (Tables 6-8): `row=NAME` sets these args.
-ROWS = {
-    'L16': dict(variant='L/16', num_tokens=8, tokenlearner_loc='None',
-                extra_layers=0, use_tokenfuse=False),
-    'L16_16at12': dict(variant='L/16', num_tokens=16, tokenlearner_loc='12',
-                       extra_layers=0, use_tokenfuse=False),
-    'L16_8at18': dict(variant='L/16', num_tokens=8, tokenlearner_loc='18',
-                      extra_layers=0, use_tokenfuse=False),
-    'L14_16at18': dict(variant='L/14', num_tokens=16, tokenlearner_loc='18',
-                       extra_layers=11, use_tokenfuse=False),
-    'L10_16at18': dict(variant='L/10', num_tokens=16, tokenlearner_loc='18',
-                       extra_layers=11, use_tokenfuse=False),
-    'L10_16at18_fuser': dict(variant='L/10', num_tokens=16,
-                             tokenlearner_loc='18', extra_layers=11,
-                             use_tokenfuse=True),
-}
-
-
-def parse_row_arg(arg):
-  """Parses `arg` over `DEFAULTS`, with `row=NAME` supplying the defaults."""
-  row = common.parse_arg(arg, **DEFAULTS).row
-  if row and row not in ROWS:
-    raise ValueError(f'Unknown row={row!r}; known: {sorted(ROWS)}.')
-  return common.parse_arg(arg, **{**DEFAULTS, **ROWS.get(row, {})})
-
-
-def kinetics_config(arg, *, experiment_name: str, num_classes: int,
-                    sizes: dict, base_learning_rate: float,
-                    ) -> ml_collections.ConfigDict:
-  """The ViViT + TokenLearner Kinetics config (shared with vivit_k600.py)."""
-  arg = parse_row_arg(arg)
-  loc = None if arg.tokenlearner_loc == 'None' else int(arg.tokenlearner_loc)
-  config = ml_collections.ConfigDict()
-  config.experiment_name = experiment_name
-
-  config.dataset_name = 'video_tfrecord_dataset'
-  config.dataset_configs = ml_collections.ConfigDict(dict(
-      base_dir='/path/to/kinetics_tfrecords',  # See the README.
-      tables=dict(train='train.tfrecord@1024', validation='validation@1024',
-                  test='test@1024'),
-      examples_per_subset=dict(sizes),
-      num_classes=num_classes, num_frames=32, stride=2, min_resize=256,
-      crop_size=224, zero_centering=True,
-      augmentation_params=dict(
-          do_jitter_scale=True, scale_min_factor=0.9, scale_max_factor=1.33,
-          prob_scale_jitter=1.0, do_color_augment=True,
-          prob_color_augment=0.8, prob_color_drop=0.1),
-      # The 4x3-view test of `tokenlearner_jax.evaluate`: each test batch holds
-      # `test_batch_size` videos x 12 views.
-      num_test_clips=4, do_three_spatial_crops=True, test_batch_size=8))
-
-  config.model_name = 'token_learner_classification'
-  config.model = common.model_config(
-      arg.variant, 'video', num_tokens=arg.num_tokens, tokenlearner_loc=loc,
-      use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
-      extra_layers=arg.extra_layers, classifier='token',
-      kernel_init_method='central_frame_initializer')
-  config.model_dtype_str = 'float32'
-
-  config.optimizer = 'momentum'
-  config.optimizer_configs = ml_collections.ConfigDict(dict(momentum=0.9))
-  config.max_grad_norm = 1.0
-  config.label_smoothing = ml_collections.config_dict.placeholder(float)
-  config.batch_size = 64
-  config.num_training_epochs = 30
-  steps_per_epoch = sizes['train'] // config.batch_size
-  config.lr_configs = ml_collections.ConfigDict(dict(
-      learning_rate_schedule='compound',
-      factors='constant * cosine_decay * linear_warmup',
-      warmup_steps=int(2.5 * steps_per_epoch),
-      steps_per_cycle=config.num_training_epochs * steps_per_epoch,
-      base_learning_rate=base_learning_rate))
-  config.rng_seed = 0
-
-  config.mixup = ml_collections.ConfigDict(dict(
-      alpha=ml_collections.config_dict.placeholder(float)))
-  config.eval_batch_size = 64
-  config.log_summary_steps = 100
-  config.log_eval_steps = 1000
-  config.checkpoint_steps = 1000
-  common.trainer_defaults(config)
-  # From a JFT-pretrained image model (see the module docstring); the tubelet
-  # kernel inflation is model.tokenizer.temporal_encoding_config's
-  # central_frame_initializer.
-  config.init_from.checkpoint_format = 'big_vision'
-  config.init_from.positional_embed_size_change = 'resize_tile'
-  config.init_from.init_missing_from_scratch = loc is not None
-
-  if arg.runlocal:
-    config.model = common.model_config(
-        'mu/8', 'video', num_tokens=4, tokenlearner_loc=None if loc is None
-        else 1, use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
-        classifier='token', kernel_init_method='central_frame_initializer')
-    config.dataset_configs.num_frames = 4
-    config.dataset_configs.crop_size = 32
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.dataset_configs.test_batch_size = 2
-    config.num_training_steps = 2
-    config.log_summary_steps = 1
-    config.log_eval_steps = 2
-    config.checkpoint_steps = 2
-    config.dataset_configs.min_resize = 36
-    config.dataset_configs.stride = 1
-    config.dataset_configs.tables = dict(
-        train='train.tfrecord@1', validation='validation@1', test='test@1')
-    config.dataset_configs.examples_per_subset = dict(train=8, validation=4,
-                                                      test=4)
-  return config
+KINETICS400_SIZES = dict(train=214_834, validation=17_637,
+                         test=34_579)  # scenic's; Kinetics shrinks over time.
 
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  return kinetics_config(
+  return kinetics.kinetics_config(
       arg, experiment_name='vivit_k400_tokenlearner', num_classes=400,
       sizes=KINETICS400_SIZES, base_learning_rate=0.1)

@@ -40,22 +40,13 @@ The ViViT-L/16 84.3 is the ViViT paper's number. Table 8 has no L/14 row;
 extra_layers=11`, 1610 GMACs) builds it all the same.
 """
 
-import importlib.util
-import os
-
-# The shared Kinetics config lives beside this file; loaded by its path so that
-# the config works from any working directory.
-_SPEC = importlib.util.spec_from_file_location(
-    'vivit_k400', os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               'vivit_k400.py'))
-vivit_k400 = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(vivit_k400)
+from tokenlearner_jax.configs import kinetics
 
 KINETICS600_SIZES = dict(train=363_213, validation=27_676, test=55_377)
 
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  return vivit_k400.kinetics_config(
+  return kinetics.kinetics_config(
       arg, experiment_name='vivit_k600_tokenlearner', num_classes=600,
       sizes=KINETICS600_SIZES, base_learning_rate=0.05)

@@ -28,7 +28,6 @@ import argparse
 import functools
 import glob
 import gzip
-import importlib.util
 import json
 import os
 import platform
@@ -108,11 +107,7 @@ ALL_SPECS = {s.name: s for specs in MODEL_SETS.values() for s in specs}
 
 def load_config_file(name: str) -> ml_collections.ConfigDict:
   """`get_config()` of `configs/<name>.py`."""
-  path = os.path.join(ROOT, 'configs', f'{name}.py')
-  module_spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config(os.path.join(ROOT, 'configs', f'{name}.py'))
 
 
 def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDict:

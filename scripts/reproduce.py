@@ -30,7 +30,6 @@ Exits non-zero if a run failed.
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -40,6 +39,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import scipy.stats
+
+from tokenlearner_jax.configs import common
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweep  # pylint: disable=g-import-not-at-top
@@ -193,11 +194,7 @@ STUDIES = {s.name: s for s in (
 
 def load_config(path: str, arg: str):
   """`get_config(arg)` of the config file at `path` (relative to the repo)."""
-  spec = importlib.util.spec_from_file_location(
-      'reproduced_config', os.path.join(sweep.ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return common.load_config(os.path.join(sweep.ROOT, path), arg or None)
 
 
 def config_arg(loc: Optional[int], runlocal: bool) -> str:

@@ -20,7 +20,6 @@ Exits non-zero if a run failed (the others still run and are tabled).
 
 import argparse
 import csv
-import importlib.util
 import itertools
 import json
 import os
@@ -29,6 +28,8 @@ import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Sequence, Tuple
+
+from tokenlearner_jax.configs import common
 
 Point = Dict[str, str]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,9 +56,7 @@ def grid_points(grid: Sequence[Tuple[str, List[str]]]) -> List[Point]:
 def config_sweep(config: str) -> List[Point]:
   """The points of `sweep()` in the config file of `--config` (arg ignored)."""
   path = config.split(':')[0]
-  spec = importlib.util.spec_from_file_location('swept_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = common.load_module(path)
   if not hasattr(module, 'sweep'):
     raise ValueError(f'{path} has no sweep() function; use --grid.')
   return [{key: str(value) for key, value in point.items()}

@@ -1,7 +1,6 @@
 """Every config in configs/ loads, validates and builds; the summary runs."""
 
 import glob
-import importlib.util
 import os
 
 from absl.testing import absltest
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenlearner_jax.configs import common
+from tokenlearner_jax.configs import kinetics
 from tokenlearner_jax import flops
 from tokenlearner_jax import summary
 from tokenlearner_jax.models import build_model
@@ -18,12 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 
-def load(path):
-  spec = importlib.util.spec_from_file_location(
-      os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+load = common.load_module
 
 
 class ConfigsTest(parameterized.TestCase):
@@ -148,7 +143,7 @@ class PaperRowsTest(parameterized.TestCase):
   @parameterized.parameters('vivit_k400', 'vivit_k600')
   def test_vivit_rows_equal_their_explicit_args(self, name):
     module = load(os.path.join(ROOT, 'configs', f'{name}.py'))
-    rows = (module.vivit_k400 if name == 'vivit_k600' else module).ROWS
+    rows = kinetics.ROWS
     for row, args in rows.items():
       explicit = ','.join(f'{k}={v}' for k, v in args.items())
       self.assertEqual(module.get_config(f'row={row}'),

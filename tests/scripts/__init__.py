@@ -1,8 +1,9 @@
 """Tests of `scripts/`, which are files rather than a package."""
 
-import importlib.util
 import os
 import types
+
+from tokenlearner_jax.configs import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -14,7 +15,4 @@ def script_path(name: str) -> str:
 
 def load_script(name: str) -> types.ModuleType:
   """Imports `scripts/<name>.py` as a module."""
-  spec = importlib.util.spec_from_file_location(name, script_path(name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return common.load_module(script_path(name))

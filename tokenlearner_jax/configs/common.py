@@ -2,10 +2,17 @@
 
 `model_config('L/16', ...)` returns the `config.model` block of the reference
 schema for a ViT size and patch; `parse_arg` turns `get_config(arg)` strings
-such as `'variant=B/16,num_tokens=8,runlocal'` into typed values.
+such as `'variant=B/16,num_tokens=8,runlocal'` into typed values;
+`load_config('configs/x.py:ARG')` is the one loader of config files, for
+scripts and tests (the trainer's `--config` flag loads them itself).
 """
 
-from typing import Any, Dict, Optional, Tuple
+import difflib
+import importlib.util
+import os
+import types as types_lib
+import typing
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import ml_collections
 
@@ -101,29 +108,113 @@ def model_config(variant: str,
               n_sampled_frames=None))))
 
 
-def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
-  """Parses `'k=v,flag'` against `defaults`, casting values to their types.
+def parse_arg(arg: Optional[str], *, types: Optional[Mapping[str, Any]] = None,
+              **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `'k=v,flag'` against `defaults`, casting each value to its type.
 
-  A bare `flag` sets a boolean default to True. Unknown keys raise ValueError.
+  A value's type is its default's, or `types[key]` where declared: e.g.
+  `parse_arg(arg, types=dict(tokenlearner_loc=Optional[int]),
+  tokenlearner_loc=18)` takes `tokenlearner_loc=12` or `tokenlearner_loc=None`.
+  A default of None without a declared type is an `Optional[str]`. A bare
+  `flag` sets a bool to True; bools take True/False (also 1/0, yes/no).
+
+  Args:
+    arg: The string after `:` in `--config=file.py:ARG`, or None.
+    types: Declared types of some keys (`Optional[int]`, `int`, ...).
+    **defaults: Every known key with its default.
+
+  Returns:
+    A ConfigDict holding every key of `defaults`.
+
+  Raises:
+    ValueError: For an unknown key (naming the closest known one), a
+      missing value or a value that does not cast to its key's type.
   """
-  result = ml_collections.ConfigDict(defaults)
+  types = dict(types or {})
+  unknown = set(types) - set(defaults)
+  if unknown:
+    raise ValueError(f'types= names keys without a default: {sorted(unknown)}.')
+  result = dict(defaults)
   for item in filter(None, (arg or '').split(',')):
-    key, _, value = item.partition('=')
+    key, has_value, value = item.partition('=')
     if key not in defaults:
-      raise ValueError(f'Unknown config argument {key!r}; known: '
+      close = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f'; did you mean {close[0]!r}?' if close else '.'
+      raise ValueError(f'Unknown config argument {key!r}{hint} Known: '
                        f'{sorted(defaults)}.')
-    default = defaults[key]
-    if not _:
-      if not isinstance(default, bool):
+    kind = types.get(key, _default_type(defaults[key]))
+    if not has_value:
+      if kind is not bool:
         raise ValueError(f'Config argument {key!r} needs a value.')
-      result[key] = True
-    elif isinstance(default, bool):
-      result[key] = value.lower() in ('1', 'true', 'yes')
-    elif default is None or isinstance(default, str):
-      result[key] = value
-    else:
-      result[key] = type(default)(value)
-  return result
+      value = 'True'
+    result[key] = _cast(key, value, kind)
+  return ml_collections.ConfigDict(result)
+
+
+def _default_type(default: Any) -> Any:
+  return Optional[str] if default is None else type(default)
+
+
+def _cast(key: str, value: str, kind: Any) -> Any:
+  """`value` as `kind` (bool, int, float, str or Optional of one)."""
+  if typing.get_origin(kind) in (typing.Union, types_lib.UnionType):
+    args = typing.get_args(kind)
+    if type(None) not in args or len(args) != 2:
+      raise ValueError(f'Config argument {key!r}: type {kind} is not '
+                       'supported (only Optional[X]).')
+    if value == 'None':
+      return None
+    kind = next(a for a in args if a is not type(None))
+  if kind is bool:
+    lowered = value.lower()
+    if lowered in ('1', 'true', 'yes'):
+      return True
+    if lowered in ('0', 'false', 'no'):
+      return False
+  else:
+    try:
+      return kind(value)
+    except ValueError:
+      pass
+  raise ValueError(f'Config argument {key}={value!r}: expected '
+                   f'{getattr(kind, "__name__", kind)}.')
+
+
+def load_module(path: str) -> types_lib.ModuleType:
+  """Imports the Python file at `path` (a config file or a script).
+
+  Config files live outside the package, so they are loaded by path, which
+  works from any working directory.
+  """
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None:
+    raise ValueError(f'{path!r} is not a Python file.')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(path: str,
+                arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file `path`, as `--config` runs it.
+
+  Args:
+    path: The config file, optionally followed by `:ARG`
+      (`'configs/vivit_k400.py:runlocal'`), as ml_collections' config flag
+      takes it.
+    arg: The argument instead of a `:ARG` suffix.
+
+  Returns:
+    The config; `get_config()` is called without an argument when there is
+    none, as the config flag does.
+  """
+  if ':' in path:
+    if arg is not None:
+      raise ValueError(f'Both {path!r} and arg={arg!r} give an argument.')
+    path, arg = path.split(':', 1)
+  module = load_module(path)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def trainer_defaults(config: ml_collections.ConfigDict) -> None:
