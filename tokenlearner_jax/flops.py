@@ -11,8 +11,7 @@ from typing import Optional, Sequence
 import ml_collections
 
 from tokenlearner_jax.models import grid as grid_lib
-from tokenlearner_jax.models.build import tokenlearner_enabled
-from tokenlearner_jax.models.build import validate_model_config
+from tokenlearner_jax.models.config import ModelConfig
 
 BOTTLENECK_DIM = 64  # TokenLearner v1.1 / TokenFuser MLP width (reference).
 
@@ -57,76 +56,72 @@ def fuser_macs(fuser_type: str, hw: int, hidden: int, num_tokens: int) -> int:
   return tokenfuser_macs(hw, hidden, num_tokens)
 
 
-def encoder_macs(config: ml_collections.ConfigDict, grid: grid_lib.TokenGrid,
+def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
                  extra_tokens: int) -> int:
   """The joint space-time encoder with TokenLearner/TokenFuser where enabled."""
-  model, tokenizer = config.model, config.model.tokenizer
-  d, mlp = model.hidden_size, model.mlp_dim
+  d, mlp, layers = m.hidden_size, m.mlp_dim, m.num_layers
   full = grid.total + extra_tokens
-  if not tokenlearner_enabled(config):
-    return model.num_layers * block_macs(full, d, mlp)
-  loc, s = tokenizer.tokenlearner_loc, tokenizer.num_tokens
-  use_v11 = tokenizer.get('use_v11', True)
-  reduction = tokenizer.get('token_reduction', 'tokenlearner')
-  if reduction == 'pooling':  # Averages: no multiply-adds.
-    s = grid.per_slice // tokenizer.pooling_window**2
+  if not m.tokenlearner_on:
+    return layers * block_macs(full, d, mlp)
+  loc, s = m.tokenlearner_loc, m.num_tokens
+  if m.token_reduction == 'pooling':  # Averages: no multiply-adds.
+    s = grid.per_slice // m.pooling_window**2
     learner = 0
-    if not tokenizer.get('use_tokenfuse', False):  # Pooled at every loc.
-      locs = [loc, *(tokenizer.get('pooling_locs') or ()), model.num_layers]
+    if not m.use_tokenfuse:  # Pooled at every loc.
+      locs = [loc, *m.pooling_locs, layers]
       macs, hw = loc * block_macs(full, d, mlp), grid.per_slice
       for start, end in zip(locs[:-1], locs[1:]):
-        hw //= tokenizer.pooling_window**2
+        hw //= m.pooling_window**2
         macs += (end - start) * block_macs(grid.time * hw + extra_tokens, d,
                                            mlp)
       return macs
-  elif reduction == 'dense':  # A [HW, S] weighting of every channel.
+  elif m.token_reduction == 'dense':  # A [HW, S] weighting of every channel.
     learner = grid.time * grid.per_slice * s * d
   else:
-    learner = grid.time * tokenlearner_macs(grid.per_slice, d, s, use_v11)
+    learner = grid.time * tokenlearner_macs(grid.per_slice, d, s, m.use_v11)
   learned = grid.time * s + extra_tokens
-  if tokenizer.get('use_tokenfuse', False):
-    fuser = grid.time * fuser_macs(tokenizer.get('fuser_type', 'tokenfuser'),
-                                   grid.per_slice, d, s)
+  if m.use_tokenfuse:
+    fuser = grid.time * fuser_macs(m.fuser_type, grid.per_slice, d, s)
     later = block_macs(learned, d, mlp) + learner + fuser
-    return loc * block_macs(full, d, mlp) + (model.num_layers - loc) * later
+    return loc * block_macs(full, d, mlp) + (layers - loc) * later
   return (loc * block_macs(full, d, mlp) + learner +
-          (model.num_layers - loc) * block_macs(learned, d, mlp))
+          (layers - loc) * block_macs(learned, d, mlp))
 
 
-def gmacs(config: ml_collections.ConfigDict, input_shape: Sequence[int],
-          num_classes: Optional[int] = None) -> float:
-  """Multiply-adds per example (per view), in billions.
-
-  Args:
-    config: A config with the `config.model` schema of `build_model`.
-    input_shape: `(H, W, 3)` or `(T, H, W, 3)`.
-    num_classes: Head width; `config.dataset_configs.num_classes` when None,
-      else 1000.
-  """
-  validate_model_config(config)
-  model, tokenizer = config.model, config.model.tokenizer
-  tec = tokenizer.get('temporal_encoding_config') or ml_collections.ConfigDict()
-  grid = grid_lib.token_grid(input_shape, tokenizer.patches.size,
-                             tokenizer.type, tec.get('method', '3d_conv'),
-                             tec.get('n_sampled_frames'), warn=False)
-  if num_classes is None:
-    num_classes = config.get('dataset_configs', {}).get('num_classes', 1000)
-  d = model.hidden_size
+def model_gmacs(m: ModelConfig, input_shape: Sequence[int]) -> float:
+  """Multiply-adds per example (per view) of `m`, in billions."""
+  grid = m.token_grid(input_shape, warn=False)
+  d = m.hidden_size
   patch_volume = 1  # (h, w) or (h, w, t): pixels per patch or tubelet.
-  for size in tokenizer.patches.size:
+  for size in m.patch_size:
     patch_volume *= size
   macs = grid.total * patch_volume * input_shape[-1] * d
-  cls = int(model.classifier == 'token')
-  if model.get('attention_config', {}).get('type') == 'factorized_encoder':
-    sp, tp = model.spatial_transformer, model.temporal_transformer
+  cls = int(m.has_cls_token)
+  if m.attention_type == 'factorized_encoder':
+    sp, tp = m.spatial_transformer, m.temporal_transformer
     macs += grid.time * sp.num_layers * block_macs(grid.per_slice + cls, d,
                                                    sp.mlp_dim)
     macs += tp.num_layers * block_macs(grid.time + cls, d, tp.mlp_dim)
   else:
-    macs += encoder_macs(config, grid, cls)
+    macs += encoder_macs(m, grid, cls)
   head_in = d
-  if model.get('representation_size') is not None:
-    macs += d * model.representation_size
-    head_in = model.representation_size
-  macs += head_in * num_classes
+  if m.representation_size is not None:
+    macs += d * m.representation_size
+    head_in = m.representation_size
+  macs += head_in * m.num_classes
   return macs / 1e9
+
+
+def gmacs(config: ml_collections.ConfigDict, input_shape: Sequence[int],
+          num_classes: Optional[int] = None) -> float:
+  """Multiply-adds per example (per view) of `config.model`, in billions.
+
+  Args:
+    config: A config with a `config.model` block (`ModelConfig`'s schema).
+    input_shape: `(H, W, 3)` or `(T, H, W, 3)`.
+    num_classes: Head width; `config.dataset_configs.num_classes` when None,
+      else 1000.
+  """
+  if num_classes is None:
+    num_classes = config.get('dataset_configs', {}).get('num_classes', 1000)
+  return model_gmacs(ModelConfig.from_config(config, num_classes), input_shape)

@@ -29,12 +29,11 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from tokenlearner_jax import pretrained
-from tokenlearner_jax import train
+from tokenlearner_jax import checkpoint
+from tokenlearner_jax import runtime
 from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
-from tokenlearner_jax.models import grid as grid_lib
-from tokenlearner_jax.models.build import tokenlearner_enabled
+from tokenlearner_jax.models import ModelConfig
 
 SCALE = 4  # Pixels per input pixel in the rendered images.
 OPACITY = 0.7  # Of the red overlay where a token's weight is largest.
@@ -66,11 +65,7 @@ def attention_maps(model, params, inputs: np.ndarray, config:
     raise ValueError(f'--tokenlearner={index}: the model has no {names[0]} or '
                      f'{names[1]} (it has {sorted(encoder)}).')
   weights = np.asarray(encoder[found[0]]['attention_maps'][0])  # [B*T, S, HW]
-  tokenizer = config.model.tokenizer
-  tec = tokenizer.get('temporal_encoding_config') or {}
-  grid = grid_lib.token_grid(inputs.shape[1:], tokenizer.patches.size,
-                             tokenizer.type, tec.get('method', '3d_conv'),
-                             tec.get('n_sampled_frames'), warn=False)
+  grid = model.config.token_grid(inputs.shape[1:], warn=False)
   maps = weights.reshape(inputs.shape[0], grid.time, weights.shape[1],
                          grid.height, grid.width)  # [B, T, S, h, w]
   return np.asarray(logits), maps
@@ -125,8 +120,9 @@ def save_clip(columns: List[np.ndarray], path_png: str, path_gif: str) -> None:
 def visualize(config: ml_collections.ConfigDict, workdir: str,
               num_clips: int = 4, tokenlearner: int = 0) -> List[Dict]:
   """Renders `num_clips` eval examples; returns the entries of index.json."""
-  if not tokenlearner_enabled(config) or config.model.tokenizer.get(
-      'token_reduction', 'tokenlearner') != 'tokenlearner':
+  model_config = ModelConfig.from_config(config, num_classes=1)
+  if (not model_config.tokenlearner_on or
+      model_config.token_reduction != 'tokenlearner'):
     raise ValueError('model.tokenizer: the model has no TokenLearner to '
                      'visualise (tokenlearner_loc is None, tokenizer.type is '
                      "'patch' or token_reduction is not 'tokenlearner').")
@@ -136,7 +132,7 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
   config.model.scan_layers = False  # The checkpoint is read per layer.
   data = input_pipeline.get_data(config)
   model = build_model(config, data.num_classes)
-  params = pretrained.load_workdir(workdir)
+  params = checkpoint.per_layer(checkpoint.restore_params(workdir))
   batch = next(iter(data.eval_batches()))
   inputs = batch['inputs'][:num_clips]
   labels = batch['label'][:num_clips].argmax(-1)
@@ -158,7 +154,7 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
 
 def main(argv) -> None:
   del argv
-  train.initialize_runtime()
+  runtime.initialize_runtime()
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required.')
   entries = visualize(flags.FLAGS.config, flags.FLAGS.workdir,

@@ -11,9 +11,9 @@ import numpy as np
 from tests import numpy_reference as ref
 from tests.models.test_tokenlearner import as_numpy
 from tests.models.test_tokenlearner import perturbed
-from tokenlearner_jax import config_lib
+from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax.models import build_model
-from tokenlearner_jax.models import from_scenic_params
+from tokenlearner_jax.models.scenic_params import from_scenic_params
 
 NUM_CLASSES = 7
 

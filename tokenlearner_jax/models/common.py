@@ -14,11 +14,6 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 LogicalAxes = Tuple[Optional[str], ...]
-# `Encoder1DBlock.attention_impl`: the reference's einsum softmax(QK^T)V
-# (flax's); `jax.nn.dot_product_attention` with its default implementation
-# (XLA's: jax does not pick cuDNN by itself); or the same with cuDNN's flash
-# attention (CUDA GPUs, bf16/fp16).
-ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn')
 
 
 def logical(init: Initializer, axes: Optional[Sequence[Optional[str]]]):
@@ -141,7 +136,9 @@ class Encoder1DBlock(nn.Module):
     dropout_rate: Dropout after attention and inside the MLP.
     attention_dropout_rate: Dropout on the attention weights.
     stochastic_depth: Probability of dropping each residual branch (training).
-    attention_impl: One of `ATTENTION_IMPLS`.
+    attention_impl: 'einsum' (the reference's softmax(QK^T)V), 'fused'
+      (`jax.nn.dot_product_attention`, XLA's) or 'cudnn' (cuDNN's flash
+      attention: CUDA GPUs, bf16/fp16).
     dtype: Computation dtype.
   """
   mlp_dim: int

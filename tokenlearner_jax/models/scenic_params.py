@@ -15,36 +15,34 @@ import flax
 import jax.numpy as jnp
 import ml_collections
 
-from tokenlearner_jax.models.build import tokenlearner_enabled
-from tokenlearner_jax.models.build import validate_model_config
+from tokenlearner_jax.models.config import ModelConfig
 
 
 def expected_modules(config: ml_collections.ConfigDict) -> Set[str]:
   """Top-level and `Transformer/*` module names the reference writes."""
-  validate_model_config(config)
-  model, tokenizer = config.model, config.model.tokenizer
+  # The names do not depend on the number of classes.
+  model = ModelConfig.from_config(config, num_classes=1)
   names = {'embedding', 'output_projection'}
-  if model.get('representation_size') is not None:
+  if model.representation_size is not None:
     names.add('pre_logits')
-  if model.get('attention_config', {}).get('type') == 'factorized_encoder':
-    for part, sizes in (('SpatialTransformer', model.spatial_transformer),
-                        ('TemporalTransformer', model.temporal_transformer)):
-      if model.classifier == 'token':
+  if model.attention_type == 'factorized_encoder':
+    for part, size in (('SpatialTransformer', model.spatial_transformer),
+                       ('TemporalTransformer', model.temporal_transformer)):
+      if model.has_cls_token:
         names.add(f'cls_{part}')
       names |= {f'{part}/posembed_input', f'{part}/encoder_norm'}
-      names |= {f'{part}/encoderblock_{i}' for i in range(sizes.num_layers)}
+      names |= {f'{part}/encoderblock_{i}' for i in range(size.num_layers)}
     return names
-  if model.classifier == 'token':
+  if model.has_cls_token:
     names.add('cls')
   names |= {'Transformer/posembed_input', 'Transformer/encoder_norm'}
   names |= {f'Transformer/encoderblock_{i}' for i in range(model.num_layers)}
-  if tokenlearner_enabled(config):
-    loc = tokenizer.tokenlearner_loc
-    learner = ('TokenLearnerModuleV11' if tokenizer.get('use_v11', True)
-               else 'TokenLearnerModule')
-    count = model.num_layers - loc if tokenizer.get('use_tokenfuse') else 1
+  if model.tokenlearner_on:
+    loc = model.tokenlearner_loc
+    learner = 'TokenLearnerModuleV11' if model.use_v11 else 'TokenLearnerModule'
+    count = model.num_layers - loc if model.use_tokenfuse else 1
     names |= {f'Transformer/{learner}_{k}' for k in range(count)}
-    if tokenizer.get('use_tokenfuse'):
+    if model.use_tokenfuse:
       names |= {f'Transformer/TokenFuser_{k}' for k in range(count)}
   return names
 

@@ -5,7 +5,7 @@ uniform frame sampling stacked along the height and a 2-D conv), creating the
 same `embedding` parameter in the calling module.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -15,11 +15,9 @@ from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.common import classifier_head
 from tokenlearner_jax.models.common import logical
 from tokenlearner_jax.models.common import pool
+from tokenlearner_jax.models.config import EncoderSize
+from tokenlearner_jax.models.config import ModelConfig
 from tokenlearner_jax.models.encoder import TokenLearnerEncoder
-
-KERNEL_INIT_METHODS = (None, 'central_frame_initializer',
-                       'central_frame_initializer_scenic',
-                       'average_frame_initializer')
 
 
 def tubelet_kernel_init(method: Optional[str]):
@@ -47,28 +45,28 @@ def tubelet_kernel_init(method: Optional[str]):
   return init
 
 
-def embed_video(x: jax.Array, patch_size: Sequence[int], hidden_size: int,
-                method: str, kernel_init_method: Optional[str] = None,
-                n_sampled_frames: Optional[int] = None) -> jax.Array:
+def embed_video(x: jax.Array, config: ModelConfig) -> jax.Array:
   """Video `[B, T, H, W, 3]` -> tokens `[B, t, h, w, C]` via an `embedding` conv.
 
   Call inside a compact method: `embedding` joins the caller's parameters.
   """
   n, _, height, width, channels = x.shape
-  fh, fw = patch_size[0], patch_size[1]
-  if method == 'temporal_sampling':
-    x = x[:, grid_lib.sampled_frame_indices(x.shape[1], n_sampled_frames)]
+  fh, fw = config.patch_size[0], config.patch_size[1]
+  if config.temporal_encoding == 'temporal_sampling':
+    x = x[:, grid_lib.sampled_frame_indices(x.shape[1],
+                                            config.n_sampled_frames)]
     t = x.shape[1]
     x = jnp.reshape(x, (n, t * height, width, channels))  # [B, t*H, W, 3]
-    x = nn.Conv(hidden_size, (fh, fw), strides=(fh, fw), padding='VALID',
+    x = nn.Conv(config.hidden_size, (fh, fw), strides=(fh, fw),
+                padding='VALID',
                 kernel_init=logical(nn.linear.default_kernel_init,
                                     (None, None, None, 'embed')),
                 name='embedding')(x)  # [B, t*h, w, C]
     return jnp.reshape(x, (n, t, -1) + x.shape[2:])  # [B, t, h, w, C]
-  ft = patch_size[2]
-  return nn.Conv(hidden_size, (ft, fh, fw), strides=(ft, fh, fw),
+  ft = config.patch_size[2]
+  return nn.Conv(config.hidden_size, (ft, fh, fw), strides=(ft, fh, fw),
                  padding='VALID', kernel_init=logical(
-                     tubelet_kernel_init(kernel_init_method),
+                     tubelet_kernel_init(config.kernel_init_method),
                      (None, None, None, None, 'embed')),
                  name='embedding')(x)  # [B, t, h, w, C]
 
@@ -80,51 +78,19 @@ class FactorisedEncoderViViT(nn.Module):
   `cls_SpatialTransformer`/`cls_TemporalTransformer` (with a 'token' head),
   `SpatialTransformer`, `TemporalTransformer`, `pre_logits`,
   `output_projection`. The spatial encoder's weights are shared across frames.
+  `config.classifier` pools both encoders; their sizes are
+  `config.spatial_transformer` and `config.temporal_transformer`.
 
   Attributes:
-    num_classes: Output classes.
-    hidden_size: Token width C.
-    patch_size: `(h, w, t)` tubelet, or `(h, w)` with 'temporal_sampling'.
-    spatial: `(num_layers, num_heads, mlp_dim)` of the spatial encoder.
-    temporal: `(num_layers, num_heads, mlp_dim)` of the temporal encoder.
-    temporal_encoding: '3d_conv' or 'temporal_sampling'.
-    kernel_init_method: Tubelet kernel initializer name.
-    n_sampled_frames: Frames kept by 'temporal_sampling'.
-    representation_size: Width of the tanh `pre_logits`; None skips it.
-    classifier: 'token', 'gap', 'gmp' or 'gsp', used by both encoders.
-    dropout_rate: Dropout rate.
-    attention_dropout_rate: Attention dropout rate.
-    scan_layers: Run runs of identical encoder layers as one `nn.scan`.
-    remat_policy: Rematerialise each block ('none' or a
-      `jax.checkpoint_policies` name).
-    attention_impl: 'einsum' (the reference), 'fused' or 'cudnn'
-      (`jax.nn.dot_product_attention`, XLA's or cuDNN's).
-    stochastic_depth: Stochastic depth rate of the last block of each encoder.
-    dtype: Computation dtype of the encoder blocks.
+    config: The model (`attention_type='factorized_encoder'`).
   """
-  num_classes: int
-  hidden_size: int
-  patch_size: Tuple[int, ...]
-  spatial: Tuple[int, int, int]
-  temporal: Tuple[int, int, int]
-  temporal_encoding: str = '3d_conv'
-  kernel_init_method: Optional[str] = None
-  n_sampled_frames: Optional[int] = None
-  representation_size: Optional[int] = None
-  classifier: str = 'token'
-  dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.1
-  stochastic_depth: float = 0.0
-  scan_layers: bool = False
-  remat_policy: str = 'none'
-  attention_impl: str = 'einsum'
-  dtype: Any = jnp.float32
+  config: ModelConfig
 
-  def _encode(self, x: jax.Array, sizes: Tuple[int, int, int], name: str,
+  def _encode(self, x: jax.Array, size: EncoderSize, name: str,
               train: bool) -> jax.Array:
     """`[B, L, C]` -> `[B, C]`, or per frame `[B, t, L, C]` -> `[B, t, C]`."""
     c = x.shape[-1]
-    if self.classifier == 'token':
+    if self.config.has_cls_token:
       cls = self.param(f'cls_{name}', nn.initializers.zeros, (1, 1, c), x.dtype)
       cls = jnp.broadcast_to(cls, x.shape[:-2] + (1, c))  # [B, (t,) 1, C]
       x = jnp.concatenate([cls, x], axis=-2)  # [B, (t,) 1+L, C]
@@ -136,27 +102,19 @@ class FactorisedEncoderViViT(nn.Module):
           TokenLearnerEncoder, in_axes=(1, None), out_axes=1,
           variable_axes={'params': None},
           split_rngs={'params': False, 'dropout': False})
-    num_layers, num_heads, mlp_dim = sizes
-    x = encoder(
-        num_layers=num_layers, mlp_dim=mlp_dim, num_heads=num_heads,
-        dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate,
-        stochastic_depth=self.stochastic_depth, scan_layers=self.scan_layers,
-        remat_policy=self.remat_policy, attention_impl=self.attention_impl,
-        dtype=self.dtype,
-        name=name)(x, train)
-    return pool(x, self.classifier)
+    x = encoder(self.config.encoder(size), name=name)(x, train)
+    return pool(x, self.config.classifier)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Maps `[B, T, H, W, 3]` videos to logits `[B, num_classes]`."""
-    grid = grid_lib.token_grid(x.shape[1:], self.patch_size, 'video',
-                               self.temporal_encoding, self.n_sampled_frames)
-    x = embed_video(x, self.patch_size, self.hidden_size,
-                    self.temporal_encoding, self.kernel_init_method,
-                    self.n_sampled_frames)  # [B, t, h, w, C]
+    cfg = self.config
+    grid = cfg.token_grid(x.shape[1:])
+    x = embed_video(x, cfg)  # [B, t, h, w, C]
     n, c = x.shape[0], x.shape[-1]
     x = jnp.reshape(x, (n, grid.time, grid.per_slice, c))  # [B, t, h*w, C]
-    x = self._encode(x, self.spatial, 'SpatialTransformer', train)  # [B, t, C]
-    x = self._encode(x, self.temporal, 'TemporalTransformer', train)  # [B, C]
-    return classifier_head(x, self.representation_size, self.num_classes)
+    x = self._encode(x, cfg.spatial_transformer, 'SpatialTransformer',
+                     train)  # [B, t, C]
+    x = self._encode(x, cfg.temporal_transformer, 'TemporalTransformer',
+                     train)  # [B, C]
+    return classifier_head(x, cfg.representation_size, cfg.num_classes)

@@ -1,0 +1,418 @@
+"""`ModelConfig`: every model setting, its default and its check, in one place.
+
+A frozen dataclass handed to every module (flax's lm1b `TransformerConfig`
+pattern). `ModelConfig.from_config(config, num_classes)` reads the reference's
+`config.model` schema: each field names its key there in `metadata['key']`
+(relative to `config.model`; `/` marks a top-level key such as
+`model_dtype_str`). A missing key takes the field's default, which is the
+reference's (`dropout_rate=0.1`, `attention_dropout_rate=0.1`,
+`tokenizer.use_v11=True`, `tokenizer.use_tokenfuse=False`); a key under
+`config.model` that no field reads is an error naming the closest known key.
+
+Adding a model option is one field here (key, default, check) plus the code
+that uses it. Checks run on construction, before any trace or compile, and
+raise a `ValueError` naming the config key. Differences from the reference,
+all deliberate:
+  * `tokenlearner_loc` outside `[0, num_layers)` raises (the reference silently
+    runs without TokenLearner); `tokenlearner_loc=None` means "off".
+  * `stochastic_depth` is wired and `classifier='token'` works.
+  * `attention_config.type='factorized_encoder'` builds ViViT model 2.
+The paper's baselines (ours, off by default): `token_reduction` 'pooling'
+(`pooling_window`, `pooling_locs`) or 'dense', `fuser_type` 'unpool' or
+'reprojection' instead of TokenFuser, and `use_sum_pooling=False` (v1.0's mean
+pooling, as the paper's text). Speed options (ours; none changes a number):
+`scan_layers`, `remat_policy`, `attention_impl` and `model_dtype_str`.
+"""
+
+import dataclasses
+import difflib
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+from absl import logging
+import jax.numpy as jnp
+import ml_collections
+
+from tokenlearner_jax.models import grid as grid_lib
+
+CLASSIFIERS = ('gap', 'gmp', 'gsp', 'token')
+ATTENTION_TYPES = ('spacetime', 'factorized_encoder')
+# The reference's einsum softmax(QK^T)V; `jax.nn.dot_product_attention` with
+# XLA's implementation; or the same with cuDNN's flash attention (CUDA, bf16).
+ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn')
+# TokenLearner, or the paper's baselines (k x k pooling, a dense layer).
+TOKEN_REDUCTIONS = ('tokenlearner', 'pooling', 'dense')
+# What maps tokens back with `use_tokenfuse`: the reference's TokenFuser, or the
+# paper's alternatives (the TokenLearner's own maps transposed, or attention).
+FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
+# 'none' (no remat) or a `jax.checkpoint_policies` name.
+REMAT_POLICIES = ('none', 'nothing_saveable', 'dots_saveable',
+                  'dots_with_no_batch_dims_saveable', 'everything_saveable')
+# Scratch initializers of the tubelet kernel (`models.vivit`).
+TUBELET_INITIALIZERS = (None, 'central_frame_initializer',
+                        'central_frame_initializer_scenic',
+                        'average_frame_initializer')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+          'float16': jnp.float16}
+
+
+def _field(key: str, default: Any = dataclasses.MISSING, *,
+           check: Optional[str] = None, choices: Optional[Tuple] = None):
+  """A field read from `config.model.<key>`, with a generic check.
+
+  `check`: 'positive' (int > 0), 'optional_positive' (None or int > 0),
+  'rate' (in [0, 1)) or 'bool'; `choices`: the allowed values.
+  """
+  return dataclasses.field(default=default, metadata=dict(
+      key=key, check=check, choices=choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSize:
+  """One encoder's depth and widths (ViViT model 2's spatial and temporal).
+
+  Attributes:
+    num_layers: Encoder blocks.
+    num_heads: Attention heads.
+    mlp_dim: MLP width.
+  """
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The model a config describes; see the module docstring for the schema.
+
+  Attributes:
+    num_classes: Output classes (from the dataset, not `config.model`).
+    hidden_size: Token width C.
+    num_layers: Encoder blocks (the joint space-time encoder).
+    num_heads: Attention heads.
+    mlp_dim: MLP width.
+    patch_size: `(h, w)` for images, `(h, w, t)` for 3d_conv tubelets.
+    tokenizer_type: 'patch' (plain ViT), 'dynamic' (ViT + TokenLearner) or
+      'video' (joint space-time ViViT + TokenLearner per temporal slice).
+    temporal_encoding: '3d_conv' or 'temporal_sampling' (videos).
+    kernel_init_method: Tubelet kernel initializer (videos).
+    n_sampled_frames: Frames kept by 'temporal_sampling'.
+    tokenlearner_loc: First block on learned tokens; None turns it off.
+    num_tokens: Tokens learned per temporal slice.
+    use_v11: TokenLearner v1.1; False is the paper's v1.0 module.
+    use_tokenfuse: TokenLearner -> block -> TokenFuser at every block >= loc.
+    fuser_type: With `use_tokenfuse`: 'tokenfuser' (the reference), 'unpool'
+      or 'reprojection' (the paper's alternatives).
+    use_sum_pooling: v1.0 sums over space (the reference); False: the mean.
+    token_reduction: 'tokenlearner', or the paper's baselines 'pooling'
+      (k x k average pooling at `tokenlearner_loc`) and 'dense' (tokens from a
+      fully connected layer over space).
+    pooling_window: k of 'pooling'.
+    pooling_locs: Further blocks before which 'pooling' pools again (Table
+      5's "2x2 pool at 9 and 18": loc 9, `pooling_locs=(18,)`).
+    representation_size: Width of the tanh `pre_logits` layer, or None.
+    classifier: 'gap', 'gmp', 'gsp' pooling, or 'token' (a class token).
+    dropout_rate: Dropout rate (also inside TokenLearner v1.1/TokenFuser).
+    attention_dropout_rate: Dropout on the attention weights.
+    stochastic_depth: Drop rate of the last block; block i uses i/(L-1) of it.
+    attention_type: 'spacetime' (joint) or 'factorized_encoder' (model 2).
+    spatial_transformer: Model 2's spatial encoder.
+    temporal_transformer: Model 2's temporal encoder.
+    scan_layers: Run runs of identical layers as one `nn.scan`.
+    remat_policy: One of `REMAT_POLICIES`: rematerialise each block.
+    attention_impl: One of `ATTENTION_IMPLS`.
+    dtype: Computation dtype of the encoder blocks (`model_dtype_str`).
+  """
+  num_classes: int = _field('', check='positive')
+  hidden_size: int = _field('hidden_size', check='positive')
+  patch_size: Tuple[int, ...] = _field('tokenizer.patches.size')
+  tokenizer_type: str = _field('tokenizer.type',
+                               choices=grid_lib.TOKENIZER_TYPES)
+  classifier: str = _field('classifier', choices=CLASSIFIERS)
+  num_layers: Optional[int] = _field('num_layers', None,
+                                     check='optional_positive')
+  num_heads: Optional[int] = _field('num_heads', None,
+                                    check='optional_positive')
+  mlp_dim: Optional[int] = _field('mlp_dim', None, check='optional_positive')
+  temporal_encoding: str = _field(
+      'tokenizer.temporal_encoding_config.method', '3d_conv',
+      choices=grid_lib.TEMPORAL_ENCODINGS)
+  kernel_init_method: Optional[str] = _field(
+      'tokenizer.temporal_encoding_config.kernel_init_method', None,
+      choices=TUBELET_INITIALIZERS)
+  n_sampled_frames: Optional[int] = _field(
+      'tokenizer.temporal_encoding_config.n_sampled_frames', None,
+      check='optional_positive')
+  tokenlearner_loc: Optional[int] = _field('tokenizer.tokenlearner_loc', None)
+  num_tokens: int = _field('tokenizer.num_tokens', 8, check='positive')
+  use_v11: bool = _field('tokenizer.use_v11', True, check='bool')
+  use_tokenfuse: bool = _field('tokenizer.use_tokenfuse', False, check='bool')
+  fuser_type: str = _field('tokenizer.fuser_type', 'tokenfuser',
+                           choices=FUSER_TYPES)
+  use_sum_pooling: bool = _field('tokenizer.use_sum_pooling', True,
+                                 check='bool')
+  token_reduction: str = _field('tokenizer.token_reduction', 'tokenlearner',
+                                choices=TOKEN_REDUCTIONS)
+  pooling_window: int = _field('tokenizer.pooling_window', 2, check='positive')
+  pooling_locs: Tuple[int, ...] = _field('tokenizer.pooling_locs', ())
+  representation_size: Optional[int] = _field('representation_size', None,
+                                              check='optional_positive')
+  dropout_rate: float = _field('dropout_rate', 0.1, check='rate')
+  attention_dropout_rate: float = _field('attention_dropout_rate', 0.1,
+                                         check='rate')
+  stochastic_depth: float = _field('stochastic_depth', 0.0, check='rate')
+  attention_type: str = _field('attention_config.type', 'spacetime',
+                               choices=ATTENTION_TYPES)
+  spatial_transformer: Optional[EncoderSize] = _field('spatial_transformer',
+                                                      None)
+  temporal_transformer: Optional[EncoderSize] = _field('temporal_transformer',
+                                                       None)
+  scan_layers: bool = _field('scan_layers', False, check='bool')
+  remat_policy: str = _field('remat_policy', 'none', choices=REMAT_POLICIES)
+  attention_impl: str = _field('attention_impl', 'einsum',
+                               choices=ATTENTION_IMPLS)
+  dtype: str = _field('/model_dtype_str', 'float32', choices=tuple(DTYPES))
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      _check_field(f, getattr(self, f.name))
+    _check_tokenizer(self)
+    if self.attention_type == 'factorized_encoder':
+      _check_factorized(self)
+    else:
+      _check_spacetime(self)
+      if self.tokenlearner_on:
+        _check_tokenlearner(self)
+
+  @property
+  def tokenlearner_on(self) -> bool:
+    """Whether tokens are learned (or pooled) before `tokenlearner_loc`."""
+    return self.tokenlearner_loc is not None
+
+  @property
+  def has_cls_token(self) -> bool:
+    return self.classifier == 'token'
+
+  @property
+  def compute_dtype(self) -> Any:
+    return DTYPES[self.dtype]
+
+  def token_grid(self, input_shape, warn: bool = True) -> grid_lib.TokenGrid:
+    """The token grid the stem makes of one example of `input_shape`."""
+    return grid_lib.token_grid(input_shape, self.patch_size,
+                               self.tokenizer_type, self.temporal_encoding,
+                               self.n_sampled_frames, warn=warn)
+
+  def encoder(self, size: EncoderSize) -> 'ModelConfig':
+    """This config for one plain encoder of `size` (ViViT model 2's parts)."""
+    return dataclasses.replace(
+        self, attention_type='spacetime', num_layers=size.num_layers,
+        num_heads=size.num_heads, mlp_dim=size.mlp_dim, tokenlearner_loc=None,
+        spatial_transformer=None, temporal_transformer=None)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  num_classes: int) -> 'ModelConfig':
+    """Reads and checks `config.model` (and `model_dtype_str`)."""
+    if 'model' not in config or 'tokenizer' not in config.model:
+      raise ValueError('config.model.tokenizer is missing.')
+    _check_known_keys(config.model)
+    values: Dict[str, Any] = {'num_classes': num_classes}
+    for f in dataclasses.fields(cls)[1:]:
+      found, value = _lookup(config, f.metadata['key'])
+      if found:
+        values[f.name] = _convert(f.name, value)
+      elif f.default is dataclasses.MISSING:
+        raise ValueError(f'{_config_key(f)} is missing.')
+    if values['tokenizer_type'] == 'patch' and (
+        values.get('tokenlearner_loc') is not None):
+      logging.warning("model.tokenizer.tokenlearner_loc=%s is ignored: "
+                      "tokenizer.type='patch' is the plain ViT.",
+                      values['tokenlearner_loc'])
+      values['tokenlearner_loc'] = None
+    return cls(**values)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _config_key(f: dataclasses.Field) -> str:
+  key = f.metadata['key']
+  if not key:
+    return f.name
+  return key[1:] if key.startswith('/') else f'model.{key}'
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str) -> Tuple[bool, Any]:
+  """(found, value) of a field's key in `config`."""
+  node = config if key.startswith('/') else config.model
+  for part in key.lstrip('/').split('.'):
+    if node is None or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _convert(name: str, value: Any) -> Any:
+  """Config values as the dataclass holds them (tuples, `EncoderSize`)."""
+  if name in ('patch_size', 'pooling_locs'):
+    return None if value is None else tuple(value)
+  if name in ('spatial_transformer', 'temporal_transformer'):
+    if value is None:
+      return None
+    _check_known_keys(value, f'model.{name}', _ENCODER_SIZE_KEYS)
+    for key in _ENCODER_SIZE_KEYS:
+      if key not in value:
+        raise ValueError(f'model.{name}.{key} is missing.')
+    return EncoderSize(**{k: value[k] for k in _ENCODER_SIZE_KEYS})
+  return value
+
+
+_ENCODER_SIZE_KEYS = tuple(f.name for f in dataclasses.fields(EncoderSize))
+
+
+def _known_keys() -> Tuple[str, ...]:
+  """Every key (and parent key) under `config.model` that a field reads."""
+  keys = set()
+  for f in dataclasses.fields(ModelConfig):
+    key = f.metadata['key']
+    if not key or key.startswith('/'):
+      continue
+    parts = key.split('.')
+    keys |= {'.'.join(parts[:i]) for i in range(1, len(parts) + 1)}
+  return tuple(sorted(keys))
+
+
+def _leaf_keys(node: Any, prefix: str = '') -> Iterator[str]:
+  for key in node:
+    path = f'{prefix}{key}'
+    yield path
+    if isinstance(node[key], (dict, ml_collections.ConfigDict)) and (
+        path not in ('spatial_transformer', 'temporal_transformer')):
+      yield from _leaf_keys(node[key], path + '.')
+
+
+def _check_known_keys(node: Any, prefix: str = 'model',
+                      known: Optional[Tuple[str, ...]] = None) -> None:
+  """Raises for a key no field reads, naming the closest known one."""
+  known = _known_keys() if known is None else known
+  for key in _leaf_keys(node):
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+      hint = f'; did you mean {prefix}.{close[0]}?' if close else '.'
+      raise ValueError(f'{prefix}.{key} is not a model setting{hint}')
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+  """The generic check of one field (`check` and `choices` metadata)."""
+  key, check, choices = _config_key(f), f.metadata['check'], f.metadata[
+      'choices']
+  if choices is not None:
+    _require(value in choices,
+             f'{key} must be one of {choices}, got {value!r}.')
+  if check == 'positive' or (check == 'optional_positive' and
+                             value is not None):
+    _require(_is_int(value) and value > 0,
+             f'{key} must be a positive integer, got {value!r}.')
+  elif check == 'rate':
+    _require(isinstance(value, (int, float)) and 0.0 <= value < 1.0,
+             f'{key} must be in [0, 1), got {value!r}.')
+  elif check == 'bool':
+    _require(isinstance(value, bool),
+             f'{key} must be True or False, got {value!r}.')
+
+
+def _check_tokenizer(c: ModelConfig) -> None:
+  """Patch sizes, video encodings and the fused-attention settings."""
+  size = c.patch_size
+  _require(size is not None and len(size) in (2, 3) and
+           all(_is_int(s) and s > 0 for s in size),
+           'model.tokenizer.patches.size must be 2 or 3 positive integers, '
+           f'got {size!r}.')
+  if c.tokenizer_type != 'video':
+    _require(len(size) == 2, 'model.tokenizer.patches.size must be (h, w) for '
+             f'tokenizer.type={c.tokenizer_type!r}, got {tuple(size)}.')
+  elif c.temporal_encoding == '3d_conv':
+    _require(len(size) == 3, 'model.tokenizer.patches.size must be (h, w, t) '
+             f'for 3d_conv tubelets, got {tuple(size)}.')
+  else:
+    _require(c.n_sampled_frames is not None,
+             'model.tokenizer.temporal_encoding_config.n_sampled_frames must '
+             f'be a positive integer, got {c.n_sampled_frames!r}.')
+  _require(c.attention_impl == 'einsum' or not c.attention_dropout_rate,
+           f'model.attention_impl={c.attention_impl!r} has no attention '
+           'dropout: set model.attention_dropout_rate=0 (it is '
+           f'{c.attention_dropout_rate!r}; the reference default is 0.1).')
+  _require(c.attention_impl != 'cudnn' or c.dtype in ('bfloat16', 'float16'),
+           "model.attention_impl='cudnn' (cuDNN flash attention) computes in "
+           f"bf16 or fp16: set model_dtype_str='bfloat16' (it is {c.dtype!r}).")
+
+
+def _check_factorized(c: ModelConfig) -> None:
+  _require(c.tokenizer_type == 'video', "model.attention_config.type="
+           "'factorized_encoder' needs model.tokenizer.type='video'.")
+  _require(not c.tokenlearner_on,
+           'model.tokenizer.tokenlearner_loc must be None with the '
+           'factorized_encoder (TokenLearner is wired into the joint '
+           'space-time encoder only).')
+  for part in ('spatial_transformer', 'temporal_transformer'):
+    size = getattr(c, part)
+    _require(size is not None,
+             f'model.{part} is required for the factorized_encoder.')
+    for key in _ENCODER_SIZE_KEYS:
+      value = getattr(size, key)
+      _require(_is_int(value) and value > 0, f'model.{part}.{key} must be a '
+               f'positive integer, got {value!r}.')
+    _require(c.hidden_size % size.num_heads == 0,
+             f'model.hidden_size={c.hidden_size} must be divisible by '
+             f'model.{part}.num_heads={size.num_heads}.')
+
+
+def _check_spacetime(c: ModelConfig) -> None:
+  for key in ('num_layers', 'num_heads', 'mlp_dim'):
+    _require(getattr(c, key) is not None, f'model.{key} is missing.')
+  _require(c.hidden_size % c.num_heads == 0,
+           f'model.hidden_size={c.hidden_size} must be divisible by '
+           f'model.num_heads={c.num_heads}.')
+  _require(c.tokenizer_type != 'patch' or not c.tokenlearner_on,
+           "model.tokenizer.tokenlearner_loc must be None with "
+           "tokenizer.type='patch' (the plain ViT).")
+
+
+def _check_tokenlearner(c: ModelConfig) -> None:
+  """Location, reduction and fuser settings of a TokenLearner model."""
+  loc, layers = c.tokenlearner_loc, c.num_layers
+  _require(_is_int(loc) and 0 <= loc < layers,
+           f'model.tokenizer.tokenlearner_loc must be in [0, num_layers='
+           f'{layers}) while TokenLearner is on, got {loc!r} (use None to '
+           'turn TokenLearner off).')
+  _require(c.use_tokenfuse or c.fuser_type == 'tokenfuser',
+           f'model.tokenizer.fuser_type={c.fuser_type!r} needs '
+           'model.tokenizer.use_tokenfuse=True.')
+  _require(c.fuser_type != 'unpool' or c.token_reduction == 'tokenlearner',
+           "model.tokenizer.fuser_type='unpool' reuses TokenLearner's maps: "
+           f"it needs token_reduction='tokenlearner', got "
+           f'{c.token_reduction!r}.')
+  locs = c.pooling_locs
+  if locs:
+    _require(c.token_reduction == 'pooling' and not c.use_tokenfuse,
+             'model.tokenizer.pooling_locs needs '
+             "token_reduction='pooling' and use_tokenfuse=False.")
+    _require(not c.scan_layers,
+             'model.scan_layers does not take model.tokenizer.pooling_locs.')
+    _require(all(_is_int(l) for l in locs) and
+             list(locs) == sorted(set(locs)) and
+             loc < locs[0] and locs[-1] < layers,
+             'model.tokenizer.pooling_locs must be increasing layer indices in '
+             f'(tokenlearner_loc={loc}, num_layers={layers}), got {locs!r}.')
