@@ -1,5 +1,5 @@
-"""Tests of `build_model`: shapes, parameter counts, parity with the NumPy
-reference forward pass, sown attention maps, and every config error."""
+"""Tests of the ViT / ViViT classifiers: shapes, parameter counts, parity with
+the NumPy reference forward pass and sown attention maps."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -13,7 +13,7 @@ from tests.models.test_tokenlearner import as_numpy
 from tests.models.test_tokenlearner import perturbed
 from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax.models import build_model
-from tokenlearner_jax.models.scenic_params import from_scenic_params
+from tokenlearner_jax.checkpoint_formats import from_scenic_params
 
 NUM_CLASSES = 7
 
@@ -224,68 +224,7 @@ class ReferenceParityTest(parameterized.TestCase):
                        ref.factorised_vivit)
 
 
-class ConfigErrorTest(parameterized.TestCase):
-
-  @parameterized.named_parameters(
-      ('loc_too_large', dict(tokenlearner_loc=3), 'tokenlearner_loc'),
-      ('loc_negative', dict(tokenlearner_loc=-1), 'tokenlearner_loc'),
-      ('classifier', dict(tokenlearner_loc=1, classifier='cls'),
-       'model.classifier'),
-  )
-  def test_bad_model_field(self, kwargs, field):
-    with self.assertRaisesRegex(ValueError, field):
-      build_model(make_config(**kwargs), NUM_CLASSES)
-
-  @parameterized.named_parameters(
-      ('tokenizer_type', 'model.tokenizer.type', 'pixels',
-       'model.tokenizer.type'),
-      ('method', 'model.tokenizer.temporal_encoding_config.method', 'fft',
-       'temporal_encoding_config.method'),
-      ('kernel_init', 'model.tokenizer.temporal_encoding_config.'
-       'kernel_init_method', 'random', 'kernel_init_method'),
-      ('dtype', 'model_dtype_str', 'float8', 'model_dtype_str'),
-      ('heads', 'model.num_heads', 3, 'divisible by model.num_heads'),
-      ('patches', 'model.tokenizer.patches.size', (4, 4), r'\(h, w, t\)'),
-  )
-  def test_bad_enum_or_shape_field(self, path, value, message):
-    config = make_config('video', tokenlearner_loc=1)
-    config.model_dtype_str = 'float32'
-    *parents, leaf = path.split('.')
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
-    with self.assertRaisesRegex(ValueError, message):
-      build_model(config, NUM_CLASSES)
-
-  def test_attention_type(self):
-    config = make_config('video')
-    config.model.attention_config = dict(type='axial')
-    with self.assertRaisesRegex(ValueError, 'attention_config.type'):
-      build_model(config, NUM_CLASSES)
-
-  @parameterized.named_parameters(
-      ('smaller_than_patch', 'dynamic', (1, 3, 16, 3), 'smaller than one patch'),
-      ('fewer_frames_than_tubelet', 'video', (1, 1, 16, 16, 3),
-       'smaller than one tubelet'),
-      ('image_to_video_model', 'video', (1, 16, 16, 3), r'\(T, H, W, C\)'),
-      ('v10_non_square_grid', 'dynamic', (1, 16, 24, 3), 'square'),
-  )
-  def test_bad_input_raises_before_compile(self, tokenizer_type, shape,
-                                           message):
-    config = make_config(tokenizer_type, tokenlearner_loc=1,
-                         use_v11='square' not in message)
-    model = build_model(config, NUM_CLASSES)
-    with self.assertRaisesRegex(ValueError, message):
-      jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x,
-                                          train=False), jnp.ones(shape))
-
-  def test_border_warning_names_the_dropped_pixels(self):
-    model = build_model(make_config(tokenlearner_loc=1), NUM_CLASSES)
-    with self.assertLogs('absl', 'WARNING') as logs:
-      jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x,
-                                          train=False), jnp.ones((1, 18, 16, 3)))
-    self.assertIn('2 bottom rows', '\n'.join(logs.output))
+class TokenLearnerOffTest(absltest.TestCase):
 
   def test_tokenlearner_off_is_the_plain_encoder(self):
     model = build_model(make_config(tokenlearner_loc=None), NUM_CLASSES)
