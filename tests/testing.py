@@ -1,0 +1,106 @@
+"""Helpers shared by the tests: repository configs, the demo data directory,
+run outputs, and tiny models with their parameter trees."""
+
+import functools
+import json
+import os
+import socket
+import tempfile
+from typing import Any, Dict, List
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tokenlearner_jax.configs import common
+from tokenlearner_jax.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One directory per pytest-xdist worker: two processes preparing the same tfds
+# dataset at once would race.
+DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds',
+                        os.environ.get('PYTEST_XDIST_WORKER', 'main'))
+NUM_CLASSES = 5
+
+
+def config_for(name: str, arg: str = 'runlocal') -> ml_collections.ConfigDict:
+  """`get_config(arg)` of `configs/<name>.py`."""
+  return common.load_config(os.path.join(ROOT, 'configs', f'{name}.py'), arg)
+
+
+def read_jsonl(workdir: str) -> List[Dict[str, Any]]:
+  """The records of WORKDIR/metrics.jsonl; none before it exists, and not a
+  last line still being written."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.endswith('\n')]
+
+
+def mu_config(tokenizer_type: str = 'patch', *, patch: int = 4,
+              tokenlearner_loc=None, **kwargs) -> ml_collections.ConfigDict:
+  """Width 16, 2 blocks, 2 heads, an unset `init_from`; kwargs go to
+  `configs.common.model_config`."""
+  config = ml_collections.ConfigDict()
+  config.model = common.model_config(
+      f'mu/{patch}', tokenizer_type, num_tokens=2,
+      tokenlearner_loc=tokenlearner_loc, **kwargs)
+  config.model.hidden_size = 16
+  config.model.mlp_dim = 32
+  config.init_from = ml_collections.ConfigDict(dict(
+      checkpoint_path='', checkpoint_format='tokenlearner_jax',
+      positional_embed_size_change='', kernel_init_method=''))
+  return config
+
+
+@functools.lru_cache(maxsize=None)
+def _init_cached(config_json, input_shape, seed, num_classes):
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  model = build_model(config, num_classes)
+  params = jax.jit(lambda r: model.init(r, jnp.zeros((1,) + input_shape),
+                                        train=False))(
+                                            jax.random.PRNGKey(seed))['params']
+  return model, flax.core.unfreeze(flax.linen.meta.unbox(params))
+
+
+def init(config, input_shape, seed=0, num_classes=NUM_CLASSES):
+  """The model of `config` and its parameters (a fresh dict, cached)."""
+  model, params = _init_cached(config.to_json(), tuple(input_shape), seed,
+                               num_classes)
+  return model, jax.tree_util.tree_map(lambda x: x, params)
+
+
+def flat(tree) -> Dict[str, Any]:
+  """'/'-joined names -> arrays."""
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
+
+
+def unflat(flat_params: Dict[str, Any]) -> Dict[str, Any]:
+  return flax.traverse_util.unflatten_dict(flat_params, sep='/')
+
+
+def randomized(params, seed=1):
+  """`params` with every array redrawn (so zero-initialised ones, like the
+  head and `cls`, carry information too)."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_unflatten(
+      treedef, [rng.normal(size=x.shape).astype(np.float32) for x in leaves])
+
+
+def assert_trees_equal(test, actual, expected) -> None:
+  """The same names and bit-identical arrays."""
+  actual, expected = flat(actual), flat(expected)
+  test.assertEqual(sorted(actual), sorted(expected))
+  for name, value in expected.items():
+    np.testing.assert_array_equal(actual[name], value, err_msg=name)
+
+
+def free_port() -> int:
+  """A TCP port free on localhost now."""
+  with socket.socket() as sock:
+    sock.bind(('localhost', 0))
+    return sock.getsockname()[1]
