@@ -25,7 +25,6 @@ Prints Markdown tables; `--out` writes the same as JSON.
 """
 
 import argparse
-import functools
 import glob
 import gzip
 import json
@@ -178,7 +177,7 @@ def peak_memory_bytes(compiled) -> Optional[int]:
 class StepProgram(NamedTuple):
   """The jitted train step of a config and what builds its arguments."""
   config: ml_collections.ConfigDict
-  step: Any  # jax.jit-ed `train_steps.train_step`.
+  step: Any  # `train_steps.make_train_step`'s jitted step.
   make_state: Any  # () -> the initialised train state on the mesh.
   make_batch: Any  # () -> a random batch on the mesh.
   abstract_args: Tuple[Any, Any]  # (state, batch) shapes, to compile alone.
@@ -207,11 +206,8 @@ def train_step_program(config, input_shape, num_classes: int) -> StepProgram:
         'label': jax.nn.one_hot(jnp.arange(config.batch_size) % num_classes,
                                 num_classes)}, batch_sharding)
 
-  step = jax.jit(
-      functools.partial(train_steps.train_step, model=model, tx=tx,
-                        schedule=schedule, config=config, multilabel=False),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-      donate_argnums=0 if config.donate_train_state else ())
+  step = train_steps.make_train_step(config, model, tx, schedule, shardings,
+                                     batch_sharding, multilabel=False)
   return StepProgram(
       config, step,
       lambda: train_steps.create_train_state(config, model, tx, input_shape,

@@ -1,19 +1,15 @@
 """End-to-end tests of `tokenlearner_jax.train` on offline and generated data."""
 
 import glob
-import http.server
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Dict
-from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -26,22 +22,19 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tests.test_configs import load
+from tests.testing import DATA_DIR
+from tests.testing import ROOT
+from tests.testing import config_for
+from tests.testing import free_port
+from tests.testing import read_jsonl
+from tokenlearner_jax import checkpoint
+from tokenlearner_jax import checkpoint_formats
 from tokenlearner_jax import evaluate
 from tokenlearner_jax import optim
-from tokenlearner_jax import pretrained
+from tokenlearner_jax import sharding
 from tokenlearner_jax import train
 from tokenlearner_jax import train_steps
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One directory per pytest-xdist worker: two processes preparing the same tfds
-# dataset at once would race.
-DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds',
-                        os.environ.get('PYTEST_XDIST_WORKER', 'main'))
-
-
-def config_for(name: str, arg: str = 'runlocal'):
-  return load(os.path.join(ROOT, 'configs', f'{name}.py')).get_config(arg)
+from tokenlearner_jax.models import build_model
 
 
 def write_video_tfrecords(base_dir: str, split: str, count: int,
@@ -63,16 +56,6 @@ def write_video_tfrecords(base_dir: str, split: str, count: int,
       writer.write(example.SerializeToString())
 
 
-def read_jsonl(workdir):
-  """The records of WORKDIR/metrics.jsonl; none before it exists, and not a
-  last line still being written."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.endswith('\n')]
-
-
 class ConfigsTrainTest(parameterized.TestCase):
   """Every config in configs/ runs 2 train steps and an eval (runlocal)."""
 
@@ -83,6 +66,12 @@ class ConfigsTrainTest(parameterized.TestCase):
       self.assertEqual(json.load(f), final)
     self.assertEqual(final['step'], 2)
     self.assertNotEmpty(glob.glob(os.path.join(workdir, 'events.out.*')))
+    # The rates of ReportProgress, in every train summary.
+    for row in read_jsonl(workdir):
+      if row['kind'] == 'train':
+        self.assertGreater(row['steps_per_sec'], 0)
+        self.assertAlmostEqual(row['examples_per_sec'],
+                               row['steps_per_sec'] * config.batch_size)
     return final
 
   def test_all_configs_covered(self):
@@ -189,14 +178,14 @@ class ResumeTest(absltest.TestCase):
     train.train_and_evaluate(config, workdir)
     # The saved state equals the state restored into a fresh initialisation.
     data_shape = (8, 32, 32, 3)
-    model = train.build_model(config, 40)
+    model = build_model(config, 40)
     tx, _ = optim.make_optimizer(config, 2)
-    mesh = train.sharding.make_mesh(config)
+    mesh = sharding.make_mesh(config)
     fresh, shardings = train_steps.create_train_state(config, model, tx,
                                                       data_shape, mesh)
-    manager = train.checkpoint_manager(workdir, config)
+    manager = checkpoint.make_manager(workdir, config)
     self.assertEqual(manager.latest_step(), 2)
-    restored = train.restore(manager, fresh, shardings)
+    restored = checkpoint.restore_state(manager, fresh, shardings)
     self.assertEqual(int(restored.step), 2)
     changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)),
                                      restored.params, fresh.params)
@@ -220,14 +209,14 @@ class InitFromTest(absltest.TestCase):
     config.dataset_configs.data_dir = DATA_DIR
     pretrained_dir = self.create_tempdir().full_path
     train.train_and_evaluate(config, pretrained_dir)
-    source = pretrained.load_params(
+    source = checkpoint_formats.load_params(
         ml_collections.ConfigDict({'checkpoint_path': pretrained_dir}))
     config.init_from.checkpoint_path = pretrained_dir
     config.rng_seed = 7
     config.num_training_steps = 1
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(config, workdir)
-    tuned = pretrained.load_params(
+    tuned = checkpoint_formats.load_params(
         ml_collections.ConfigDict({'checkpoint_path': workdir}))
     # The warmup's first learning rate is 0, so the one step changes nothing:
     # the body is the pretrained one, the head the new zero-initialised one.
@@ -298,7 +287,7 @@ class FaultToleranceTest(absltest.TestCase):
 
   def final_state(self, workdir: str):
     config = config_for('demo_moving_digits')
-    manager = train.checkpoint_manager(workdir, config)
+    manager = checkpoint.make_manager(workdir, config)
     step = manager.latest_step()
     with open(os.path.join(workdir, 'final_metrics.json')) as f:
       return step, manager.restore(step), json.load(f)
@@ -441,12 +430,6 @@ class NonFiniteTest(absltest.TestCase):
     self.assertEqual(int(opt_state.total_notfinite), 1)
 
 
-def free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(('localhost', 0))
-    return sock.getsockname()[1]
-
-
 def slurm_job_id() -> int:
   """A SLURM job id whose coordinator port (jax's SlurmCluster picks 61440 +
   id % 4096) is free here."""
@@ -584,122 +567,6 @@ class MultiProcessTest(absltest.TestCase):
       self.assertIn('Preempted: saved the checkpoint of step', stderr)
     # Both processes wrote the one checkpoint of the step they stopped at.
     self.assertGreaterEqual(committed_steps(workdir)[-1], 5)
-
-
-def serve_metadata(attributes: Dict[str, str]) -> http.server.HTTPServer:
-  """A GCE metadata server on localhost answering `instance/attributes/KEY`
-  as a Cloud TPU VM's does (404 for anything else)."""
-
-  class Handler(http.server.BaseHTTPRequestHandler):
-
-    def do_GET(self):  # pylint: disable=invalid-name
-      key = self.path.rsplit('/', 1)[-1]
-      if (self.headers.get('Metadata-Flavor') != 'Google' or
-          not self.path.startswith('/computeMetadata/v1/instance/attributes/')
-          or key not in attributes):
-        self.send_response(404)
-        self.end_headers()
-        return
-      body = attributes[key].encode()
-      self.send_response(200)
-      self.send_header('Content-Length', str(len(body)))
-      self.end_headers()
-      self.wfile.write(body)
-
-    def log_message(self, *args):
-      del args
-
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  return server
-
-
-class TpuPodDetectionTest(parameterized.TestCase):
-  """The trainer's runtime setup joins a TPU pod's processes with no flags.
-
-  Two CPU processes are made to look like the two hosts of a Cloud TPU pod
-  slice as jax sees one: `JAX_FORCE_TPU_INIT` makes `import jax` take the
-  Cloud TPU VM path without chips, and each host's facts come from where jax
-  reads them on that platform (GCE: its metadata server, here one per host on
-  localhost; GKE: the variables GKE sets).
-  """
-
-  def test_which_environments_join_a_job(self):
-    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-    cases = [  # (on a Cloud TPU VM, environment, joins)
-        (False, {}, False),
-        (False, {'SLURM_NTASKS': '1'}, False),
-        (False, {'SLURM_NTASKS': '4'}, True),
-        (False, {'JAX_COORDINATOR_ADDRESS': 'host:1234'}, True),
-        (False, {'TPU_WORKER_HOSTNAMES': 'a,b'}, False),  # Not a TPU VM.
-        (True, {}, True),  # GCE: the metadata server lists the workers.
-        (True, {'TPU_SKIP_MDS_QUERY': '1'}, False),
-        (True, {'TPU_SKIP_MDS_QUERY': '1', 'TPU_WORKER_HOSTNAMES': 'a'}, True),
-        (True, {'TPU_SKIP_MDS_QUERY': '1', 'TPU_PROCESS_ADDRESSES': 'a'},
-         True),
-    ]
-    names = ('SLURM_NTASKS', 'JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES',
-             'TPU_PROCESS_ADDRESSES', 'TPU_SKIP_MDS_QUERY')
-    for tpu_vm, environment, joins in cases:
-      cleared = {name: environment.get(name) for name in names}
-      with mock.patch.object(cloud_tpu_init, 'running_in_cloud_tpu_vm',
-                             tpu_vm), mock.patch.dict(os.environ):
-        for name, value in cleared.items():
-          os.environ.pop(name, None)
-          if value is not None:
-            os.environ[name] = value
-        self.assertEqual(train.in_cluster(), joins, (tpu_vm, environment))
-
-  JOIN = (
-      'import os, jax\n'
-      # jax sets this when it finds no TPU chips; a real TPU VM has them.
-      'if os.environ.pop("UNSET_SKIP_MDS", None):\n'
-      '  os.environ.pop("TPU_SKIP_MDS_QUERY", None)\n'
-      'from jax.experimental import multihost_utils\n'
-      'from tokenlearner_jax import train\n'
-      'train.initialize_runtime()\n'
-      'peers = multihost_utils.process_allgather(jax.numpy.array(\n'
-      '    jax.process_index()))\n'
-      'with open(os.environ["JOINED_FILE"], "w") as f:\n'
-      '  print(jax.process_count(), jax.process_index(), jax.device_count(),\n'
-      '        peers.tolist(), file=f)\n')
-
-  @parameterized.named_parameters(('_gce', 'gce'), ('_gke', 'gke'))
-  def test_hosts_of_a_tpu_pod_join_one_job(self, platform):
-    port = free_port()
-    joined = self.create_tempdir().full_path
-    processes, servers = [], []
-    for worker in range(2):
-      env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_FORCE_TPU_INIT='1',
-                 JAX_COORDINATOR_PORT=str(port),
-                 JOINED_FILE=os.path.join(joined, str(worker)),
-                 XLA_FLAGS='--xla_force_host_platform_device_count=4')
-      if platform == 'gce':
-        attributes = {'agent-worker-number': str(worker),
-                      'worker-network-endpoints': 'localhost,localhost',
-                      'tpu-env': ''}
-        env['UNSET_SKIP_MDS'] = '1'
-      else:
-        attributes = {'tpu-env': ''}
-        env.update(TPU_WORKER_HOSTNAMES='localhost,localhost',
-                   TPU_WORKER_ID=str(worker))
-      servers.append(serve_metadata(attributes))
-      env['GCE_METADATA_IP'] = f'127.0.0.1:{servers[-1].server_address[1]}'
-      processes.append(subprocess.Popen(
-          [sys.executable, '-c', self.JOIN], env=env, cwd=ROOT,
-          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    try:
-      outcomes = [p.communicate(timeout=120)[1] for p in processes]
-    finally:
-      for process in processes:
-        process.kill()
-      for server in servers:
-        server.shutdown()
-    for worker, (process, stderr) in enumerate(zip(processes, outcomes)):
-      self.assertEqual(process.returncode, 0, stderr[-3000:])
-      # 2 processes, this one's index, 8 devices in all, both peers seen.
-      with open(os.path.join(joined, str(worker))) as f:
-        self.assertEqual(f.read(), f'2 {worker} 8 [0, 1]\n')
 
 
 if __name__ == '__main__':

@@ -7,10 +7,12 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from tests.test_train import DATA_DIR
-from tests.test_train import config_for
+from tests.testing import DATA_DIR
+from tests.testing import config_for
+from tokenlearner_jax import checkpoint
 from tokenlearner_jax import train
 from tokenlearner_jax import visualize
+from tokenlearner_jax.models import build_model
 
 
 class OverlayTest(absltest.TestCase):
@@ -51,8 +53,9 @@ class VisualizeTest(absltest.TestCase):
     self.assertEqual(gif.size, ((tokens + 1) * size, size))
     # The maps are v1.1's softmax over each slice's 4x4 grid.
     _, maps = visualize.attention_maps(
-        visualize.build_model(config, 40), visualize.pretrained.load_workdir(
-            workdir), np.zeros((1, 8, 32, 32, 3), np.float32), config)
+        build_model(config, 40),
+        checkpoint.per_layer(checkpoint.restore_params(workdir)),
+        np.zeros((1, 8, 32, 32, 3), np.float32), config)
     self.assertEqual(maps.shape, (1, 4, tokens, 4, 4))
     np.testing.assert_allclose(maps.sum((3, 4)), 1.0, rtol=1e-5)
 

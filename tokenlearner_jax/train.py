@@ -3,26 +3,32 @@ r"""Training and evaluation of TokenLearner ViT / ViViT models.
   python -m tokenlearner_jax.train --config=configs/demo_moving_digits.py \
       --workdir=/tmp/run [--config.batch_size=64 ...]
 
-One `jax.jit`-ed train step over a device mesh (`tokenlearner_jax.sharding`),
-orbax checkpoints under `WORKDIR/checkpoints` (re-running the same command
-resumes), clu writers (TensorBoard events in WORKDIR), one JSON object per
-logged summary in `WORKDIR/metrics.jsonl`, and the final eval metrics in
-`WORKDIR/final_metrics.json` for sweep scripts.
+One `jax.jit`-ed train step over a device mesh (`tokenlearner_jax.sharding`,
+`train_steps.make_train_step`), orbax checkpoints under `WORKDIR/checkpoints`
+(`tokenlearner_jax.checkpoint`; re-running the same command resumes), clu
+writers (TensorBoard events in WORKDIR), one JSON object per logged summary in
+`WORKDIR/metrics.jsonl`, and the final eval metrics in
+`WORKDIR/final_metrics.json` for sweep scripts. Steps/s and the ETA come from
+clu's `ReportProgress` (its 'Setting work unit notes' log line).
+
+`config.model_name` picks the task head's loss and metrics
+(`metrics.is_multilabel`): 'token_learner_classification' (softmax
+cross-entropy; accuracy) or 'token_learner_multilabel_classification'
+(sigmoid cross-entropy; prec@1 and mAP).
 
 Multi-process jobs: on TPU pods and under SLURM `jax.distributed` finds its
-peers by itself; elsewhere pass `--coordinator_address=HOST:PORT
---num_processes=N --process_id=I` to every process. SIGTERM (a preemption
-notice) saves a checkpoint at the current step and exits 0; the same command
-resumes there, with the input stream at the same position.
+peers by itself (`runtime.in_cluster`); elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` to every
+process. SIGTERM (a preemption notice) saves a checkpoint at the current step
+and exits 0; the same command resumes there, with the input stream at the same
+position.
 """
 
-import functools
 import json
 import os
 import signal
 import threading
-import time
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -30,23 +36,26 @@ from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
-import flax
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tokenlearner_jax import checkpoint
+from tokenlearner_jax import checkpoint_formats
+from tokenlearner_jax import evaluation
 from tokenlearner_jax import flops
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
-from tokenlearner_jax import pretrained
+from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
+from tokenlearner_jax import surgery
 from tokenlearner_jax import train_steps
-from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
+
+Metrics = Dict[str, float]
 
 
 def define_flags() -> None:
@@ -71,62 +80,6 @@ def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int
   return int(config.num_training_epochs * num_examples // config.batch_size)
 
 
-def evaluate(params, batches, p_eval_step, batch_sharding,
-             multilabel: bool) -> Dict[str, float]:
-  """Metrics over all `batches` of every process (each example once)."""
-  totals, scores, labels = {}, [], []
-  for batch in batching.in_lockstep(batches):
-    sums, logits = p_eval_step(params,
-                               sharding.global_batch(batch, batch_sharding))
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-    if multilabel:
-      logits = (multihost_utils.process_allgather(logits)
-                if jax.process_count() > 1 else np.asarray(logits))
-      label = (multihost_utils.process_allgather(batch['label'], tiled=True)
-               if jax.process_count() > 1 else batch['label'])
-      keep = (multihost_utils.process_allgather(batch['batch_mask'],
-                                                tiled=True)
-              if jax.process_count() > 1 else batch['batch_mask']) > 0
-      scores.append(logits[keep])
-      labels.append(label[keep])
-  results = metrics_lib.finalize(totals)
-  results['num_examples'] = int(totals['num_examples'])
-  if multilabel:
-    results['mAP'] = metrics_lib.average_precision(np.concatenate(scores),
-                                                   np.concatenate(labels))
-  return results
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.get('max_checkpoints_to_keep', 3),
-          save_interval_steps=config.checkpoint_steps,
-          enable_async_checkpointing=True))
-
-
-def restore(manager, state, shardings, step: Optional[int] = None):
-  """Checkpoint `step` (default: the latest) restored onto `shardings`.
-
-  Returns `state` itself when there is no checkpoint.
-  """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return state
-  if step not in manager.all_steps():
-    raise ValueError(f'No checkpoint at step {step} in {manager.directory}; '
-                     f'have {sorted(manager.all_steps())}.')
-  target = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
-      shardings)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(
-      flax.serialization.to_state_dict(target)))
-  logging.info('Restored the checkpoint at step %d.', step)
-  return flax.serialization.from_state_dict(state, restored)
-
-
 # Set by SIGTERM (a preemption notice) in a single-process run; `main`
 # installs the handler. In a multi-process job JAX's preemption service handles
 # SIGTERM and the processes agree on the step through
@@ -134,29 +87,142 @@ def restore(manager, state, shardings, step: Optional[int] = None):
 PREEMPTION_NOTICE = threading.Event()
 
 
-def preemption_requested(manager, step: int) -> bool:
+def preemption_requested(manager: ocp.CheckpointManager, step: int) -> bool:
   if jax.process_count() > 1:
     return manager.reached_preemption(step)
   return PREEMPTION_NOTICE.is_set()
 
 
-def check_finite(unchecked, manager) -> None:
-  """Raises naming the first step with a non-finite watched metric.
+class Recorder:
+  """Writes summaries to the clu writer and to `WORKDIR/metrics.jsonl`."""
 
-  `unchecked` holds `(step, {name: value})` pairs of per-step metrics.
-  """
-  for step, values in unchecked:
-    for name, value in values.items():
-      value = float(value)
-      if not np.isfinite(value):
-        raise FloatingPointError(
-            f'Non-finite train {name} ({value}) at step {step}; stopped with '
-            f'the last good checkpoint at step {manager.latest_step()} (set '
-            'config.skip_nonfinite_steps to skip such updates).')
+  def __init__(self, workdir: str):
+    self.is_main = jax.process_index() == 0
+    self.workdir = workdir
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self.is_main)
+
+  def record(self, step: int, kind: str, values: Metrics) -> None:
+    self.writer.write_scalars(step,
+                              {f'{kind}/{k}': v for k, v in values.items()})
+    if self.is_main:
+      with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
+
+
+class _Rates(metric_writers.LoggingWriter):
+  """Keeps the scalars `ReportProgress` writes (`steps_per_sec`)."""
+
+  def __init__(self):
+    super().__init__()
+    self.latest: Metrics = {}
+
+  def write_scalars(self, step: int, scalars) -> None:
+    del step
+    self.latest.update(scalars)
+
+
+class StepMetrics:
+  """The per-step metrics since the last summary, and the values not yet
+  checked for finiteness: the updated parameters' norm and, unless
+  `skip_nonfinite_steps` skips such updates, the loss."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.watch = (('param_norm',) if config.get('skip_nonfinite_steps')
+                  else ('loss', 'param_norm'))
+    self.pending: List[Dict[str, Any]] = []
+    self.unchecked: List[Tuple[int, Dict[str, Any]]] = []
+
+  def add(self, step: int, step_metrics: Dict[str, Any]) -> None:
+    self.pending.append(step_metrics)
+    self.unchecked.append((step, {k: step_metrics[k] for k in self.watch}))
+
+  def check_finite(self, manager: ocp.CheckpointManager) -> None:
+    """Raises naming the first step with a non-finite watched metric."""
+    for step, values in self.unchecked:
+      for name, value in values.items():
+        value = float(value)
+        if not np.isfinite(value):
+          raise FloatingPointError(
+              f'Non-finite train {name} ({value}) at step {step}; stopped '
+              f'with the last good checkpoint at step {manager.latest_step()} '
+              '(set config.skip_nonfinite_steps to skip such updates).')
+    self.unchecked = []
+
+  def summary(self) -> Metrics:
+    """The means of the pending metrics (which it clears)."""
+    summary = {k: float(np.mean([m[k] for m in self.pending]))
+               for k in self.pending[0]}
+    if 'skipped_steps' in summary:  # A running count: the latest.
+      summary['skipped_steps'] = int(self.pending[-1]['skipped_steps'])
+    self.pending = []
+    return summary
+
+
+def initial_state(config: ml_collections.ConfigDict, state, shardings,
+                  manager: ocp.CheckpointManager, input_shape):
+  """The latest checkpoint, else `config.init_from`'s parameters, else
+  `state` (scratch)."""
+  if manager.latest_step() is not None:
+    return checkpoint.restore_state(manager, state, shardings)
+  if config.get('init_from') and config.init_from.get('checkpoint_path'):
+    return state.replace(params=surgery.init_params(
+        state.params, checkpoint_formats.load_params(config.init_from),
+        config, input_shape))
+  return state
+
+
+def log_start(config, state, data, recorder: Recorder, total_steps: int,
+              mesh) -> float:
+  """Logs what the run starts with; returns the GMACs per example."""
+  gmacs = flops.gmacs(config, data.input_shape, data.num_classes)
+  start_step = int(state.step)
+  if start_step == 0:
+    parameter_overview.log_parameter_overview(state.params)
+    logging.info('GMACs per example: %.4f', gmacs)
+    recorder.writer.write_scalars(0, {'gmacs_per_example': gmacs})
+  logging.info('Training %d steps from step %d, batch %d, mesh %s, '
+               '%d processes.', total_steps, start_step, config.batch_size,
+               dict(mesh.shape), jax.process_count())
+  return gmacs
+
+
+def log_summary(step: int, total_steps: int, metrics: StepMetrics,
+                rates: _Rates, config, recorder: Recorder) -> None:
+  """The train summary of the steps since the last one, with the rate that
+  `ReportProgress` measured over them (it logs the ETA)."""
+  summary = metrics.summary()
+  summary['steps_per_sec'] = rates.latest['steps_per_sec']
+  summary['examples_per_sec'] = summary['steps_per_sec'] * config.batch_size
+  logging.info('step %d/%d: loss=%.4f lr=%.3g %.2f steps/s %.1f examples/s',
+               step, total_steps, summary['loss'], summary['learning_rate'],
+               summary['steps_per_sec'], summary['examples_per_sec'])
+  recorder.record(step, 'train', summary)
+
+
+def save_on_preemption(manager: ocp.CheckpointManager, step: int, state,
+                       recorder: Recorder) -> None:
+  checkpoint.save(manager, step, state, force=True)
+  manager.close()  # Waits for the write to be committed.
+  recorder.writer.flush()
+  logging.warning('Preempted: saved the checkpoint of step %d; the same '
+                  'command resumes from it.', step)
+
+
+def finish(workdir: str, state, eval_results: Metrics, gmacs: float,
+           manager: ocp.CheckpointManager, recorder: Recorder) -> Metrics:
+  """Waits for the last checkpoint; writes `final_metrics.json`."""
+  manager.close()  # Waits for the last write to be committed.
+  recorder.writer.flush()
+  final = {'step': int(state.step), **eval_results, 'gmacs_per_example': gmacs}
+  if recorder.is_main:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(final, f, indent=1)
+  return final
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Optional[Dict[str, float]]:
+                       workdir: str) -> Optional[Metrics]:
   """Trains, evaluates, checkpoints; returns the final eval metrics.
 
   Returns None when stopped by SIGTERM (after saving a checkpoint).
@@ -164,169 +230,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
   train_steps.check_batch_sizes(config, mesh)
-  manager = checkpoint_manager(workdir, config)
+  manager = checkpoint.make_manager(workdir, config)
   data = input_pipeline.get_data(config, start_step=manager.latest_step() or 0)
   model = build_model(config, data.num_classes)
   total_steps = num_train_steps(config, data.num_train_examples)
   tx, schedule = optim.make_optimizer(config, total_steps)
-  batch_sharding = sharding.batch_sharding(mesh)
   state, shardings = train_steps.create_train_state(
       config, model, tx, data.input_shape, mesh)
+  state = initial_state(config, state, shardings, manager, data.input_shape)
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_step = train_steps.make_train_step(config, model, tx, schedule,
+                                           shardings, batch_sharding,
+                                           multilabel)
+  eval_step = train_steps.make_eval_step(model, shardings.params,
+                                         batch_sharding, multilabel)
 
-  is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  if manager.latest_step() is not None:
-    state = restore(manager, state, shardings)
-  elif config.get('init_from') and config.init_from.get('checkpoint_path'):
-    state = state.replace(params=pretrained.init_params(
-        state.params, pretrained.load_params(config.init_from), config,
-        data.input_shape))
+  def evaluate(params) -> Metrics:
+    with report.timed('eval', wait_jax_async_dispatch=False):
+      return evaluation.evaluate_batches(params, data.eval_batches(),
+                                         eval_step, batch_sharding, multilabel)
+
+  recorder = Recorder(workdir)
+  gmacs = log_start(config, state, data, recorder, total_steps, mesh)
   start_step = int(state.step)
-  gmacs = flops.gmacs(config, data.input_shape, data.num_classes)
-  if start_step == 0:
-    parameter_overview.log_parameter_overview(state.params)
-    logging.info('GMACs per example: %.4f', gmacs)
-    writer.write_scalars(0, {'gmacs_per_example': gmacs})
-
-  p_train_step = jax.jit(
-      functools.partial(train_steps.train_step, model=model, tx=tx,
-                        schedule=schedule, config=config,
-                        multilabel=multilabel),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-      # The old state's buffers become the new one's: one copy in memory.
-      donate_argnums=0 if config.get('donate_train_state', True) else ())
-  p_eval_step = jax.jit(
-      functools.partial(train_steps.eval_step, model=model,
-                        multilabel=multilabel),
-      in_shardings=(shardings.params, batch_sharding))
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                           writer=writer)
-  results_file = os.path.join(workdir, 'metrics.jsonl')
-
-  def record(step: int, kind: str, values: Dict[str, float]) -> None:
-    writer.write_scalars(step, {f'{kind}/{k}': v for k, v in values.items()})
-    if is_main:
-      with open(results_file, 'a') as f:
-        f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
-
-  logging.info('Training %d steps from step %d, batch %d, mesh %s, '
-               '%d processes.', total_steps, start_step, config.batch_size,
-               dict(mesh.shape), jax.process_count())
-  pending, last_time, last_step = [], time.time(), start_step
-  eval_results: Optional[Dict[str, float]] = None
-  # Per-step values not yet checked for finiteness: the loss (unless
-  # skip_nonfinite_steps skips such updates) and the updated parameters'
-  # norm, checked before any checkpoint is written.
-  watch = (('param_norm',) if config.get('skip_nonfinite_steps')
-           else ('loss', 'param_norm'))
-  unchecked = []
+  rates, metrics = _Rates(), StepMetrics(config)
+  report = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=rates,
+      every_steps=config.log_summary_steps, every_secs=None)
+  report(start_step)  # Rates from here (the first step's compile included).
+  eval_results: Optional[Metrics] = None
   for step in range(start_step + 1, total_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = sharding.global_batch(next(data.train_iter), batch_sharding)
-      state, step_metrics = p_train_step(state, batch)
-    pending.append(step_metrics)
-    unchecked.append((step, {k: step_metrics[k] for k in watch}))
+      state, step_metrics = train_step(state, batch)
+    metrics.add(step, step_metrics)
     report(step)
+    last = step == total_steps
     preempted = preemption_requested(manager, step)
-    saving = preempted or manager.should_save(step) or step == total_steps
-    if saving or step % config.log_summary_steps == 0:
-      check_finite(unchecked, manager)  # Never save a non-finite state.
-      unchecked = []
-    if step % config.log_summary_steps == 0 or step == total_steps:
-      summary = {k: float(np.mean([m[k] for m in pending]))
-                 for k in pending[0]}
-      if 'skipped_steps' in summary:  # A running count: the latest.
-        summary['skipped_steps'] = int(pending[-1]['skipped_steps'])
-      elapsed = time.time() - last_time
-      steps_per_sec = (step - last_step) / elapsed
-      summary['steps_per_sec'] = steps_per_sec
-      summary['examples_per_sec'] = steps_per_sec * config.batch_size
-      eta = (total_steps - step) / max(steps_per_sec, 1e-9)
-      logging.info('step %d/%d: loss=%.4f lr=%.3g %.2f steps/s %.1f '
-                   'examples/s ETA %dm%02ds', step, total_steps,
-                   summary['loss'], summary['learning_rate'], steps_per_sec,
-                   summary['examples_per_sec'], eta // 60, eta % 60)
-      record(step, 'train', summary)
-      pending, last_time, last_step = [], time.time(), step
+    summarize = step % config.log_summary_steps == 0 or last
+    if preempted or manager.should_save(step) or summarize:
+      metrics.check_finite(manager)  # Never save a non-finite state.
+    if summarize:
+      log_summary(step, total_steps, metrics, rates, config, recorder)
     if preempted:
-      manager.save(step, args=ocp.args.StandardSave(
-          flax.serialization.to_state_dict(state)), force=True)
-      manager.close()  # Waits for the write to be committed.
-      writer.flush()
-      logging.warning('Preempted: saved the checkpoint of step %d; the same '
-                      'command resumes from it.', step)
+      save_on_preemption(manager, step, state, recorder)
       return None
-    if step % config.log_eval_steps == 0 or step == total_steps:
-      eval_results = evaluate(state.params, data.eval_batches(), p_eval_step,
-                              batch_sharding, multilabel)
+    if step % config.log_eval_steps == 0 or last:
+      eval_results = evaluate(state.params)
       logging.info('step %d eval: %s', step, eval_results)
-      record(step, 'eval', eval_results)
-      last_time = time.time()
-    manager.save(step, args=ocp.args.StandardSave(
-        flax.serialization.to_state_dict(state)), force=step == total_steps)
-
+      recorder.record(step, 'eval', eval_results)
+    checkpoint.save(manager, step, state, force=last)
   if eval_results is None:  # Resumed after the last step: evaluate again.
-    eval_results = evaluate(state.params, data.eval_batches(), p_eval_step,
-                            batch_sharding, multilabel)
-  manager.close()  # Waits for the last write to be committed.
-  writer.flush()
-  final = {'step': int(state.step), **eval_results,
-           'gmacs_per_example': gmacs}
-  if is_main:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(final, f, indent=1)
-  return final
-
-
-def in_cluster() -> bool:
-  """Whether `jax.distributed.initialize()` can find this job's peers itself.
-
-  The signals its cluster detection reads: `JAX_COORDINATOR_ADDRESS`; a SLURM
-  step of several tasks; a Cloud TPU VM (set by `import jax` when TPU chips
-  and libtpu are present) that is on GKE (`TPU_WORKER_HOSTNAMES` or
-  `TPU_PROCESS_ADDRESSES`) or may ask GCE's metadata server for its workers
-  (`TPU_SKIP_MDS_QUERY` unset). A single-host TPU VM joins a 1-process job.
-  """
-  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    return True
-  if int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-    return True
-  # No public API says whether this is a Cloud TPU VM; jax sets this flag at
-  # import, and its TPU cluster detection reads the same one.
-  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  if not cloud_tpu_init.running_in_cloud_tpu_vm:
-    return False
-  return bool(os.environ.get('TPU_WORKER_HOSTNAMES') or
-              os.environ.get('TPU_PROCESS_ADDRESSES') or
-              not os.environ.get('TPU_SKIP_MDS_QUERY'))
-
-
-def initialize_runtime(coordinator_address: Optional[str] = None,
-                       num_processes: Optional[int] = None,
-                       process_id: Optional[int] = None) -> None:
-  """Process-wide setup shared by the command-line entry points.
-
-  Joins a multi-process job when given its coordinator (or when running on a
-  TPU pod or SLURM job, which `jax.distributed` detects); a dead peer then
-  stops this process within `heartbeat_timeout_seconds` instead of a hang.
-  """
-  jax.config.update('jax_threefry_partitionable', True)
-  if coordinator_address:
-    if num_processes is None or process_id is None:
-      raise app.UsageError('--coordinator_address needs --num_processes and '
-                           '--process_id.')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               heartbeat_timeout_seconds=30)
-  elif in_cluster():
-    jax.distributed.initialize(heartbeat_timeout_seconds=30)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # Keep TensorFlow off the GPUs.
+    eval_results = evaluate(state.params)
+  return finish(workdir, state, eval_results, gmacs, manager, recorder)
 
 
 def main(argv) -> None:
   del argv
-  initialize_runtime(flags.FLAGS.coordinator_address,
-                     flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  runtime.initialize_runtime(flags.FLAGS.coordinator_address,
+                             flags.FLAGS.num_processes, flags.FLAGS.process_id)
   workdir = flags.FLAGS.workdir
   if not workdir:
     raise app.UsageError('--workdir is required.')

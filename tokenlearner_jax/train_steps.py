@@ -1,12 +1,13 @@
 """The jit-compiled parts of training: the state, the train and eval steps.
 
 No input pipeline, checkpointing or TensorFlow here: `tokenlearner_jax.train`
-runs these in its loop, `tokenlearner_jax.evaluate` restores into
-`create_train_state`'s target, and `scripts/benchmark.py` times `train_step`
-on machines without TensorFlow.
+runs these in its loop, `tokenlearner_jax.evaluate` restores parameters onto
+`abstract_params`' shardings, and `scripts/benchmark.py` times the same
+`make_train_step` on machines without TensorFlow.
 """
 
-from typing import Any, Dict
+import functools
+from typing import Any, Callable, Dict, Tuple
 
 import flax
 import flax.linen as nn
@@ -28,6 +29,17 @@ class TrainState:
   rng: jax.Array
 
 
+def _initial_params(config, model, input_shape, rng):
+  """The model's (boxed) initial parameters, with `init_head_bias`."""
+  params = model.init(rng, jnp.zeros((1,) + tuple(input_shape)),
+                      train=False)['params']
+  if config.get('init_head_bias') is not None:
+    head = dict(params['output_projection'])
+    head['bias'] = jnp.full_like(head['bias'], config.init_head_bias)
+    params = {**params, 'output_projection': head}
+  return params
+
+
 def create_train_state(config, model, tx, input_shape, mesh,
                        abstract: bool = False):
   """Initialises the state directly sharded on `mesh`; returns it, shardings.
@@ -38,12 +50,7 @@ def create_train_state(config, model, tx, input_shape, mesh,
 
   def init(rng):
     params_rng, rng = jax.random.split(rng)
-    params = model.init(params_rng, jnp.zeros((1,) + input_shape),
-                        train=False)['params']
-    if config.get('init_head_bias') is not None:
-      head = dict(params['output_projection'])
-      head['bias'] = jnp.full_like(head['bias'], config.init_head_bias)
-      params = {**params, 'output_projection': head}
+    params = _initial_params(config, model, input_shape, params_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=rng)
 
@@ -53,6 +60,19 @@ def create_train_state(config, model, tx, input_shape, mesh,
     return jax.eval_shape(lambda r: nn.unbox(init(r)), rng), shardings
   state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings
+
+
+def abstract_params(config, model, input_shape, mesh) -> Tuple[Any, Any]:
+  """(the parameters' `jax.ShapeDtypeStruct`s carrying their shardings, the
+  shardings): where a train state's `params` live, without an optimizer."""
+  boxed = jax.eval_shape(functools.partial(_initial_params, config, model,
+                                           input_shape),
+                         jax.random.PRNGKey(0))
+  shardings = sharding.tree_sharding(boxed, mesh, config)
+  target = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed), shardings)
+  return target, shardings
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
@@ -116,3 +136,29 @@ def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
         f'data-parallel size {parallel} (config.mesh data x fsdp = '
         f"{mesh.shape['data']} x {mesh.shape['fsdp']}).")
 
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
+                    shardings: Any, batch_sharding: Any,
+                    multilabel: bool) -> Callable:
+  """`train_step` jit-compiled over the mesh: `(state, batch) -> (state,
+  metrics)`, the state on `shardings`, the batch on `batch_sharding`.
+
+  With `config.donate_train_state` (default True) the old state's buffers
+  become the new one's: one copy of the state in memory.
+  """
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                        config=config, multilabel=multilabel),
+      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
+      donate_argnums=0 if config.get('donate_train_state', True) else ())
+
+
+def make_eval_step(model, params_shardings: Any, batch_sharding: Any,
+                   multilabel: bool, multiview: bool = False) -> Callable:
+  """`eval_step` jit-compiled over the mesh: `(params, batch) -> (metric
+  sums, logits)`."""
+  return jax.jit(
+      functools.partial(eval_step, model=model, multilabel=multilabel,
+                        multiview=multiview),
+      in_shardings=(params_shardings, batch_sharding))
