@@ -18,8 +18,8 @@ import pytest
 
 from tests.models.test_tokenlearner import perturbed
 from tokenlearner_jax.configs import common as config_lib
-from tokenlearner_jax import layer_stacking
-from tokenlearner_jax import pretrained
+from tokenlearner_jax import checkpoint as layer_stacking
+from tokenlearner_jax import surgery as pretrained
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models.encoder import scan_segments
