@@ -1,7 +1,7 @@
 r"""ViT + TokenLearner fine-tuned on ImageNet (paper Tables 1, 2 and 4).
 
 Default: ViT-B/16 with 8 tokens learned before block 6, no TokenFuser, at
-384x384 (Table 4's first row: 83.2% top-1, 28.3 GFLOPs). TokenLearner v1.0
+384x384 (Table 4's first row). TokenLearner v1.0
 (the paper's module). Fine-tuning at 384 for Ti/S/B and 512 for L/H, as the
 paper does, with ViT's fine-tuning recipe (vision_transformer
 `vit_jax/configs/common.py`, ImageNet preset): SGD momentum 0.9, batch 512,
@@ -31,47 +31,12 @@ paper's "(21)", "24+11"), image_size=0 (0: 384 for Ti/S/B, 512 for L/H),
 classifier=gap ('token' for a class token, as the public ViT weights have),
 runlocal (a tiny 'mu/8' model at 32x32 for a CPU smoke run).
 
-Paper rows (GFLOPs are multiply-adds per image; ours from
-`tokenlearner_jax.summary`, 1000 classes):
-
-  ARGS                                                   table paper  ours top-1
-  variant=S/32,tokenlearner_loc=None                      T1     3.4   3.4 77.87
-  variant=B/16,tokenlearner_loc=None                      T1    55.6  55.4 84.73
-  variant=S/32,tokenlearner_loc=6                         T1     1.9   1.9 76.13
-  num_tokens=16 (16-TL at 6)                              T1    28.7  28.6 83.65
-  variant=S/32,tokenlearner_loc=11,extra_layers=10        T1     3.3   3.3 79.42
-  variant=B/32,tokenlearner_loc=10,extra_layers=8         T1    11.5  11.4 82.74
-  tokenlearner_loc=10,extra_layers=9                      T1    47.1  46.9 85.21
-  num_tokens=16,tokenlearner_loc=10,extra_layers=9        T1    47.7  47.5 85.45
-  (the default: 8-TL at 6)                                T4    28.3  28.2 83.2
-  use_tokenfuse=True                                      T4    28.5  28.6 83.7
-  num_tokens=16                                           T4    28.7  28.6 83.2
-  num_tokens=16,use_tokenfuse=True                        T4    29.1  29.2 83.9
-  variant=L/16,tokenlearner_loc=None                      T2   363.1 361.6 87.35
-  variant=L/16,num_tokens=16,tokenlearner_loc=12          T4   184.6 183.8 87.6
-  variant=L/16,num_tokens=16,tokenlearner_loc=12,
-      use_tokenfuse=True                                  T4   187.1 186.7 87.6
-  variant=L/16,tokenlearner_loc=18                        T4   273.2 272.1 87.9
-  variant=L/16,tokenlearner_loc=18,use_tokenfuse=True     T4   273.8 273.0 88.2
-  variant=L/16,num_tokens=16,tokenlearner_loc=12,
-      extra_layers=11                                     T2   186.8 186.0 87.47
-  variant=L/16,tokenlearner_loc=18,extra_layers=6         T2   274.2 272.7 88.11
-  variant=L/14,num_tokens=16,tokenlearner_loc=18,
-      extra_layers=11                                     T2   361.6 359.9 88.37
-  variant=L/10,num_tokens=16,tokenlearner_loc=18,
-      extra_layers=11                                     T4   849.0 843.2 88.5
-  variant=L/10,num_tokens=16,tokenlearner_loc=18,
-      extra_layers=11,use_tokenfuse=True                  T4   856.9 854.0 88.5
-
-Table 1 gives no TokenLearner locations; the S/32 and B/32 locations and the
-"(21)"/"(22)"/"(20)" splits above are the ones whose multiply-adds match its
-GFLOPs. Table 2 prints 178.1 for `variant=L/16,num_tokens=16,
-tokenlearner_loc=12` (87.68%), the same model as Table 4's 184.6. Table 1's
-ViT-B/32 (19.8 GFLOPs, 80.69%) is `variant=B/32,tokenlearner_loc=None`, 13.0
-GMACs at 384: the paper's number is unexplained. Table 3's TokenLearner L/8
-(24+11) (88.87%, no GFLOPs given) is `variant=L/8,num_tokens=16,
-tokenlearner_loc=18,extra_layers=11` (1551 GMACs); its L/10 (24+11) is the
-T4 row above.
+The paper's ImageNet rows (Tables 1-4 and the TokenFuser figure: each model's
+ARGS, its GFLOPs and top-1, and our GMACs) are listed in docs/flops.md, made
+from `tokenlearner_jax/paper.py` by `python scripts/flops_table.py
+--markdown`. Table 1 gives no TokenLearner locations; the S/32 and B/32
+locations and the "(21)"/"(22)"/"(20)" splits there are the ones whose
+multiply-adds match its GFLOPs.
 """
 
 from typing import Optional

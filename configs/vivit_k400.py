@@ -1,4 +1,4 @@
-r"""ViViT-L/16x2 + TokenLearner 8at18 on Kinetics-400 (paper Table 6: 84.5%).
+r"""ViViT-L/16x2 + TokenLearner 8at18 on Kinetics-400 (the paper's Table 6).
 
 The joint space-time ViViT-L/16x2 on 32x224x224 clips with 8 tokens learned per
 temporal slice before block 18 (TokenLearner v1.0, the paper's module). The
@@ -36,30 +36,16 @@ Model summary (parameters and GMACs per view):
 Args (`--config=configs/vivit_k400.py:ARGS`, comma-separated): variant=L/16,
 num_tokens=8, tokenlearner_loc=18 (None: the ViViT baseline), use_v11=False,
 use_tokenfuse=False, extra_layers=0 (blocks added after the base depth),
-row (a paper row by name, below; explicit args override it), runlocal (a tiny
+row=NAME (the args of a paper row: L16, L16_16at12, L16_8at18, L14_16at18,
+L10_16at18, L10_16at18_fuser; explicit args override them), runlocal (a tiny
 'mu/8' model on 4x32x32 clips for a CPU smoke run; tables '@1').
 
-Paper rows (Tables 6 and 7, 4x3 views; GFLOPs are multiply-adds per view;
-ours from `tokenlearner_jax.summary`, class token and 400 classes included):
-
-  row=          explicit ARGS                                  paper ours  top-1
-  L16           tokenlearner_loc=None                           1446  1436  83.4
-  L16_16at12    num_tokens=16,tokenlearner_loc=12                766   761  83.5
-  L16_8at18     (the default)                                   1105  1088  84.5
-  L14_16at18    variant=L/14,num_tokens=16,tokenlearner_loc=18,
-                extra_layers=11                                 1621  1610  84.7
-  L10_16at18    variant=L/10,num_tokens=16,tokenlearner_loc=18,
-                extra_layers=11                                 4076  4029  85.4
-  L10_16at18_fuser
-                variant=L/10,num_tokens=16,tokenlearner_loc=18,
-                extra_layers=11,use_tokenfuse=True              4100  4061  K600
-
-L14/L10 are the "24+11" models (35 blocks, TokenLearner before block 18); the
-L/10 stem floors 224/10 to a 22x22 grid per slice. The ViViT-L/16 baseline is
-83.4 in the paper's own run (82.8 in the ViViT paper). Table 7's 6-view rows
-(16at12: 82.1, 8at18: 83.2) are the same models tested with fewer views, e.g.
-`--config.dataset_configs.num_test_clips=2` (2x3); the paper does not say how
-its 6 views split. The Fuser row is a Kinetics-600 result (Table 8).
+The paper's Kinetics rows (Tables 6-8: each model's ARGS, its GFLOPs per view
+and accuracy, and our GMACs) are listed in docs/flops.md, made from
+`tokenlearner_jax/paper.py` by `python scripts/flops_table.py --markdown`.
+L14/L10 are the "24+11" models (35 blocks, TokenLearner before block 18).
+Table 7's 6-view rows are the same models tested with fewer views, e.g.
+`--config.dataset_configs.num_test_clips=2` (2x3).
 """
 
 from tokenlearner_jax.configs import kinetics

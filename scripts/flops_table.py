@@ -1,101 +1,129 @@
-"""Prints the paper's GFLOPs next to our analytic GMACs, as a Markdown table.
+"""The paper's GFLOPs next to our analytic GMACs, as a Markdown table.
 
-The paper's "GFLOPS" are multiply-adds per image or per view (see
-`tokenlearner_jax.flops`). Rows use the paper's TokenLearner v1.0 module; the
-L/14 and L/10 models are the "24+11" ones (35 blocks), as Tables 2-4 state.
+The rows, with the paper's accuracies and the config arguments of each model,
+are `tokenlearner_jax.paper.ROWS`. The paper's "GFLOPS" are multiply-adds per
+image or per view (see `tokenlearner_jax.flops`); ours count each row's model
+with the paper's TokenLearner v1.0 module, a 'gap' head and 1000 classes.
 
-  python scripts/flops_table.py           # the table
-  python scripts/flops_table.py --check   # exit 1 if a row is off by > 2%
+  python scripts/flops_table.py              # print the table
+  python scripts/flops_table.py --check      # exit 1 if a row is off by > 2%
+  python scripts/flops_table.py --markdown   # write docs/flops.md
 """
 
+import argparse
+import os
 import sys
+from typing import Iterator, List, Optional, Tuple
 
 import ml_collections
 
+from tokenlearner_jax import paper
 from tokenlearner_jax.configs import common
 from tokenlearner_jax.flops import gmacs
 
-IMG224, IMG384, IMG512 = (224, 224, 3), (384, 384, 3), (512, 512, 3)
-VIDEO = (32, 224, 224, 3)  # 32 frames at 224, tubelet 16x16x2
-TOLERANCE = 0.02
-
-# (row, paper table, paper GFLOPs, variant, input, model_config kwargs, note)
-ROWS = [
-    ('ViT-B/16 @224', 'location fig.', 17.5, 'B/16', IMG224,
-     dict(tokenizer_type='patch'), ''),
-    ('ViT-B/16 @384', 'T1', 55.6, 'B/16', IMG384,
-     dict(tokenizer_type='patch'), ''),
-    ('B/16 @384, 8-TL at 6', 'T4', 28.3, 'B/16', IMG384,
-     dict(tokenlearner_loc=6), ''),
-    ('B/16 @384, 8-TL at 6 + Fuser', 'T4', 28.5, 'B/16', IMG384,
-     dict(tokenlearner_loc=6, use_tokenfuse=True), ''),
-    ('B/16 @384, 16-TL at 6', 'T4', 28.7, 'B/16', IMG384,
-     dict(tokenlearner_loc=6, num_tokens=16), ''),
-    ('B/16 @384, 16-TL at 6 + Fuser', 'T4', 29.1, 'B/16', IMG384,
-     dict(tokenlearner_loc=6, num_tokens=16, use_tokenfuse=True), ''),
-    ('ViT-L/16 @512', 'T2', 363.1, 'L/16', IMG512,
-     dict(tokenizer_type='patch'), ''),
-    ('L/16 @512, 16-TL at 12', 'T4, T5', 184.6, 'L/16', IMG512,
-     dict(tokenlearner_loc=12, num_tokens=16), ''),
-    ('L/16 @512, 16-TL at 12', 'T2', 178.1, 'L/16', IMG512,
-     dict(tokenlearner_loc=12, num_tokens=16),
-     'paper inconsistency: the same model is 184.6 in T4/T5'),
-    ('L/16 @512, 16-TL at 12 + Fuser', 'T4', 187.1, 'L/16', IMG512,
-     dict(tokenlearner_loc=12, num_tokens=16, use_tokenfuse=True), ''),
-    ('L/16 @512, 8-TL at 18', 'T4', 273.2, 'L/16', IMG512,
-     dict(tokenlearner_loc=18), ''),
-    ('L/16 @512, 8-TL at 18 + Fuser', 'T4', 273.8, 'L/16', IMG512,
-     dict(tokenlearner_loc=18, use_tokenfuse=True), ''),
-    ('L/16 @512 (24+11), 16-TL at 12', 'T2', 186.8, 'L/16', IMG512,
-     dict(tokenlearner_loc=12, num_tokens=16, extra_layers=11), ''),
-    ('L/16 @512 (24+6), 8-TL at 18', 'T2', 274.2, 'L/16', IMG512,
-     dict(tokenlearner_loc=18, extra_layers=6), ''),
-    ('L/10 @512 (24+11), 16-TL at 18', 'T4', 849.0, 'L/10', IMG512,
-     dict(tokenlearner_loc=18, num_tokens=16, extra_layers=11), ''),
-    ('L/10 @512 (24+11), 16-TL at 18 + Fuser', 'T4', 856.9, 'L/10', IMG512,
-     dict(tokenlearner_loc=18, num_tokens=16, extra_layers=11,
-          use_tokenfuse=True), ''),
-    ('ViViT-L/16x2, 32x224x224', 'T6', 1446, 'L/16', VIDEO,
-     dict(tokenizer_type='video'), ''),
-    ('TokenLearner 16at12 + L/16', 'T6', 766, 'L/16', VIDEO,
-     dict(tokenizer_type='video', tokenlearner_loc=12, num_tokens=16), ''),
-    ('TokenLearner 8at18 + L/16', 'T6', 1105, 'L/16', VIDEO,
-     dict(tokenizer_type='video', tokenlearner_loc=18), ''),
-    ('TokenLearner 16at18 + L/14 (24+11)', 'T6', 1621, 'L/14', VIDEO,
-     dict(tokenizer_type='video', tokenlearner_loc=18, num_tokens=16,
-          extra_layers=11), ''),
-    ('TokenLearner 16at18 + L/10 (24+11)', 'T6', 4076, 'L/10', VIDEO,
-     dict(tokenizer_type='video', tokenlearner_loc=18, num_tokens=16,
-          extra_layers=11), ''),
-    ('TokenLearner 16at18 + L/10 (24+11) + Fuser', 'T8', 4100, 'L/10', VIDEO,
-     dict(tokenizer_type='video', tokenlearner_loc=18, num_tokens=16,
-          extra_layers=11, use_tokenfuse=True), ''),
-]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKDOWN = os.path.join(ROOT, 'docs', 'flops.md')
+COMMAND = 'python scripts/flops_table.py --markdown'
 
 
-def table_rows():
-  """Yields (row, table, paper, ours, relative difference, note)."""
-  for name, table, paper, variant, shape, kwargs, note in ROWS:
-    config = ml_collections.ConfigDict()
-    config.model = common.model_config(variant, use_v11=False, **kwargs)
-    ours = gmacs(config, shape, num_classes=1000)
-    yield name, table, paper, ours, ours / paper - 1, note
+def ours(row: paper.Row) -> float:
+  """Our GMACs for `row`'s model (v1.0, 'gap', 1000 classes)."""
+  args = dict(row.args)
+  config = ml_collections.ConfigDict()
+  config.model = common.model_config(args.pop('variant'), row.tokenizer_type,
+                                     use_v11=False, **args)
+  return gmacs(config, row.input_shape, num_classes=1000)
 
 
-def main(argv) -> int:
-  print('| Model | Paper table | Paper GFLOPs | Ours (GMACs) | Diff | Note |')
-  print('|---|---|---:|---:|---:|---|')
+def table_rows() -> Iterator[Tuple[paper.Row, float, Optional[float]]]:
+  """Yields (row, our GMACs, relative difference or None)."""
+  for row in paper.ROWS:
+    count = ours(row)
+    yield row, count, None if row.gflops is None else count / row.gflops - 1
+
+
+def _decimals(value: float) -> str:
+  """`value` with one decimal, or two where it has them (as printed)."""
+  return f'{value:.1f}' if round(value, 1) == value else f'{value:.2f}'
+
+
+def markdown_table() -> Tuple[str, List[str]]:
+  """(the table, names of checked rows off by more than the tolerance)."""
+  lines = ['| Model | Paper table | Paper GFLOPs | Ours (GMACs) | Diff | '
+           'Paper accuracy | Config | Note |',
+           '|---|---|---:|---:|---:|---:|---|---|']
   failures = []
-  for name, table, paper, ours, diff, note in table_rows():
-    print(f'| {name} | {table} | {paper:g} | {ours:.1f} | {diff:+.1%} | '
-          f'{note} |')
-    if abs(diff) > TOLERANCE and not note.startswith('paper inconsistency'):
-      failures.append(name)
-  if '--check' in argv and failures:
-    print(f'Off by more than {TOLERANCE:.0%}: {failures}', file=sys.stderr)
+  for row, count, diff in table_rows():
+    config = f'`{row.config}.py:{row.config_arg}`' if row.config else ''
+    if row.preset:
+      config += f' (`row={row.preset}`)'
+    paper_gflops = '' if row.gflops is None else f'{row.gflops:g}'
+    diff_text = '' if diff is None else f'{diff:+.1%}'
+    accuracy = '' if row.accuracy is None else _decimals(row.accuracy)
+    ours_text = f'{count:.1f}' if count >= 10 else f'{count:.2f}'
+    lines.append(f'| {row.name} | {row.table} | {paper_gflops} | '
+                 f'{ours_text} | {diff_text} | {accuracy} | {config} | '
+                 f'{row.note} |')
+    if row.checked and diff is not None and abs(diff) > paper.TOLERANCE:
+      failures.append(f'{row.name} ({row.table})')
+  return '\n'.join(lines), failures
+
+
+def markdown_file(table: str) -> str:
+  """docs/flops.md: a header saying how it is made, a legend and `table`."""
+  metrics = '\n'.join(f'* {table_name}: {metric}'
+                      for table_name, metric in paper.METRICS.items())
+  tolerance = f'{paper.TOLERANCE:.0%}'
+  header = (f'<!-- Generated by `{COMMAND}` from tokenlearner_jax/paper.py; '
+            'do not edit. -->')
+  return f"""{header}
+# The paper's GFLOPs, accuracies and configs
+
+Each row is a model the TokenLearner paper (arXiv 2106.11297 v2) gives
+GFLOPs for, with the accuracy printed beside it and the config that trains
+it (`--config=configs/FILE.py:ARGS`). The paper's "GFLOPs" are multiply-adds
+per image or per view. Ours are `tokenlearner_jax.flops.gmacs` of the same
+model with TokenLearner v1.0 (the paper's module), a 'gap' head and 1000
+classes; `python -m tokenlearner_jax.summary --config=configs/FILE.py:ARGS`
+counts the config's own head (the JFT config's 18,291 classes and pre-logits
+add up to 2% to the smallest models). `python scripts/flops_table.py
+--check` fails when a row is off by more than {tolerance}, except the rows
+whose note says why. Figure values were read from pixels. Table 1 gives no
+TokenLearner locations: its rows' locations (and the few-shot figure's) are
+the ones whose multiply-adds match its GFLOPs. "(24+11)": 11 blocks added
+after the 24 of ViT-L, TokenLearner before block 18.
+
+The accuracy columns measure:
+
+{metrics}
+
+{table}
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--check', action='store_true',
+                      help=f'Exit 1 if a checked row is off by more than '
+                      f'{paper.TOLERANCE:.0%}.')
+  parser.add_argument('--markdown', nargs='?', const=MARKDOWN, default=None,
+                      metavar='PATH',
+                      help=f'Write the table with its legend to PATH '
+                      f'(default {os.path.relpath(MARKDOWN, ROOT)}).')
+  args = parser.parse_args(argv)
+  table, failures = markdown_table()
+  if args.markdown:
+    with open(args.markdown, 'w') as f:
+      f.write(markdown_file(table))
+    print(f'Wrote {args.markdown}.')
+  else:
+    print(table)
+  if args.check and failures:
+    print(f'Off by more than {paper.TOLERANCE:.0%}: {failures}',
+          file=sys.stderr)
     return 1
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main())

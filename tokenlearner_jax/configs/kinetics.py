@@ -5,43 +5,32 @@ with their dataset's classes, split sizes and learning rate; their module
 docstrings describe the model, the recipe and the arguments.
 """
 
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import ml_collections
 
+from tokenlearner_jax import paper
 from tokenlearner_jax.configs import common
 
-# The arguments of `--config=configs/vivit_k4/600.py:ARG`.
+# The arguments of `--config=configs/vivit_k400.py:ARG` (and vivit_k600.py).
 ARG_DEFAULTS = dict(variant='L/16', num_tokens=8, tokenlearner_loc=18,
                     use_v11=False, use_tokenfuse=False, extra_layers=0,
                     row='', runlocal=False)
 ARG_TYPES = dict(tokenlearner_loc=Optional[int])
 
-# The paper's ViViT rows (Tables 6-8): `row=NAME` sets these args.
-ROWS = {
-    'L16': dict(variant='L/16', num_tokens=8, tokenlearner_loc=None,
-                extra_layers=0, use_tokenfuse=False),
-    'L16_16at12': dict(variant='L/16', num_tokens=16, tokenlearner_loc=12,
-                       extra_layers=0, use_tokenfuse=False),
-    'L16_8at18': dict(variant='L/16', num_tokens=8, tokenlearner_loc=18,
-                      extra_layers=0, use_tokenfuse=False),
-    'L14_16at18': dict(variant='L/14', num_tokens=16, tokenlearner_loc=18,
-                       extra_layers=11, use_tokenfuse=False),
-    'L10_16at18': dict(variant='L/10', num_tokens=16, tokenlearner_loc=18,
-                       extra_layers=11, use_tokenfuse=False),
-    'L10_16at18_fuser': dict(variant='L/10', num_tokens=16,
-                             tokenlearner_loc=18, extra_layers=11,
-                             use_tokenfuse=True),
-}
+# `row=NAME`: the args of the paper's row with that preset (Tables 6-8;
+# docs/flops.md lists them); explicit args override them.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    name: row.args for name, row in paper.presets().items()}
 
 
 def parse_row_arg(arg: Optional[str]) -> ml_collections.ConfigDict:
   """Parses `arg` over `ARG_DEFAULTS`, `row=NAME` supplying the defaults."""
   row = common.parse_arg(arg, types=ARG_TYPES, **ARG_DEFAULTS).row
-  if row and row not in ROWS:
-    raise ValueError(f'Unknown row={row!r}; known: {sorted(ROWS)}.')
+  if row and row not in PRESETS:
+    raise ValueError(f'Unknown row={row!r}; known: {sorted(PRESETS)}.')
   return common.parse_arg(arg, types=ARG_TYPES,
-                          **{**ARG_DEFAULTS, **ROWS.get(row, {})})
+                          **{**ARG_DEFAULTS, **PRESETS.get(row, {})})
 
 
 def kinetics_config(arg: Optional[str], *, experiment_name: str,
