@@ -46,7 +46,7 @@ from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
-from tokenlearner_jax.models.encoder import REMAT_POLICIES
+from tokenlearner_jax.models.config import REMAT_POLICIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 1000

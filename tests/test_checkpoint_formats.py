@@ -196,7 +196,8 @@ class LoadParamsTest(parameterized.TestCase):
 class BigVisionNamesTest(absltest.TestCase):
 
   def test_big_vision_names(self):
-    self.assertEqual(checkpoint_formats.big_vision_name('pos_embedding'), POSEMB)
+    self.assertEqual(checkpoint_formats.big_vision_name('pos_embedding'),
+                     POSEMB)
     self.assertEqual(checkpoint_formats.big_vision_name('head/bias'),
                      'output_projection/bias')
     self.assertEqual(
@@ -205,10 +206,9 @@ class BigVisionNamesTest(absltest.TestCase):
             'kernel'),
         'Transformer/encoderblock_3/MultiHeadDotProductAttention_0/out/kernel')
     self.assertEqual(
-        checkpoint_formats.big_vision_name('Transformer/encoderblock_0/LayerNorm_1/'
-                                   'scale'),
+        checkpoint_formats.big_vision_name(
+            'Transformer/encoderblock_0/LayerNorm_1/scale'),
         'Transformer/encoderblock_0/LayerNorm_1/scale')
-
 
   def test_scanned_blocks_unstack_like_ours(self):
     flat_arrays = {'Transformer/encoderblock/LayerNorm_0/scale':

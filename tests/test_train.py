@@ -1,4 +1,5 @@
-"""End-to-end tests of `tokenlearner_jax.train` on offline and generated data."""
+"""End-to-end tests of `tokenlearner_jax.train` on offline and generated
+data."""
 
 import glob
 import io
@@ -270,13 +271,15 @@ class FaultToleranceTest(absltest.TestCase):
   """Kill, preemption and non-finite losses, on real subprocesses."""
 
   # Long enough to be killed mid-run; eval and checkpoints along the way.
-  OVERRIDES = ('--config.num_training_steps=120', '--config.checkpoint_steps=10',
+  OVERRIDES = ('--config.num_training_steps=120',
+               '--config.checkpoint_steps=10',
                '--config.log_summary_steps=5', '--config.log_eval_steps=60')
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tfds.builder('moving_digits/small', data_dir=DATA_DIR).download_and_prepare()
+    tfds.builder('moving_digits/small',
+                 data_dir=DATA_DIR).download_and_prepare()
 
   def run_to_end(self, workdir: str, *overrides: str):
     result = subprocess.run(train_command(workdir, *overrides), cwd=ROOT,
@@ -455,7 +458,8 @@ class MultiProcessTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    tfds.builder('moving_digits/small', data_dir=DATA_DIR).download_and_prepare()
+    tfds.builder('moving_digits/small',
+                 data_dir=DATA_DIR).download_and_prepare()
 
   def setUp(self):
     super().setUp()

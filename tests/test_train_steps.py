@@ -1,7 +1,6 @@
 """Tests of `tokenlearner_jax.train_steps` (the steps themselves also run in
 tests/test_train.py and tests/models/test_speed_options.py)."""
 
-import os
 import subprocess
 import sys
 

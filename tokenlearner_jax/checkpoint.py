@@ -14,11 +14,12 @@ trainer holds, and must not change.
     is one `nn.scan` whose parameters carry a leading layer axis (see
     `models.encoder.scan_segments`):
 
-      per-layer (reference) layout             scanned layout
-      Transformer/encoderblock_{i}/X           Transformer/encoderblock_{a}_to_{b}/X [b-a+1, ...]
-      Transformer/encoderblock_{loc+j}/X       Transformer/fuserlayer_{loc}_to_{b}/encoderblock/X
-      Transformer/TokenLearnerModuleV11_{j}/X  Transformer/fuserlayer_{loc}_to_{b}/TokenLearnerModuleV11/X
-      Transformer/TokenFuser_{j}/X             Transformer/fuserlayer_{loc}_to_{b}/TokenFuser/X
+      per-layer (reference) layout -> scanned layout, under `Transformer/`:
+      encoderblock_{i}/X -> encoderblock_{a}_to_{b}/X `[b-a+1, ...]`
+      encoderblock_{loc+j}/X -> fuserlayer_{loc}_to_{b}/encoderblock/X
+      TokenLearnerModuleV11_{j}/X ->
+          fuserlayer_{loc}_to_{b}/TokenLearnerModuleV11/X
+      TokenFuser_{j}/X -> fuserlayer_{loc}_to_{b}/TokenFuser/X
 
     (the same under `SpatialTransformer`/`TemporalTransformer` of ViViT model
     2). The per-layer layout is the canonical one: `unstack_layers` maps
@@ -164,7 +165,7 @@ def restore_params(workdir: str, step: Optional[int] = None,
 
 
 def _segment(parts: List[str]) -> Optional[Tuple[int, str, int, int]]:
-  """(position, kind, first, last) of the first scanned-segment name in parts."""
+  """(position, kind, first, last) of the first scanned segment in `parts`."""
   for i, part in enumerate(parts):
     match = SEGMENT.fullmatch(part)
     if match:

@@ -71,7 +71,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('process_id', None, 'This process, 0 to N-1.')
 
 
-def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+def num_train_steps(config: ml_collections.ConfigDict,
+                    num_examples: int) -> int:
+  """`num_training_steps`, or `num_training_epochs` over the train split."""
   if config.get('num_training_steps'):
     return int(config.num_training_steps)
   if not num_examples:

@@ -23,7 +23,6 @@ from typing import Dict, List
 
 from absl import app
 from absl import flags
-import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
