@@ -229,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns None when stopped by SIGTERM (after saving a checkpoint).
   """
+  # The loss and metrics of `config.model_name`'s head (module docstring).
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
   train_steps.check_batch_sizes(config, mesh)
@@ -246,12 +247,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                            multilabel)
   eval_step = train_steps.make_eval_step(model, shardings.params,
                                          batch_sharding, multilabel)
-
-  def evaluate(params) -> Metrics:
-    with report.timed('eval', wait_jax_async_dispatch=False):
-      return evaluation.evaluate_batches(params, data.eval_batches(),
-                                         eval_step, batch_sharding, multilabel)
-
   recorder = Recorder(workdir)
   gmacs = log_start(config, state, data, recorder, total_steps, mesh)
   start_step = int(state.step)
@@ -260,6 +255,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       num_train_steps=total_steps, writer=rates,
       every_steps=config.log_summary_steps, every_secs=None)
   report(start_step)  # Rates from here (the first step's compile included).
+
+  def evaluate(params) -> Metrics:
+    with report.timed('eval', wait_jax_async_dispatch=False):
+      return evaluation.evaluate_batches(params, data.eval_batches(),
+                                         eval_step, batch_sharding, multilabel)
+
   eval_results: Optional[Metrics] = None
   for step in range(start_step + 1, total_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
