@@ -39,7 +39,8 @@ def get_config(arg=None):
 
   config.model_name = 'token_learner_classification'
   config.model = common.model_config(
-      'mu/8', 'video', num_tokens=8, tokenlearner_loc=loc, classifier='gap')
+      'mu/8', 'video', num_tokens=8, tokenlearner_loc=loc, classifier='gap',
+      dropout_rate=0.0, attention_dropout_rate=0.0)
   config.model.hidden_size = 64
   config.model.mlp_dim = 128
   config.model.num_layers = 4

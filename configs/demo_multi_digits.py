@@ -32,7 +32,8 @@ def get_config(arg=None):
 
   config.model_name = 'token_learner_multilabel_classification'
   config.model = common.model_config(
-      'mu/8', 'dynamic', num_tokens=8, tokenlearner_loc=2, classifier='gap')
+      'mu/8', 'dynamic', num_tokens=8, tokenlearner_loc=2, classifier='gap',
+      dropout_rate=0.0, attention_dropout_rate=0.0)
   config.model.hidden_size = 128
   config.model.num_heads = 4
   config.model.mlp_dim = 256

@@ -40,7 +40,8 @@ def get_config(arg=None):
   config.model = common.model_config(
       arg.variant, 'dynamic', num_tokens=arg.num_tokens,
       tokenlearner_loc=loc, use_v11=arg.use_v11,
-      use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1)
+      use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1,
+      dropout_rate=0.0, attention_dropout_rate=0.0)
   config.model_dtype_str = 'float32'
   config.init_head_bias = -10.0
 
@@ -71,7 +72,8 @@ def get_config(arg=None):
     config.model = common.model_config(
         'mu/8', 'dynamic', num_tokens=4,
         tokenlearner_loc=None if loc is None else 1, use_v11=arg.use_v11,
-        use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1)
+        use_tokenfuse=arg.use_tokenfuse, stochastic_depth=0.1,
+        dropout_rate=0.0, attention_dropout_rate=0.0)
     config.dataset_configs.image_size = 32
     config.batch_size = 8
     config.eval_batch_size = 8

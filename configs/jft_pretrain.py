@@ -80,7 +80,8 @@ def get_config(arg=None):
       arg.variant, 'dynamic', num_tokens=arg.num_tokens,
       tokenlearner_loc=loc, use_v11=arg.use_v11,
       use_tokenfuse=arg.use_tokenfuse, extra_layers=arg.extra_layers,
-      representation_size=hidden_size)
+      representation_size=hidden_size, dropout_rate=0.0,
+      attention_dropout_rate=0.0)
   config.model_dtype_str = 'float32'
   config.init_head_bias = -10.0
 
@@ -111,7 +112,8 @@ def get_config(arg=None):
     config.model = common.model_config(
         'mu/8', 'dynamic', num_tokens=4,
         tokenlearner_loc=None if loc is None else 1, use_v11=arg.use_v11,
-        use_tokenfuse=arg.use_tokenfuse, representation_size=32)
+        use_tokenfuse=arg.use_tokenfuse, representation_size=32,
+        dropout_rate=0.0, attention_dropout_rate=0.0)
     config.dataset_configs.num_classes = 10
     config.dataset_configs.image_size = 32
     config.dataset_configs.shuffle_buffer_size = 16

@@ -71,7 +71,7 @@ def get_config(arg=None):
       arg.variant, 'dynamic', num_tokens=arg.num_tokens,
       tokenlearner_loc=loc, use_v11=arg.use_v11,
       use_tokenfuse=arg.use_tokenfuse, extra_layers=arg.extra_layers,
-      classifier=arg.classifier)
+      classifier=arg.classifier, dropout_rate=0.0, attention_dropout_rate=0.0)
   config.model_dtype_str = 'float32'
 
   config.optimizer = 'momentum'
@@ -104,7 +104,8 @@ def get_config(arg=None):
     config.model = common.model_config(
         'mu/8', 'dynamic', num_tokens=4,
         tokenlearner_loc=None if loc is None else 1, use_v11=arg.use_v11,
-        use_tokenfuse=arg.use_tokenfuse, classifier=arg.classifier)
+        use_tokenfuse=arg.use_tokenfuse, classifier=arg.classifier,
+        dropout_rate=0.0, attention_dropout_rate=0.0)
     config.dataset_configs.image_size = 32
     config.dataset_configs.shuffle_buffer_size = 16
     config.batch_size = 8

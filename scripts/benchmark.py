@@ -114,7 +114,8 @@ def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDi
   config = ml_collections.ConfigDict()
   config.model = config_lib.model_config(
       spec.variant, scan_layers=args.scan, remat_policy=args.remat,
-      attention_impl=args.attention, **spec.kwargs)
+      attention_impl=args.attention, dropout_rate=0.0,
+      attention_dropout_rate=0.0, **spec.kwargs)
   if spec.num_layers:
     config.model.num_layers = spec.num_layers
   config.model_dtype_str = args.dtype

@@ -11,7 +11,7 @@ import ml_collections
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from tests.test_configs import load
+from tokenlearner_jax.configs.common import load_module as load
 from tokenlearner_jax import sharding
 from tokenlearner_jax import summary
 

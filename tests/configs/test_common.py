@@ -1,13 +1,16 @@
 """tokenlearner_jax.configs.common: parse_arg, load_config, model_config."""
 
+import dataclasses
 import os
 import textwrap
 from typing import Optional
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import ml_collections
 
 from tokenlearner_jax.configs import common
+from tokenlearner_jax.models.config import ModelConfig
 
 
 class ParseArgTest(parameterized.TestCase):
@@ -62,6 +65,52 @@ class ParseArgTest(parameterized.TestCase):
   def test_types_must_name_known_keys(self):
     with self.assertRaisesRegex(ValueError, 'loc'):
       common.parse_arg(None, types=dict(loc=Optional[int]), num_tokens=8)
+
+
+class ModelConfigTest(absltest.TestCase):
+
+  def test_sizes_patches_and_given_fields(self):
+    model = common.model_config('L/14', 'video', extra_layers=11,
+                                num_tokens=16, tokenlearner_loc=18,
+                                classifier='token', dropout_rate=0.0)
+    self.assertEqual((model.hidden_size, model.num_heads, model.mlp_dim,
+                      model.num_layers), (1024, 16, 4096, 35))
+    self.assertEqual(model.tokenizer.type, 'video')
+    self.assertEqual(model.tokenizer.patches.size, (14, 14, 2))
+    self.assertEqual((model.tokenizer.num_tokens,
+                      model.tokenizer.tokenlearner_loc, model.classifier,
+                      model.dropout_rate), (16, 18, 'token', 0.0))
+    self.assertEqual(common.model_config('B/16').tokenizer.patches.size,
+                     (16, 16))
+
+  def test_the_rest_are_model_configs_defaults(self):
+    model = common.model_config('B/16', 'dynamic', tokenlearner_loc=6)
+    read = ModelConfig.from_config(
+        ml_collections.ConfigDict(dict(model=model)), num_classes=10)
+    for field in dataclasses.fields(ModelConfig):
+      if field.default is not dataclasses.MISSING and field.name not in (
+          'num_layers', 'num_heads', 'mlp_dim', 'tokenlearner_loc'):
+        self.assertEqual(getattr(read, field.name), field.default, field.name)
+    # The reference's defaults, written only in ModelConfig.
+    self.assertEqual((model.dropout_rate, model.attention_dropout_rate),
+                     (0.1, 0.1))
+
+  def test_every_model_setting_has_a_key(self):
+    # So that `--config.model.<key>=...` can override any of them.
+    model = common.model_config('mu/4', 'video')
+    for field in dataclasses.fields(ModelConfig):
+      key = field.metadata['key']
+      if key and not key.startswith('/'):
+        node = model
+        for part in key.split('.'):
+          self.assertIn(part, node, key)
+          node = node[part]
+
+  def test_an_unknown_field_names_the_closest(self):
+    with self.assertRaisesRegex(ValueError, "did you mean 'num_tokens'"):
+      common.model_config('B/16', num_tokns=4)
+    with self.assertRaisesRegex(ValueError, "'hidden_size' is not"):
+      common.model_config('B/16', hidden_size=4)
 
 
 class LoadConfigTest(absltest.TestCase):

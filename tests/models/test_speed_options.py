@@ -31,8 +31,9 @@ VIDEO = (2, 4, 16, 16, 3)  # [B, T, H, W, 3]: 2 temporal slices of 4x4 tokens.
 def video_config(**kwargs):
   """A 4-block 'mu' ViViT; kwargs go to `model_config`."""
   config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config('mu/4', 'video', num_tokens=3,
-                                         **kwargs)
+  config.model = config_lib.model_config(
+      'mu/4', 'video', num_tokens=3,
+      **{'dropout_rate': 0.0, 'attention_dropout_rate': 0.0, **kwargs})
   config.model.num_layers = 4
   return config
 

@@ -22,8 +22,9 @@ def make_config(tokenizer_type='dynamic', **kwargs):
   """A 3-block, width-32 config ('mu' size); kwargs go to `model_config`."""
   patch = kwargs.pop('patch', 4)
   config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config(f'mu/{patch}', tokenizer_type,
-                                         extra_layers=1, **kwargs)
+  config.model = config_lib.model_config(
+      f'mu/{patch}', tokenizer_type, extra_layers=1,
+      **{'dropout_rate': 0.0, 'attention_dropout_rate': 0.0, **kwargs})
   return config
 
 

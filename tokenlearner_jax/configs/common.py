@@ -1,12 +1,16 @@
 """Shared config helpers, importable from any working directory.
 
 `model_config('L/16', ...)` returns the `config.model` block of the reference
-schema for a ViT size and patch; `parse_arg` turns `get_config(arg)` strings
+schema for a ViT size and patch, every setting the model has given a key (the
+defaults are `tokenlearner_jax.models.config.ModelConfig`'s, the reference's:
+a config that wants no dropout says `dropout_rate=0.0`, as ours do);
+`parse_arg` turns `get_config(arg)` strings
 such as `'variant=B/16,num_tokens=8,runlocal'` into typed values;
 `load_config('configs/x.py:ARG')` is the one loader of config files, for
 scripts and tests (the trainer's `--config` flag loads them itself).
 """
 
+import dataclasses
 import difflib
 import importlib.util
 import os
@@ -27,85 +31,71 @@ VIT_SIZES: Dict[str, Tuple[int, int, int, int]] = {
 }
 
 
-def model_config(variant: str,
-                 tokenizer_type: str = 'dynamic',
-                 *,
-                 num_tokens: int = 8,
-                 tokenlearner_loc: Optional[int] = None,
-                 use_tokenfuse: bool = False,
-                 fuser_type: str = 'tokenfuser',
-                 use_v11: bool = True,
-                 use_sum_pooling: bool = True,
-                 token_reduction: str = 'tokenlearner',
-                 pooling_window: int = 2,
-                 pooling_locs: Tuple[int, ...] = (),
-                 extra_layers: int = 0,
+# ModelConfig fields that `model_config` derives, or that live outside
+# `config.model` (`num_classes` comes from the dataset, `dtype` is the
+# top-level `model_dtype_str`).
+_DERIVED = ('num_classes', 'hidden_size', 'num_heads', 'mlp_dim', 'num_layers',
+            'patch_size', 'tokenizer_type', 'dtype')
+
+
+def model_config(variant: str, tokenizer_type: str = 'dynamic', *,
+                 classifier: str = 'gap', extra_layers: int = 0,
                  tubelet_frames: int = 2,
-                 classifier: str = 'gap',
-                 representation_size: Optional[int] = None,
-                 kernel_init_method: Optional[str] = None,
-                 dropout_rate: float = 0.0,
-                 attention_dropout_rate: float = 0.0,
-                 stochastic_depth: float = 0.0,
-                 scan_layers: bool = False,
-                 remat_policy: str = 'none',
-                 attention_impl: str = 'einsum') -> ml_collections.ConfigDict:
+                 **fields: Any) -> ml_collections.ConfigDict:
   """The `config.model` block for `variant` such as 'B/16' or 'L/14'.
+
+  Every model setting gets a key, so that `--config.model.<key>=...`
+  overrides any of them: the widths and depth of the ViT size, the patch,
+  `classifier`, the `fields` given, and `ModelConfig`'s default for the rest
+  (the reference's defaults, e.g. `dropout_rate=0.1` and
+  `attention_dropout_rate=0.1`; they are written down there only).
 
   Args:
     variant: '<size>/<patch>', size a key of `VIT_SIZES`.
     tokenizer_type: 'patch', 'dynamic' or 'video' (3d_conv tubelets).
-    num_tokens: Tokens learned per temporal slice.
-    tokenlearner_loc: First block on learned tokens; None turns it off.
-    use_tokenfuse: TokenLearner -> block -> TokenFuser at every block >= loc.
-    fuser_type: With `use_tokenfuse`: 'tokenfuser' (the reference), or the
-      paper's alternatives 'unpool' (scatter the tokens back with the
-      TokenLearner's own maps) and 'reprojection' (an attention layer from
-      the grid to the tokens).
-    use_v11: TokenLearner v1.1; False is the paper's v1.0 module.
-    use_sum_pooling: v1.0 sums over space (reference); False: the mean.
-    token_reduction: 'tokenlearner', or the paper's baselines 'pooling'
-      (k x k average pooling at `tokenlearner_loc`) and 'dense' (tokens
-      from a fully connected layer over space).
-    pooling_window: k of 'pooling'.
-    pooling_locs: Further blocks before which 'pooling' pools again (Table
-      5's "2x2 pool at 9 and 18": loc 9, `pooling_locs=(18,)`).
-    extra_layers: Blocks appended to the base depth (the paper's "24+11").
+    classifier: 'gap', 'gmp', 'gsp' or 'token' (`ModelConfig` has no default:
+      the reference reads it from every config).
+    extra_layers: Blocks appended to the size's depth (the paper's "24+11").
     tubelet_frames: Frames per tubelet for videos.
-    classifier: 'gap', 'gmp', 'gsp' or 'token'.
-    representation_size: Width of the tanh pre-logits layer, or None.
-    kernel_init_method: Tubelet kernel initializer (videos).
-    dropout_rate: Dropout rate.
-    attention_dropout_rate: Attention dropout rate.
-    stochastic_depth: Stochastic depth rate of the last block.
-    scan_layers: `nn.scan` over runs of identical layers (speed option).
-    remat_policy: 'none' or a `jax.checkpoint_policies` name (memory option).
-    attention_impl: 'einsum' (reference), 'fused'
-      (`jax.nn.dot_product_attention`, XLA's) or 'cudnn' (the same with
-      cuDNN flash attention: CUDA GPUs, bf16).
+    **fields: `ModelConfig` fields by name, e.g. `num_tokens`,
+      `tokenlearner_loc`, `use_v11`, `use_tokenfuse`, `dropout_rate`,
+      `kernel_init_method`, `scan_layers` (see its `Attributes`).
+
+  Returns:
+    The block, in the reference's schema (`model.tokenizer.num_tokens`, ...).
+
+  Raises:
+    ValueError: For a field `ModelConfig` does not have (naming the closest).
   """
+  # Imported here: loading a config file or a script needs no flax.
+  from tokenlearner_jax.models import config as model_lib  # pylint: disable=g-import-not-at-top
+  all_fields = dataclasses.fields(model_lib.ModelConfig)
+  settable = [f.name for f in all_fields if f.name not in _DERIVED]
+  for name in fields:
+    if name not in settable:
+      close = difflib.get_close_matches(name, settable, n=1)
+      hint = f'; did you mean {close[0]!r}?' if close else '.'
+      raise ValueError(f'model_config: {name!r} is not a model setting{hint}')
   size, patch = variant.split('/')
   hidden, heads, mlp, layers = VIT_SIZES[size]
   patch = int(patch)
-  video = tokenizer_type == 'video'
-  return ml_collections.ConfigDict(dict(
+  values = dict(
       hidden_size=hidden, num_heads=heads, mlp_dim=mlp,
-      num_layers=layers + extra_layers,
-      representation_size=representation_size, classifier=classifier,
-      dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
-      stochastic_depth=stochastic_depth, scan_layers=scan_layers,
-      remat_policy=remat_policy, attention_impl=attention_impl,
-      tokenizer=dict(
-          type=tokenizer_type,
-          patches=dict(size=(patch, patch, tubelet_frames) if video
-                       else (patch, patch)),
-          num_tokens=num_tokens, tokenlearner_loc=tokenlearner_loc,
-          use_tokenfuse=use_tokenfuse, fuser_type=fuser_type, use_v11=use_v11,
-          use_sum_pooling=use_sum_pooling, token_reduction=token_reduction,
-          pooling_window=pooling_window, pooling_locs=tuple(pooling_locs),
-          temporal_encoding_config=dict(
-              method='3d_conv', kernel_init_method=kernel_init_method,
-              n_sampled_frames=None))))
+      num_layers=layers + extra_layers, tokenizer_type=tokenizer_type,
+      patch_size=((patch, patch, tubelet_frames) if tokenizer_type == 'video'
+                  else (patch, patch)),
+      classifier=classifier, **fields)
+  block: Dict[str, Any] = {}
+  for f in all_fields:
+    key = f.metadata['key']
+    if not key or key.startswith('/'):  # Not under config.model.
+      continue
+    *parents, leaf = key.split('.')
+    node = block
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = values.get(f.name, f.default)
+  return ml_collections.ConfigDict(block)
 
 
 def parse_arg(arg: Optional[str], *, types: Optional[Mapping[str, Any]] = None,

@@ -74,7 +74,8 @@ def kinetics_config(arg: Optional[str], *, experiment_name: str,
       arg.variant, 'video', num_tokens=arg.num_tokens, tokenlearner_loc=loc,
       use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
       extra_layers=arg.extra_layers, classifier='token',
-      kernel_init_method='central_frame_initializer')
+      kernel_init_method='central_frame_initializer', dropout_rate=0.0,
+      attention_dropout_rate=0.0)
   config.model_dtype_str = 'float32'
 
   config.optimizer = 'momentum'
@@ -110,7 +111,8 @@ def kinetics_config(arg: Optional[str], *, experiment_name: str,
     config.model = common.model_config(
         'mu/8', 'video', num_tokens=4, tokenlearner_loc=None if loc is None
         else 1, use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
-        classifier='token', kernel_init_method='central_frame_initializer')
+        classifier='token', kernel_init_method='central_frame_initializer',
+        dropout_rate=0.0, attention_dropout_rate=0.0)
     config.dataset_configs.num_frames = 4
     config.dataset_configs.crop_size = 32
     config.batch_size = 4
