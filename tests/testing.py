@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import flax
 import jax
@@ -104,3 +104,39 @@ def free_port() -> int:
   with socket.socket() as sock:
     sock.bind(('localhost', 0))
     return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- models
+
+
+def model_only_config(tokenizer_type: str = 'dynamic', *, patch: int = 4,
+                      num_layers: int = 3,
+                      **kwargs) -> ml_collections.ConfigDict:
+  """A config with only `model`: 'mu' width 32, `num_layers` blocks, no
+  dropout; kwargs go to `configs.common.model_config`."""
+  config = ml_collections.ConfigDict()
+  config.model = common.model_config(
+      f'mu/{patch}', tokenizer_type,
+      **{'dropout_rate': 0.0, 'attention_dropout_rate': 0.0, **kwargs})
+  config.model.num_layers = num_layers
+  return config
+
+
+def perturbed(params, seed=1, scale=0.1):
+  """Adds noise to every leaf, so zero-initialised kernels are exercised too."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda x: jnp.asarray(x + scale * rng.standard_normal(x.shape), x.dtype),
+      flax.linen.meta.unbox(params))
+
+
+def as_numpy(tree):
+  """Float64 NumPy leaves (for the NumPy reference forward passes)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64),
+                                flax.linen.meta.unbox(tree))
+
+
+def param_shapes(params) -> Dict[str, Tuple[int, ...]]:
+  """'/'-joined parameter names -> shapes."""
+  return {k: tuple(v.shape)
+          for k, v in flat(flax.linen.meta.unbox(params)).items()}

@@ -7,11 +7,10 @@ from absl.testing import parameterized
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from tests.models.test_tokenlearner import perturbed
-from tokenlearner_jax.configs import common as config_lib
+from tests.testing import model_only_config
+from tests.testing import perturbed
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models.tokenlearner import DenseTokens
 from tokenlearner_jax.models.tokenlearner import PoolingTokens
@@ -103,10 +102,7 @@ class BaselineModulesTest(absltest.TestCase):
 
 
 def image_config(**kwargs):
-  config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config('mu/4', 'dynamic', **kwargs)
-  config.model.num_layers = 3
-  return config
+  return model_only_config('dynamic', **kwargs)
 
 
 class BaselineModelsTest(parameterized.TestCase):

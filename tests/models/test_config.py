@@ -8,20 +8,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tokenlearner_jax.configs import common
+from tests.testing import model_only_config
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models import config as config_lib
 from tokenlearner_jax.models import ModelConfig
 
 NUM_CLASSES = 7
-
-
-def make_config(tokenizer_type='dynamic', **kwargs):
-  """A 3-block, width-32 config ('mu' size); kwargs go to `model_config`."""
-  config = ml_collections.ConfigDict()
-  config.model = common.model_config('mu/4', tokenizer_type, extra_layers=1,
-                                     **kwargs)
-  return config
 
 
 def minimal_config():
@@ -75,7 +67,7 @@ class ReadingTest(parameterized.TestCase):
       ModelConfig.from_config(config, NUM_CLASSES)
 
   def test_unknown_encoder_size_key_is_named(self):
-    config = make_config('video')
+    config = model_only_config('video')
     config.model.attention_config = dict(type='factorized_encoder')
     config.model.spatial_transformer = dict(num_layers=1, num_heads=2,
                                             mlp_dims=64)
@@ -133,7 +125,7 @@ class ConfigErrorTest(parameterized.TestCase):
   )
   def test_bad_model_field(self, kwargs, field):
     with self.assertRaisesRegex(ValueError, field):
-      build_model(make_config(**kwargs), NUM_CLASSES)
+      build_model(model_only_config(**kwargs), NUM_CLASSES)
 
   @parameterized.named_parameters(
       ('tokenizer_type', 'model.tokenizer.type', 'pixels',
@@ -147,7 +139,7 @@ class ConfigErrorTest(parameterized.TestCase):
       ('patches', 'model.tokenizer.patches.size', (4, 4), r'\(h, w, t\)'),
   )
   def test_bad_enum_or_shape_field(self, path, value, message):
-    config = make_config('video', tokenlearner_loc=1)
+    config = model_only_config('video', tokenlearner_loc=1)
     config.model_dtype_str = 'float32'
     *parents, leaf = path.split('.')
     node = config
@@ -158,7 +150,7 @@ class ConfigErrorTest(parameterized.TestCase):
       build_model(config, NUM_CLASSES)
 
   def test_attention_type(self):
-    config = make_config('video')
+    config = model_only_config('video')
     config.model.attention_config = dict(type='axial')
     with self.assertRaisesRegex(ValueError, 'attention_config.type'):
       build_model(config, NUM_CLASSES)
@@ -177,7 +169,7 @@ class ConfigErrorTest(parameterized.TestCase):
   )
   def test_bad_input_raises_before_compile(self, tokenizer_type, shape,
                                            message):
-    config = make_config(tokenizer_type, tokenlearner_loc=1,
+    config = model_only_config(tokenizer_type, tokenlearner_loc=1,
                          use_v11='square' not in message)
     model = build_model(config, NUM_CLASSES)
     with self.assertRaisesRegex(ValueError, message):
@@ -185,7 +177,7 @@ class ConfigErrorTest(parameterized.TestCase):
                                           train=False), jnp.ones(shape))
 
   def test_border_warning_names_the_dropped_pixels(self):
-    model = build_model(make_config(tokenlearner_loc=1), NUM_CLASSES)
+    model = build_model(model_only_config(tokenlearner_loc=1), NUM_CLASSES)
     with self.assertLogs('absl', 'WARNING') as logs:
       jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x,
                                           train=False), jnp.ones((1, 18, 16, 3)))

@@ -2,34 +2,17 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tests import numpy_reference as ref
+from tests.testing import as_numpy
+from tests.testing import param_shapes
+from tests.testing import perturbed
 from tokenlearner_jax.models import TokenFuser
 from tokenlearner_jax.models import TokenLearnerModule
 from tokenlearner_jax.models import TokenLearnerModuleV11
-
-
-def perturbed(params, seed=1, scale=0.1):
-  """Adds noise to every leaf, so zero-initialised kernels are exercised too."""
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(
-      lambda x: jnp.asarray(x + scale * rng.standard_normal(x.shape), x.dtype),
-      flax.linen.meta.unbox(params))
-
-
-def as_numpy(tree):
-  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64),
-                                flax.linen.meta.unbox(tree))
-
-
-def param_shapes(params):
-  flat = flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(flax.linen.meta.unbox(params)), sep='/')
-  return {k: tuple(v.shape) for k, v in flat.items()}
 
 
 class TokenLearnerV10Test(parameterized.TestCase):

@@ -5,13 +5,12 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from tests import numpy_reference as ref
-from tests.models.test_tokenlearner import as_numpy
-from tests.models.test_tokenlearner import perturbed
-from tokenlearner_jax.configs import common as config_lib
+from tests.testing import as_numpy
+from tests.testing import model_only_config
+from tests.testing import perturbed
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.checkpoint_formats import from_scenic_params
 
@@ -19,13 +18,8 @@ NUM_CLASSES = 7
 
 
 def make_config(tokenizer_type='dynamic', **kwargs):
-  """A 3-block, width-32 config ('mu' size); kwargs go to `model_config`."""
-  patch = kwargs.pop('patch', 4)
-  config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config(
-      f'mu/{patch}', tokenizer_type, extra_layers=1,
-      **{'dropout_rate': 0.0, 'attention_dropout_rate': 0.0, **kwargs})
-  return config
+  """A 3-block 'mu' config without dropout; kwargs go to `model_config`."""
+  return model_only_config(tokenizer_type, **kwargs)
 
 
 def factorised_config(classifier):

@@ -1,4 +1,4 @@
-"""The speed options change no number: `scan_layers` (and the loader between
+"""Encoder speed options change no number: `scan_layers` (and the loader between
 the stacked and per-layer layouts), `remat_policy`, `attention_impl='fused'`
 (and 'cudnn', on a GPU), bf16 compute with fp32 parameters, and a donated
 train state."""
@@ -16,10 +16,10 @@ import numpy as np
 import optax
 import pytest
 
-from tests.models.test_tokenlearner import perturbed
-from tokenlearner_jax.configs import common as config_lib
-from tokenlearner_jax import checkpoint as layer_stacking
-from tokenlearner_jax import surgery as pretrained
+from tests.testing import model_only_config
+from tests.testing import perturbed
+from tokenlearner_jax import checkpoint
+from tokenlearner_jax import surgery
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models.encoder import scan_segments
@@ -30,12 +30,7 @@ VIDEO = (2, 4, 16, 16, 3)  # [B, T, H, W, 3]: 2 temporal slices of 4x4 tokens.
 
 def video_config(**kwargs):
   """A 4-block 'mu' ViViT; kwargs go to `model_config`."""
-  config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config(
-      'mu/4', 'video', num_tokens=3,
-      **{'dropout_rate': 0.0, 'attention_dropout_rate': 0.0, **kwargs})
-  config.model.num_layers = 4
-  return config
+  return model_only_config('video', num_layers=4, num_tokens=3, **kwargs)
 
 
 def init(config, x):
@@ -47,7 +42,7 @@ def init(config, x):
 def to_layout(params, target):
   """`params` moved into `target`'s layout (stacked or per layer)."""
   flat = flax.traverse_util.flatten_dict(params, sep='/')
-  flat = layer_stacking.stack_layers(layer_stacking.unstack_layers(flat),
+  flat = checkpoint.stack_layers(checkpoint.unstack_layers(flat),
                                      flax.traverse_util.flatten_dict(
                                          target, sep='/'))
   return flax.traverse_util.unflatten_dict(flat, sep='/')
@@ -152,17 +147,17 @@ class ScanRematTest(parameterized.TestCase):
     _, stacked = init(video_config(tokenlearner_loc=2, use_tokenfuse=True,
                                    scan_layers=True), x)
     flat = flax.traverse_util.flatten_dict(stacked, sep='/')
-    per_layer = layer_stacking.unstack_layers(flat)
+    per_layer = checkpoint.unstack_layers(flat)
     self.assertIn('Transformer/TokenFuser_1/Dense_0/kernel', per_layer)
     self.assertIn('Transformer/encoderblock_3/LayerNorm_0/scale', per_layer)
-    again = layer_stacking.stack_layers(per_layer, flat)
+    again = checkpoint.stack_layers(per_layer, flat)
     self.assertEqual(sorted(again), sorted(flat))
     for name in flat:
       np.testing.assert_array_equal(again[name], flat[name])
     bad = {'Transformer/encoderblock_0_to_1/LayerNorm_0/scale': np.zeros(
         (3, 32))}
     with self.assertRaisesRegex(ValueError, 'encoderblock_0_to_1.*3, 32'):
-      layer_stacking.unstack_layers(bad)
+      checkpoint.unstack_layers(bad)
 
   def test_init_from_per_layer_checkpoint_into_scanned_model(self):
     x = jnp.zeros(VIDEO)
@@ -171,7 +166,7 @@ class ScanRematTest(parameterized.TestCase):
     scanned_config = video_config(tokenlearner_loc=2, scan_layers=True)
     scanned, new = init(scanned_config, x)
     scanned_config.init_from = ml_collections.ConfigDict()
-    loaded = pretrained.init_params(new, params, scanned_config, VIDEO[1:])
+    loaded = surgery.init_params(new, params, scanned_config, VIDEO[1:])
     xr = jax.random.normal(jax.random.PRNGKey(3), VIDEO)
     out = scanned.apply({'params': loaded}, xr, train=False)
     # The head stays new (zero-initialised): compare the encoder outputs.
