@@ -9,6 +9,8 @@ from PIL import Image
 
 from tests.testing import DATA_DIR
 from tests.testing import config_for
+from tests.testing import save_fresh_checkpoint
+from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import train
 from tokenlearner_jax import visualize
@@ -58,6 +60,23 @@ class VisualizeTest(absltest.TestCase):
         np.zeros((1, 8, 32, 32, 3), np.float32), config)
     self.assertEqual(maps.shape, (1, 4, tokens, 4, 4))
     np.testing.assert_allclose(maps.sum((3, 4)), 1.0, rtol=1e-5)
+
+  def test_a_video_run_whose_data_has_no_train_split(self):
+    config = config_for('vivit_k400')
+    base_dir = self.create_tempdir().full_path
+    config.dataset_configs.base_dir = base_dir
+    config.dataset_configs.num_classes = 5
+    write_video_tfrecords(base_dir, 'validation', 3, 5)  # No train files.
+    workdir = self.create_tempdir().full_path
+    dc = config.dataset_configs
+    save_fresh_checkpoint(config, workdir,
+                          (dc.num_frames, dc.crop_size, dc.crop_size, 3), 5)
+    entries = visualize.visualize(config, workdir, num_clips=3)
+    self.assertEqual([e['label'] for e in entries], [0, 1, 2])
+    png = Image.open(os.path.join(workdir, 'visualizations', 'clip_2.png'))
+    tokens, size = config.model.tokenizer.num_tokens, 32 * visualize.SCALE
+    self.assertEqual(png.size, (dc.num_frames * size + 2 * (dc.num_frames - 1),
+                                (tokens + 1) * size))
 
   def test_a_model_without_tokenlearner_is_named(self):
     config = config_for('demo_moving_digits')

@@ -1,19 +1,28 @@
 """Helpers shared by the tests: repository configs, the demo data directory,
-run outputs, and tiny models with their parameter trees."""
+run outputs, generated TFRecords, fresh train states and checkpoints, and tiny
+models with their parameter trees."""
 
+import dataclasses
 import functools
+import io
 import json
 import os
 import socket
 import tempfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
+import tensorflow as tf
 
+from tokenlearner_jax import checkpoint
+from tokenlearner_jax import optim
+from tokenlearner_jax import sharding
+from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import common
 from tokenlearner_jax.models import build_model
 
@@ -104,6 +113,93 @@ def free_port() -> int:
   with socket.socket() as sock:
     sock.bind(('localhost', 0))
     return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- data
+
+
+def jpeg(image: np.ndarray, quality: int = 75) -> bytes:
+  """`image` (uint8 `[H, W, 3]`) as JPEG bytes."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='JPEG', quality=quality)
+  return buffer.getvalue()
+
+
+def video_example(frames: Sequence[bytes], label: int) -> bytes:
+  """A Kinetics-style `tf.train.SequenceExample`: a JPEG per frame under
+  'image/encoded' and the label under 'clip/label/index'."""
+  example = tf.train.SequenceExample()
+  example.context.feature['clip/label/index'].int64_list.value.append(label)
+  feature_list = example.feature_lists.feature_list['image/encoded']
+  for frame in frames:
+    feature_list.feature.add().bytes_list.value.append(frame)
+  return example.SerializeToString()
+
+
+def write_records(path: str, records: Iterable[bytes]) -> None:
+  """A TFRecord file of `records`."""
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+
+
+def write_video_tfrecords(base_dir: str, split: str, count: int,
+                          num_classes: int, num_frames: int = 6) -> None:
+  """BASE_DIR/SPLIT-00000-of-00001: `count` videos of `num_frames` random
+  40x48 frames, labelled `i % num_classes`."""
+  rng = np.random.default_rng(0)
+  write_records(
+      os.path.join(base_dir, f'{split}-00000-of-00001'),
+      [video_example([jpeg(rng.integers(0, 255, (40, 48, 3), np.uint8))
+                      for _ in range(num_frames)], i % num_classes)
+       for i in range(count)])
+
+
+# ---------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass
+class FreshState:
+  """A config's model, optimizer and newly initialised train state.
+
+  Attributes:
+    model: The model (`build_model`).
+    tx: Its optimizer.
+    schedule: The learning-rate schedule.
+    mesh: The config's mesh.
+    state: The train state, placed on `shardings`.
+    shardings: Where each leaf of `state` is.
+  """
+  model: Any
+  tx: Any
+  schedule: Any
+  mesh: Any
+  state: Any
+  shardings: Any
+
+
+def fresh_state(config: ml_collections.ConfigDict,
+                input_shape: Tuple[int, ...], num_classes: int,
+                total_steps: int = 2) -> FreshState:
+  """What a run of `config` starts from (before any checkpoint)."""
+  model = build_model(config, num_classes)
+  tx, schedule = optim.make_optimizer(config, total_steps)
+  mesh = sharding.make_mesh(config)
+  state, shardings = train_steps.create_train_state(config, model, tx,
+                                                    input_shape, mesh)
+  return FreshState(model, tx, schedule, mesh, state, shardings)
+
+
+def save_fresh_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                          input_shape: Tuple[int, ...],
+                          num_classes: int) -> None:
+  """WORKDIR/checkpoints with the step-0 checkpoint of a fresh state, as a
+  run writes it (without training: for tests of what reads checkpoints)."""
+  manager = checkpoint.make_manager(workdir, config)
+  checkpoint.save(manager, 0,
+                  fresh_state(config, input_shape, num_classes).state,
+                  force=True)
+  manager.close()
 
 
 # ---------------------------------------------------------------- models

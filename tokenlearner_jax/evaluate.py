@@ -8,8 +8,9 @@ checkpoint under `WORKDIR/checkpoints`, evaluates `--split` (default:
 `dataset_configs.test_split`, else 'test') with the test protocol -- for
 videos `num_test_clips` clips x 3 spatial crops (`do_three_spatial_crops`) per
 video with the logits averaged per video, each video counted exactly once; for
-images one view -- and writes `WORKDIR/eval_<split>.json`. The data pipeline
-is asked for the number of classes, the input shape and the test split only.
+images one view -- and writes `WORKDIR/eval_<split>.json`. Only the eval side
+of the data pipeline is built (the number of classes, the input shape and the
+test split): the train split need not exist.
 """
 
 import json
@@ -58,8 +59,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     if step is None:
       raise FileNotFoundError(f'--workdir: no checkpoint under '
                               f'{checkpoint.checkpoint_dir(workdir)}.')
-  # Only num_classes, the input shape and the test split are used.
-  data = input_pipeline.get_data(config)
+  data = input_pipeline.get_data(config, train=False)
   model = build_model(config, data.num_classes)
   mesh = sharding.make_mesh(config)
   target, shardings = train_steps.abstract_params(config, model,

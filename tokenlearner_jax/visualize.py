@@ -14,7 +14,8 @@ of the eval split, writes under WORKDIR/visualizations/:
     the tokens side by side;
   * index.json: per clip, its files, label and the model's prediction.
 Images (ViT) are clips of one frame. `--tokenlearner` picks which
-TokenLearner of a TokenFuser model (one per later layer) to show.
+TokenLearner of a TokenFuser model (one per later layer) to show. Only the
+eval side of the data pipeline is built: the train split need not exist.
 """
 
 import json
@@ -129,7 +130,7 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(f'--workdir: no checkpoints under {workdir}.')
   config = config.copy_and_resolve_references()
   config.model.scan_layers = False  # The checkpoint is read per layer.
-  data = input_pipeline.get_data(config)
+  data = input_pipeline.get_data(config, train=False)
   model = build_model(config, data.num_classes)
   params = checkpoint.per_layer(checkpoint.restore_params(workdir))
   batch = next(iter(data.eval_batches()))

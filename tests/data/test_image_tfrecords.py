@@ -63,6 +63,19 @@ class ImageTfrecordsTest(absltest.TestCase):
     for row, ids in zip(labels, LABELS):
       self.assertEqual(np.flatnonzero(row).tolist(), ids)
 
+  def test_the_eval_side_alone_needs_no_train_table(self):
+    os.remove(os.path.join(self.base_dir, 'train-00000-of-00001'))
+    with self.assertRaisesRegex(FileNotFoundError, r'tables.train'):
+      input_pipeline.get_data(self.config())
+    data = input_pipeline.get_data(
+        self.config(tables=dict(validation='validation@1')), train=False)
+    self.assertIsNone(data.train_iter)
+    batches = list(data.test_batches('validation'))
+    self.assertEqual(batches[0]['inputs'].shape, (3, 1, 16, 16, 3))
+    self.assertEqual(
+        np.concatenate([b['batch_mask'] for b in batches]).tolist(),
+        [1, 1, 1, 1, 1, 0])
+
   def test_label_out_of_range_is_named(self):
     data = input_pipeline.get_data(self.config(num_classes=4))
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError,

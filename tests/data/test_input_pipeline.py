@@ -82,6 +82,19 @@ class TfdsPipelineTest(absltest.TestCase):
     self.assertTrue(np.all(batches[-1]['inputs'][28:] == 0))
     self.assertEqual(data.num_eval_examples, 128)
 
+  def test_the_eval_side_alone_needs_no_train_dataset(self):
+    # Trained on ImageNet (not here), evaluated on another dataset: the eval
+    # side does not build the train dataset.
+    config = demo_config(dataset_name='imagenet', eval_batch_size=50)
+    config.dataset_configs.eval_dataset_name = 'moving_digits'
+    with self.assertRaisesRegex(ValueError, 'imagenet2012'):
+      input_pipeline.get_data(config)
+    data = input_pipeline.get_data(config, train=False)
+    self.assertIsNone(data.train_iter)
+    self.assertEqual((data.num_classes, data.input_shape), (40, (8, 32, 32, 3)))
+    masks = np.concatenate([b['batch_mask'] for b in data.test_batches('test')])
+    self.assertEqual(masks.sum(), 128)
+
 
 if __name__ == '__main__':
   absltest.main()

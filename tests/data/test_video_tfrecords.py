@@ -169,8 +169,9 @@ class VideoTfrecordsTest(parameterized.TestCase):
                                   [i % 5 for i in range(7)])
 
   def test_missing_shard_and_empty_glob_are_named(self):
-    with self.assertRaisesRegex(FileNotFoundError,
-                                r'tables.train.*3 of 3 shards.*train-00000-of-00003'):
+    with self.assertRaisesRegex(
+        FileNotFoundError,
+        r'tables.train.*3 of 3 shards.*train-00000-of-00003'):
       self.data(tables=dict(train='train@3'))
     data = self.data(tables=dict(train='train@2', test='nothing-*'))
     with self.assertRaisesRegex(FileNotFoundError, r'tables.test.*nothing-\*'):
@@ -179,6 +180,28 @@ class VideoTfrecordsTest(parameterized.TestCase):
     dc.tables = dict(train='train@2')
     with self.assertRaisesRegex(ValueError, r"no 'validation' entry"):
       video_tfrecords.get_data(config_for(dc))
+
+  def test_the_eval_side_alone_needs_no_train_split(self):
+    for name in os.listdir(self.base_dir):
+      if name.startswith('train-'):
+        os.remove(os.path.join(self.base_dir, name))
+    with self.assertRaisesRegex(FileNotFoundError, r'tables.train'):
+      self.data()
+    data = video_tfrecords.get_data(
+        config_for(dataset_config(self.base_dir)), train=False)
+    self.assertIsNone(data.train_iter)
+    self.assertEqual(data.input_shape, (4, HEIGHT, HEIGHT, 3))
+    batches = list(data.eval_batches())
+    self.assertEqual(sum(b['batch_mask'].sum() for b in batches), 3)
+    np.testing.assert_array_equal(frame_numbers(batches[0]['inputs'][0]),
+                                  [5, 8, 11, 14])
+    # Nor does `tables` need a 'train' entry.
+    dc = dataset_config(self.base_dir)
+    dc.tables = dict(validation='validation@1', test='test-*')
+    data = video_tfrecords.get_data(config_for(dc), train=False)
+    batches = list(data.test_batches('test'))
+    self.assertEqual(sum(b['batch_mask'].sum() for b in batches), 7)
+    self.assertEqual(batches[0]['inputs'].shape[1], data.num_test_views)
 
   def test_unsupported_augmentation_is_named(self):
     with self.assertRaisesRegex(ValueError, r'do_rand_augment'):
@@ -229,6 +252,8 @@ class EvaluateCheckpointTest(absltest.TestCase):
           [sequence_example([textured_jpeg(i)] * 12, i % 5) for i in range(5)])
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(config, workdir)
+    # Evaluating reads the test split only: the train split may be gone.
+    os.remove(os.path.join(base_dir, 'train.tfrecord-00000-of-00001'))
     results = evaluate.evaluate_checkpoint(config, workdir)
     with open(os.path.join(workdir, 'eval_test.json')) as f:
       self.assertEqual(json.load(f), results)

@@ -2,7 +2,8 @@
 
 `input_pipeline.get_data(config, start_step)` is the entry point; it returns a
 `batching.Data` (train iterator, padded eval and test batches) for the source
-that `config.dataset_name` names:
+that `config.dataset_name` names (`train=False`: the eval side only, for
+evaluating a checkpoint without the train split):
   * input_pipeline.py: tfds datasets by name (and the offline demo builders);
   * image_tfrecords.py: JFT-style multi-label image `tf.Example`s;
   * video_tfrecords.py: Kinetics-style `tf.SequenceExample` video clips;

@@ -24,7 +24,9 @@ class Data:
   """An endless train iterator, ways to iterate over eval splits, and facts.
 
   Attributes:
-    train_iter: Endless iterator of train batches for this process.
+    train_iter: Endless iterator of train batches for this process; None when
+      only the eval side was built (`input_pipeline.get_data(...,
+      train=False)`).
     eval_batches: Returns a fresh iterator over the eval split (one view per
       example), padded; what the trainer evaluates periodically.
     num_classes: Number of classes.
@@ -35,7 +37,7 @@ class Data:
       test protocol: `inputs` of shape `[batch, num_test_views, *input_shape]`.
     num_test_views: Views per test example (clips x spatial crops).
   """
-  train_iter: Iterator[Batch]
+  train_iter: Optional[Iterator[Batch]]
   eval_batches: Callable[[], Iterator[Batch]]
   num_classes: int
   input_shape: Tuple[int, ...]

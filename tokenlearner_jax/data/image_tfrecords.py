@@ -10,7 +10,7 @@ sigmoid head (`model_name='token_learner_multilabel_classification'`).
   inception_crop, eval_crop_fraction, random_flip).
 """
 
-from typing import Dict, List
+from typing import Dict
 
 import ml_collections
 import tensorflow as tf
@@ -46,25 +46,18 @@ def multi_hot(label: tf.Tensor, dc: ml_collections.ConfigDict) -> tf.Tensor:
                       1.0)
 
 
-def get_data(config: ml_collections.ConfigDict,
-             start_step: int = 0) -> batching.Data:
+def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
+             train: bool = True) -> batching.Data:
   """`batching.Data` for `dataset_name='multilabel_image_tfrecords'`.
 
-  The train stream starts after `start_step` batches (for resuming).
+  The train stream starts after `start_step` batches (for resuming). With
+  `train=False` there is none (`train_iter` is None) and `tables` needs no
+  'train' entry.
   """
   dc = config.dataset_configs
   if not dc.get('image_size'):
     raise ValueError('dataset_configs.image_size must be set for '
                      'multilabel_image_tfrecords (stored images vary in size).')
-
-  def files(split: str) -> List[str]:
-    if split not in dc.tables:
-      raise ValueError(f'dataset_configs.tables has no {split!r} entry '
-                       f'(has {sorted(dc.tables)}).')
-    field = f'dataset_configs.tables.{split}'
-    return tfrecord_tables.process_files(
-        tfrecord_tables.sharded_files(dc.base_dir, dc.tables[split], field),
-        field)
 
   def example(serialized, seed=None):
     parsed = parse_example(serialized)
@@ -75,30 +68,34 @@ def get_data(config: ml_collections.ConfigDict,
     return {'inputs': tf.ensure_shape(image, (size, size, 3)),
             'label': multi_hot(parsed['label'], dc)}
 
-  train = batching.skip_to_step(
-      tf.data.TFRecordDataset(files('train')).repeat().shuffle(
-          dc.get('shuffle_buffer_size', 10_000),
-          seed=config.rng_seed).enumerate(),
-      config.batch_size, start_step)
-  train = train.map(
-      lambda i, r: example(r, batching.example_seed(config.rng_seed, i)),
-      num_parallel_calls=tf.data.AUTOTUNE)
-  train = batching.with_options(
-      train.batch(batching.per_process(config.batch_size, 'batch_size'),
-                  drop_remainder=True).prefetch(2), dc)
+  train_iter = None
+  if train:
+    train_ds = batching.skip_to_step(
+        tf.data.TFRecordDataset(tfrecord_tables.split_files(
+            dc, 'train')).repeat().shuffle(
+                dc.get('shuffle_buffer_size', 10_000),
+                seed=config.rng_seed).enumerate(),
+        config.batch_size, start_step)
+    train_ds = train_ds.map(
+        lambda i, r: example(r, batching.example_seed(config.rng_seed, i)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    train_iter = batching.to_numpy(batching.with_options(
+        train_ds.batch(batching.per_process(config.batch_size, 'batch_size'),
+                       drop_remainder=True).prefetch(2), dc))
   eval_split = dc.get('eval_split', 'validation')
-  eval_files = files(eval_split)
+  eval_files = tfrecord_tables.split_files(dc, eval_split)
   eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
                                             'eval_batch_size')
 
   def eval_ds(split: str) -> tf.data.Dataset:
     return batching.with_options(tf.data.TFRecordDataset(
-        eval_files if split == eval_split else files(split)).map(
+        eval_files if split == eval_split else
+        tfrecord_tables.split_files(dc, split)).map(
             example, num_parallel_calls=tf.data.AUTOTUNE), dc)
 
   sizes = dc.get('examples_per_subset') or {}
   return batching.Data(
-      train_iter=batching.to_numpy(train),
+      train_iter=train_iter,
       eval_batches=lambda: batching.padded(eval_ds(eval_split), eval_bs),
       test_batches=lambda split: batching.padded(eval_ds(split).map(
           lambda e: {**e, 'inputs': e['inputs'][None]}), eval_bs),

@@ -26,7 +26,14 @@ global batch, so batches (and losses) are the same for any number of
 processes, at the cost of each process reading every record (meant for
 small datasets and reproducibility checks). By default each process reads
 its own share (`tfds.split_for_jax_process`).
+
+`get_data(config, train=False)` builds the eval side alone (eval and test
+batches, the number of classes, the input shape): no train split is read or
+needs to exist, and with `eval_dataset_name` the train dataset is not even
+prepared. `tokenlearner_jax.evaluate` and `tokenlearner_jax.visualize` use it.
 """
+
+from typing import Any, Callable, Iterator, NamedTuple, Tuple
 
 from absl import logging
 import ml_collections
@@ -81,28 +88,52 @@ def _check_num_classes(builder, label_key: str, num_classes: int) -> None:
         f"'{label_key}' has {feature.num_classes} classes.")
 
 
-def _tfds_data(config: ml_collections.ConfigDict,
-               start_step: int) -> batching.Data:
-  """Image or video classification from a tfds builder."""
+class _Source(NamedTuple):
+  """A prepared tfds dataset and the features read from it.
+
+  Attributes:
+    builder: Its builder.
+    input_key: The input feature.
+    label_key: The label feature.
+  """
+  builder: Any
+  input_key: str
+  label_key: str
+
+
+def _tfds_source(name: str, label_key_field: str,
+                 dc: ml_collections.ConfigDict) -> _Source:
+  """The dataset `name`: its supervised input, and its label under
+  `dataset_configs[label_key_field]` or the supervised one, checked against
+  `num_classes`."""
+  builder = _tfds_builder(name, dc)
+  input_key, label_key = builder.info.supervised_keys
+  label_key = dc.get(label_key_field, label_key)
+  _check_num_classes(builder, label_key, dc.num_classes)
+  return _Source(builder, input_key, label_key)
+
+
+def _tfds_data(config: ml_collections.ConfigDict, start_step: int,
+               train: bool) -> batching.Data:
+  """Image or video classification from a tfds builder.
+
+  Without `train`, the train dataset is not read, nor even built when the
+  eval side has its own (`eval_dataset_name`).
+  """
   dc = config.dataset_configs
-  builder = _tfds_builder(config.dataset_name, dc)
-  info = builder.info
-  input_key, label_key = info.supervised_keys
-  label_key = dc.get('label_key', label_key)
-  eval_builder, eval_label_key = builder, label_key
-  if dc.get('eval_dataset_name'):
-    eval_builder = _tfds_builder(dc.eval_dataset_name, dc)
-    eval_label_key = dc.get('eval_label_key',
-                            eval_builder.info.supervised_keys[1])
   num_classes = dc.num_classes
-  for b, key in ((builder, label_key), (eval_builder, eval_label_key)):
-    _check_num_classes(b, key, num_classes)
-  eval_splits = eval_builder.info.splits
+  train_source = None
+  if train or not dc.get('eval_dataset_name'):
+    train_source = _tfds_source(config.dataset_name, 'label_key', dc)
+  eval_source = train_source
+  if dc.get('eval_dataset_name'):
+    eval_source = _tfds_source(dc.eval_dataset_name, 'eval_label_key', dc)
+  eval_splits = eval_source.builder.info.splits
   eval_split = dc.get('eval_split', 'test' if 'test' in eval_splits
                       else 'validation')
   pad = dc.get('crop_padding', 0)
 
-  def preprocess(example, seed=None, label_key=label_key):
+  def preprocess(example, input_key: str, label_key: str, seed=None):
     """Eval preprocessing, or train augmentation when given a `seed`."""
     x = example[input_key]
     if x.shape.rank == 3:  # An image.
@@ -123,6 +154,52 @@ def _tfds_data(config: ml_collections.ConfigDict,
     return {'inputs': x, 'label': label,
             'example_mask': tf.cast(tf.reduce_any(label > 0), tf.float32)}
 
+  train_iter, train_size = None, 0
+  if train:
+    train_iter, train_size = _tfds_train(config, train_source, preprocess,
+                                         start_step)
+
+  def eval_split_ds(split: str) -> tf.data.Dataset:
+    return batching.with_options(
+        _tfds_split(eval_source.builder, split, config.rng_seed).map(
+            lambda e: preprocess(e, eval_source.input_key,
+                                 eval_source.label_key),
+            num_parallel_calls=tf.data.AUTOTUNE), dc)
+
+  eval_ds = eval_split_ds(eval_split)
+  if dc.get('cache', True):
+    eval_ds = eval_ds.cache()
+  eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
+                                            'eval_batch_size')
+  shape = tuple(next(iter(batching.to_numpy(eval_ds.take(1).batch(1))))[
+      'inputs'].shape[1:])
+  # {} if mocked.
+  eval_size = {k: v.num_examples for k, v in eval_splits.items()}.get(
+      eval_split)
+  return batching.Data(
+      train_iter=train_iter,
+      eval_batches=lambda: batching.padded(eval_ds, eval_bs),
+      test_batches=lambda split: batching.padded(  # One view per example.
+          eval_split_ds(split).map(
+              lambda e: {**e, 'inputs': e['inputs'][None]}), eval_bs),
+      num_classes=num_classes, input_shape=shape,
+      num_train_examples=train_size,
+      num_eval_examples=eval_size or 0)
+
+
+def _tfds_train(config: ml_collections.ConfigDict, source: _Source,
+                preprocess: Callable[..., Any],
+                start_step: int) -> Tuple[Iterator[batching.Batch], int]:
+  """The train batches of `source` from `start_step` on, and the number of
+  train examples."""
+  dc = config.dataset_configs
+  builder, input_key, label_key = source
+  # {} if mocked.
+  train_size = {k: v.num_examples for k, v in
+                builder.info.splits.items()}.get('train')
+  if train_size == 0:
+    raise ValueError(f"{builder.name}'s train split is empty "
+                     f'({builder.data_dir}).')
   global_order = dc.get('global_order', False)
   train = _tfds_split(builder, 'train', config.rng_seed, global_order)
   if dc.get('cache', True):
@@ -134,54 +211,27 @@ def _tfds_data(config: ml_collections.ConfigDict,
   if global_order:
     train = batching.keep_process_rows(train, config.batch_size)
   train = train.map(
-      lambda i, e: preprocess(e, batching.example_seed(config.rng_seed, i,
-                                                       global_order)),
+      lambda i, e: preprocess(e, input_key, label_key, batching.example_seed(
+          config.rng_seed, i, global_order)),
       num_parallel_calls=tf.data.AUTOTUNE).map(
           lambda e: {'inputs': e['inputs'], 'label': e['label']})
   train = batching.with_options(
       train.batch(batching.per_process(config.batch_size, 'batch_size'),
                   drop_remainder=True).prefetch(2), dc)
-
-  def eval_split_ds(split: str) -> tf.data.Dataset:
-    return batching.with_options(
-        _tfds_split(eval_builder, split, config.rng_seed).map(
-            lambda e: preprocess(e, label_key=eval_label_key),
-            num_parallel_calls=tf.data.AUTOTUNE), dc)
-
-  eval_ds = eval_split_ds(eval_split)
-  if dc.get('cache', True):
-    eval_ds = eval_ds.cache()
-  eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
-                                            'eval_batch_size')
-  shape = tuple(next(iter(batching.to_numpy(eval_ds.take(1).batch(1))))[
-      'inputs'].shape[1:])
-  # Both {} if mocked.
-  train_size = {k: v.num_examples for k, v in info.splits.items()}.get('train')
-  if train_size == 0:
-    raise ValueError(f"{builder.name}'s train split is empty "
-                     f'({builder.data_dir}).')
-  eval_size = {k: v.num_examples for k, v in eval_splits.items()}.get(
-      eval_split)
-  return batching.Data(
-      train_iter=batching.to_numpy(train),
-      eval_batches=lambda: batching.padded(eval_ds, eval_bs),
-      test_batches=lambda split: batching.padded(  # One view per example.
-          eval_split_ds(split).map(
-              lambda e: {**e, 'inputs': e['inputs'][None]}), eval_bs),
-      num_classes=num_classes, input_shape=shape,
-      num_train_examples=train_size or 0,
-      num_eval_examples=eval_size or 0)
+  return batching.to_numpy(train), train_size or 0
 
 
-def get_data(config: ml_collections.ConfigDict,
-             start_step: int = 0) -> batching.Data:
+def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
+             train: bool = True) -> batching.Data:
   """The `batching.Data` of `config.dataset_name`.
 
   The train stream starts where an uninterrupted run is after `start_step`
-  steps (for resuming).
+  steps (for resuming). With `train=False` only the eval side is built (no
+  train split is read or needed; `train_iter` is None): what evaluating or
+  inspecting a checkpoint uses.
   """
   if config.dataset_name == 'video_tfrecord_dataset':
-    return video_tfrecords.get_data(config, start_step)
+    return video_tfrecords.get_data(config, start_step, train=train)
   if config.dataset_name == 'multilabel_image_tfrecords':
-    return image_tfrecords.get_data(config, start_step)
-  return _tfds_data(config, start_step)
+    return image_tfrecords.get_data(config, start_step, train=train)
+  return _tfds_data(config, start_step, train)

@@ -1,9 +1,11 @@
-"""The reference's TFRecord tables: 'name@N' shard sets or globs, per process."""
+"""The reference's TFRecord tables: 'name@N' shard sets or globs, per
+process."""
 
 import os
 from typing import List
 
 import jax
+import ml_collections
 import tensorflow as tf
 
 
@@ -32,3 +34,14 @@ def process_files(files: List[str], field: str) -> List[str]:
     raise ValueError(f'{field}: {len(files)} files cannot be shared among '
                      f'{jax.process_count()} processes; write more shards.')
   return files[jax.process_index()::jax.process_count()]
+
+
+def split_files(dc: ml_collections.ConfigDict, split: str) -> List[str]:
+  """This process's files of `dataset_configs.tables[split]` under
+  `dataset_configs.base_dir`; the error names a split `tables` lacks."""
+  if split not in dc.tables:
+    raise ValueError(f'dataset_configs.tables has no {split!r} entry '
+                     f'(has {sorted(dc.tables)}).')
+  field = f'dataset_configs.tables.{split}'
+  return process_files(sharded_files(dc.base_dir, dc.tables[split], field),
+                       field)

@@ -64,7 +64,8 @@ def test_starts(length: tf.Tensor, num_clips: int, span: int) -> tf.Tensor:
 
 
 def decode_frames(frames: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-  """Decodes `frames[indices]`: `[clips, T]` indices -> `[clips, T, H, W, 3]`."""
+  """Decodes `frames[indices]`: `[clips, T]` indices -> `[clips, T, H, W,
+  3]`."""
   flat = tf.gather(frames, tf.reshape(indices, [-1]))  # [clips * T]
   video = tf.map_fn(lambda f: tf.io.decode_jpeg(f, channels=3), flat,
                     fn_output_signature=tf.uint8)  # [clips * T, H, W, 3]
@@ -222,8 +223,8 @@ def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
 
 def _check_augmentations(dc: ml_collections.ConfigDict) -> None:
   aug = dc.get('augmentation_params') or {}
-  unsupported = [k for k, v in aug.items()
-                 if k.startswith('do_') and v and k not in SUPPORTED_AUGMENTATIONS]
+  unsupported = [k for k, v in aug.items() if k.startswith('do_') and v
+                 and k not in SUPPORTED_AUGMENTATIONS]
   if unsupported:
     raise ValueError(f'dataset_configs.augmentation_params: {unsupported} are '
                      f'not supported (supported: {SUPPORTED_AUGMENTATIONS}).')
@@ -273,24 +274,17 @@ def _named_errors(batches: Iterator[batching.Batch], files: List[str],
     ) from e
 
 
-def get_data(config: ml_collections.ConfigDict,
-             start_step: int = 0) -> batching.Data:
+def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
+             train: bool = True) -> batching.Data:
   """`batching.Data` for `config.dataset_name='video_tfrecord_dataset'`.
 
-  The train stream starts after `start_step` batches (for resuming).
+  The train stream starts after `start_step` batches (for resuming). With
+  `train=False` there is none (`train_iter` is None) and `tables` needs no
+  'train' entry.
   """
   dc = config.dataset_configs
   _check_augmentations(dc)
   skip = dc.get('skip_corrupt_examples', False)
-
-  def files(split: str) -> List[str]:
-    if split not in dc.tables:
-      raise ValueError(f'dataset_configs.tables has no {split!r} entry '
-                       f'(has {sorted(dc.tables)}).')
-    field = f'dataset_configs.tables.{split}'
-    return tfrecord_tables.process_files(
-        tfrecord_tables.sharded_files(dc.base_dir, dc.tables[split], field),
-        field)
 
   def guarded(ds: tf.data.Dataset, split_files: List[str], batch_size: int,
               pad: bool) -> Iterator[batching.Batch]:
@@ -302,20 +296,26 @@ def get_data(config: ml_collections.ConfigDict,
                                  .prefetch(2)))
     return _named_errors(batches, split_files, dc)
 
-  train_files = files('train')
-  train = _records(train_files, config.rng_seed).map(parse_example)
-  train = batching.skip_to_step(
-      train.repeat().shuffle(dc.get('shuffle_buffer_size', 1024),
-                             seed=config.rng_seed).enumerate(),
-      config.batch_size, start_step)
-  train = train.map(
-      lambda i, e: train_example(e, dc, batching.example_seed(
-          config.rng_seed, i)), num_parallel_calls=tf.data.AUTOTUNE)
+  train_iter = None
+  if train:
+    train_files = tfrecord_tables.split_files(dc, 'train')
+    train_ds = _records(train_files, config.rng_seed).map(parse_example)
+    train_ds = batching.skip_to_step(
+        train_ds.repeat().shuffle(dc.get('shuffle_buffer_size', 1024),
+                                  seed=config.rng_seed).enumerate(),
+        config.batch_size, start_step)
+    train_ds = train_ds.map(
+        lambda i, e: train_example(e, dc, batching.example_seed(
+            config.rng_seed, i)), num_parallel_calls=tf.data.AUTOTUNE)
+    train_iter = guarded(
+        train_ds, train_files,
+        batching.per_process(config.batch_size, 'batch_size'), pad=False)
 
   def eval_batches(split: str, num_clips: int, three_crops: bool,
                    batch_size: int, views_axis: bool,
                    ) -> Iterator[batching.Batch]:
-    split_files = eval_files if split == eval_split else files(split)
+    split_files = (eval_files if split == eval_split else
+                   tfrecord_tables.split_files(dc, split))
     ds = tf.data.TFRecordDataset(split_files).map(
         lambda r: eval_example(parse_example(r), dc, num_clips, three_crops),
         num_parallel_calls=tf.data.AUTOTUNE)
@@ -324,7 +324,8 @@ def get_data(config: ml_collections.ConfigDict,
     return guarded(ds, split_files, batch_size, pad=True)
 
   eval_split = dc.get('eval_split', 'validation')
-  eval_files = files(eval_split)  # Checked now, not at the first eval.
+  # Checked now, not at the first eval.
+  eval_files = tfrecord_tables.split_files(dc, eval_split)
   num_clips = dc.get('num_test_clips', 1)
   three_crops = dc.get('do_three_spatial_crops', False)
   eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
@@ -334,9 +335,7 @@ def get_data(config: ml_collections.ConfigDict,
       'dataset_configs.test_batch_size')
   sizes = dc.get('examples_per_subset') or {}
   return batching.Data(
-      train_iter=guarded(train, train_files,
-                         batching.per_process(config.batch_size, 'batch_size'),
-                         pad=False),
+      train_iter=train_iter,
       eval_batches=lambda: eval_batches(eval_split, 1, False, eval_bs, False),
       num_classes=dc.num_classes,
       input_shape=(dc.num_frames, dc.crop_size, dc.crop_size, 3),
@@ -345,4 +344,3 @@ def get_data(config: ml_collections.ConfigDict,
       test_batches=lambda split: eval_batches(split, num_clips, three_crops,
                                               test_bs, True),
       num_test_views=num_clips * (3 if three_crops else 1))
-
