@@ -30,6 +30,7 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
 
@@ -52,6 +53,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   mesh gives them (no optimizer is built). `config.model_name` picks the
   metrics (`metrics.is_multilabel`: mAP for the multi-label head).
   """
+  schema.check_config(config)
   split = split or config.dataset_configs.get('test_split') or 'test'
   multilabel = metrics_lib.is_multilabel(config.model_name)
   if step is None:

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from tokenlearner_jax import flops
 from tokenlearner_jax import sharding
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models import build_model
 
 
@@ -52,6 +53,7 @@ def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
 
 def summarize(config: ml_collections.ConfigDict) -> dict:
   """Returns parameter count, GMACs and shapes for `config`'s model."""
+  schema.check_config(config)
   num_classes = config.dataset_configs.num_classes
   shape = example_input_shape(config)
   model = build_model(config, num_classes)

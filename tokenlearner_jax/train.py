@@ -52,6 +52,7 @@ from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
 from tokenlearner_jax import surgery
 from tokenlearner_jax import train_steps
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
 
@@ -229,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns None when stopped by SIGTERM (after saving a checkpoint).
   """
+  schema.check_config(config)
   # The loss and metrics of `config.model_name`'s head (module docstring).
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)

@@ -31,6 +31,7 @@ from PIL import Image
 
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import runtime
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models import ModelConfig
@@ -120,6 +121,7 @@ def save_clip(columns: List[np.ndarray], path_png: str, path_gif: str) -> None:
 def visualize(config: ml_collections.ConfigDict, workdir: str,
               num_clips: int = 4, tokenlearner: int = 0) -> List[Dict]:
   """Renders `num_clips` eval examples; returns the entries of index.json."""
+  schema.check_config(config)
   model_config = ModelConfig.from_config(config, num_classes=1)
   if (not model_config.tokenlearner_on or
       model_config.token_reduction != 'tokenlearner'):

@@ -1,0 +1,575 @@
+"""Every config key the trainer knows, and `check_config`, which refuses others.
+
+`KEYS` is the one table of the keys outside `config.model`: each is
+'implemented' (with the module that reads it), a 'no-op' (accepted, with why
+it changes nothing here) or 'unsupported' (a key of the reference's that
+switches on something this trainer does not have: only its "off" values are
+accepted). `config.model` is `tokenlearner_jax.models.config.ModelConfig`'s:
+its keys are checked there (an unknown one names the closest known one).
+
+`check_config(config)` walks the whole config (nested ConfigDicts and dicts;
+a key whose value is free-form, such as `dataset_configs.tables`, is a leaf)
+and raises a `ValueError` for a key the table does not know, naming the
+closest known key, or for a value a no-op or unsupported key does not accept.
+The entry points (`train`, `evaluate`, `visualize`, `summary`) call it before
+any data is read or anything compiles. `markdown()` renders the table, with
+`config.model`'s keys from `ModelConfig`, as docs/config_keys.md
+(`python scripts/config_keys.py --markdown`).
+"""
+
+import dataclasses
+import difflib
+import re
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import ml_collections
+
+from tokenlearner_jax.models import config as model_lib
+
+IMPLEMENTED = 'implemented'
+NO_OP = 'no-op'
+UNSUPPORTED = 'unsupported'
+STATUSES = (IMPLEMENTED, NO_OP, UNSUPPORTED)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigKey:
+  """One config key.
+
+  Attributes:
+    key: Its path under `config`, e.g. 'lr_configs.warmup_steps'.
+    status: One of `STATUSES`.
+    description: What it sets, in one line.
+    module: The module that reads it ('implemented' keys).
+    why: Why it changes nothing here ('no-op') or is refused ('unsupported').
+    accepts: The values accepted (None: any); None (an unset placeholder) is
+      always accepted. Others raise, with `why`.
+    section: Its value is a ConfigDict of keys that the table lists; any
+      other key is a leaf, whatever its value (`dataset_configs.tables` is a
+      dict of split names, not of config keys).
+    reference: A config file of the reference (Scenic's token_learner and
+      ViViT Kinetics configs) sets it.
+  """
+  key: str
+  status: str
+  description: str
+  module: str = ''
+  why: str = ''
+  accepts: Optional[Tuple[Any, ...]] = None
+  section: bool = False
+  reference: bool = False
+
+
+def _implemented(key: str, module: str, description: str,
+                 **kwargs: Any) -> ConfigKey:
+  return ConfigKey(key, IMPLEMENTED, description,
+                   module=f'tokenlearner_jax.{module}', **kwargs)
+
+
+def _no_op(key: str, why: str, description: str, **kwargs: Any) -> ConfigKey:
+  return ConfigKey(key, NO_OP, description, why=why, **kwargs)
+
+
+def _unsupported(key: str, why: str, description: str,
+                 **kwargs: Any) -> ConfigKey:
+  return ConfigKey(key, UNSUPPORTED, description, why=why, **kwargs)
+
+
+_REF = dict(reference=True)
+_MULTICROP = ('the 4x3-view test runs after training, with `python -m '
+              'tokenlearner_jax.evaluate`, not during it')
+
+KEYS: Tuple[ConfigKey, ...] = (
+    # ---------------------------------------------------------- the run
+    _no_op('experiment_name', 'a label: nothing is named by it (outputs go '
+           'to --workdir)', 'Name of the experiment.', **_REF),
+    _no_op('trainer_name', 'one trainer runs ViT and ViViT alike',
+           "The reference's trainer ('classification_trainer' or "
+           "'vivit_trainer').", accepts=('classification_trainer',
+                                         'vivit_trainer'), **_REF),
+    _implemented('rng_seed', 'train_steps', 'Seeds initialisation, dropout '
+                 'and the input order.', **_REF),
+    _implemented('batch_size', 'train', 'Global train batch size.', **_REF),
+    _implemented('eval_batch_size', 'data.input_pipeline',
+                 'Global eval batch size.'),
+    _implemented('num_training_steps', 'train',
+                 'Run length in steps (wins over num_training_epochs).'),
+    _implemented('num_training_epochs', 'train',
+                 'Run length in epochs of the train split.', **_REF),
+    _implemented('log_summary_steps', 'train',
+                 'Steps between train summaries.', **_REF),
+    _implemented('log_eval_steps', 'train', 'Steps between evaluations.',
+                 **_REF),
+    _implemented('checkpoint_steps', 'checkpoint',
+                 'Steps between checkpoints.', **_REF),
+    _implemented('max_checkpoints_to_keep', 'checkpoint',
+                 'Checkpoints kept (default 3).'),
+    _no_op('checkpoint', 'the trainer always checkpoints, every '
+           '`checkpoint_steps`', 'Whether to checkpoint.', accepts=(True,),
+           **_REF),
+    _no_op('write_summary', 'the trainer always writes TensorBoard events and '
+           'metrics.jsonl', 'Whether to write summaries.', accepts=(True,),
+           **_REF),
+    _no_op('xprof', 'profile with `jax.profiler` or scripts/benchmark.py '
+           '--profile', 'Profile the run with xprof.', **_REF),
+    _no_op('debug_train', "the reference's debug flag of its model's apply; "
+           'ours has none', 'Debug mode in training.', **_REF),
+    _no_op('debug_eval', "the reference's debug flag of its model's apply; "
+           'ours has none', 'Debug mode in evaluation.', **_REF),
+    _implemented('skip_nonfinite_steps', 'optim', '0: a non-finite loss stops '
+                 'the run; N: skip up to N such updates in a row.'),
+    _implemented('donate_train_state', 'train_steps', 'The train step reuses '
+                 "the old state's buffers (default True)."),
+    # ---------------------------------------------------------- the data
+    _implemented('dataset_name', 'data.input_pipeline', "The data source: a "
+                 "tfds name, 'moving_digits', 'multi_digits', "
+                 "'multilabel_image_tfrecords' or 'video_tfrecord_dataset'.",
+                 **_REF),
+    _implemented('dataset_configs', 'data.input_pipeline',
+                 "The data source's settings (below).", section=True, **_REF),
+    _no_op('datset_configs', "the reference ViViT configs' misspelt, empty "
+           'ConfigDict; keys belong in `dataset_configs`',
+           'Accepted empty only.', accepts=({},), **_REF),
+    _no_op('data_dtype_str', 'inputs are float32; `model_dtype_str` sets the '
+           'compute dtype', 'Dtype of the input batches.',
+           accepts=('float32',), **_REF),
+    _no_op('multicrop_clips_per_device', _MULTICROP, 'Clips per device in the '
+           "reference's multi-crop test during training.", **_REF),
+    # ---------------------------------------------------------- the model
+    _implemented('model', 'models.config', "The model: `ModelConfig`'s keys "
+                 '(below).', section=True, **_REF),
+    _implemented('model_name', 'metrics', "The head's loss and metrics: "
+                 "'token_learner_classification' or 'vivit_classification' "
+                 "(softmax), 'token_learner_multilabel_classification' or "
+                 "'vivit_multilabel_classification' (sigmoid).", **_REF),
+    _implemented('model_dtype_str', 'models.config', 'Compute dtype of the '
+                 "encoder blocks ('float32', 'bfloat16', 'float16').", **_REF),
+    _implemented('init_head_bias', 'train_steps', "Initial bias of the head's "
+                 'logits (e.g. -10 for the sigmoid head).', **_REF),
+    # ---------------------------------------------------------- training
+    _implemented('optimizer', 'optim', "'adam', 'adamw', 'momentum', "
+                 "'nesterov' or 'sgd'.", **_REF),
+    _implemented('optimizer_configs', 'optim', "The optimizer's settings.",
+                 section=True, **_REF),
+    _implemented('max_grad_norm', 'optim', 'Clip gradients to this global '
+                 'norm.', **_REF),
+    _implemented('grad_clip_per_shard', 'train_steps', "Clip each data "
+                 "shard's gradient before the mean (the reference's ViViT "
+                 'trainer).'),
+    _implemented('l2_decay_factor', 'train_steps', '0.5 * factor * '
+                 '||params||^2 added to the training loss.', **_REF),
+    _implemented('explicit_weight_decay', 'optim', 'After each update, '
+                 'kernels become (1 - lr * decay) * w.', **_REF),
+    _implemented('sam_rho', 'train_steps', 'Sharpness-aware minimisation '
+                 'radius (unset: off).'),
+    _implemented('label_smoothing', 'train_steps', 'Label smoothing of the '
+                 'softmax cross-entropy.', **_REF),
+    _implemented('mixup', 'train_steps', 'Mixup settings.', section=True),
+    _implemented('lr_configs', 'optim', 'The learning-rate schedule.',
+                 section=True, **_REF),
+    # ---------------------------------------------------------- fine-tuning
+    _implemented('init_from', 'train', 'The checkpoint to fine-tune from.',
+                 section=True, **_REF),
+    # ---------------------------------------------------------- parallelism
+    _implemented('mesh', 'sharding', 'Device mesh axis sizes.', section=True),
+    _implemented('logical_axis_rules', 'sharding', 'Logical axis name -> mesh '
+                 'axes rules.'),
+)
+
+_DC = 'dataset_configs.'
+_AUG = _DC + 'augmentation_params.'
+KEYS += (
+    _implemented(_DC + 'num_classes', 'data.input_pipeline',
+                 'Classes of the dataset.', **_REF),
+    _implemented(_DC + 'data_dir', 'data.input_pipeline', 'tfds data '
+                 'directory.'),
+    _implemented(_DC + 'builder_config', 'data.input_pipeline', 'tfds builder '
+                 'config name.'),
+    _implemented(_DC + 'cache', 'data.input_pipeline', 'Cache the decoded tfds '
+                 'splits in memory (default True).'),
+    _implemented(_DC + 'crop_padding', 'data.input_pipeline', 'Random '
+                 'translations by up to this many pixels in training.'),
+    _implemented(_DC + 'global_order', 'data.input_pipeline', 'Every process '
+                 'reads the whole tfds train split in one order.'),
+    _implemented(_DC + 'label_key', 'data.input_pipeline', 'The tfds label '
+                 'feature (default: the supervised one).'),
+    _implemented(_DC + 'eval_dataset_name', 'data.input_pipeline',
+                 'Evaluate on another tfds dataset.'),
+    _implemented(_DC + 'eval_label_key', 'data.input_pipeline',
+                 "The label feature of `eval_dataset_name`."),
+    _implemented(_DC + 'eval_split', 'data.input_pipeline', 'The split '
+                 'evaluated during training.'),
+    _implemented(_DC + 'test_split', 'evaluate', 'The split '
+                 '`tokenlearner_jax.evaluate` tests (default test).'),
+    _implemented(_DC + 'shuffle_buffer_size', 'data.input_pipeline',
+                 'Examples in the train shuffle buffer.'),
+    _implemented(_DC + 'autotune', 'data.batching', "tf.data's autotuning "
+                 '(default True).'),
+    _implemented(_DC + 'image_size', 'data.image_preprocessing', 'Side of the '
+                 'images (None: as stored).'),
+    _implemented(_DC + 'inception_crop', 'data.image_preprocessing', 'Inception '
+                 'crop in training (default True).'),
+    _implemented(_DC + 'eval_crop_fraction', 'data.image_preprocessing',
+                 'Central crop fraction in evaluation (default 0.875).'),
+    _implemented(_DC + 'random_flip', 'data.image_preprocessing', 'Horizontal '
+                 'flips in training (default True).'),
+    _implemented(_DC + 'base_dir', 'data.tfrecord_tables', 'Directory of the '
+                 'TFRecord tables.', **_REF),
+    _implemented(_DC + 'tables', 'data.tfrecord_tables', "Split -> 'name@N' or "
+                 'a glob.', **_REF),
+    _implemented(_DC + 'examples_per_subset', 'data.video_tfrecords',
+                 'Split -> examples (for epochs and eval sizes).', **_REF),
+    _implemented(_DC + 'label_offset', 'data.video_tfrecords', 'Subtracted '
+                 'from the stored labels (1 for 1-based ids).'),
+    _implemented(_DC + 'num_frames', 'data.video_tfrecords', 'Frames per '
+                 'clip.', **_REF),
+    _implemented(_DC + 'stride', 'data.video_tfrecords', 'Frames between '
+                 "a clip's frames.", **_REF),
+    _implemented(_DC + 'min_resize', 'data.video_tfrecords', 'Smaller side '
+                 'resized to this before cropping.', **_REF),
+    _implemented(_DC + 'crop_size', 'data.video_tfrecords', 'Side of the '
+                 'square crop.', **_REF),
+    _implemented(_DC + 'zero_centering', 'data.video_tfrecords', 'Values in '
+                 '[-1, 1] (else [0, 1]).', **_REF),
+    _implemented(_DC + 'num_test_clips', 'data.video_tfrecords', 'Clips per '
+                 'video in the test.', **_REF),
+    _implemented(_DC + 'do_three_spatial_crops', 'data.video_tfrecords',
+                 'Three spatial crops per test clip.', **_REF),
+    _implemented(_DC + 'test_batch_size', 'data.video_tfrecords', 'Videos per '
+                 'test batch.', **_REF),
+    _implemented(_DC + 'skip_corrupt_examples', 'data.video_tfrecords',
+                 'Skip (and count) corrupt records instead of stopping.'),
+    _implemented(_DC + 'augmentation_params', 'data.video_tfrecords',
+                 'Train augmentations of videos.', section=True, **_REF),
+    _no_op(_DC + 'one_hot_labels', "the reference ViViT configs' misspelling "
+           'of one_hot_label, which its loader never reads',
+           'One-hot labels.', **_REF),
+    _no_op(_DC + 'one_hot_label', 'labels are always one-hot (or multi-hot)',
+           'One-hot labels.', accepts=(True,)),
+    _no_op(_DC + 'keep_test_key', 'test batches carry no example key',
+           "Keep each test example's key.", accepts=(False,)),
+    _unsupported(_DC + 'num_train_val_clips', 'evaluation during training '
+                 'takes the middle clip of each video', 'Clips per video in '
+                 'training and validation.', accepts=(1,)),
+    _no_op(_DC + 'do_multicrop_test', _MULTICROP, 'Run the multi-crop test '
+           'during training.', **_REF),
+    _no_op(_DC + 'log_test_epochs', _MULTICROP, 'Epochs between multi-crop '
+           'tests during training.', **_REF),
+    _no_op(_DC + 'prefetch_to_device', 'jax.jit places each batch; there is '
+           'no device prefetch queue', 'Batches prefetched to the devices.',
+           **_REF),
+    _implemented(_AUG + 'do_jitter_scale', 'data.video_tfrecords', 'Random '
+                 'scale jitter.', **_REF),
+    _implemented(_AUG + 'scale_min_factor', 'data.video_tfrecords',
+                 'Smallest scale factor.', **_REF),
+    _implemented(_AUG + 'scale_max_factor', 'data.video_tfrecords',
+                 'Largest scale factor.', **_REF),
+    _implemented(_AUG + 'prob_scale_jitter', 'data.video_tfrecords',
+                 'Probability of the scale jitter.', **_REF),
+    _implemented(_AUG + 'do_color_augment', 'data.video_tfrecords', 'Colour '
+                 'augmentation.', **_REF),
+    _implemented(_AUG + 'prob_color_augment', 'data.video_tfrecords',
+                 'Probability of the colour augmentation.', **_REF),
+    _implemented(_AUG + 'prob_color_drop', 'data.video_tfrecords',
+                 'Probability of dropping the colour (grey clip).', **_REF),
+    _unsupported(_AUG + 'do_rand_augment', 'RandAugment is not implemented',
+                 'RandAugment.', accepts=(False,)),
+    _unsupported(_AUG + 'do_random_erasing', 'random erasing is not '
+                 'implemented', 'Random erasing.', accepts=(False,)),
+    _unsupported(_AUG + 'do_simclr_crop_resize', 'SimCLR crops are not '
+                 'implemented', 'SimCLR-style crop and resize.',
+                 accepts=(False,)),
+    _unsupported(_AUG + 'do_simclr_style_augmentations', 'SimCLR '
+                 'augmentations are not implemented', 'SimCLR-style '
+                 'augmentations.', accepts=(False,)),
+)
+
+_LR = 'lr_configs.'
+_OPT = 'optimizer_configs.'
+KEYS += (
+    _implemented(_LR + 'learning_rate_schedule', 'optim', "'compound'.",
+                 **_REF),
+    _implemented(_LR + 'factors', 'optim', "Factors multiplied, e.g. "
+                 "'constant * linear_warmup * cosine_decay'.", **_REF),
+    _implemented(_LR + 'base_learning_rate', 'optim', 'The constant factor.',
+                 **_REF),
+    _implemented(_LR + 'warmup_steps', 'optim', 'Steps of linear_warmup (and '
+                 'the decays start after them).', **_REF),
+    _implemented(_LR + 'warmup_alpha', 'optim', 'linear_warmup starts at this '
+                 'fraction.'),
+    _implemented(_LR + 'steps_per_cycle', 'optim', 'Steps of a cosine_decay '
+                 'cycle.', **_REF),
+    _implemented(_LR + 'total_steps', 'optim', 'Steps of linear_decay (and '
+                 'of cosine_decay with restarts).', **_REF),
+    _implemented(_LR + 'end_learning_rate', 'optim', 'Where linear_decay '
+                 'ends.', **_REF),
+    _implemented(_LR + 'alpha', 'optim', 'cosine_decay ends at this fraction.'),
+    _implemented(_LR + 't_mul', 'optim', 'cosine_decay: cycle length factor '
+                 'per restart.'),
+    _implemented(_LR + 'm_mul', 'optim', 'cosine_decay: peak factor per '
+                 'restart.'),
+    _implemented(_LR + 'start_decay_step', 'optim', 'cosine_decay starts this '
+                 'many steps after the warmup.'),
+    _implemented(_LR + 'timescale', 'optim', "rsqrt_decay: scenic's current "
+                 'form, 1 until warmup_steps then sqrt(timescale / ...).'),
+    _implemented(_LR + 'decay_steps', 'optim', 'Steps of polynomial and '
+                 'exponential_decay.'),
+    _implemented(_LR + 'end_factor', 'optim', 'polynomial ends at this '
+                 'fraction.'),
+    _implemented(_LR + 'power', 'optim', 'polynomial exponent.'),
+    _implemented(_LR + 'decay_events', 'optim', 'piecewise_constant and '
+                 'piecewise_linear: the steps of each decay.'),
+    _implemented(_LR + 'decay_factors', 'optim', 'piecewise_constant and '
+                 'piecewise_linear: the factor from each event on.'),
+    _implemented(_LR + 'decay_rate', 'optim', 'exponential_decay rate.'),
+    _implemented(_LR + 'staircase', 'optim', 'exponential_decay in steps.'),
+    _implemented(_LR + 'steps_per_decay', 'optim', 'decay_every: steps '
+                 'between decays.'),
+    _implemented(_LR + 'decay_factor', 'optim', 'decay_every: factor per '
+                 'decay.'),
+    _implemented(_OPT + 'beta1', 'optim', 'Adam beta1.', **_REF),
+    _implemented(_OPT + 'beta2', 'optim', 'Adam beta2.', **_REF),
+    _implemented(_OPT + 'epsilon', 'optim', 'Adam epsilon.'),
+    _implemented(_OPT + 'weight_decay', 'optim', 'Adam: decoupled decay '
+                 '(times the learning rate); momentum: L2 on the gradient.',
+                 **_REF),
+    _implemented(_OPT + 'momentum', 'optim', 'Momentum (default 0.9).'),
+    _implemented(_OPT + 'nesterov', 'optim', "Nesterov momentum with "
+                 "'momentum'."),
+    _implemented('mixup.alpha', 'train_steps', 'Mixup Beta(alpha, alpha); '
+                 'None or 0: off.'),
+)
+
+_INIT = 'init_from.'
+KEYS += (
+    _implemented(_INIT + 'checkpoint_path', 'checkpoint_formats', 'The '
+                 'checkpoint (unset: train from scratch).', **_REF),
+    _implemented(_INIT + 'checkpoint_format', 'checkpoint_formats',
+                 "'tokenlearner_jax', 'scenic' or 'big_vision'.", **_REF),
+    _implemented(_INIT + 'positional_embed_size_change', 'surgery',
+                 "'resize', 'tile' or 'resize_tile' the position embedding.",
+                 **_REF),
+    _implemented(_INIT + 'kernel_init_method', 'surgery', '2-D -> 3-D patch '
+                 'kernel inflation when the model does not name one.'),
+    _implemented(_INIT + 'init_missing_from_scratch', 'surgery', 'Keep '
+                 'parameters the checkpoint lacks newly initialised.'),
+    _implemented(_INIT + 'restore_positional_embedding', 'surgery', 'Copy '
+                 '(and fit) the position embedding; False keeps it new.',
+                 **_REF),
+    _implemented(_INIT + 'restore_input_embedding', 'surgery', 'Copy (and '
+                 'inflate) the patch embedding; False keeps it new.', **_REF),
+    _no_op(_INIT + 'model_config', "the checkpoint's layout (class token, "
+           'grid) is read from its parameters', "The restored model's "
+           'config.', **_REF),
+    _implemented('mesh.data', 'sharding', 'Data-parallel devices (-1: the '
+                 'rest).'),
+    _implemented('mesh.fsdp', 'sharding', 'Devices the parameters are '
+                 'sharded over (FSDP).'),
+    _implemented('mesh.model', 'sharding', 'Tensor-parallel devices.'),
+)
+
+TABLE: Dict[str, ConfigKey] = {k.key: k for k in KEYS}
+
+
+def model_keys() -> List[Tuple[str, str, Any, str]]:
+  """`config.model`'s keys: (key, field, default, description) per field.
+
+  From `ModelConfig`'s fields (`metadata['key']`) and its `Attributes:`
+  docstring; keys are under `config.model` unless they start with '/'.
+  """
+  docs = _attribute_docs(model_lib.ModelConfig.__doc__ or '')
+  rows = []
+  for f in dataclasses.fields(model_lib.ModelConfig):
+    key = f.metadata['key']
+    if not key:  # num_classes: from the dataset.
+      continue
+    default = (None if f.default is dataclasses.MISSING else f.default)
+    rows.append((key, f.name, default, docs.get(f.name, '')))
+  return rows
+
+
+def _attribute_docs(docstring: str) -> Dict[str, str]:
+  """name -> text of a Google-style `Attributes:` section."""
+  docs: Dict[str, str] = {}
+  lines = docstring.split('Attributes:', 1)[-1].splitlines()
+  name = None
+  for line in lines[1:]:
+    match = re.match(r'^\s{4}(\w+): (.*)$', line)
+    if match:
+      name = match.group(1)
+      docs[name] = match.group(2).strip()
+    elif line.strip() and name and line.startswith(' ' * 6):
+      docs[name] += ' ' + line.strip()
+    elif line.strip():
+      break
+  return docs
+
+
+# ------------------------------------------------------------------ checking
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, ml_collections.ConfigDict):
+    return value.to_dict()
+  return value
+
+
+def _is_node(value: Any) -> bool:
+  return isinstance(value, (dict, ml_collections.ConfigDict))
+
+
+def _unknown(path: str) -> ValueError:
+  close = difflib.get_close_matches(path, list(TABLE), n=1)
+  hint = (f'; did you mean config.{close[0]}?' if close else
+          ' (docs/config_keys.md lists the known keys).')
+  return ValueError(f'config.{path} is not a known config key{hint}')
+
+
+def _check_value(entry: ConfigKey, value: Any) -> None:
+  if entry.accepts is None or value is None:
+    return
+  if _plain(value) not in entry.accepts:
+    accepted = ', '.join(repr(v) for v in entry.accepts)
+    raise ValueError(f'config.{entry.key}={_plain(value)!r} is not supported '
+                     f'(accepted: {accepted}): {entry.why}.')
+
+
+def _walk(node: Any, prefix: str = '') -> Iterator[Tuple[str, Any]]:
+  """(path, value) of every key the walk reaches, checking each is known."""
+  for name in node.keys():
+    path = f'{prefix}{name}'
+    entry = TABLE.get(path)
+    if entry is None:
+      raise _unknown(path)
+    value = node[name]
+    yield path, value
+    if entry.section and path != 'model' and _is_node(value):
+      yield from _walk(value, path + '.')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a `ValueError` for a key (or value) the trainer would not honour.
+
+  Every key of `config` must be in `TABLE` (with the value a no-op or
+  unsupported key accepts); `config.model` is checked by
+  `ModelConfig.from_config`, which also checks its values.
+
+  Raises:
+    ValueError: Naming the unknown key and the closest known one, e.g.
+      'config.lr_configs.warmup_stepz is not a known config key; did you mean
+      config.lr_configs.warmup_steps?'.
+  """
+  for path, value in _walk(config):
+    _check_value(TABLE[path], value)
+  if config.get('model') is not None:
+    model_lib.ModelConfig.from_config(config, num_classes=1)
+
+
+# ------------------------------------------------------------------ docs
+
+COMMAND = 'python scripts/config_keys.py --markdown'
+
+
+def _cell(text: str) -> str:
+  return text.replace('|', '\\|')
+
+
+def _status_cell(entry: ConfigKey) -> str:
+  if entry.status == IMPLEMENTED:
+    return f'implemented: `{entry.module}`'
+  accepted = ''
+  if entry.accepts is not None:
+    accepted = ' (accepts ' + ', '.join(f'`{v!r}`' for v in entry.accepts) + ')'
+  return f'{entry.status}{accepted}: {entry.why}'
+
+
+def _key_table(entries: List[ConfigKey]) -> List[str]:
+  lines = ['| Key | Reference | Status | Description |', '|---|---|---|---|']
+  for entry in entries:
+    lines.append(f'| `{entry.key}` | {"yes" if entry.reference else ""} | '
+                 f'{_cell(_status_cell(entry))} | '
+                 f'{_cell(entry.description)} |')
+  return lines
+
+
+def _model_table() -> List[str]:
+  vivit = dict(zip(model_lib.VIVIT_KEYS, model_lib.VIVIT_KEYS))
+  lines = ['| Key | Default | Description |', '|---|---|---|']
+  for key, _, default, description in model_keys():
+    if key.startswith('/'):
+      name = f'`{key[1:]}`'
+    else:
+      name = f'`model.{key}`'
+      parts = key.split('.')
+      if parts[0] == 'tokenizer' and len(parts) > 1 and parts[1] in vivit:
+        name += f' (ViViT layout: `model.{".".join(parts[1:])}`)'
+    lines.append(f'| {name} | `{default!r}` | {_cell(description)} |')
+  return lines
+
+
+def _counts() -> str:
+  counts = {s: sum(k.status == s for k in KEYS) for s in STATUSES}
+  return ', '.join(f'{n} {s}' for s, n in counts.items())
+
+
+def markdown() -> str:
+  """docs/config_keys.md: every key, its status and what it does."""
+  sections = [('The run, the data source, training and parallelism',
+               lambda k: '.' not in k),
+              ('`dataset_configs`',
+               lambda k: k.startswith(_DC) and not k.startswith(_AUG)),
+              ('`dataset_configs.augmentation_params`',
+               lambda k: k.startswith(_AUG)),
+              ('`lr_configs` and `optimizer_configs`',
+               lambda k: k.startswith((_LR, _OPT))),
+              ('`init_from`, `mesh` and `mixup`',
+               lambda k: k.startswith((_INIT, 'mesh.', 'mixup.')))]
+  body = []
+  for title, belongs in sections:
+    body += ['', f'## {title}', '']
+    body += _key_table([k for k in KEYS if belongs(k.key)])
+  refused = [k.key for k in KEYS if k.reference and k.status == UNSUPPORTED]
+  refused_text = (', '.join(f'`{k}`' for k in refused) if refused else
+                  'none: every key a reference config file sets is '
+                  'implemented or a no-op')
+  header = (f'<!-- Generated by `{COMMAND}` from '
+            'tokenlearner_jax/configs/schema.py and '
+            'tokenlearner_jax/models/config.py; do not edit. -->')
+  return '\n'.join([
+      header,
+      '# Config keys',
+      '',
+      'Every key the trainer knows. `tokenlearner_jax.configs.schema.'
+      'check_config` runs first in `train`, `evaluate`, `visualize` and '
+      '`summary`: a key not listed here is an error naming the closest known '
+      'key, before any data is read or anything compiles, so no key a config '
+      'sets is silently ignored.',
+      '',
+      '* implemented: the module named reads it;',
+      '* no-op: accepted and changes nothing here, for the reason given (a '
+      'no-op that accepts only some values refuses the others);',
+      '* unsupported: the reference has it and this trainer does not; only '
+      'the values listed (its "off") are accepted.',
+      '',
+      '"Reference": a config file of the reference sets it (Scenic\'s '
+      '`projects/token_learner/configs/im1k_token_learner_config.py` and '
+      '`projects/vivit/configs/kinetics400/*.py`, `kinetics600/*.py`, copied '
+      'in tests/testdata/reference_configs/, which pass `check_config` '
+      f'unchanged). Keys outside `config.model`: {_counts()}. Reference keys '
+      f'that are unsupported: {refused_text}.',
+      *body,
+      '',
+      '## `config.model`',
+      '',
+      '`tokenlearner_jax.models.config.ModelConfig` reads these (an unknown '
+      'key under `config.model` is an error naming the closest one); '
+      '[models.md](models.md) describes the models. The reference ViViT '
+      "layout (`model_name='vivit_classification'`, no `model.tokenizer`) "
+      'keeps `patches` and `temporal_encoding_config` at the top of '
+      '`config.model`. `model.spatial_transformer` and '
+      '`model.temporal_transformer` take `num_layers`, `num_heads` and '
+      '`mlp_dim`.',
+      '',
+      *_model_table(),
+      '',
+  ])
