@@ -414,7 +414,7 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
           f'| {variant.label} | {setting} | '
           f'{1000 * done[0]["gmacs_per_example"]:.2f} | '
           f'{pm([100 * r["accuracy"] for r in done])} | '
-          f'{pm([100 * r["top_5_accuracy"] for r in done])} | {seeds_text} |')
+          f'{pm([100 * r["accuracy_top_5"] for r in done])} | {seeds_text} |')
     sections.append('')
     for source in dict.fromkeys(VARIANTS[n].init_from for n in study.variants
                                 if VARIANTS[n].init_from):

@@ -34,9 +34,29 @@ class MultilabelTest(absltest.TestCase):
     self.assertAlmostEqual(mean_ap, sk_metrics.average_precision_score(
         MULTI_HOT[:3], LOGITS[:3], average='macro'))
 
+  def test_label_smoothing_is_the_references_on_sigmoid_targets(self):
+    # scenic's apply_label_smoothing: y * (1 - s) + s / num_classes, then
+    # the sigmoid cross-entropy summed over classes.
+    loss = metrics.per_example_loss(jnp.asarray(LOGITS), jnp.asarray(MULTI_HOT),
+                                    True, 0.3)
+    x, z = LOGITS, MULTI_HOT * 0.7 + 0.1
+    log_sigmoid = lambda v: -np.log1p(np.exp(-v))
+    expected = -np.sum(z * log_sigmoid(x) + (1 - z) * log_sigmoid(-x), -1)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+class ModelNameTest(absltest.TestCase):
+
+  def test_reference_model_names(self):
+    self.assertFalse(metrics.is_multilabel('token_learner_classification'))
+    self.assertFalse(metrics.is_multilabel('vivit_classification'))
+    self.assertTrue(
+        metrics.is_multilabel('token_learner_multilabel_classification'))
+    self.assertTrue(metrics.is_multilabel('vivit_multilabel_classification'))
+
   def test_unknown_model_name(self):
     with self.assertRaisesRegex(ValueError, 'config.model_name'):
-      metrics.is_multilabel('vivit_classification')
+      metrics.is_multilabel('vit_classification')
 
 
 class ClassificationTest(absltest.TestCase):
@@ -47,7 +67,8 @@ class ClassificationTest(absltest.TestCase):
     sums = metrics.metric_sums(logits, labels, jnp.ones(2), multilabel=False)
     result = metrics.finalize({k: float(v) for k, v in sums.items()})
     self.assertEqual(result['accuracy'], 0.5)
-    self.assertEqual(result['top_5_accuracy'], 0.5)  # class 5 ranks 6th
+    # The reference's name; class 5 ranks 6th.
+    self.assertEqual(result['accuracy_top_5'], 0.5)
     plain = metrics.per_example_loss(logits, labels, False)
     smooth = metrics.per_example_loss(logits, labels, False, 0.1)
     log_p = logits - jnp.log(jnp.sum(jnp.exp(logits), -1, keepdims=True))
@@ -58,7 +79,7 @@ class ClassificationTest(absltest.TestCase):
   def test_no_top5_with_five_classes(self):
     sums = metrics.metric_sums(jnp.zeros((2, 5)), jnp.eye(5)[:2], jnp.ones(2),
                                multilabel=False)
-    self.assertNotIn('top_5_accuracy', sums)
+    self.assertNotIn('accuracy_top_5', sums)
 
 
 if __name__ == '__main__':
