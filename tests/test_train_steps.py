@@ -1,20 +1,23 @@
 """Tests of `tokenlearner_jax.train_steps` (the steps themselves also run in
 tests/test_train.py and tests/models/test_speed_options.py)."""
 
+import json
+import os
 import subprocess
 import sys
 
 from absl.testing import absltest
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from tests.testing import ROOT
 from tests.testing import config_for
-from tokenlearner_jax import optim
+from tests.testing import fresh_state
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
-from tokenlearner_jax.models import build_model
 
 
 class TrainStepsTest(absltest.TestCase):
@@ -34,11 +37,9 @@ class TrainStepsTest(absltest.TestCase):
     config = config_for('demo_moving_digits')
     config.model.num_layers = 2
     input_shape = (8, 32, 32, 3)
-    model = build_model(config, 4)
-    tx, schedule = optim.make_optimizer(config, 10)
-    mesh = sharding.make_mesh(config)
-    state, shardings = train_steps.create_train_state(config, model, tx,
-                                                      input_shape, mesh)
+    fresh = fresh_state(config, input_shape, 4, total_steps=10)
+    model, mesh, state, shardings = (fresh.model, fresh.mesh, fresh.state,
+                                     fresh.shardings)
     target, params_shardings = train_steps.abstract_params(config, model,
                                                            input_shape, mesh)
     self.assertEqual(params_shardings, shardings.params)
@@ -56,7 +57,7 @@ class TrainStepsTest(absltest.TestCase):
     sums, _ = eval_step(state.params, batch)
     self.assertEqual(float(sums['num_examples']), config.batch_size)
     train_step = train_steps.make_train_step(
-        config, model, tx, schedule, shardings, batch_sharding,
+        config, model, fresh.tx, fresh.schedule, shardings, batch_sharding,
         multilabel=False)
     new_state, step_metrics = train_step(
         state, {k: batch[k] for k in ('inputs', 'label')})
@@ -68,12 +69,153 @@ class TrainStepsTest(absltest.TestCase):
     # GPU images often have jax but no TensorFlow: the steps and
     # scripts/benchmark.py's model part must not need it.
     code = ('import sys; import tokenlearner_jax.train_steps; '
-            'from tests.scripts import load_script; load_script("benchmark"); '
+            'from tokenlearner_jax.configs import common; '
+            'common.load_module("scripts/benchmark.py"); '
             'print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("tensorflow", "tensorflow_datasets")))')
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                             capture_output=True, text=True, check=True)
     self.assertEqual(result.stdout.strip(), '[]')
+
+
+class Linear(nn.Module):
+  """logits = x @ kernel + bias: gradients with a closed form."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    del train
+    return nn.Dense(3)(x)
+
+
+def example_data(num_examples: int = 16):
+  """Parameters and a batch whose 2-example slices have growing scales."""
+  rng = np.random.default_rng(0)
+  params = {'Dense_0': {
+      'kernel': rng.normal(size=(4, 3)).astype(np.float32),
+      'bias': rng.normal(size=3).astype(np.float32)}}
+  scale = np.repeat(np.linspace(0.1, 2.0, num_examples // 2), 2)[:, None]
+  x = (rng.normal(size=(num_examples, 4)) * scale).astype(np.float32)
+  y = np.eye(3, dtype=np.float32)[np.arange(num_examples) % 3]
+  return params, x, y
+
+
+def softmax_ce_grads(kernel, bias, x, y):
+  """The gradient of the mean softmax cross-entropy of `x @ kernel + bias`."""
+  z = x @ kernel + bias
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  dz = (p - y) / len(x)
+  return x.T @ dz, dz.sum(0)
+
+
+def clipped(grads, max_norm):
+  norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+  return [g * min(1.0, max_norm / norm) for g in grads], norm
+
+
+class LossTermsTest(absltest.TestCase):
+
+  def grads(self, **config):
+    params, x, y = example_data(6)
+    (loss, logits), grads = train_steps.loss_and_grads(
+        jax.tree_util.tree_map(jnp.asarray, params), jnp.asarray(x),
+        jnp.asarray(y), jax.random.PRNGKey(0), model=Linear(),
+        config=ml_collections.ConfigDict(config), multilabel=False)
+    return params['Dense_0'], x, y, loss, logits, grads['Dense_0']
+
+  def test_l2_decay_factor_penalises_kernels_only(self):
+    params, x, y, loss, _, grads = self.grads(l2_decay_factor=0.1)
+    kernel, bias = softmax_ce_grads(params['kernel'], params['bias'], x, y)
+    np.testing.assert_allclose(grads['kernel'], kernel + 0.1 * params['kernel'],
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grads['bias'], bias, rtol=1e-5, atol=1e-7)
+    _, _, _, plain_loss, _, _ = self.grads()
+    self.assertEqual(float(loss), float(plain_loss))  # The data loss.
+
+  def test_sam_takes_the_gradient_at_the_normalised_ascent_step(self):
+    params, x, y, _, logits, grads = self.grads(sam_rho=0.05)
+    g = softmax_ce_grads(params['kernel'], params['bias'], x, y)
+    norm = np.sqrt(sum(np.sum(v**2) for v in g))
+    kernel = params['kernel'] + 0.05 * g[0] / (norm + 1e-7)
+    bias = params['bias'] + 0.05 * g[1] / (norm + 1e-7)
+    expected = softmax_ce_grads(kernel, bias, x, y)
+    np.testing.assert_allclose(grads['kernel'], expected[0], rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(grads['bias'], expected[1], rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(logits, x @ kernel + bias, rtol=1e-5,
+                               atol=1e-6)
+
+
+# Runs with 8 CPU devices: one SGD step (rate 1) with clipping to 0.5 per
+# shard and globally on a mesh data=4 x fsdp=2; prints the results as JSON.
+EIGHT_DEVICES = """
+import json, sys
+import jax, ml_collections, numpy as np
+from tests.test_train_steps import Linear
+from tokenlearner_jax import optim, sharding, train_steps
+
+data = json.load(sys.stdin)
+results = {}
+for per_shard in (True, False):
+  config = ml_collections.ConfigDict(dict(
+      optimizer='sgd', max_grad_norm=0.5, grad_clip_per_shard=per_shard,
+      lr_configs=dict(learning_rate_schedule='compound', factors='constant',
+                      base_learning_rate=1.0),
+      mesh=dict(data=4, fsdp=2, model=1), rng_seed=0, batch_size=16,
+      logical_axis_rules=sharding.DEFAULT_RULES))
+  tx, schedule = optim.make_optimizer(config, 1)
+  mesh = sharding.make_mesh(config)
+  state, shardings = train_steps.create_train_state(
+      config, Linear(), tx, (4,), mesh)
+  params = {'Dense_0': {k: np.float32(v)
+                        for k, v in data['params']['Dense_0'].items()}}
+  state = state.replace(params=jax.device_put(params, shardings.params))
+  batch_sharding = sharding.batch_sharding(mesh)
+  step = train_steps.make_train_step(config, Linear(), tx, schedule,
+                                     shardings, batch_sharding, False)
+  batch = jax.device_put({'inputs': np.float32(data['x']),
+                          'label': np.float32(data['y'])}, batch_sharding)
+  state, metrics = step(state, batch)
+  results[per_shard] = dict(
+      params=jax.tree_util.tree_map(lambda v: np.asarray(v).tolist(),
+                                    state.params),
+      loss=float(metrics['loss']), grad_norm=float(metrics['grad_norm']))
+print(json.dumps([results[True], results[False]]))
+"""
+
+
+class PerShardClippingTest(absltest.TestCase):
+
+  def test_mean_of_clipped_shard_gradients_on_8_devices(self):
+    params, x, y = example_data()
+    result = subprocess.run(
+        [sys.executable, '-c', EIGHT_DEVICES], cwd=ROOT, text=True,
+        capture_output=True, check=False, timeout=600,
+        input=json.dumps(dict(params=jax.tree_util.tree_map(
+            lambda v: v.tolist(), params), x=x.tolist(), y=y.tolist())),
+        env=dict(os.environ, JAX_PLATFORMS='cpu',
+                 XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    per_shard, global_ = json.loads(result.stdout.strip().splitlines()[-1])
+    kernel, bias = params['Dense_0']['kernel'], params['Dense_0']['bias']
+    # The batch splits over data x fsdp into 8 slices of 2, in order.
+    shards = [clipped(softmax_ce_grads(kernel, bias, x[i:i + 2], y[i:i + 2]),
+                      0.5) for i in range(0, 16, 2)]
+    self.assertTrue(any(n < 0.5 for _, n in shards))  # Some unclipped.
+    self.assertTrue(any(n > 0.5 for _, n in shards))
+    mean = [np.mean([g[i] for g, _ in shards], 0) for i in (0, 1)]
+    whole, _ = clipped(softmax_ce_grads(kernel, bias, x, y), 0.5)
+    for result, grads in ((per_shard, mean), (global_, whole)):
+      new = result['params']['Dense_0']
+      np.testing.assert_allclose(new['kernel'], kernel - grads[0], rtol=1e-5,
+                                 atol=1e-6)
+      np.testing.assert_allclose(new['bias'], bias - grads[1], rtol=1e-5,
+                                 atol=1e-6)
+    self.assertGreater(np.abs(mean[0] - whole[0]).max(), 1e-2)
+    self.assertAlmostEqual(per_shard['loss'], global_['loss'], places=5)
+    self.assertAlmostEqual(per_shard['grad_norm'],
+                           np.mean([n for _, n in shards]), places=5)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import optax
 
@@ -75,33 +76,120 @@ def abstract_params(config, model, input_shape, mesh) -> Tuple[Any, Any]:
   return target, shardings
 
 
-def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
-               schedule, config, multilabel: bool):
-  """One optimizer step; returns the new state and this step's metrics."""
-  rng, dropout_rng, mixup_rng = jax.random.split(state.rng, 3)
-  inputs, labels = batch['inputs'], batch['label']
+def _mixup(inputs, labels, config, rng):
+  """As the reference: mix with the reversed batch, one Beta(a, a) weight."""
   alpha = config.get('mixup', {}).get('alpha')
-  if alpha:  # As the reference: mix with the reversed batch, one weight.
-    lam = jax.random.beta(mixup_rng, alpha, alpha)
-    inputs = lam * inputs + (1 - lam) * inputs[::-1]
-    labels = lam * labels + (1 - lam) * labels[::-1]
+  if not alpha:
+    return inputs, labels
+  lam = jax.random.beta(rng, alpha, alpha)
+  return (lam * inputs + (1 - lam) * inputs[::-1],
+          lam * labels + (1 - lam) * labels[::-1])
 
-  def loss_fn(params):
-    logits = model.apply({'params': params}, inputs, train=True,
+
+def l2_penalty(params) -> jax.Array:
+  """The reference's `l2_regularization`: the squares of every parameter
+  with more than one dimension (kernels, embeddings; no biases or norms)."""
+  return sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(params)
+             if x.ndim > 1)
+
+
+def loss_and_grads(params, inputs, labels, dropout_rng, *, model, config,
+                   multilabel: bool):
+  """`((loss, logits), gradient)` of the training loss at `params`.
+
+  The training loss adds `0.5 * l2_decay_factor * l2_penalty(params)` to the
+  data loss (`loss`, what the metrics report). With `sam_rho` (SAM) the
+  gradient and logits are those at `params + sam_rho * g / (||g|| + 1e-7)`,
+  `g` the gradient at `params`, as the reference's ViViT trainer.
+  """
+  l2_decay = config.get('l2_decay_factor')
+
+  def loss_fn(p):
+    logits = model.apply({'params': p}, inputs, train=True,
                          rngs={'dropout': dropout_rng})
     loss = metrics_lib.per_example_loss(logits, labels, multilabel,
                                         config.get('label_smoothing')).mean()
-    return loss, logits
+    total = loss if l2_decay is None else (
+        loss + 0.5 * l2_decay * l2_penalty(p))
+    return total, (loss, logits)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  rho = config.get('sam_rho')
+  if rho is not None:
+    g = jax.grad(loss_fn, has_aux=True)(params)[0]
+    norm = optax.tree.norm(g)
+    params = jax.tree_util.tree_map(lambda p, d: p + rho * (d / (norm + 1e-7)),
+                                    params, g)
+  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return aux, grads
+
+
+def clip_by_norm(grads, max_norm: float):
+  """`grads * max_norm / ||grads||` where the norm reaches `max_norm`."""
+  norm = optax.tree.norm(grads)
+  return jax.tree_util.tree_map(
+      lambda g: jnp.where(norm < max_norm, g, g * (max_norm / norm)), grads)
+
+
+DATA_AXES = ('data', 'fsdp')
+
+
+def _varying(x):
+  if hasattr(jax.lax, 'pcast'):
+    return jax.lax.pcast(x, DATA_AXES, to='varying')
+  return jax.lax.pvary(x, DATA_AXES)  # Its name in older jax.
+
+
+def per_shard_loss_and_grads(grad_fn: Callable, mesh, max_norm):
+  """`grad_fn` run on each data shard (the `data` x `fsdp` devices' slices of
+  the batch, the parameters gathered whole on each), each shard's gradient
+  clipped to `max_norm` (if set), then the mean over shards: the reference's
+  ViViT trainer (clip before `pmean`). Returns `(params, inputs, labels, rng)
+  -> ((loss, logits), gradient, mean over shards of their gradient norms)`.
+  Dropout keys differ per shard."""
+
+  def shard_fn(params, inputs, labels, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA_AXES))
+    # Each shard's own copy: its gradient is the shard's alone (not summed).
+    params = jax.tree_util.tree_map(_varying, params)
+    (loss, logits), grads = grad_fn(params, inputs, labels, rng)
+    norm = optax.tree.norm(grads)
+    if max_norm:
+      grads = clip_by_norm(grads, max_norm)
+    mean = functools.partial(jax.lax.pmean, axis_name=DATA_AXES)
+    return (mean(loss), logits), mean(grads), mean(norm)
+
+  batch = P(DATA_AXES)
+  return jax.shard_map(shard_fn, mesh=mesh, in_specs=(P(), batch, batch, P()),
+                       out_specs=((P(), batch), P(), P()),
+                       axis_names=set(DATA_AXES))
+
+
+def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
+               schedule, config, multilabel: bool, mesh=None):
+  """One optimizer step; returns the new state and this step's metrics.
+
+  With `config.grad_clip_per_shard`, each data shard's gradient is clipped
+  before the mean over shards (`per_shard_loss_and_grads` on `mesh`);
+  otherwise `tx` clips the mean gradient.
+  """
+  rng, dropout_rng, mixup_rng = jax.random.split(state.rng, 3)
+  inputs, labels = _mixup(batch['inputs'], batch['label'], config, mixup_rng)
+  grad_fn = functools.partial(loss_and_grads, model=model, config=config,
+                              multilabel=multilabel)
+  if config.get('grad_clip_per_shard'):
+    (loss, logits), grads, grad_norm = per_shard_loss_and_grads(
+        grad_fn, mesh, config.get('max_grad_norm'))(
+            state.params, inputs, labels, dropout_rng)
+  else:
+    (loss, logits), grads = grad_fn(state.params, inputs, labels, dropout_rng)
+    grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   hit = jnp.take_along_axis(labels, jnp.argmax(logits, -1)[:, None], -1) > 0
   step_metrics = {
       'loss': loss, 'learning_rate': schedule(state.step),
       'prec@1' if multilabel else 'accuracy': jnp.mean(hit),
-      'grad_norm': optax.tree.norm(grads),
+      'grad_norm': grad_norm,
       'param_norm': optax.tree.norm(params),
   }
   if isinstance(opt_state, optax.ApplyIfFiniteState):
@@ -137,7 +225,6 @@ def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
         f"{mesh.shape['data']} x {mesh.shape['fsdp']}).")
 
 
-
 def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
                     shardings: Any, batch_sharding: Any,
                     multilabel: bool) -> Callable:
@@ -149,7 +236,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
   """
   return jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        config=config, multilabel=multilabel),
+                        config=config, multilabel=multilabel,
+                        mesh=batch_sharding.mesh),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
       donate_argnums=0 if config.get('donate_train_state', True) else ())
 
