@@ -16,7 +16,9 @@ import numpy as np
 from tests.testing import ROOT
 from tests.testing import config_for
 from tests.testing import fresh_state
+from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
+from tokenlearner_jax import train
 from tokenlearner_jax import train_steps
 
 
@@ -76,6 +78,20 @@ class TrainStepsTest(absltest.TestCase):
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                             capture_output=True, text=True, check=True)
     self.assertEqual(result.stdout.strip(), '[]')
+
+
+class TrainLengthTest(absltest.TestCase):
+
+  def test_epochs_of_full_batches_as_the_reference(self):
+    # scenic: num_training_epochs * (num_train_examples // batch_size).
+    config = config_for('im1k_token_learner', arg=None)
+    steps = train.num_train_steps(config, 1_281_167)
+    self.assertEqual(steps, 90 * 312)
+    self.assertEqual(config.lr_configs.total_steps, steps)
+    schedule = optim.make_schedule(config.lr_configs, steps)
+    self.assertAlmostEqual(float(schedule(steps)), 1e-5, places=9)
+    config.num_training_steps = 7
+    self.assertEqual(train.num_train_steps(config, 1_281_167), 7)
 
 
 class Linear(nn.Module):
