@@ -105,6 +105,24 @@ class InitParamsTest(parameterized.TestCase):
       else:
         np.testing.assert_array_equal(out[name], source[name], err_msg=name)
 
+  @parameterized.parameters(
+      ('restore_positional_embedding', 'Transformer/posembed_input/'),
+      ('restore_input_embedding', 'embedding/'))
+  def test_restore_switch_off_keeps_the_new_embedding(self, switch, prefix):
+    source = self.source()
+    config = make_config('patch')
+    config.init_from[switch] = False
+    _, new = init(config, IMAGE, seed=3, num_classes=7)
+    out = flat(surgery.init_params(new, unflat(source), config, IMAGE))
+    checked = 0
+    for name, value in flat(new).items():
+      if name.startswith(prefix) or name.startswith('output_projection/'):
+        np.testing.assert_array_equal(out[name], value, err_msg=name)
+        checked += name.startswith(prefix)
+      else:
+        np.testing.assert_array_equal(out[name], source[name], err_msg=name)
+    self.assertGreaterEqual(checked, 1)
+
   def test_pre_logits_cases(self):
     with_rep = make_config('patch', representation_size=8)
     without = make_config('patch')

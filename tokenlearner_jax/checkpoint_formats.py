@@ -260,12 +260,16 @@ def expected_modules(config: ml_collections.ConfigDict) -> Set[str]:
                        ('TemporalTransformer', model.temporal_transformer)):
       if model.has_cls_token:
         names.add(f'cls_{part}')
-      names |= {f'{part}/posembed_input', f'{part}/encoder_norm'}
+      names |= {f'{part}/encoder_norm'}
+      if model.positional_embedding == 'learned_1d':
+        names.add(f'{part}/posembed_input')
       names |= {f'{part}/encoderblock_{i}' for i in range(size.num_layers)}
     return names
   if model.has_cls_token:
     names.add('cls')
-  names |= {'Transformer/posembed_input', 'Transformer/encoder_norm'}
+  names.add('Transformer/encoder_norm')
+  if model.positional_embedding == 'learned_1d':
+    names.add('Transformer/posembed_input')
   names |= {f'Transformer/encoderblock_{i}' for i in range(model.num_layers)}
   if model.tokenlearner_on:
     learner = ('TokenLearnerModuleV11' if model.use_v11

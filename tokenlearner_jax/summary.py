@@ -4,9 +4,11 @@ r"""Builds a config's model and prints its parameter count and GMACs.
       [--config.model.tokenizer.num_tokens=16] [--overview] \
       [--config.mesh.fsdp=2 --config.mesh.model=2]
 
-The input shape per example comes from `config.dataset_configs`:
-`(num_frames, crop_size, crop_size, 3)` for videos, `(image_size, image_size,
-3)` for images, else from the tfds builder's features. Parameters are counted with `jax.eval_shape` (nothing is
+No data is read: the input shape per example and the classes come from
+`config.dataset_configs` (`(num_frames, crop_size, crop_size, 3)` for videos,
+`(image_size, image_size, 3)` for images, `num_classes`), else from the table
+of known datasets (`tokenlearner_jax.data.catalog`), else from the tfds
+builder's metadata. Parameters are counted with `jax.eval_shape` (nothing is
 allocated); GMACs are the paper's "GFLOPs" (`tokenlearner_jax.flops`). The
 bytes of parameters and optimizer moments each device holds are given for
 `config.mesh`'s `fsdp` and `model` sizes (-1 counts as 1) under
@@ -27,8 +29,8 @@ from ml_collections import config_flags
 from tokenlearner_jax import flops
 from tokenlearner_jax import sharding
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.data import catalog
 from tokenlearner_jax.models import build_model
-
 
 
 def define_flags() -> None:
@@ -39,22 +41,53 @@ def define_flags() -> None:
 
 
 def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
-  """One example's input shape, from `config.dataset_configs` or the builder."""
-  data = config.dataset_configs
+  """One example's input shape, without reading any data.
+
+  From `config.dataset_configs` (`num_frames` and `crop_size` for videos,
+  `image_size` for images), else `data.catalog.KNOWN`, else the features of
+  the tfds builder (its metadata only).
+  """
+  data = config.get('dataset_configs') or ml_collections.ConfigDict()
   if 'num_frames' in data:
     return (data.num_frames, data.crop_size, data.crop_size, 3)
-  if 'image_size' in data:
+  if data.get('image_size'):
     return (data.image_size, data.image_size, 3)
+  if config.get('dataset_name') in catalog.KNOWN:
+    return catalog.KNOWN[config.dataset_name][0]
+  info = _builder_info(config)
+  return tuple(info.features[info.supervised_keys[0]].shape)
+
+
+def example_num_classes(config: ml_collections.ConfigDict) -> int:
+  """`dataset_configs.num_classes`, else from `catalog.KNOWN` or tfds."""
+  data = config.get('dataset_configs') or ml_collections.ConfigDict()
+  if data.get('num_classes'):
+    return data.num_classes
+  if config.get('dataset_name') in catalog.KNOWN:
+    return catalog.KNOWN[config.dataset_name][1]
+  info = _builder_info(config)
+  return info.features[info.supervised_keys[1]].num_classes
+
+
+def _builder_info(config: ml_collections.ConfigDict):
+  """The tfds builder's metadata (no prepared data needed)."""
   from tokenlearner_jax.data import datasets  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  info = tfds.builder(config.dataset_name).info  # Needs no prepared data.
-  return tuple(info.features[info.supervised_keys[0]].shape)
+  name = config.get('dataset_name')
+  try:
+    info = tfds.builder(name).info
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'dataset_name={name!r}: its input shape and classes are unknown '
+        'without data; set dataset_configs.image_size (or num_frames and '
+        f'crop_size) and dataset_configs.num_classes ({e}).') from None
+  return info
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict:
   """Returns parameter count, GMACs and shapes for `config`'s model."""
   schema.check_config(config)
-  num_classes = config.dataset_configs.num_classes
+  num_classes = example_num_classes(config)
   shape = example_input_shape(config)
   model = build_model(config, num_classes)
   variables = jax.eval_shape(

@@ -30,6 +30,7 @@ import scipy.ndimage
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax.checkpoint_formats import POSEMB
 from tokenlearner_jax.models import grid as grid_lib
+from tokenlearner_jax.models.config import ModelConfig
 
 Params = Dict[str, Any]
 
@@ -169,10 +170,8 @@ def kernel_init_method(config: ml_collections.ConfigDict) -> str:
   """How to inflate a 2-D kernel (one of `INFLATION_METHODS`): the model's
   tubelet initializer, else `init_from.kernel_init_method`, else
   'average_frame_initializer'."""
-  tec = (config.model.tokenizer.get('temporal_encoding_config') or
-         ml_collections.ConfigDict())
   init_from = config.get('init_from') or ml_collections.ConfigDict()
-  method = (tec.get('kernel_init_method') or
+  method = (_model(config).kernel_init_method or
             init_from.get('kernel_init_method') or
             'average_frame_initializer')
   if method == 'central_frame_initializer_scenic':
@@ -208,12 +207,12 @@ def embedding_kernel(source: np.ndarray, target_shape: Tuple[int, ...],
 def target_grid(config: ml_collections.ConfigDict,
                 input_shape: Tuple[int, ...]) -> grid_lib.TokenGrid:
   """The token grid that `config.model` makes of one `input_shape` example."""
-  tokenizer = config.model.tokenizer
-  tec = (tokenizer.get('temporal_encoding_config') or
-         ml_collections.ConfigDict())
-  return grid_lib.token_grid(input_shape, tokenizer.patches.size,
-                             tokenizer.type, tec.get('method', '3d_conv'),
-                             tec.get('n_sampled_frames'), warn=False)
+  return _model(config).token_grid(input_shape, warn=False)
+
+
+def _model(config: ml_collections.ConfigDict) -> ModelConfig:
+  # Neither the tubelet initializer nor the grid depends on the classes.
+  return ModelConfig.from_config(config, num_classes=1)
 
 
 def _keeps_new(name: str, value: Any, old: Mapping[str, Any],
@@ -222,6 +221,14 @@ def _keeps_new(name: str, value: Any, old: Mapping[str, Any],
   pretrained checkpoint should have it but does not."""
   top = name.split('/')[0]
   if top == 'output_projection':
+    return True
+  # The reference ViViT's switches (both default True): keep the new position
+  # embedding or patch embedding instead of the pretrained one.
+  if name == POSEMB and not init_from.get('restore_positional_embedding',
+                                          True):
+    return True
+  if top == 'embedding' and not init_from.get('restore_input_embedding',
+                                              True):
     return True
   if name in old:
     return False
@@ -267,7 +274,10 @@ def init_params(new_params: Params, pretrained: Params,
     config: The fine-tuning config: `model` and `init_from`
       (`positional_embed_size_change`, `kernel_init_method`,
       `init_missing_from_scratch`: keep target parameters the checkpoint
-      lacks, such as a TokenLearner added to a plain ViT, newly initialised).
+      lacks, such as a TokenLearner added to a plain ViT, newly initialised;
+      `restore_positional_embedding` / `restore_input_embedding`, default
+      True: False keeps the new position / patch embedding, as the
+      reference ViViT's `initialise_from_train_state`).
     input_shape: One example's shape, `(H, W, C)` or `(T, H, W, C)`.
 
   Raises:

@@ -7,11 +7,14 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from tests.testing import model_only_config
 from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models import common
 from tokenlearner_jax.models import config as config_lib
 from tokenlearner_jax.models import ModelConfig
+from tokenlearner_jax.models.common import StochasticDepth
 
 NUM_CLASSES = 7
 
@@ -104,6 +107,147 @@ class ReadingTest(parameterized.TestCase):
     model = build_model(minimal_config(), NUM_CLASSES)
     self.assertEqual(model.config.num_classes, NUM_CLASSES)
     self.assertEqual(model.config.tokenlearner_loc, 1)
+
+
+def vivit_layout(**model_keys):
+  """The reference ViViT's layout of a 'mu' ViViT with a class token."""
+  config = ml_collections.ConfigDict()
+  config.model_name = 'vivit_classification'
+  config.model = {
+      'hidden_size': 32, 'num_layers': 3, 'num_heads': 2, 'mlp_dim': 64,
+      'representation_size': None, 'dropout_rate': 0.0,
+      'attention_dropout_rate': 0.0, 'patches': dict(size=(4, 4, 2)),
+      'temporal_encoding_config': dict(
+          method='3d_conv', kernel_init_method='central_frame_initializer'),
+      'attention_config': dict(type='spacetime'), 'classifier': 'token',
+      **model_keys}
+  return config
+
+
+class VivitLayoutTest(parameterized.TestCase):
+
+  def test_same_model_as_the_tokenizer_layout(self):
+    tokenizer_layout = model_only_config(
+        'video', classifier='token',
+        kernel_init_method='central_frame_initializer')
+    self.assertEqual(ModelConfig.from_config(vivit_layout(), NUM_CLASSES),
+                     ModelConfig.from_config(tokenizer_layout, NUM_CLASSES))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 16, 16, 3))
+    outputs = []
+    for config in (vivit_layout(), tokenizer_layout):
+      model = build_model(config, NUM_CLASSES)
+      variables = model.init(jax.random.PRNGKey(0), x, train=False)
+      outputs.append(model.apply(variables, x, train=False))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+  def test_factorised_encoder_in_the_vivit_layout(self):
+    config = vivit_layout()
+    config.model.attention_config.type = 'factorized_encoder'
+    config.model.spatial_transformer = dict(num_layers=2, num_heads=2,
+                                            mlp_dim=64)
+    config.model.temporal_transformer = dict(num_layers=1, num_heads=2,
+                                             mlp_dim=48)
+    model = ModelConfig.from_config(config, NUM_CLASSES)
+    self.assertEqual(model.attention_type, 'factorized_encoder')
+    self.assertEqual(model.temporal_transformer.mlp_dim, 48)
+
+  def test_the_vivit_layout_needs_a_vivit_model_name(self):
+    config = vivit_layout()
+    config.model_name = 'token_learner_classification'
+    with self.assertRaisesRegex(ValueError, r'config\.model_name'):
+      ModelConfig.from_config(config, NUM_CLASSES)
+
+  def test_typo_in_the_vivit_layout_is_named(self):
+    config = vivit_layout()
+    config.model.patches.sizes = (4, 4, 2)
+    with self.assertRaisesRegex(ValueError, r'did you mean '
+                                r'model\.tokenizer\.patches\.size\?'):
+      ModelConfig.from_config(config, NUM_CLASSES)
+
+  def test_classifier_0_reads_the_first_patch_token(self):
+    model = build_model(vivit_layout(classifier='0'), NUM_CLASSES)
+    x = jnp.ones((1, 4, 16, 16, 3))
+    params = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), x, train=False))['params']
+    self.assertNotIn('cls', params)
+    self.assertEqual(params['Transformer']['posembed_input'][
+        'pos_embedding'].value.shape, (1, 32, 32))
+
+
+class DropLayerAndPositionTest(parameterized.TestCase):
+
+  def test_droplayer_keeps_kept_branches_unscaled(self):
+    x = jnp.ones((64, 3, 2))
+    for rescale, kept_value in ((False, 1.0), (True, 2.0)):
+      out = StochasticDepth(0.5, rescale=rescale).apply(
+          {}, x, False, rngs={'dropout': jax.random.PRNGKey(0)})
+      values = set(np.unique(np.asarray(out)).tolist())
+      self.assertEqual(values, {0.0, kept_value})
+
+  def test_one_form_of_stochastic_depth_at_a_time(self):
+    with self.assertRaisesRegex(ValueError, 'set one of them'):
+      ModelConfig.from_config(
+          vivit_layout(stochastic_droplayer_rate=0.2, stochastic_depth=0.1),
+          NUM_CLASSES)
+
+  def test_droplayer_rate_is_the_blocks_rate(self):
+    model = ModelConfig.from_config(
+        vivit_layout(stochastic_droplayer_rate=0.3), NUM_CLASSES)
+    self.assertEqual(model.droplayer_rate, 0.3)
+
+  def test_sinusoidal_1d_is_the_definition(self):
+    length, dim = 5, 6
+    expected = np.zeros((length, dim))
+    for pos in range(length):
+      for i in range(0, dim, 2):
+        rate = np.exp(-i * np.log(1e4) / dim)
+        expected[pos, i] = np.sin(pos * rate)
+        expected[pos, i + 1] = np.cos(pos * rate)
+    np.testing.assert_allclose(common.sinusoidal_1d(length, dim)[0], expected,
+                               rtol=1e-6, atol=1e-6)
+
+  def test_sincos_3d_is_the_definition(self):
+    t, h, w, dim = 2, 3, 4, 12
+    omega = 1.0 / 10_000**(np.arange(2) / 2)
+    expected = []
+    for z in range(t):
+      for y in range(h):
+        for x in range(w):
+          row = []
+          for coordinate in (z, x, y):
+            row += list(np.sin(coordinate * omega))
+          expected.append(row)
+    out = np.asarray(common.sincos_3d(t, h, w, dim))[0]  # [t*h*w, dim]
+    # Channels: sin(z), cos(z), sin(x), cos(x), sin(y), cos(y), 2 each.
+    sines = out[:, [0, 1, 4, 5, 8, 9]]
+    np.testing.assert_allclose(sines, np.asarray(expected), atol=1e-6)
+    np.testing.assert_allclose(out[:, 2:4], np.cos(
+        np.repeat(np.arange(t), h * w)[:, None] * omega), atol=1e-6)
+
+  @parameterized.parameters('sinusoidal_1d', 'sinusoidal_3d', 'none')
+  def test_fixed_embeddings_have_no_parameter(self, kind):
+    config = vivit_layout(positional_embedding=kind, classifier='gap',
+                          hidden_size=36)
+    model = build_model(config, NUM_CLASSES)
+    x = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 16, 16, 3))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    self.assertNotIn('posembed_input', variables['params']['Transformer'])
+    tokens = jnp.ones((1, 32, 24))
+    added = common.add_position_embedding(tokens, kind, temporal_dims=2)
+    expected = {'none': np.zeros((1, 32, 24)),
+                'sinusoidal_1d': common.sinusoidal_1d(32, 24),
+                'sinusoidal_3d': common.sincos_3d(2, 4, 4, 24)}[kind]
+    np.testing.assert_allclose(added - tokens, expected, atol=1e-6)
+
+  def test_sinusoidal_3d_needs_six_parts_and_no_class_token(self):
+    with self.assertRaisesRegex(ValueError, 'divisible by 6'):
+      ModelConfig.from_config(
+          vivit_layout(positional_embedding='sinusoidal_3d'), NUM_CLASSES)
+    model = build_model(vivit_layout(positional_embedding='sinusoidal_3d',
+                                     hidden_size=36), NUM_CLASSES)
+    with self.assertRaisesRegex(ValueError, 'no class token'):
+      jax.eval_shape(lambda: model.init(
+          jax.random.PRNGKey(0), jnp.ones((1, 4, 16, 16, 3)), train=False))
 
 
 class ConfigErrorTest(parameterized.TestCase):

@@ -6,11 +6,13 @@ so that a parameter tree written by the reference loads unchanged.
 """
 
 import functools
+import math
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Initializer = Callable[..., jax.Array]
 LogicalAxes = Tuple[Optional[str], ...]
@@ -91,12 +93,15 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
 
 class StochasticDepth(nn.Module):
-  """Drops the whole residual branch per example, scaling kept ones by 1/(1-rate).
+  """Drops the whole residual branch per example.
 
   Attributes:
     rate: Probability of dropping the branch of one example.
+    rescale: Scale kept branches by 1/(1-rate) (scenic's `StochasticDepth`);
+      False keeps them as they are (ViViT's `stochastic_droplayer_rate`).
   """
   rate: float = 0.0
+  rescale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool,
@@ -106,6 +111,9 @@ class StochasticDepth(nn.Module):
     if deterministic or (isinstance(rate, float) and rate == 0.0):
       return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    if not self.rescale:
+      drop = jax.random.bernoulli(self.make_rng('dropout'), rate, shape)
+      return x * (1.0 - drop.astype(x.dtype))
     keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - rate, shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
@@ -127,6 +135,54 @@ class AddPositionEmbs(nn.Module):
     return inputs + pe
 
 
+def sinusoidal_1d(length: int, dim: int,
+                  max_timescale: float = 1.0e4) -> np.ndarray:
+  """ViViT's fixed 'sinusoidal_1d' embedding `[1, length, dim]`: sines on the
+  even channels, cosines on the odd ones."""
+  embedding = np.zeros((length, dim), np.float32)  # [L, D]
+  position = np.arange(length)[:, None]  # [L, 1]
+  rates = np.exp(np.arange(0, dim, 2) * -(np.log(max_timescale) / dim))
+  embedding[:, 0::2] = np.sin(position * rates)
+  embedding[:, 1::2] = np.cos(position * rates)
+  return embedding[None]  # [1, L, D]
+
+
+def sincos_3d(time: int, height: int, width: int, dim: int,
+              temperature: float = 10_000) -> jax.Array:
+  """ViViT's fixed 'sinusoidal_3d' embedding `[1, T*h*w, dim]`: sin and cos
+  of t, then of the column, then of the row, `dim / 6` frequencies each."""
+  omega = jnp.arange(dim // 6, dtype=jnp.float32) / (dim / 6)
+  omega = 1.0 / (temperature**omega)  # [D/6]
+  z, y, x = jnp.mgrid[:time, :height, :width]  # Each [T, h, w].
+  parts = []
+  for coordinate in (z, x, y):
+    angle = jnp.einsum('m,d->md', coordinate.flatten(), omega)  # [T*h*w, D/6]
+    parts += [jnp.sin(angle), jnp.cos(angle)]
+  return jnp.concatenate(parts, axis=1)[None]  # [1, T*h*w, D]
+
+
+def add_position_embedding(x: jax.Array, kind: str,
+                           temporal_dims: int) -> jax.Array:
+  """`[B, L, C]` plus the `kind` embedding (`ModelConfig.positional_embedding`).
+
+  Call inside a compact method: 'learned_1d' adds the caller's
+  `posembed_input`. 'sinusoidal_3d' needs L = T * s * s (no class token).
+  """
+  if kind == 'learned_1d':
+    return AddPositionEmbs(name='posembed_input')(x)
+  if kind == 'none':
+    return x
+  _, length, dim = x.shape
+  if kind == 'sinusoidal_1d':
+    return x + sinusoidal_1d(length, dim)
+  side = math.isqrt(length // temporal_dims)
+  if side * side * temporal_dims != length:
+    raise ValueError("model.positional_embedding='sinusoidal_3d' needs a "
+                     f'square token grid per slice and no class token: '
+                     f'{length} tokens over {temporal_dims} slices.')
+  return x + sincos_3d(temporal_dims, side, side, dim)
+
+
 class Encoder1DBlock(nn.Module):
   """Pre-LayerNorm transformer block: self-attention then MLP, both residual.
 
@@ -136,6 +192,7 @@ class Encoder1DBlock(nn.Module):
     dropout_rate: Dropout after attention and inside the MLP.
     attention_dropout_rate: Dropout on the attention weights.
     stochastic_depth: Probability of dropping each residual branch (training).
+    rescale_kept: Scale kept branches by 1/(1-rate) (see `StochasticDepth`).
     attention_impl: 'einsum' (the reference's softmax(QK^T)V), 'fused'
       (`jax.nn.dot_product_attention`, XLA's) or 'cudnn' (cuDNN's flash
       attention: CUDA GPUs, bf16/fp16).
@@ -146,6 +203,7 @@ class Encoder1DBlock(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   stochastic_depth: float = 0.0
+  rescale_kept: bool = True
   attention_impl: str = 'einsum'
   dtype: Any = jnp.float32
 
@@ -171,20 +229,21 @@ class Encoder1DBlock(nn.Module):
         dropout_rate=self.attention_dropout_rate)(
             x, x, deterministic=deterministic)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic)
-    x = StochasticDepth(self.stochastic_depth)(x, deterministic,
-                                               depth_rate) + inputs
+    drop_path = StochasticDepth(self.stochastic_depth, self.rescale_kept)
+    x = drop_path(x, deterministic, depth_rate) + inputs
 
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                  kernel_axes=(('embed', 'mlp'), ('mlp', 'embed')),
                  dtype=self.dtype)(y, deterministic=deterministic)
-    return StochasticDepth(self.stochastic_depth)(y, deterministic,
-                                                  depth_rate) + x
+    drop_path = StochasticDepth(self.stochastic_depth, self.rescale_kept)
+    return drop_path(y, deterministic, depth_rate) + x
 
 
 def pool(x: jax.Array, classifier: str) -> jax.Array:
-  """`[..., L, C]` -> `[..., C]` by the class token or gap/gmp/gsp pooling."""
-  if classifier == 'token':
+  """`[..., L, C]` -> `[..., C]`: the first token ('token', '0') or
+  gap/gmp/gsp pooling."""
+  if classifier in ('token', '0'):
     return x[..., 0, :]
   reduce = {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier]
   return reduce(x, axis=-2)

@@ -34,7 +34,17 @@ import ml_collections
 
 from tokenlearner_jax.models import grid as grid_lib
 
-CLASSIFIERS = ('gap', 'gmp', 'gsp', 'token')
+# 'token' prepends a class token and reads it out; '0' (the reference ViViT's)
+# reads out the first patch token, with no class token.
+CLASSIFIERS = ('gap', 'gmp', 'gsp', 'token', '0')
+# ViViT's encoder options: a learned `posembed_input`, fixed sinusoids over the
+# sequence or over (t, h, w), or none.
+POSITIONAL_EMBEDDINGS = ('learned_1d', 'sinusoidal_1d', 'sinusoidal_3d', 'none')
+# `config.model_name`s of the reference's ViViT, whose `config.model` keeps
+# `patches`, `temporal_encoding_config` and `attention_config` at its top.
+VIVIT_MODEL_NAMES = ('vivit_classification', 'vivit_multilabel_classification')
+# Where the ViViT layout's keys live in TokenLearner's (`model.tokenizer`).
+VIVIT_KEYS = ('patches', 'temporal_encoding_config')
 ATTENTION_TYPES = ('spacetime', 'factorized_encoder')
 # The reference's einsum softmax(QK^T)V; `jax.nn.dot_product_attention` with
 # XLA's implementation; or the same with cuDNN's flash attention (CUDA, bf16).
@@ -110,10 +120,15 @@ class ModelConfig:
     pooling_locs: Further blocks before which 'pooling' pools again (Table
       5's "2x2 pool at 9 and 18": loc 9, `pooling_locs=(18,)`).
     representation_size: Width of the tanh `pre_logits` layer, or None.
-    classifier: 'gap', 'gmp', 'gsp' pooling, or 'token' (a class token).
+    classifier: 'gap', 'gmp', 'gsp' pooling, 'token' (a class token) or '0'
+      (the first patch token, the reference ViViT's).
     dropout_rate: Dropout rate (also inside TokenLearner v1.1/TokenFuser).
     attention_dropout_rate: Dropout on the attention weights.
-    stochastic_depth: Drop rate of the last block; block i uses i/(L-1) of it.
+    stochastic_depth: Drop rate of the last block; block i uses i/(L-1) of it
+      (kept branches scaled by 1/(1-rate), scenic's `StochasticDepth`).
+    stochastic_droplayer_rate: ViViT's name and form of the same: block i
+      drops each residual branch with i/(L-1) of it, kept ones unscaled.
+    positional_embedding: One of `POSITIONAL_EMBEDDINGS` (ViViT's `Encoder`).
     attention_type: 'spacetime' (joint) or 'factorized_encoder' (model 2).
     spatial_transformer: Model 2's spatial encoder.
     temporal_transformer: Model 2's temporal encoder.
@@ -160,6 +175,10 @@ class ModelConfig:
   attention_dropout_rate: float = _field('attention_dropout_rate', 0.1,
                                          check='rate')
   stochastic_depth: float = _field('stochastic_depth', 0.0, check='rate')
+  stochastic_droplayer_rate: float = _field('stochastic_droplayer_rate', 0.0,
+                                            check='rate')
+  positional_embedding: str = _field('positional_embedding', 'learned_1d',
+                                     choices=POSITIONAL_EMBEDDINGS)
   attention_type: str = _field('attention_config.type', 'spacetime',
                                choices=ATTENTION_TYPES)
   spatial_transformer: Optional[EncoderSize] = _field('spatial_transformer',
@@ -193,6 +212,11 @@ class ModelConfig:
     return self.classifier == 'token'
 
   @property
+  def droplayer_rate(self) -> float:
+    """The last block's drop rate (`stochastic_depth` or ViViT's)."""
+    return self.stochastic_depth or self.stochastic_droplayer_rate
+
+  @property
   def compute_dtype(self) -> Any:
     return DTYPES[self.dtype]
 
@@ -213,12 +237,13 @@ class ModelConfig:
   def from_config(cls, config: ml_collections.ConfigDict,
                   num_classes: int) -> 'ModelConfig':
     """Reads and checks `config.model` (and `model_dtype_str`)."""
-    if 'model' not in config or 'tokenizer' not in config.model:
-      raise ValueError('config.model.tokenizer is missing.')
-    _check_known_keys(config.model)
+    if 'model' not in config:
+      raise ValueError('config.model is missing.')
+    model = _tokenizer_layout(config.model, config.get('model_name'))
+    _check_known_keys(model)
     values: Dict[str, Any] = {'num_classes': num_classes}
     for f in dataclasses.fields(cls)[1:]:
-      found, value = _lookup(config, f.metadata['key'])
+      found, value = _lookup(config, model, f.metadata['key'])
       if found:
         values[f.name] = _convert(f.name, value)
       elif f.default is dataclasses.MISSING:
@@ -242,9 +267,34 @@ def _config_key(f: dataclasses.Field) -> str:
   return key[1:] if key.startswith('/') else f'model.{key}'
 
 
-def _lookup(config: ml_collections.ConfigDict, key: str) -> Tuple[bool, Any]:
-  """(found, value) of a field's key in `config`."""
-  node = config if key.startswith('/') else config.model
+def _tokenizer_layout(model: ml_collections.ConfigDict,
+                      model_name: Optional[str]) -> Dict[str, Any]:
+  """`config.model` as a dict in TokenLearner's layout.
+
+  The reference ViViT's layout (`model_name` one of `VIVIT_MODEL_NAMES`, no
+  `model.tokenizer`) keeps `patches` and `temporal_encoding_config` at the
+  top: they move under a `tokenizer` of type 'video' with no TokenLearner.
+  """
+  model = model.to_dict() if hasattr(model, 'to_dict') else dict(model)
+  if 'tokenizer' in model:
+    return model
+  if model_name not in VIVIT_MODEL_NAMES:
+    raise ValueError(
+        'config.model.tokenizer is missing (the reference ViViT layout, with '
+        'model.patches at the top, needs config.model_name in '
+        f'{VIVIT_MODEL_NAMES}; it is {model_name!r}).')
+  tokenizer = {'type': 'video', 'tokenlearner_loc': None}
+  for key in VIVIT_KEYS:
+    if key in model:
+      tokenizer[key] = model.pop(key)
+  model['tokenizer'] = tokenizer
+  return model
+
+
+def _lookup(config: ml_collections.ConfigDict, model: Dict[str, Any],
+            key: str) -> Tuple[bool, Any]:
+  """(found, value) of a field's key in `model` or, for `/key`, `config`."""
+  node = config if key.startswith('/') else model
   for part in key.lstrip('/').split('.'):
     if node is None or part not in node:
       return False, None
@@ -354,6 +404,12 @@ def _check_tokenizer(c: ModelConfig) -> None:
            f'model.attention_impl={c.attention_impl!r} has no attention '
            'dropout: set model.attention_dropout_rate=0 (it is '
            f'{c.attention_dropout_rate!r}; the reference default is 0.1).')
+  _require(c.positional_embedding != 'sinusoidal_3d' or c.hidden_size % 6 == 0,
+           "model.positional_embedding='sinusoidal_3d' needs "
+           f'model.hidden_size divisible by 6, got {c.hidden_size}.')
+  _require(not (c.stochastic_depth and c.stochastic_droplayer_rate),
+           'model.stochastic_depth and model.stochastic_droplayer_rate are '
+           'two forms of one setting: set one of them.')
   _require(c.attention_impl != 'cudnn' or c.dtype in ('bfloat16', 'float16'),
            "model.attention_impl='cudnn' (cuDNN flash attention) computes in "
            f"bf16 or fp16: set model_dtype_str='bfloat16' (it is {c.dtype!r}).")

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tokenlearner_jax.models.common import AddPositionEmbs
+from tokenlearner_jax.models.common import add_position_embedding
 from tokenlearner_jax.models.common import Encoder1DBlock
 from tokenlearner_jax.models.config import ModelConfig
 from tokenlearner_jax.models.tokenlearner import DenseTokens
@@ -152,7 +152,9 @@ def make_block(config: ModelConfig, stochastic_depth: float,
       mlp_dim=config.mlp_dim, num_heads=config.num_heads,
       dropout_rate=config.dropout_rate,
       attention_dropout_rate=config.attention_dropout_rate,
-      stochastic_depth=stochastic_depth, attention_impl=config.attention_impl,
+      stochastic_depth=stochastic_depth,
+      rescale_kept=not config.stochastic_droplayer_rate,
+      attention_impl=config.attention_impl,
       dtype=config.compute_dtype, name=name)
 
 
@@ -174,7 +176,7 @@ class FuserLayer(nn.Module):
   def __call__(self, x: jax.Array, depth_rate: Optional[jax.Array]):
     """`[B, 1|0 + T*HW, C]` -> (the same shape, None), as `nn.scan` wants."""
     cfg = self.config
-    block = make_block(cfg, cfg.stochastic_depth, 'encoderblock')
+    block = make_block(cfg, cfg.droplayer_rate, 'encoderblock')
     y, tokens, weights = learn_tokens(
         x, make_learner(cfg, suffix=''), temporal_dims=self.temporal_dims,
         has_cls_token=self.has_cls_token, train=self.train,
@@ -189,8 +191,8 @@ class TokenLearnerEncoder(nn.Module):
 
   Reads the encoder fields of `config`: `num_layers`, `num_heads`, `mlp_dim`,
   the TokenLearner settings (`tokenlearner_loc` None: a plain encoder), the
-  dropout rates, `stochastic_depth` (block i drops with i/(L-1) of it) and the
-  speed options.
+  dropout rates, `droplayer_rate` (block i drops with i/(L-1) of it), the
+  position embedding and the speed options.
 
   Attributes:
     config: The model.
@@ -203,7 +205,7 @@ class TokenLearnerEncoder(nn.Module):
 
   def _depth_rate(self, lyr: int) -> float:
     return (lyr / max(self.config.num_layers - 1, 1)) * (
-        self.config.stochastic_depth)
+        self.config.droplayer_rate)
 
   def _learn(self, x: jax.Array, suffix: str, train: bool,
              return_weights: bool = False):
@@ -244,7 +246,7 @@ class TokenLearnerEncoder(nn.Module):
                      length=length,
                      metadata_params={nn.PARTITION_NAME: 'layers'})
 
-    sd = cfg.stochastic_depth
+    sd = cfg.droplayer_rate
 
     def block_body(block, carry, rate):
       return block(carry, not train, rate if sd > 0 else None), None
@@ -269,7 +271,8 @@ class TokenLearnerEncoder(nn.Module):
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
-    x = AddPositionEmbs(name='posembed_input')(inputs)
+    x = add_position_embedding(inputs, self.config.positional_embedding,
+                               self.temporal_dims)
     x = nn.Dropout(rate=self.config.dropout_rate)(x, deterministic=not train)
     if self.config.scan_layers:
       x = self._scanned(x, train)
