@@ -13,7 +13,7 @@ setuptools.setup(
                                                'tokenlearner_jax.*']),
     python_requires='>=3.10',
     install_requires=[
-        'jax>=0.4.35',
+        'jax>=0.7',
         'flax>=0.10',
         'optax>=0.2.4',
         'orbax-checkpoint>=0.11',

@@ -2,8 +2,6 @@
 data."""
 
 import glob
-import io
-import json
 import os
 import signal
 import socket
@@ -19,43 +17,25 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tests.testing import DATA_DIR
 from tests.testing import ROOT
 from tests.testing import config_for
+from tests.testing import demo_config
+from tests.testing import final_metrics
 from tests.testing import free_port
+from tests.testing import fresh_state
+from tests.testing import image_example
 from tests.testing import read_jsonl
+from tests.testing import write_records
+from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import checkpoint_formats
 from tokenlearner_jax import evaluate
 from tokenlearner_jax import optim
-from tokenlearner_jax import sharding
 from tokenlearner_jax import train
-from tokenlearner_jax import train_steps
-from tokenlearner_jax.models import build_model
-
-
-def write_video_tfrecords(base_dir: str, split: str, count: int,
-                          num_classes: int) -> None:
-  """Kinetics-style SequenceExamples: JPEG frames and a 0-based label."""
-  rng = np.random.default_rng(0)
-  path = os.path.join(base_dir, f'{split}-00000-of-00001')
-  with tf.io.TFRecordWriter(path) as writer:
-    for i in range(count):
-      example = tf.train.SequenceExample()
-      example.context.feature['clip/label/index'].int64_list.value.append(
-          i % num_classes)
-      frames = example.feature_lists.feature_list['image/encoded']
-      for _ in range(6):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(
-            buffer, format='JPEG')
-        frames.feature.add().bytes_list.value.append(buffer.getvalue())
-      writer.write(example.SerializeToString())
 
 
 class ConfigsTrainTest(parameterized.TestCase):
@@ -63,17 +43,24 @@ class ConfigsTrainTest(parameterized.TestCase):
 
   def run_config(self, config, workdir=None):
     workdir = workdir or self.create_tempdir().full_path
+    start = time.monotonic()
     final = train.train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, 'final_metrics.json')) as f:
-      self.assertEqual(json.load(f), final)
+    wall = time.monotonic() - start
+    self.assertEqual(final_metrics(workdir), final)
     self.assertEqual(final['step'], 2)
     self.assertNotEmpty(glob.glob(os.path.join(workdir, 'events.out.*')))
-    # The rates of ReportProgress, in every train summary.
-    for row in read_jsonl(workdir):
-      if row['kind'] == 'train':
-        self.assertGreater(row['steps_per_sec'], 0)
-        self.assertAlmostEqual(row['examples_per_sec'],
-                               row['steps_per_sec'] * config.batch_size)
+    # The rates of ReportProgress, in every train summary: one summary a step
+    # (runlocal), each rate over the time since the previous report, so the
+    # steps' times (1 / rate) are consecutive intervals within the run.
+    rows = [row for row in read_jsonl(workdir) if row['kind'] == 'train']
+    self.assertEqual([row['step'] for row in rows], [1, 2])
+    step_seconds = [1 / row['steps_per_sec'] for row in rows]
+    for seconds in step_seconds:
+      self.assertGreater(seconds, 0)
+    self.assertLess(sum(step_seconds), wall)
+    for row in rows:
+      self.assertEqual(row['examples_per_sec'],
+                       row['steps_per_sec'] * config.batch_size)
     return final
 
   def test_all_configs_covered(self):
@@ -84,18 +71,16 @@ class ConfigsTrainTest(parameterized.TestCase):
                              'vit_imagenet', 'vivit_k400', 'vivit_k600'})
 
   def test_demo_moving_digits_with_mixup_and_label_smoothing(self):
-    config = config_for('demo_moving_digits')
-    config.dataset_configs.data_dir = DATA_DIR
+    config = demo_config()
     config.mixup.alpha = 0.2
     config.label_smoothing = 0.1
     final = self.run_config(config)
     self.assertSameElements(final, ['step', 'loss', 'accuracy',
-                                    'top_5_accuracy', 'num_examples',
+                                    'accuracy_top_5', 'num_examples',
                                     'gmacs_per_example'])
 
   def test_demo_multi_digits(self):
-    config = config_for('demo_multi_digits')
-    config.dataset_configs.data_dir = DATA_DIR
+    config = demo_config('demo_multi_digits')
     final = self.run_config(config)
     self.assertSameElements(
         final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
@@ -110,25 +95,27 @@ class ConfigsTrainTest(parameterized.TestCase):
         final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
                 'gmacs_per_example'])
 
-  def test_vivit_k400_on_generated_tfrecords(self):
-    config = config_for('vivit_k400')
+  def video_config(self, name: str, counts: Dict[str, int]):
+    """`config_for(name)` reading generated videos of 5 classes, `counts`
+    videos per split."""
+    config = config_for(name)
     base_dir = self.create_tempdir().full_path
     config.dataset_configs.base_dir = base_dir
     config.dataset_configs.num_classes = 5
-    write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5)
-    write_video_tfrecords(base_dir, 'validation', 4, 5)
+    for split, count in counts.items():
+      write_video_tfrecords(base_dir, split, count, 5)
+    return config
+
+  def test_vivit_k400_on_generated_tfrecords(self):
+    config = self.video_config('vivit_k400',
+                               {'train.tfrecord': 8, 'validation': 4})
     final = self.run_config(config)
     self.assertSameElements(final, ['step', 'loss', 'accuracy',
                                     'num_examples', 'gmacs_per_example'])
 
   def test_vivit_k600_on_generated_tfrecords_with_the_4x3_test(self):
-    config = config_for('vivit_k600')
-    base_dir = self.create_tempdir().full_path
-    config.dataset_configs.base_dir = base_dir
-    config.dataset_configs.num_classes = 5
-    write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5)
-    write_video_tfrecords(base_dir, 'validation', 4, 5)
-    write_video_tfrecords(base_dir, 'test', 3, 5)
+    config = self.video_config(
+        'vivit_k600', {'train.tfrecord': 8, 'validation': 4, 'test': 3})
     workdir = self.create_tempdir().full_path
     self.run_config(config, workdir)
     results = evaluate.evaluate_checkpoint(config, workdir)
@@ -141,7 +128,7 @@ class ConfigsTrainTest(parameterized.TestCase):
     with tfds.testing.mock_data(num_examples=16):
       final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'accuracy', 'top_5_accuracy', 'num_examples',
+        final, ['step', 'loss', 'accuracy', 'accuracy_top_5', 'num_examples',
                 'gmacs_per_example'])
 
   def test_jft_pretrain_on_generated_tfrecords(self):
@@ -149,21 +136,12 @@ class ConfigsTrainTest(parameterized.TestCase):
     base_dir = self.create_tempdir().full_path
     config.dataset_configs.base_dir = base_dir
     num_classes = config.dataset_configs.num_classes
-    rng = np.random.default_rng(0)
     for split, count in (('train', 8), ('validation', 5)):
-      with tf.io.TFRecordWriter(
-          os.path.join(base_dir, f'{split}-00000-of-00001')) as writer:
-        for i in range(count):
-          buffer = io.BytesIO()
-          Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(
-              buffer, format='JPEG')
-          labels = sorted({i % num_classes, (3 * i + 1) % num_classes})
-          writer.write(tf.train.Example(features=tf.train.Features(feature={
-              'image/encoded': tf.train.Feature(bytes_list=tf.train.BytesList(
-                  value=[buffer.getvalue()])),
-              'image/class/label': tf.train.Feature(
-                  int64_list=tf.train.Int64List(value=labels)),
-          })).SerializeToString())
+      write_records(
+          os.path.join(base_dir, f'{split}-00000-of-00001'),
+          [image_example(i, sorted({i % num_classes,
+                                    (3 * i + 1) % num_classes}), (40, 48, 3))
+           for i in range(count)])
     final = self.run_config(config)
     self.assertSameElements(
         final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
@@ -174,23 +152,17 @@ class ConfigsTrainTest(parameterized.TestCase):
 class ResumeTest(absltest.TestCase):
 
   def test_resume_continues_from_the_saved_state(self):
-    config = config_for('demo_moving_digits')
-    config.dataset_configs.data_dir = DATA_DIR
+    config = demo_config()
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(config, workdir)
     # The saved state equals the state restored into a fresh initialisation.
-    data_shape = (8, 32, 32, 3)
-    model = build_model(config, 40)
-    tx, _ = optim.make_optimizer(config, 2)
-    mesh = sharding.make_mesh(config)
-    fresh, shardings = train_steps.create_train_state(config, model, tx,
-                                                      data_shape, mesh)
+    fresh = fresh_state(config, (8, 32, 32, 3), 40)
     manager = checkpoint.make_manager(workdir, config)
     self.assertEqual(manager.latest_step(), 2)
-    restored = checkpoint.restore_state(manager, fresh, shardings)
+    restored = checkpoint.restore_state(manager, fresh.state, fresh.shardings)
     self.assertEqual(int(restored.step), 2)
     changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)),
-                                     restored.params, fresh.params)
+                                     restored.params, fresh.state.params)
     self.assertTrue(any(jax.tree_util.tree_leaves(changed)))
     raw = manager.restore(2)
     np.testing.assert_array_equal(
@@ -207,8 +179,7 @@ class ResumeTest(absltest.TestCase):
 class InitFromTest(absltest.TestCase):
 
   def test_fine_tune_from_a_run_keeps_the_new_head(self):
-    config = config_for('demo_moving_digits')
-    config.dataset_configs.data_dir = DATA_DIR
+    config = demo_config()
     pretrained_dir = self.create_tempdir().full_path
     train.train_and_evaluate(config, pretrained_dir)
     source = checkpoint_formats.load_params(
@@ -293,8 +264,7 @@ class FaultToleranceTest(absltest.TestCase):
     config = config_for('demo_moving_digits')
     manager = checkpoint.make_manager(workdir, config)
     step = manager.latest_step()
-    with open(os.path.join(workdir, 'final_metrics.json')) as f:
-      return step, manager.restore(step), json.load(f)
+    return step, manager.restore(step), final_metrics(workdir)
 
   def assert_same_end(self, reference, reference_log: str, straight: str,
                       workdir: str):
@@ -406,10 +376,7 @@ class NonFiniteTest(absltest.TestCase):
 
   def test_non_finite_update_stops_naming_the_step_and_keeps_checkpoints(
       self):
-    config = config_for('demo_moving_digits')
-    config.dataset_configs.data_dir = DATA_DIR
-    config.num_training_steps = 1
-    config.checkpoint_steps = 1
+    config = demo_config(num_training_steps=1, checkpoint_steps=1)
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(config, workdir)
     # Resumed with an infinite learning rate, step 2's update makes the

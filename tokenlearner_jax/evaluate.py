@@ -53,7 +53,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   mesh gives them (no optimizer is built). `config.model_name` picks the
   metrics (`metrics.is_multilabel`: mAP for the multi-label head).
   """
-  schema.check_config(config)
+  config = schema.complete(config)
   split = split or config.dataset_configs.get('test_split') or 'test'
   multilabel = metrics_lib.is_multilabel(config.model_name)
   if step is None:

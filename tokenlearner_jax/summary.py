@@ -86,7 +86,7 @@ def _builder_info(config: ml_collections.ConfigDict):
 
 def summarize(config: ml_collections.ConfigDict) -> dict:
   """Returns parameter count, GMACs and shapes for `config`'s model."""
-  schema.check_config(config)
+  config = schema.complete(config)
   num_classes = example_num_classes(config)
   shape = example_input_shape(config)
   model = build_model(config, num_classes)

@@ -85,6 +85,21 @@ def num_train_steps(config: ml_collections.ConfigDict,
   return int(config.num_training_epochs * steps_per_epoch)
 
 
+def set_intervals(config: ml_collections.ConfigDict,
+                  num_examples: Optional[int]) -> None:
+  """The reference's defaults where `config` sets none: an evaluation every
+  epoch, a train summary and a checkpoint every evaluation."""
+  if not config.get('log_eval_steps'):
+    if not num_examples:
+      raise ValueError('log_eval_steps is not set, and its default (one '
+                       'epoch) needs the train split size, which the dataset '
+                       'does not report.')
+    config.log_eval_steps = max(num_examples // config.batch_size, 1)
+  for key in ('log_summary_steps', 'checkpoint_steps'):
+    if not config.get(key):
+      config[key] = config.log_eval_steps
+
+
 # Set by SIGTERM (a preemption notice) in a single-process run; `main`
 # installs the handler. In a multi-process job JAX's preemption service handles
 # SIGTERM and the processes agree on the step through
@@ -233,13 +248,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns None when stopped by SIGTERM (after saving a checkpoint).
   """
-  schema.check_config(config)
+  config = schema.complete(config)
   # The loss and metrics of `config.model_name`'s head (module docstring).
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
   train_steps.check_batch_sizes(config, mesh)
+  data = input_pipeline.get_data(
+      config, start_step=checkpoint.latest_step(workdir) or 0)
+  set_intervals(config, data.num_train_examples)
   manager = checkpoint.make_manager(workdir, config)
-  data = input_pipeline.get_data(config, start_step=manager.latest_step() or 0)
   model = build_model(config, data.num_classes)
   total_steps = num_train_steps(config, data.num_train_examples)
   tx, schedule = optim.make_optimizer(config, total_steps)

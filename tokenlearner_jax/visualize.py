@@ -121,7 +121,7 @@ def save_clip(columns: List[np.ndarray], path_png: str, path_gif: str) -> None:
 def visualize(config: ml_collections.ConfigDict, workdir: str,
               num_clips: int = 4, tokenlearner: int = 0) -> List[Dict]:
   """Renders `num_clips` eval examples; returns the entries of index.json."""
-  schema.check_config(config)
+  config = schema.complete(config)
   model_config = ModelConfig.from_config(config, num_classes=1)
   if (not model_config.tokenlearner_on or
       model_config.token_reduction != 'tokenlearner'):

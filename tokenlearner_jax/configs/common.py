@@ -208,20 +208,8 @@ def load_config(path: str,
 
 
 def trainer_defaults(config: ml_collections.ConfigDict) -> None:
-  """Sets no `init_from` checkpoint, data parallelism over all devices and
-  the default logical-axis rules."""
-  from tokenlearner_jax import sharding  # pylint: disable=g-import-not-at-top
-  config.init_from = ml_collections.ConfigDict(dict(
-      checkpoint_path=ml_collections.config_dict.placeholder(str),
-      checkpoint_format='tokenlearner_jax',  # Or 'scenic', 'big_vision'.
-      positional_embed_size_change=ml_collections.config_dict.placeholder(
-          str),  # 'resize', 'tile' or 'resize_tile'.
-      kernel_init_method=ml_collections.config_dict.placeholder(str),
-      init_missing_from_scratch=False))
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  # 0: a non-finite loss stops the run; N: skip up to N such updates in a row.
-  config.skip_nonfinite_steps = 0
-  # Speed/memory: the train step reuses the old state's buffers (off: two
-  # copies of parameters and optimizer state live during a step).
-  config.donate_train_state = True
-  config.logical_axis_rules = [list(rule) for rule in sharding.DEFAULT_RULES]
+  """Gives `config` every trainer key that has a default (`schema.KEYS`): no
+  `init_from` checkpoint, data parallelism over all devices, the default
+  logical-axis rules, ... so that `--config.<key>` overrides any of them."""
+  from tokenlearner_jax.configs import schema  # pylint: disable=g-import-not-at-top
+  schema.fill_defaults(config)

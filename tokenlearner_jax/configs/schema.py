@@ -24,9 +24,17 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
 
+from tokenlearner_jax import sharding
 from tokenlearner_jax.models import config as model_lib
 
 IMPLEMENTED = 'implemented'
+NO_DEFAULT = object()  # `ConfigKey.default` of keys without one.
+
+
+@dataclasses.dataclass(frozen=True)
+class SameAs:
+  """A default that follows another top-level key (a `FieldReference`)."""
+  key: str
 NO_OP = 'no-op'
 UNSUPPORTED = 'unsupported'
 STATUSES = (IMPLEMENTED, NO_OP, UNSUPPORTED)
@@ -49,6 +57,8 @@ class ConfigKey:
       dict of split names, not of config keys).
     reference: A config file of the reference (Scenic's token_learner and
       ViViT Kinetics configs) sets it.
+    default: What `complete` sets where a config has no value (the key is
+      read with attribute access then); `NO_DEFAULT`: none.
   """
   key: str
   status: str
@@ -58,6 +68,7 @@ class ConfigKey:
   accepts: Optional[Tuple[Any, ...]] = None
   section: bool = False
   reference: bool = False
+  default: Any = NO_DEFAULT
 
 
 def _implemented(key: str, module: str, description: str,
@@ -91,7 +102,7 @@ KEYS: Tuple[ConfigKey, ...] = (
                  'and the input order.', **_REF),
     _implemented('batch_size', 'train', 'Global train batch size.', **_REF),
     _implemented('eval_batch_size', 'data.input_pipeline',
-                 'Global eval batch size.'),
+                 'Global eval batch size.', default=SameAs('batch_size')),
     _implemented('num_training_steps', 'train',
                  'Run length in steps (wins over num_training_epochs).'),
     _implemented('num_training_epochs', 'train',
@@ -103,7 +114,7 @@ KEYS: Tuple[ConfigKey, ...] = (
     _implemented('checkpoint_steps', 'checkpoint',
                  'Steps between checkpoints.', **_REF),
     _implemented('max_checkpoints_to_keep', 'checkpoint',
-                 'Checkpoints kept (default 3).'),
+                 'Checkpoints kept.', default=3),
     _no_op('checkpoint', 'the trainer always checkpoints, every '
            '`checkpoint_steps`', 'Whether to checkpoint.', accepts=(True,),
            **_REF),
@@ -117,9 +128,10 @@ KEYS: Tuple[ConfigKey, ...] = (
     _no_op('debug_eval', "the reference's debug flag of its model's apply; "
            'ours has none', 'Debug mode in evaluation.', **_REF),
     _implemented('skip_nonfinite_steps', 'optim', '0: a non-finite loss stops '
-                 'the run; N: skip up to N such updates in a row.'),
+                 'the run; N: skip up to N such updates in a row.',
+                 default=0),
     _implemented('donate_train_state', 'train_steps', 'The train step reuses '
-                 "the old state's buffers (default True)."),
+                 "the old state's buffers.", default=True),
     # ---------------------------------------------------------- the data
     _implemented('dataset_name', 'data.input_pipeline', "The data source: a "
                  "tfds name, 'moving_digits', 'multi_digits', "
@@ -155,7 +167,7 @@ KEYS: Tuple[ConfigKey, ...] = (
                  'norm.', **_REF),
     _implemented('grad_clip_per_shard', 'train_steps', "Clip each data "
                  "shard's gradient before the mean (the reference's ViViT "
-                 'trainer).'),
+                 'trainer).', default=False),
     _implemented('l2_decay_factor', 'train_steps', '0.5 * factor * '
                  '||params||^2 added to the training loss.', **_REF),
     _implemented('explicit_weight_decay', 'optim', 'After each update, '
@@ -173,7 +185,8 @@ KEYS: Tuple[ConfigKey, ...] = (
     # ---------------------------------------------------------- parallelism
     _implemented('mesh', 'sharding', 'Device mesh axis sizes.', section=True),
     _implemented('logical_axis_rules', 'sharding', 'Logical axis name -> mesh '
-                 'axes rules.'),
+                 'axes rules.',
+                 default=[list(rule) for rule in sharding.DEFAULT_RULES]),
 )
 
 _DC = 'dataset_configs.'
@@ -343,16 +356,20 @@ KEYS += (
 _INIT = 'init_from.'
 KEYS += (
     _implemented(_INIT + 'checkpoint_path', 'checkpoint_formats', 'The '
-                 'checkpoint (unset: train from scratch).', **_REF),
+                 'checkpoint (unset: train from scratch).', default=None,
+                 **_REF),
     _implemented(_INIT + 'checkpoint_format', 'checkpoint_formats',
-                 "'tokenlearner_jax', 'scenic' or 'big_vision'.", **_REF),
+                 "'tokenlearner_jax', 'scenic' or 'big_vision'.",
+                 default='tokenlearner_jax', **_REF),
     _implemented(_INIT + 'positional_embed_size_change', 'surgery',
                  "'resize', 'tile' or 'resize_tile' the position embedding.",
-                 **_REF),
+                 default=None, **_REF),
     _implemented(_INIT + 'kernel_init_method', 'surgery', '2-D -> 3-D patch '
-                 'kernel inflation when the model does not name one.'),
+                 'kernel inflation when the model does not name one.',
+                 default=None),
     _implemented(_INIT + 'init_missing_from_scratch', 'surgery', 'Keep '
-                 'parameters the checkpoint lacks newly initialised.'),
+                 'parameters the checkpoint lacks newly initialised.',
+                 default=False),
     _implemented(_INIT + 'restore_positional_embedding', 'surgery', 'Copy '
                  '(and fit) the position embedding; False keeps it new.',
                  **_REF),
@@ -362,10 +379,11 @@ KEYS += (
            'grid) is read from its parameters', "The restored model's "
            'config.', **_REF),
     _implemented('mesh.data', 'sharding', 'Data-parallel devices (-1: the '
-                 'rest).'),
+                 'rest).', default=-1),
     _implemented('mesh.fsdp', 'sharding', 'Devices the parameters are '
-                 'sharded over (FSDP).'),
-    _implemented('mesh.model', 'sharding', 'Tensor-parallel devices.'),
+                 'sharded over (FSDP).', default=1),
+    _implemented('mesh.model', 'sharding', 'Tensor-parallel devices.',
+                 default=1),
 )
 
 TABLE: Dict[str, ConfigKey] = {k.key: k for k in KEYS}
@@ -463,3 +481,39 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_value(TABLE[path], value)
   if config.get('model') is not None:
     model_lib.ModelConfig.from_config(config, num_classes=1)
+
+
+def fill_defaults(config: ml_collections.ConfigDict) -> None:
+  """Sets each `KEYS` default where `config` (unlocked) has no value yet."""
+  for entry in KEYS:
+    if entry.default is NO_DEFAULT:
+      continue
+    *parents, leaf = entry.key.split('.')
+    node = config
+    for parent in parents:
+      if node.get(parent) is None:
+        node[parent] = ml_collections.ConfigDict()
+      node = node[parent]
+    if leaf in node:
+      continue
+    value = entry.default
+    if isinstance(value, SameAs):
+      if value.key not in config:
+        continue
+      value = config.get_ref(value.key)
+    elif value is None:  # A placeholder keeps the key overridable.
+      value = ml_collections.config_dict.placeholder(str)
+    node[leaf] = value
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`check_config`, then a copy of `config` with every default filled in.
+
+  What the entry points run on: a config file of the reference (which sets no
+  `mesh`, say) gets the trainer's defaults; the caller's config is left as
+  it is.
+  """
+  check_config(config)
+  config = ml_collections.ConfigDict(config.to_dict())
+  fill_defaults(config)
+  return config
