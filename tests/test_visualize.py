@@ -7,8 +7,8 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from tests.testing import DATA_DIR
 from tests.testing import config_for
+from tests.testing import demo_config
 from tests.testing import save_fresh_checkpoint
 from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
@@ -35,8 +35,7 @@ class OverlayTest(absltest.TestCase):
 class VisualizeTest(absltest.TestCase):
 
   def test_renders_every_token_and_frame_of_a_trained_run(self):
-    config = config_for('demo_moving_digits')
-    config.dataset_configs.data_dir = DATA_DIR
+    config = demo_config()
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(config, workdir)
     entries = visualize.visualize(config, workdir, num_clips=2)

@@ -1,6 +1,6 @@
-"""Helpers shared by the tests: repository configs, the demo data directory,
-run outputs, generated TFRecords, fresh train states and checkpoints, and tiny
-models with their parameter trees."""
+"""Helpers shared by the tests: repository configs and scripts, the demo data
+directory, run outputs, generated TFRecords, fresh train states and
+checkpoints, and tiny models with their parameter trees."""
 
 import dataclasses
 import functools
@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import tempfile
+import types
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import flax
@@ -37,6 +38,33 @@ NUM_CLASSES = 5
 def config_for(name: str, arg: str = 'runlocal') -> ml_collections.ConfigDict:
   """`get_config(arg)` of `configs/<name>.py`."""
   return common.load_config(os.path.join(ROOT, 'configs', f'{name}.py'), arg)
+
+
+def script_path(name: str) -> str:
+  """The path of `scripts/<name>.py`."""
+  return os.path.join(ROOT, 'scripts', f'{name}.py')
+
+
+def load_script(name: str) -> types.ModuleType:
+  """Imports `scripts/<name>.py` (files, not a package) as a module."""
+  return common.load_module(script_path(name))
+
+
+def demo_config(name: str = 'demo_moving_digits',
+                **overrides: Any) -> ml_collections.ConfigDict:
+  """`config_for(name)` of a demo config, reading DATA_DIR; `overrides` set
+  top-level fields."""
+  config = config_for(name)
+  config.dataset_configs.data_dir = DATA_DIR
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def final_metrics(workdir: str) -> Dict[str, Any]:
+  """WORKDIR/final_metrics.json, what a finished run writes."""
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    return json.load(f)
 
 
 def read_jsonl(workdir: str) -> List[Dict[str, Any]]:
@@ -134,6 +162,20 @@ def video_example(frames: Sequence[bytes], label: int) -> bytes:
   for frame in frames:
     feature_list.feature.add().bytes_list.value.append(frame)
   return example.SerializeToString()
+
+
+def image_example(seed: int, labels: Sequence[int],
+                  shape: Tuple[int, int, int] = (20, 30, 3)) -> bytes:
+  """A JFT-style `tf.train.Example`: a random JPEG of `shape` (from `seed`)
+  under 'image/encoded' and the class ids under 'image/class/label'."""
+  image = np.random.default_rng(seed).integers(0, 255, shape, np.uint8)
+  feature = {
+      'image/encoded': tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[jpeg(image)])),
+      'image/class/label': tf.train.Feature(
+          int64_list=tf.train.Int64List(value=labels))}
+  return tf.train.Example(features=tf.train.Features(
+      feature=feature)).SerializeToString()
 
 
 def write_records(path: str, records: Iterable[bytes]) -> None:

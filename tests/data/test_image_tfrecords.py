@@ -1,31 +1,17 @@
 """JFT-style multi-label image TFRecords, and ImageNet ReaL labels via tfds."""
 
-import io
 import os
 
 from absl.testing import absltest
 import ml_collections
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tests.testing import image_example
+from tests.testing import write_records
 from tokenlearner_jax.data import image_tfrecords
 from tokenlearner_jax.data import input_pipeline
-
-
-def image_example(seed: int, labels) -> bytes:
-  buffer = io.BytesIO()
-  rng = np.random.default_rng(seed)
-  Image.fromarray(rng.integers(0, 255, (20, 30, 3), np.uint8)).save(
-      buffer, format='JPEG')
-  feature = {
-      'image/encoded': tf.train.Feature(
-          bytes_list=tf.train.BytesList(value=[buffer.getvalue()])),
-      'image/class/label': tf.train.Feature(
-          int64_list=tf.train.Int64List(value=labels))}
-  return tf.train.Example(features=tf.train.Features(
-      feature=feature)).SerializeToString()
 
 
 LABELS = [[0], [1, 3], [2, 3, 4], [4], [0, 1]]
@@ -37,10 +23,8 @@ class ImageTfrecordsTest(absltest.TestCase):
     super().setUp()
     self.base_dir = self.create_tempdir().full_path
     for split, count in (('train', 4), ('validation', 5)):
-      with tf.io.TFRecordWriter(os.path.join(
-          self.base_dir, f'{split}-00000-of-00001')) as writer:
-        for i in range(count):
-          writer.write(image_example(i, LABELS[i]))
+      write_records(os.path.join(self.base_dir, f'{split}-00000-of-00001'),
+                    [image_example(i, LABELS[i]) for i in range(count)])
 
   def config(self, **overrides):
     dc = ml_collections.ConfigDict(dict(

@@ -3,17 +3,8 @@
 from absl.testing import absltest
 import numpy as np
 
-from configs import demo_moving_digits
-from tests.data.datasets.test_digits import DATA_DIR
+from tests.testing import demo_config
 from tokenlearner_jax.data import input_pipeline
-
-
-def demo_config(**overrides):
-  config = demo_moving_digits.get_config('runlocal')
-  config.dataset_configs.data_dir = DATA_DIR
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
 
 def first_batches(config, n=3):

@@ -1,6 +1,5 @@
 """Kinetics-style SequenceExample TFRecords: clips, crops, views, bad input."""
 
-import io
 import json
 import os
 
@@ -8,9 +7,15 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import ml_collections
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 
+from tests.testing import config_for
+from tests.testing import jpeg
+from tests.testing import video_example
+from tests.testing import write_records
+from tests.testing import write_video_tfrecords
+from tokenlearner_jax import evaluate
+from tokenlearner_jax import train
 from tokenlearner_jax.data import video_tfrecords
 
 HEIGHT, WIDTH = 24, 40
@@ -18,38 +23,18 @@ HEIGHT, WIDTH = 24, 40
 
 def frame_jpeg(level: int) -> bytes:
   """A uniform grey frame: its brightness tells which frame it is."""
-  buffer = io.BytesIO()
-  Image.fromarray(np.full((HEIGHT, WIDTH, 3), level, np.uint8)).save(
-      buffer, format='JPEG', quality=100)
-  return buffer.getvalue()
+  return jpeg(np.full((HEIGHT, WIDTH, 3), level, np.uint8), quality=100)
 
 
 def textured_jpeg(seed: int) -> bytes:
-  buffer = io.BytesIO()
   rng = np.random.default_rng(seed)
-  Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), np.uint8)).save(
-      buffer, format='JPEG', quality=100)
-  return buffer.getvalue()
-
-
-def sequence_example(frames, label: int) -> bytes:
-  example = tf.train.SequenceExample()
-  example.context.feature['clip/label/index'].int64_list.value.append(label)
-  feature_list = example.feature_lists.feature_list['image/encoded']
-  for frame in frames:
-    feature_list.feature.add().bytes_list.value.append(frame)
-  return example.SerializeToString()
-
-
-def write(path: str, examples) -> None:
-  with tf.io.TFRecordWriter(path) as writer:
-    for example in examples:
-      writer.write(example)
+  return jpeg(rng.integers(0, 255, (HEIGHT, WIDTH, 3), np.uint8),
+              quality=100)
 
 
 def level_video(length: int, label: int) -> bytes:
   """Frame i has brightness 10 * i."""
-  return sequence_example([frame_jpeg(10 * i) for i in range(length)], label)
+  return video_example([frame_jpeg(10 * i) for i in range(length)], label)
 
 
 def frame_numbers(clip: np.ndarray, zero_centering: bool = True) -> np.ndarray:
@@ -72,7 +57,9 @@ def dataset_config(base_dir: str, **overrides) -> ml_collections.ConfigDict:
   return dc
 
 
-def config_for(dc: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def data_config(dc: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What the input pipeline reads of a config, with `dc` as its
+  `dataset_configs`."""
   return ml_collections.ConfigDict(dict(
       dataset_name='video_tfrecord_dataset', dataset_configs=dc,
       batch_size=2, eval_batch_size=2, rng_seed=0))
@@ -83,20 +70,18 @@ class VideoTfrecordsTest(parameterized.TestCase):
   def setUp(self):
     super().setUp()
     self.base_dir = self.create_tempdir().full_path
-    write(os.path.join(self.base_dir, 'train-00000-of-00002'),
-          [level_video(20, 0), level_video(20, 1)])
-    write(os.path.join(self.base_dir, 'train-00001-of-00002'),
-          [level_video(20, 2), level_video(7, 3)])
-    write(os.path.join(self.base_dir, 'validation-00000-of-00001'),
-          [level_video(20, i) for i in range(3)])
-    write(os.path.join(self.base_dir, 'test-a'),
-          [sequence_example([textured_jpeg(i)] * 20, i % 5) for i in range(4)])
-    write(os.path.join(self.base_dir, 'test-b'),
-          [sequence_example([textured_jpeg(i)] * 20, i % 5)
-           for i in range(4, 7)])
+    for name, videos in (
+        ('train-00000-of-00002', [level_video(20, 0), level_video(20, 1)]),
+        ('train-00001-of-00002', [level_video(20, 2), level_video(7, 3)]),
+        ('validation-00000-of-00001', [level_video(20, i) for i in range(3)]),
+        ('test-a', [video_example([textured_jpeg(i)] * 20, i % 5)
+                    for i in range(4)]),
+        ('test-b', [video_example([textured_jpeg(i)] * 20, i % 5)
+                    for i in range(4, 7)])):
+      write_records(os.path.join(self.base_dir, name), videos)
 
   def data(self, **overrides):
-    return video_tfrecords.get_data(config_for(
+    return video_tfrecords.get_data(data_config(
         dataset_config(self.base_dir, **overrides)))
 
   def test_eval_takes_the_middle_clip_at_the_stride(self):
@@ -179,7 +164,7 @@ class VideoTfrecordsTest(parameterized.TestCase):
     dc = dataset_config(self.base_dir)
     dc.tables = dict(train='train@2')
     with self.assertRaisesRegex(ValueError, r"no 'validation' entry"):
-      video_tfrecords.get_data(config_for(dc))
+      video_tfrecords.get_data(data_config(dc))
 
   def test_the_eval_side_alone_needs_no_train_split(self):
     for name in os.listdir(self.base_dir):
@@ -188,7 +173,7 @@ class VideoTfrecordsTest(parameterized.TestCase):
     with self.assertRaisesRegex(FileNotFoundError, r'tables.train'):
       self.data()
     data = video_tfrecords.get_data(
-        config_for(dataset_config(self.base_dir)), train=False)
+        data_config(dataset_config(self.base_dir)), train=False)
     self.assertIsNone(data.train_iter)
     self.assertEqual(data.input_shape, (4, HEIGHT, HEIGHT, 3))
     batches = list(data.eval_batches())
@@ -198,7 +183,7 @@ class VideoTfrecordsTest(parameterized.TestCase):
     # Nor does `tables` need a 'train' entry.
     dc = dataset_config(self.base_dir)
     dc.tables = dict(validation='validation@1', test='test-*')
-    data = video_tfrecords.get_data(config_for(dc), train=False)
+    data = video_tfrecords.get_data(data_config(dc), train=False)
     batches = list(data.test_batches('test'))
     self.assertEqual(sum(b['batch_mask'].sum() for b in batches), 7)
     self.assertEqual(batches[0]['inputs'].shape[1], data.num_test_views)
@@ -212,9 +197,9 @@ class VideoTfrecordsTest(parameterized.TestCase):
       list(self.data(num_classes=2).eval_batches())
 
   def test_corrupt_jpeg_names_the_file_or_is_skipped(self):
-    bad = sequence_example([b'not a jpeg'] * 20, 1)
-    write(os.path.join(self.base_dir, 'validation-00000-of-00001'),
-          [level_video(20, 0), bad, level_video(20, 2)])
+    bad = video_example([b'not a jpeg'] * 20, 1)
+    write_records(os.path.join(self.base_dir, 'validation-00000-of-00001'),
+                  [level_video(20, 0), bad, level_video(20, 2)])
     with self.assertRaisesRegex(
         ValueError, r'validation-00000-of-00001, record 1'):
       list(self.data().eval_batches())
@@ -234,22 +219,14 @@ class VideoTfrecordsTest(parameterized.TestCase):
 class EvaluateCheckpointTest(absltest.TestCase):
 
   def test_multi_view_eval_of_a_trained_run(self):
-    # pylint: disable=g-import-not-at-top
-    from tests.test_train import config_for as repo_config
-    from tokenlearner_jax import evaluate
-    from tokenlearner_jax import train
-    # pylint: enable=g-import-not-at-top
     base_dir = self.create_tempdir().full_path
-    config = repo_config('vivit_k400')
+    config = config_for('vivit_k400')
     config.dataset_configs.base_dir = base_dir
     config.dataset_configs.num_classes = 5
     config.dataset_configs.test_batch_size = 2
-    write(os.path.join(base_dir, 'train.tfrecord-00000-of-00001'),
-          [sequence_example([textured_jpeg(i)] * 10, i % 5) for i in range(8)])
-    write(os.path.join(base_dir, 'validation-00000-of-00001'),
-          [sequence_example([textured_jpeg(i)] * 10, i % 5) for i in range(3)])
-    write(os.path.join(base_dir, 'test-00000-of-00001'),
-          [sequence_example([textured_jpeg(i)] * 12, i % 5) for i in range(5)])
+    write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5, num_frames=10)
+    write_video_tfrecords(base_dir, 'validation', 3, 5, num_frames=10)
+    write_video_tfrecords(base_dir, 'test', 5, 5, num_frames=12)
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(config, workdir)
     # Evaluating reads the test split only: the train split may be gone.

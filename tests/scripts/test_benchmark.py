@@ -1,13 +1,17 @@
-"""scripts/benchmark.py on 'mu' models: every part runs and its figures add up."""
+"""scripts/benchmark.py on 'mu' models: every part runs and its figures add
+up."""
 
 import json
 import os
 import tempfile
+import time
 from unittest import mock
 
 from absl.testing import absltest
+import jax
+import numpy as np
 
-from tests.scripts import load_script
+from tests.testing import load_script
 
 benchmark = load_script('benchmark')
 
@@ -24,28 +28,44 @@ class BenchmarkTest(absltest.TestCase):
 
   def test_models_speedup_and_compile_parts(self):
     out = os.path.join(tempfile.mkdtemp(), 'bench.json')
+    argv = ['--small', '--steps=2', '--warmup=1', '--batch=4',
+            '--skip=demo,input', '--max_batch=mu_vit_tl4at1',
+            '--max_batch_remat=nothing_saveable', '--max_batch_multiple=4',
+            '--memory_limit_gib=0.03', f'--out={out}']
+    start = time.monotonic()
     with mock.patch.dict(benchmark.MODEL_SETS, {'small': TINY}), \
          mock.patch.dict(benchmark.ALL_SPECS, {s.name: s for s in TINY}), \
          mock.patch.dict(benchmark.COMPILE_SETS, {'small': TINY_COMPILE}), \
          mock.patch.object(benchmark, 'matmul_peak', return_value=1e10):
-      results = benchmark.main(['--small', '--steps=2', '--warmup=1',
-                                '--batch=4', '--skip=demo,input',
-                                '--max_batch=mu_vit_tl4at1',
-                                '--max_batch_remat=nothing_saveable',
-                                '--max_batch_multiple=4',
-                                '--memory_limit_gib=0.03', f'--out={out}'])
+      results = benchmark.main(argv)
+    wall = time.monotonic() - start
     with open(out) as f:
       self.assertEqual(json.load(f)['models'], results['models'])
     base, tl = results['models']
     self.assertEqual([base['model'], tl['model']], ['mu_vit', 'mu_vit_tl4at1'])
-    for row in (base, tl):
-      self.assertGreater(row['step_s'], 0)
-      self.assertAlmostEqual(row['examples_per_s'], 4 / row['step_s'])
+    args = benchmark.parse_args(argv)
+    timed = 0.0  # Seconds of what the benchmark timed, one after the other.
+    for spec, row in zip(TINY, (base, tl)):
+      # Two timed steps: their median is their mean.
+      low, high = row['step_s_spread']
+      self.assertBetween(low, 0, high)
+      self.assertAlmostEqual(row['step_s'], (low + high) / 2)
+      self.assertBetween(row['compile_s'], 0, wall)
+      timed += row['compile_s'] + low + high
+      self.assertEqual(row['examples_per_s'], 4 / row['step_s'])
       # 6 FLOPs per multiply-add per example, against the patched 10 GFLOP/s.
       self.assertAlmostEqual(
           row['mfu'], 6 * row['gmacs'] * 1e9 * 4 / row['step_s'] / 1e10,
           places=6)
-      self.assertGreater(row['peak_memory_mib'], 0)
+      # XLA's peak holds at least the step's arguments: the parameters, the
+      # optimizer state and the batch.
+      program = benchmark.train_step_program(
+          benchmark.spec_config(spec, args), spec.input_shape,
+          benchmark.NUM_CLASSES)
+      argument_bytes = sum(
+          np.prod(x.shape, dtype=int) * np.dtype(x.dtype).itemsize
+          for x in jax.tree_util.tree_leaves(program.abstract_args))
+      self.assertGreaterEqual(row['peak_memory_mib'] * 2**20, argument_bytes)
     self.assertLess(tl['gmacs'], base['gmacs'])
     (speedup,) = results['speedups']
     self.assertAlmostEqual(speedup['gmac_ratio'], base['gmacs'] / tl['gmacs'])
@@ -60,11 +80,19 @@ class BenchmarkTest(absltest.TestCase):
     self.assertGreater(largest['over_peak_memory_mib'], 0.03 * 1024)
     self.assertLessEqual(largest['over_batch'] - largest['batch'],
                          max(4, 0.05 * largest['batch']))
-    self.assertGreater(largest['examples_per_s'], 0)
+    self.assertEqual(largest['examples_per_s'],
+                     largest['batch'] / largest['step_s'])
+    timed += 2 * largest['step_s']  # The faster of its 2 timed steps.
     compile_result = results['compile']
     self.assertEqual(compile_result['num_layers'], 4)
-    self.assertGreater(compile_result['unrolled_compile_s'], 0)
-    self.assertGreater(compile_result['scan_compile_s'], 0)
+    # Both layouts compiled, each within the run.
+    unrolled = compile_result['unrolled_compile_s']
+    scan = compile_result['scan_compile_s']
+    self.assertBetween(unrolled, 0, wall)
+    self.assertBetween(scan, 0, wall)
+    self.assertEqual(compile_result['ratio'], scan / unrolled)
+    timed += unrolled + scan
+    self.assertLess(timed, wall)
 
   def test_matmul_peak_is_a_rate(self):
     self.assertGreater(benchmark.matmul_peak('float32', sizes=(128,)), 1e6)

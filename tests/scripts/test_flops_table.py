@@ -7,8 +7,8 @@ import os
 
 from absl.testing import absltest
 
-from tests.scripts import REPO
-from tests.scripts import load_script
+from tests.testing import ROOT
+from tests.testing import load_script
 from tokenlearner_jax import paper
 
 flops_table = load_script('flops_table')
@@ -22,7 +22,7 @@ class FlopsTableTest(absltest.TestCase):
       self.assertEqual(flops_table.main(['--markdown', path, '--check']), 0)
     with open(path) as f:
       generated = f.read()
-    with open(os.path.join(REPO, 'docs', 'flops.md')) as f:
+    with open(os.path.join(ROOT, 'docs', 'flops.md')) as f:
       committed = f.read()
     self.assertEqual(committed, generated,
                      'docs/flops.md is stale: run python scripts/'

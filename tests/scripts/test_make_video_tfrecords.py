@@ -16,8 +16,8 @@ import av
 import numpy as np
 import tensorflow as tf
 
-from tests.scripts import load_script
-from tests.scripts import script_path
+from tests.testing import load_script
+from tests.testing import script_path
 
 SCRIPT = script_path('make_video_tfrecords')
 mvt = load_script('make_video_tfrecords')

@@ -7,8 +7,8 @@ from absl.testing import absltest
 from ml_collections import config_flags
 import pytest
 
-from tests.scripts import load_script
-from tests.test_train import DATA_DIR
+from tests.testing import DATA_DIR
+from tests.testing import load_script
 from tokenlearner_jax import flops
 
 reproduce = load_script('reproduce')

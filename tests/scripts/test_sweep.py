@@ -7,9 +7,12 @@ import os
 from absl.testing import absltest
 import pytest
 
-from tests.scripts import load_script
-from tests.test_train import DATA_DIR
-from tests.test_train import ROOT
+from tests.testing import DATA_DIR
+from tests.testing import ROOT
+from tests.testing import config_for
+from tests.testing import final_metrics
+from tests.testing import load_script
+from tokenlearner_jax import flops
 
 sweep = load_script('sweep')
 
@@ -75,11 +78,13 @@ class SweepRunTest(absltest.TestCase):
     self.assertEqual((rows[0]['status'], rows[0]['loss']), ('done', '9.5'))
     row = rows[1]  # The real run.
     self.assertEqual((row['status'], row['step']), ('done', '2'))
-    with open(os.path.join(root, row['run'], 'final_metrics.json')) as f:
-      final = json.load(f)
+    final = final_metrics(os.path.join(root, row['run']))
     self.assertAlmostEqual(float(row['accuracy']), final['accuracy'])
     self.assertAlmostEqual(float(row['loss']), final['loss'])
-    self.assertGreater(float(row['gmacs_per_example']), 0)
+    # The GMACs of the swept config's model on moving_digits clips.
+    gmacs = flops.gmacs(config_for('demo_moving_digits'), (8, 32, 32, 3), 40)
+    self.assertEqual(float(row['gmacs_per_example']), gmacs)
+    self.assertEqual(final['gmacs_per_example'], gmacs)
     with open(os.path.join(root, 'results.md')) as f:
       grouped = f.read().split('n (rng_seed)')[1]  # The mean ± std table.
     self.assertIn('±', grouped)

@@ -1,19 +1,12 @@
 """The offline demo builders: prepared from scikit-learn, disjoint sources."""
 
-import os
-import tempfile
-
 from absl.testing import absltest
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tests.testing import DATA_DIR
 from tokenlearner_jax.data.datasets import moving_digits
 from tokenlearner_jax.data.datasets import multi_digits  # pylint: disable=unused-import
-
-# One directory per pytest-xdist worker: two processes preparing the same tfds
-# dataset at once would race.
-DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds',
-                        os.environ.get('PYTEST_XDIST_WORKER', 'main'))
 
 
 def load(name):
