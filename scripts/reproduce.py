@@ -424,7 +424,7 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
             f'{VARIANTS[source].label} (the same model on 2-D patches of '
             f'64x64 multi_digits images, multi-label, {len(done)} seed(s)): '
             f'prec@1 {pm([100 * r["prec@1"] for r in done])}%, mAP '
-            f'{pm([100 * r["mAP"] for r in done])}%.', '']
+            f'{pm([100 * r["mean_average_precision"] for r in done])}%.', '']
     for claim in study.claims:
       relation = 'beats' if claim.relation == 'higher' else 'is similar to'
       text = (f'{VARIANTS[claim.a].label} {relation} {VARIANTS[claim.b].label}'

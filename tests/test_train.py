@@ -83,16 +83,16 @@ class ConfigsTrainTest(parameterized.TestCase):
     config = demo_config('demo_multi_digits')
     final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
+        final, ['step', 'loss', 'prec@1', 'mean_average_precision', 'num_examples',
                 'gmacs_per_example'])
-    self.assertBetween(final['mAP'], 0.0, 1.0)
+    self.assertBetween(final['mean_average_precision'], 0.0, 1.0)
 
   def test_im1k_on_mock_data(self):
     config = config_for('im1k_token_learner')
     with tfds.testing.mock_data(num_examples=16):
       final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
+        final, ['step', 'loss', 'prec@1', 'mean_average_precision', 'num_examples',
                 'gmacs_per_example'])
 
   def video_config(self, name: str, counts: Dict[str, int]):
@@ -144,7 +144,7 @@ class ConfigsTrainTest(parameterized.TestCase):
            for i in range(count)])
     final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mAP', 'num_examples',
+        final, ['step', 'loss', 'prec@1', 'mean_average_precision', 'num_examples',
                 'gmacs_per_example'])
     self.assertEqual(final['num_examples'], 5)
 

@@ -55,6 +55,6 @@ def evaluate_batches(params: Any, batches: Iterable[Dict[str, np.ndarray]],
   results = metrics_lib.finalize(totals)
   results['num_examples'] = int(totals['num_examples'])
   if multilabel:
-    results['mAP'] = metrics_lib.average_precision(np.concatenate(scores),
+    results['mean_average_precision'] = metrics_lib.average_precision(np.concatenate(scores),
                                                    np.concatenate(labels))
   return results

@@ -113,6 +113,10 @@ def preemption_requested(manager: ocp.CheckpointManager, step: int) -> bool:
   return PREEMPTION_NOTICE.is_set()
 
 
+# metrics.jsonl's `kind` -> the TensorBoard tag prefix of the reference.
+TAG_PREFIXES = {'train': 'train', 'eval': 'valid'}
+
+
 class Recorder:
   """Writes summaries to the clu writer and to `WORKDIR/metrics.jsonl`."""
 
@@ -123,8 +127,11 @@ class Recorder:
         workdir, just_logging=not self.is_main)
 
   def record(self, step: int, kind: str, values: Metrics) -> None:
+    """`kind` 'train' or 'eval'; TensorBoard tags as the reference's
+    (`train_loss`, `valid_accuracy`, ...)."""
+    prefix = TAG_PREFIXES[kind]
     self.writer.write_scalars(step,
-                              {f'{kind}/{k}': v for k, v in values.items()})
+                              {f'{prefix}_{k}': v for k, v in values.items()})
     if self.is_main:
       with open(os.path.join(self.workdir, 'metrics.jsonl'), 'a') as f:
         f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
