@@ -52,10 +52,29 @@ def kinetics_config(arg: Optional[str], *, experiment_name: str,
   loc = arg.tokenlearner_loc
   config = ml_collections.ConfigDict()
   config.experiment_name = experiment_name
-
   config.dataset_name = 'video_tfrecord_dataset'
-  config.dataset_configs = ml_collections.ConfigDict(dict(
-      base_dir='/path/to/kinetics_tfrecords',  # See the README.
+  config.dataset_configs = _dataset_configs(num_classes, sizes)
+  config.model_name = 'token_learner_classification'
+  config.model = _model(arg, arg.variant, loc, extra_layers=arg.extra_layers)
+  config.model_dtype_str = 'float32'
+  _training(config, sizes['train'], base_learning_rate)
+  common.trainer_defaults(config)
+  # From a JFT-pretrained image model (see the module docstring); the tubelet
+  # kernel inflation is model.tokenizer.temporal_encoding_config's
+  # central_frame_initializer.
+  config.init_from.checkpoint_format = 'big_vision'
+  config.init_from.positional_embed_size_change = 'resize_tile'
+  config.init_from.init_missing_from_scratch = loc is not None
+  if arg.runlocal:
+    _runlocal(config, arg)
+  return config
+
+
+def _dataset_configs(num_classes: int,
+                     sizes: Mapping[str, int]) -> ml_collections.ConfigDict:
+  """The reference ViViT's Kinetics input: 32 frames at stride 2, 224 crops."""
+  return ml_collections.ConfigDict(dict(
+      base_dir='/path/to/kinetics_tfrecords',  # See docs/data.md.
       tables=dict(train='train.tfrecord@1024', validation='validation@1024',
                   test='test@1024'),
       examples_per_subset=dict(sizes),
@@ -69,22 +88,28 @@ def kinetics_config(arg: Optional[str], *, experiment_name: str,
       # `test_batch_size` videos x 12 views.
       num_test_clips=4, do_three_spatial_crops=True, test_batch_size=8))
 
-  config.model_name = 'token_learner_classification'
-  config.model = common.model_config(
-      arg.variant, 'video', num_tokens=arg.num_tokens, tokenlearner_loc=loc,
-      use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
-      extra_layers=arg.extra_layers, classifier='token',
-      kernel_init_method='central_frame_initializer', dropout_rate=0.0,
-      attention_dropout_rate=0.0)
-  config.model_dtype_str = 'float32'
 
+def _model(arg: ml_collections.ConfigDict, variant: str,
+           loc: Optional[int], **kwargs) -> ml_collections.ConfigDict:
+  """ViViT (+ TokenLearner at `loc`) with a class token, no dropout."""
+  return common.model_config(
+      variant, 'video', num_tokens=arg.num_tokens, tokenlearner_loc=loc,
+      use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
+      classifier='token', kernel_init_method='central_frame_initializer',
+      dropout_rate=0.0, attention_dropout_rate=0.0, **kwargs)
+
+
+def _training(config: ml_collections.ConfigDict, train_size: int,
+              base_learning_rate: float) -> None:
+  """The reference ViViT K400 recipe: SGD momentum, batch 64, 30 epochs,
+  cosine decay after 2.5 warmup epochs, clipping at 1."""
   config.optimizer = 'momentum'
   config.optimizer_configs = ml_collections.ConfigDict(dict(momentum=0.9))
   config.max_grad_norm = 1.0
   config.label_smoothing = ml_collections.config_dict.placeholder(float)
   config.batch_size = 64
   config.num_training_epochs = 30
-  steps_per_epoch = sizes['train'] // config.batch_size
+  steps_per_epoch = train_size // config.batch_size
   config.lr_configs = ml_collections.ConfigDict(dict(
       learning_rate_schedule='compound',
       factors='constant * cosine_decay * linear_warmup',
@@ -92,40 +117,29 @@ def kinetics_config(arg: Optional[str], *, experiment_name: str,
       steps_per_cycle=config.num_training_epochs * steps_per_epoch,
       base_learning_rate=base_learning_rate))
   config.rng_seed = 0
-
   config.mixup = ml_collections.ConfigDict(dict(
       alpha=ml_collections.config_dict.placeholder(float)))
   config.eval_batch_size = 64
   config.log_summary_steps = 100
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
-  common.trainer_defaults(config)
-  # From a JFT-pretrained image model (see the module docstring); the tubelet
-  # kernel inflation is model.tokenizer.temporal_encoding_config's
-  # central_frame_initializer.
-  config.init_from.checkpoint_format = 'big_vision'
-  config.init_from.positional_embed_size_change = 'resize_tile'
-  config.init_from.init_missing_from_scratch = loc is not None
 
-  if arg.runlocal:
-    config.model = common.model_config(
-        'mu/8', 'video', num_tokens=4, tokenlearner_loc=None if loc is None
-        else 1, use_v11=arg.use_v11, use_tokenfuse=arg.use_tokenfuse,
-        classifier='token', kernel_init_method='central_frame_initializer',
-        dropout_rate=0.0, attention_dropout_rate=0.0)
-    config.dataset_configs.num_frames = 4
-    config.dataset_configs.crop_size = 32
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.dataset_configs.test_batch_size = 2
-    config.num_training_steps = 2
-    config.log_summary_steps = 1
-    config.log_eval_steps = 2
-    config.checkpoint_steps = 2
-    config.dataset_configs.min_resize = 36
-    config.dataset_configs.stride = 1
-    config.dataset_configs.tables = dict(
-        train='train.tfrecord@1', validation='validation@1', test='test@1')
-    config.dataset_configs.examples_per_subset = dict(train=8, validation=4,
-                                                      test=4)
-  return config
+
+def _runlocal(config: ml_collections.ConfigDict,
+              arg: ml_collections.ConfigDict) -> None:
+  """A 'mu/8' model on 4x32x32 clips for a CPU smoke run."""
+  loc = arg.tokenlearner_loc
+  config.model = _model(arg, 'mu/8', None if loc is None else 1)
+  config.model.tokenizer.num_tokens = 4
+  dc = config.dataset_configs
+  dc.num_frames, dc.crop_size, dc.min_resize, dc.stride = 4, 32, 36, 1
+  dc.test_batch_size = 2
+  dc.tables = dict(train='train.tfrecord@1', validation='validation@1',
+                   test='test@1')
+  dc.examples_per_subset = dict(train=8, validation=4, test=4)
+  config.batch_size = 4
+  config.eval_batch_size = 4
+  config.num_training_steps = 2
+  config.log_summary_steps = 1
+  config.log_eval_steps = 2
+  config.checkpoint_steps = 2
