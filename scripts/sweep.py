@@ -1,12 +1,25 @@
 """Runs a grid of `--config.x=y` overrides, one workdir each, and tables them.
 
 Each point of the grid is one `python -m tokenlearner_jax.train` run in
-`WORKDIR/<point>` (its log in `WORKDIR/<point>/train.log`). Finished runs
-(with a `final_metrics.json`) are skipped, and an interrupted run resumes from
-its last checkpoint, so re-running the same command after an interruption
-finishes only what is missing. At the end every `final_metrics.json` (with its
-`gmacs_per_example`) is collected into `WORKDIR/results.csv` and
-`WORKDIR/results.md`; `--group_over=rng_seed` adds mean +- std over seeds.
+`WORKDIR/<point>` (its log in `WORKDIR/<point>/train.log`). Before a run
+starts, the config it runs with (the config file with its `--config.x=y`
+overrides, resolved as the trainer's `--config` flag resolves them) is written
+to `WORKDIR/<point>/sweep_point.json`. Finished runs (with a
+`final_metrics.json`) whose recorded config is the one requested now are
+skipped, and an interrupted one resumes from its last checkpoint, so re-running
+the same command after an interruption finishes only what is missing.
+
+A point whose recorded config differs from the requested one (a changed
+`--set` or grid value, an edited config file), or that has no record, is
+stale: its workdir is moved to `WORKDIR/stale/<point>.<n>` (kept, never
+tabled) and the point is rerun from scratch, so the tables only ever hold
+results of the config asked for. The keys that differ are printed. A key the
+recorded config lacks whose requested value is its default in
+`tokenlearner_jax.configs.schema` (a default added since) is no difference.
+
+At the end every `final_metrics.json` (with its `gmacs_per_example`) is
+collected into `WORKDIR/results.csv` and `WORKDIR/results.md`;
+`--group_over=rng_seed` adds mean +- std over seeds.
 
   python scripts/sweep.py --config=configs/demo_moving_digits.py \\
       --workdir=/tmp/sweep --grid=model.tokenizer.tokenlearner_loc=0,1,2,3 \\
@@ -27,12 +40,18 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from absl import flags
+from ml_collections import config_flags
 
 from tokenlearner_jax.configs import common
+from tokenlearner_jax.configs import schema
 
 Point = Dict[str, str]
+Record = Dict[str, Any]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD = 'sweep_point.json'
 
 
 def parse_grid(items: Sequence[str]) -> List[Tuple[str, List[str]]]:
@@ -81,8 +100,119 @@ def finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, 'final_metrics.json'))
 
 
-def run_all(jobs: List[Tuple[str, List[str]]], parallel: int) -> Dict[str, int]:
-  """Runs `(workdir, command)` jobs, `parallel` at a time; returns exit codes."""
+def resolved_config(config: str, overrides: Sequence[str]) -> Dict[str, Any]:
+  """The config the trainer runs with, as JSON: `config` (a `--config` value,
+  relative paths from the repository root, the trainer's working directory)
+  with `overrides` (`--config.x=y` flags) applied by the same config flag."""
+  path, sep, arg = config.partition(':')
+  config = os.path.join(ROOT, path) + sep + arg
+  argv = ['train', f'--config={config}', *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return json.loads(flag_values.config.to_json_best_effort(sort_keys=True))
+
+
+def point_record(command: Sequence[str]) -> Record:
+  """What `RECORD` holds for a train `command`: its `--config` and overrides,
+  and the config they resolve to (None, with the error, where they do not
+  resolve: the run then fails and says why)."""
+  config = next(a for a in command if a.startswith('--config='))
+  overrides = [a for a in command if a.startswith('--config.')]
+  record: Record = dict(config=config.split('=', 1)[1], overrides=overrides)
+  try:
+    record['resolved'] = resolved_config(record['config'], overrides)
+  except Exception as e:  # pylint: disable=broad-except
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    record.update(resolved=None, error=lines[0])
+  return record
+
+
+def read_record(workdir: str) -> Optional[Record]:
+  path = os.path.join(workdir, RECORD)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _flat(tree: Any, prefix: str = '') -> Dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1} (an empty dict is a value)."""
+  if not isinstance(tree, dict) or not tree:
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flat(value, f'{prefix}.{key}' if prefix else key))
+  return flat
+
+
+def _schema_default(key: str) -> Any:
+  entry = schema.TABLE.get(key)
+  return schema.NO_DEFAULT if entry is None else entry.default
+
+
+def differences(recorded: Optional[Record], requested: Record) -> List[str]:
+  """Why a run recorded as `recorded` is not the run `requested` ([]: it is).
+
+  One 'key: old -> new' per differing config key; a key missing from the
+  recorded config is no difference when the requested value is its schema
+  default. Configs that do not resolve are compared by their overrides.
+  """
+  if recorded is None:
+    return [f'no {RECORD}: the config it ran with is unknown']
+  if recorded.get('resolved') is None or requested['resolved'] is None:
+    if (recorded.get('config'), recorded.get('overrides')) == (
+        requested['config'], requested['overrides']):
+      return []
+    return [f'overrides {recorded.get("overrides")} -> '
+            f'{requested["overrides"]}']
+  old, new = _flat(recorded['resolved']), _flat(requested['resolved'])
+  missing = object()
+  show = lambda value: '(unset)' if value is missing else repr(value)
+  diffs = []
+  for key in sorted(set(old) | set(new)):
+    before, after = old.get(key, missing), new.get(key, missing)
+    if before == after or (before is missing and
+                           after == _schema_default(key)):
+      continue
+    diffs.append(f'{key}: {show(before)} -> {show(after)}')
+  return diffs
+
+
+def move_stale(root: str, workdir: str) -> str:
+  """Moves `workdir` to `root/stale/<name>.<n>` (the first free n)."""
+  stale = os.path.join(root, 'stale')
+  os.makedirs(stale, exist_ok=True)
+  n = 1
+  while os.path.exists(os.path.join(stale, f'{os.path.basename(workdir)}.{n}')):
+    n += 1
+  target = os.path.join(stale, f'{os.path.basename(workdir)}.{n}')
+  os.rename(workdir, target)
+  return target
+
+
+def set_aside_stale(root: str, jobs: List[Tuple[str, List[str]]],
+                    records: Dict[str, Record]) -> None:
+  """Moves the workdir of each job that was run with another config than
+  `records[workdir]` (or has no record) out of the way, saying why."""
+  for workdir, _ in jobs:
+    if not os.path.isdir(workdir) or not os.listdir(workdir):
+      continue
+    diffs = differences(read_record(workdir), records[workdir])
+    if diffs:
+      target = move_stale(root, workdir)
+      print(f'stale: {os.path.basename(workdir)} ran with another config '
+            f'({"; ".join(diffs)}); moved to {target}, rerunning.',
+            flush=True)
+
+
+def run_all(jobs: List[Tuple[str, List[str]]], parallel: int,
+            records: Dict[str, Record]) -> Dict[str, int]:
+  """Runs `(workdir, command)` jobs, `parallel` at a time; returns exit codes.
+
+  Each run's `records[workdir]` is written to its `RECORD` before it starts.
+  """
   waiting = [job for job in jobs if not finished(job[0])]
   print(f'{len(jobs) - len(waiting)} of {len(jobs)} runs already finished; '
         f'running {len(waiting)}, {parallel} at a time.', flush=True)
@@ -92,6 +222,8 @@ def run_all(jobs: List[Tuple[str, List[str]]], parallel: int) -> Dict[str, int]:
     while waiting and len(running) < parallel:
       workdir, command = waiting.pop(0)
       os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, RECORD), 'w') as f:
+        json.dump(records[workdir], f, indent=1, sort_keys=True)
       log = open(os.path.join(workdir, 'train.log'), 'a')
       print(f'start {os.path.basename(workdir)}', flush=True)
       running[workdir] = (subprocess.Popen(command, stdout=log,
@@ -111,17 +243,22 @@ def run_all(jobs: List[Tuple[str, List[str]]], parallel: int) -> Dict[str, int]:
   return codes
 
 
-def collect(root: str, points: List[Point],
-            codes: Dict[str, int]) -> List[Dict[str, Any]]:
+def collect(root: str, points: List[Point], codes: Dict[str, int],
+            records: Dict[str, Record]) -> List[Dict[str, Any]]:
   """One row per point: its overrides and its final metrics (or a status).
 
-  `codes`: exit codes of this invocation's runs, by workdir.
+  `codes`: exit codes of this invocation's runs, by workdir; `records`: the
+  config each point asks for, by workdir. A finished run of another config
+  is 'stale', without its metrics.
   """
   rows = []
   for point in points:
     workdir = os.path.join(root, run_name(point))
     row: Dict[str, Any] = dict(run=run_name(point), **point)
-    if finished(workdir):
+    if finished(workdir) and differences(read_record(workdir),
+                                         records[workdir]):
+      row['status'] = 'stale'
+    elif finished(workdir):
       with open(os.path.join(workdir, 'final_metrics.json')) as f:
         row.update(json.load(f))
       row['status'] = 'done'
@@ -195,8 +332,10 @@ def main(argv=None) -> int:
   jobs = [(os.path.join(root, run_name(p)),
            train_command(args.config, os.path.join(root, run_name(p)), p,
                          args.set)) for p in points]
-  codes = run_all(jobs, max(args.parallel, 1))
-  rows = collect(root, points, codes)
+  records = {workdir: point_record(command) for workdir, command in jobs}
+  set_aside_stale(root, jobs, records)
+  codes = run_all(jobs, max(args.parallel, 1), records)
+  rows = collect(root, points, codes, records)
   keys = list(dict.fromkeys(k for p in points for k in p))
   columns = list(dict.fromkeys(['run', *keys, 'status'] +
                                [k for r in rows for k in r]))
@@ -214,7 +353,8 @@ def main(argv=None) -> int:
     f.write(table + '\n')
   print(table)
   failed = [w for w, code in codes.items() if code != 0]
-  return 1 if failed else 0
+  stale = [row['run'] for row in rows if row['status'] == 'stale']
+  return 1 if failed or stale else 0
 
 
 if __name__ == '__main__':
