@@ -160,8 +160,9 @@ class VivitLayoutTest(parameterized.TestCase):
   def test_typo_in_the_vivit_layout_is_named(self):
     config = vivit_layout()
     config.model.patches.sizes = (4, 4, 2)
-    with self.assertRaisesRegex(ValueError, r'did you mean '
-                                r'model\.tokenizer\.patches\.size\?'):
+    with self.assertRaisesRegex(ValueError, r'model\.patches\.sizes is not '
+                                r'a model setting; did you mean '
+                                r'model\.patches\.size\?'):
       ModelConfig.from_config(config, NUM_CLASSES)
 
   def test_classifier_0_reads_the_first_patch_token(self):

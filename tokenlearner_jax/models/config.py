@@ -239,8 +239,10 @@ class ModelConfig:
     """Reads and checks `config.model` (and `model_dtype_str`)."""
     if 'model' not in config:
       raise ValueError('config.model is missing.')
-    model = _tokenizer_layout(config.model, config.get('model_name'))
-    _check_known_keys(model)
+    model = config.model.to_dict()
+    vivit = 'tokenizer' not in model
+    _check_known_keys(model, known=_known_keys(vivit))  # As the user wrote it.
+    model = _tokenizer_layout(model, config.get('model_name'))
     values: Dict[str, Any] = {'num_classes': num_classes}
     for f in dataclasses.fields(cls)[1:]:
       found, value = _lookup(config, model, f.metadata['key'])
@@ -267,15 +269,14 @@ def _config_key(f: dataclasses.Field) -> str:
   return key[1:] if key.startswith('/') else f'model.{key}'
 
 
-def _tokenizer_layout(model: ml_collections.ConfigDict,
+def _tokenizer_layout(model: Dict[str, Any],
                       model_name: Optional[str]) -> Dict[str, Any]:
-  """`config.model` as a dict in TokenLearner's layout.
+  """`config.model` (a dict) in TokenLearner's layout.
 
   The reference ViViT's layout (`model_name` one of `VIVIT_MODEL_NAMES`, no
   `model.tokenizer`) keeps `patches` and `temporal_encoding_config` at the
   top: they move under a `tokenizer` of type 'video' with no TokenLearner.
   """
-  model = model.to_dict() if hasattr(model, 'to_dict') else dict(model)
   if 'tokenizer' in model:
     return model
   if model_name not in VIVIT_MODEL_NAMES:
@@ -320,13 +321,18 @@ def _convert(name: str, value: Any) -> Any:
 _ENCODER_SIZE_KEYS = tuple(f.name for f in dataclasses.fields(EncoderSize))
 
 
-def _known_keys() -> Tuple[str, ...]:
-  """Every key (and parent key) under `config.model` that a field reads."""
+def _known_keys(vivit: bool = False) -> Tuple[str, ...]:
+  """Every key (and parent key) under `config.model` that a field reads; with
+  `vivit`, as the reference ViViT's layout spells them (no `tokenizer`)."""
   keys = set()
   for f in dataclasses.fields(ModelConfig):
     key = f.metadata['key']
     if not key or key.startswith('/'):
       continue
+    if vivit and key.startswith('tokenizer.'):
+      key = key[len('tokenizer.'):]
+      if key.split('.')[0] not in VIVIT_KEYS:
+        continue
     parts = key.split('.')
     keys |= {'.'.join(parts[:i]) for i in range(1, len(parts) + 1)}
   return tuple(sorted(keys))
