@@ -2,7 +2,9 @@
 data."""
 
 import glob
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -399,6 +401,109 @@ class NonFiniteTest(absltest.TestCase):
                                    opt_state, params)
     np.testing.assert_array_equal(updates['w'], 0)
     self.assertEqual(int(opt_state.total_notfinite), 1)
+
+
+class ConfigCountsTest(absltest.TestCase):
+
+  def test_a_count_not_above_zero_stops_before_anything_runs(self):
+    workdir = self.create_tempdir().full_path
+    for key, value in (('num_training_steps', -5), ('num_training_steps', 0),
+                       ('batch_size', 0), ('eval_batch_size', -1),
+                       ('log_summary_steps', 0), ('log_eval_steps', -1),
+                       ('checkpoint_steps', 0)):
+      with self.assertRaisesRegex(
+          ValueError, rf'^config\.{key}={value}: must be a number > 0\.$'):
+        train.train_and_evaluate(demo_config(**{key: value}), workdir)
+    self.assertEqual(os.listdir(workdir), [])  # Not even the lock.
+
+
+class StaleLockTest(absltest.TestCase):
+
+  def test_the_lock_of_a_dead_trainer_is_taken_over_and_released(self):
+    workdir = self.create_tempdir().full_path
+    lock = os.path.join(workdir, checkpoint.LOCK_FILE)
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    with open(lock, 'w') as f:
+      json.dump({'host': socket.gethostname(), 'pid': dead.pid,
+                 'started': '2026-11-01T00:00:00+00:00'}, f)
+    with self.assertLogs(level='WARNING') as logs:
+      final = train.train_and_evaluate(demo_config(), workdir)
+    self.assertEqual(final['step'], 2)
+    self.assertTrue(any(
+        'Taking over the stale lock' in line and
+        f'its process (pid {dead.pid}) is dead' in line
+        for line in logs.output), logs.output)
+    self.assertFalse(os.path.exists(lock))
+
+
+@pytest.mark.processes
+class ExitPathsTest(absltest.TestCase):
+  """What a trainer process leaves when it stops, and the workdir lock."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    tfds.builder('moving_digits/small',
+                 data_dir=DATA_DIR).download_and_prepare()
+
+  def test_a_non_finite_stop_leaves_the_checkpoint_it_names_committed(self):
+    workdir = self.create_tempdir().full_path
+    result = subprocess.run(train_command(
+        workdir, '--config.num_training_steps=10',
+        '--config.checkpoint_steps=1', '--config.lr_configs.factors=constant',
+        '--config.lr_configs.base_learning_rate=1e6'), cwd=ROOT,
+                            env=train_env(), capture_output=True, text=True,
+                            check=False)
+    self.assertNotEqual(result.returncode, 0)
+    named = re.search(r'Non-finite train \w+ \(nan\) at step (\d+); stopped '
+                      r'with the last good checkpoint at step (\d+)',
+                      result.stderr)
+    self.assertIsNotNone(named, result.stderr[-3000:])
+    bad, good = int(named.group(1)), int(named.group(2))
+    self.assertEqual(good, bad - 1)
+    # Written before the process exited: committed, nothing half-written.
+    self.assertEqual(committed_steps(workdir)[-1], good)
+    self.assertEqual(steps_being_written(workdir), [])
+    self.assertNotIn('cannot schedule new futures', result.stderr)
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 checkpoint.LOCK_FILE)))
+
+  def test_a_second_trainer_on_a_workdir_is_refused_naming_the_first(self):
+    workdir = self.create_tempdir().full_path
+    log = os.path.join(self.create_tempdir().full_path, 'stderr')
+    with open(log, 'w') as stderr:
+      first = subprocess.Popen(
+          train_command(workdir, '--config.num_training_steps=1000000',
+                        '--config.checkpoint_steps=1000000',
+                        '--config.log_eval_steps=1000000'),
+          cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+      deadline = time.time() + 300
+      while not read_jsonl(workdir) and time.time() < deadline:
+        self.assertIsNone(first.poll())
+        time.sleep(0.1)
+      with open(os.path.join(workdir, checkpoint.LOCK_FILE)) as f:
+        self.assertEqual(json.load(f)['pid'], first.pid)
+      second = subprocess.run(train_command(workdir), cwd=ROOT,
+                              env=train_env(), capture_output=True, text=True,
+                              timeout=300, check=False)
+      self.assertEqual(second.returncode, 1)
+      last = second.stderr.strip().splitlines()[-1]
+      self.assertRegex(last, rf'^Error: .* is in use by another trainer '
+                       rf'\(host {re.escape(socket.gethostname())}, pid '
+                       rf'{first.pid}, ')
+      self.assertNotIn('Traceback', second.stderr)
+      self.assertNotIn('Training', second.stderr)  # It stopped before.
+      self.assertIsNone(first.poll())  # The first runs on.
+      first.send_signal(signal.SIGTERM)
+      first.wait(timeout=120)
+    finally:
+      first.kill()
+    with open(log) as f:
+      self.assertEqual(first.returncode, 0, f.read()[-3000:])
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 checkpoint.LOCK_FILE)))
 
 
 def slurm_job_id() -> int:

@@ -22,11 +22,18 @@ peers by itself (`runtime.in_cluster`); elsewhere pass
 process. SIGTERM (a preemption notice) saves a checkpoint at the current step
 and exits 0; the same command resumes there, with the input stream at the same
 position.
+
+Every way out of a run (its end, SIGTERM, a non-finite loss, any error) waits
+for the checkpoint writes in flight to be committed. Process 0 holds
+`WORKDIR/train.lock` (`checkpoint.WorkdirLock`) while it runs: a second
+trainer on the same workdir exits at once with one line naming the holder.
 """
 
+import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -165,11 +172,13 @@ class StepMetrics:
     self.unchecked.append((step, {k: step_metrics[k] for k in self.watch}))
 
   def check_finite(self, manager: ocp.CheckpointManager) -> None:
-    """Raises naming the first step with a non-finite watched metric."""
+    """Raises naming the first step with a non-finite watched metric, and
+    the latest checkpoint, once its write is committed."""
     for step, values in self.unchecked:
       for name, value in values.items():
         value = float(value)
         if not np.isfinite(value):
+          manager.wait_until_finished()  # The step named below is on disk.
           raise FloatingPointError(
               f'Non-finite train {name} ({value}) at step {step}; stopped '
               f'with the last good checkpoint at step {manager.latest_step()} '
@@ -216,9 +225,13 @@ def log_start(config, state, data, recorder: Recorder, total_steps: int,
 
 
 def log_summary(step: int, total_steps: int, metrics: StepMetrics,
-                rates: _Rates, config, recorder: Recorder) -> None:
+                rates: _Rates, config, recorder: Recorder,
+                lock: Optional[checkpoint.WorkdirLock]) -> None:
   """The train summary of the steps since the last one, with the rate that
-  `ReportProgress` measured over them (it logs the ETA)."""
+  `ReportProgress` measured over them (it logs the ETA); refreshes the
+  workdir lock's heartbeat."""
+  if lock is not None:
+    lock.beat()
   summary = metrics.summary()
   summary['steps_per_sec'] = rates.latest['steps_per_sec']
   summary['examples_per_sec'] = summary['steps_per_sec'] * config.batch_size
@@ -231,7 +244,7 @@ def log_summary(step: int, total_steps: int, metrics: StepMetrics,
 def save_on_preemption(manager: ocp.CheckpointManager, step: int, state,
                        recorder: Recorder) -> None:
   checkpoint.save(manager, step, state, force=True)
-  manager.close()  # Waits for the write to be committed.
+  manager.wait_until_finished()  # The write is committed.
   recorder.writer.flush()
   logging.warning('Preempted: saved the checkpoint of step %d; the same '
                   'command resumes from it.', step)
@@ -240,7 +253,7 @@ def save_on_preemption(manager: ocp.CheckpointManager, step: int, state,
 def finish(workdir: str, state, eval_results: Metrics, gmacs: float,
            manager: ocp.CheckpointManager, recorder: Recorder) -> Metrics:
   """Waits for the last checkpoint; writes `final_metrics.json`."""
-  manager.close()  # Waits for the last write to be committed.
+  manager.wait_until_finished()  # The last write is committed.
   recorder.writer.flush()
   final = {'step': int(state.step), **eval_results, 'gmacs_per_example': gmacs}
   if recorder.is_main:
@@ -249,13 +262,37 @@ def finish(workdir: str, state, eval_results: Metrics, gmacs: float,
   return final
 
 
+def hold_workdir(workdir: str, config: ml_collections.ConfigDict
+                 ) -> contextlib.AbstractContextManager:
+  """Process 0's `checkpoint.WorkdirLock` on `workdir`; nothing on the
+  others."""
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return checkpoint.WorkdirLock(workdir, config.workdir_lock_stale_seconds)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Optional[Metrics]:
   """Trains, evaluates, checkpoints; returns the final eval metrics.
 
-  Returns None when stopped by SIGTERM (after saving a checkpoint).
+  Returns None when stopped by SIGTERM (after saving a checkpoint). Every
+  exit, an error's too, waits for the checkpoint writes in flight.
+
+  Raises:
+    ValueError: for a config the trainer would not honour, before anything
+      is read or compiled (`schema.check_config`).
+    checkpoint.WorkdirLockedError: naming the trainer that holds `workdir`.
   """
   config = schema.complete(config)
+  with contextlib.ExitStack() as stack:
+    return _train_and_evaluate(config, workdir, stack)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stack: contextlib.ExitStack) -> Optional[Metrics]:
+  """`train_and_evaluate` of a completed config; `stack` closes the workdir
+  lock and the checkpoint manager on the way out."""
+  lock = stack.enter_context(hold_workdir(workdir, config))
   # The loss and metrics of `config.model_name`'s head (module docstring).
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
@@ -264,6 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config, start_step=checkpoint.latest_step(workdir) or 0)
   set_intervals(config, data.num_train_examples)
   manager = checkpoint.make_manager(workdir, config)
+  stack.callback(manager.close)  # Waits for the checkpoint writes in flight.
   model = build_model(config, data.num_classes)
   total_steps = num_train_steps(config, data.num_train_examples)
   tx, schedule = optim.make_optimizer(config, total_steps)
@@ -303,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if preempted or manager.should_save(step) or summarize:
       metrics.check_finite(manager)  # Never save a non-finite state.
     if summarize:
-      log_summary(step, total_steps, metrics, rates, config, recorder)
+      log_summary(step, total_steps, metrics, rates, config, recorder, lock)
     if preempted:
       save_on_preemption(manager, step, state, recorder)
       return None
@@ -327,7 +365,10 @@ def main(argv) -> None:
   if jax.process_count() == 1:
     signal.signal(signal.SIGTERM, lambda *_: PREEMPTION_NOTICE.set())
   os.makedirs(workdir, exist_ok=True)
-  train_and_evaluate(flags.FLAGS.config, workdir)
+  try:
+    train_and_evaluate(flags.FLAGS.config, workdir)
+  except checkpoint.WorkdirLockedError as e:  # One line, no traceback.
+    sys.exit(f'Error: {e}')
 
 
 if __name__ == '__main__':

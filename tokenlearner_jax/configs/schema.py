@@ -10,7 +10,9 @@ its keys are checked there (an unknown one names the closest known one).
 `check_config(config)` walks the whole config (nested ConfigDicts and dicts;
 a key whose value is free-form, such as `dataset_configs.tables`, is a leaf)
 and raises a `ValueError` for a key the table does not know, naming the
-closest known key, or for a value a no-op or unsupported key does not accept.
+closest known key, for a value a no-op or unsupported key does not accept, or
+for a count (`batch_size`, `num_training_steps`, `checkpoint_steps`, ...) that
+is set but not > 0.
 The entry points (`train`, `evaluate`, `visualize`, `summary`) call it before
 any data is read or anything compiles. docs/config_keys.md renders the table,
 with `config.model`'s keys from `ModelConfig` (`model_keys`), as
@@ -19,6 +21,7 @@ with `config.model`'s keys from `ModelConfig` (`model_keys`), as
 
 import dataclasses
 import difflib
+import numbers
 import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -59,6 +62,8 @@ class ConfigKey:
       ViViT Kinetics configs) sets it.
     default: What `complete` sets where a config has no value (the key is
       read with attribute access then); `NO_DEFAULT`: none.
+    positive: A count or length: a set value must be a number > 0 (None, an
+      unset placeholder, is accepted).
   """
   key: str
   status: str
@@ -69,6 +74,7 @@ class ConfigKey:
   section: bool = False
   reference: bool = False
   default: Any = NO_DEFAULT
+  positive: bool = False
 
 
 def _implemented(key: str, module: str, description: str,
@@ -100,21 +106,28 @@ KEYS: Tuple[ConfigKey, ...] = (
                                          'vivit_trainer'), **_REF),
     _implemented('rng_seed', 'train_steps', 'Seeds initialisation, dropout '
                  'and the input order.', **_REF),
-    _implemented('batch_size', 'train', 'Global train batch size.', **_REF),
+    _implemented('batch_size', 'train', 'Global train batch size.',
+                 positive=True, **_REF),
     _implemented('eval_batch_size', 'data.input_pipeline',
-                 'Global eval batch size.', default=SameAs('batch_size')),
+                 'Global eval batch size.', default=SameAs('batch_size'),
+                 positive=True),
     _implemented('num_training_steps', 'train',
-                 'Run length in steps (wins over num_training_epochs).'),
+                 'Run length in steps (wins over num_training_epochs).',
+                 positive=True),
     _implemented('num_training_epochs', 'train',
                  'Run length in epochs of the train split.', **_REF),
     _implemented('log_summary_steps', 'train',
-                 'Steps between train summaries.', **_REF),
+                 'Steps between train summaries.', positive=True, **_REF),
     _implemented('log_eval_steps', 'train', 'Steps between evaluations.',
-                 **_REF),
+                 positive=True, **_REF),
     _implemented('checkpoint_steps', 'checkpoint',
-                 'Steps between checkpoints.', **_REF),
+                 'Steps between checkpoints.', positive=True, **_REF),
     _implemented('max_checkpoints_to_keep', 'checkpoint',
                  'Checkpoints kept.', default=3),
+    _implemented('workdir_lock_stale_seconds', 'train', 'A workdir lock '
+                 'whose heartbeat is older is taken over, as is one whose '
+                 'process on this host is dead (default 600).', default=600,
+                 positive=True),
     _no_op('checkpoint', 'the trainer always checkpoints, every '
            '`checkpoint_steps`', 'Whether to checkpoint.', accepts=(True,),
            **_REF),
@@ -444,6 +457,11 @@ def _unknown(path: str) -> ValueError:
 
 
 def _check_value(entry: ConfigKey, value: Any) -> None:
+  if entry.positive and value is not None and (
+      isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not value > 0):
+    raise ValueError(f'config.{entry.key}={_plain(value)!r}: must be a number '
+                     '> 0.')
   if entry.accepts is None or value is None:
     return
   if _plain(value) not in entry.accepts:
