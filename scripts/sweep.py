@@ -180,9 +180,9 @@ def differences(recorded: Optional[Record], requested: Record) -> List[str]:
   return diffs
 
 
-def move_stale(root: str, workdir: str) -> str:
-  """Moves `workdir` to `root/stale/<name>.<n>` (the first free n)."""
-  stale = os.path.join(root, 'stale')
+def move_stale(workdir: str) -> str:
+  """Moves `workdir` to `<its parent>/stale/<name>.<n>` (the first free n)."""
+  stale = os.path.join(os.path.dirname(workdir), 'stale')
   os.makedirs(stale, exist_ok=True)
   n = 1
   while os.path.exists(os.path.join(stale, f'{os.path.basename(workdir)}.{n}')):
@@ -192,7 +192,7 @@ def move_stale(root: str, workdir: str) -> str:
   return target
 
 
-def set_aside_stale(root: str, jobs: List[Tuple[str, List[str]]],
+def set_aside_stale(jobs: List[Tuple[str, List[str]]],
                     records: Dict[str, Record]) -> None:
   """Moves the workdir of each job that was run with another config than
   `records[workdir]` (or has no record) out of the way, saying why."""
@@ -201,18 +201,25 @@ def set_aside_stale(root: str, jobs: List[Tuple[str, List[str]]],
       continue
     diffs = differences(read_record(workdir), records[workdir])
     if diffs:
-      target = move_stale(root, workdir)
+      target = move_stale(workdir)
       print(f'stale: {os.path.basename(workdir)} ran with another config '
             f'({"; ".join(diffs)}); moved to {target}, rerunning.',
             flush=True)
 
 
 def run_all(jobs: List[Tuple[str, List[str]]], parallel: int,
-            records: Dict[str, Record]) -> Dict[str, int]:
+            records: Optional[Dict[str, Record]] = None) -> Dict[str, int]:
   """Runs `(workdir, command)` jobs, `parallel` at a time; returns exit codes.
 
-  Each run's `records[workdir]` is written to its `RECORD` before it starts.
+  `records`: the config each job runs with, by workdir (default: each
+  command's `point_record`). A workdir holding a run of another config (or
+  one without a record) is moved aside first (`set_aside_stale`); a finished
+  run of the same config is skipped. Each run's record is written to its
+  `RECORD` before it starts.
   """
+  if records is None:
+    records = {workdir: point_record(command) for workdir, command in jobs}
+  set_aside_stale(jobs, records)
   waiting = [job for job in jobs if not finished(job[0])]
   print(f'{len(jobs) - len(waiting)} of {len(jobs)} runs already finished; '
         f'running {len(waiting)}, {parallel} at a time.', flush=True)
@@ -333,7 +340,6 @@ def main(argv=None) -> int:
            train_command(args.config, os.path.join(root, run_name(p)), p,
                          args.set)) for p in points]
   records = {workdir: point_record(command) for workdir, command in jobs}
-  set_aside_stale(root, jobs, records)
   codes = run_all(jobs, max(args.parallel, 1), records)
   rows = collect(root, points, codes, records)
   keys = list(dict.fromkeys(k for p in points for k in p))

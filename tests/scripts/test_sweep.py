@@ -107,7 +107,7 @@ class StaleTest(absltest.TestCase):
     self.assertEqual(row['status'], 'stale')
     self.assertNotIn('loss', row)
     # The sweep moves it aside (kept) before running the point again.
-    sweep.set_aside_stale(root, [(workdir, [])], requested)
+    sweep.set_aside_stale([(workdir, [])], requested)
     self.assertFalse(os.path.exists(workdir))
     moved = os.path.join(root, 'stale', 'rng_seed=0.1')
     self.assertEqual(final_metrics(moved), dict(step=4, loss=7.5))
