@@ -10,16 +10,20 @@ videos `num_test_clips` clips x 3 spatial crops (`do_three_spatial_crops`) per
 video with the logits averaged per video, each video counted exactly once; for
 images one view -- and writes `WORKDIR/eval_<split>.json`. Only the eval side
 of the data pipeline is built (the number of classes, the input shape and the
-test split): the train split need not exist.
+test split): the train split need not exist. A `--workdir` that does not exist
+(a mistyped path) stops it at once with one line naming it, and nothing is
+created.
 """
 
 import json
 import os
+import sys
 from typing import Dict, Optional
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 from ml_collections import config_flags
@@ -44,6 +48,18 @@ def define_flags() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 
 
+class WorkdirNotFoundError(FileNotFoundError):
+  """`--workdir` is not a directory."""
+
+
+def require_workdir(workdir: str) -> None:
+  """Raises `WorkdirNotFoundError` naming `workdir` unless it is a directory
+  (local or remote); nothing is created."""
+  if not epath.Path(workdir).is_dir():
+    raise WorkdirNotFoundError(f'--workdir={workdir} does not exist (no run '
+                               'to evaluate there).')
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: Optional[str] = None,
                         step: Optional[int] = None) -> Dict[str, float]:
@@ -53,6 +69,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   mesh gives them (no optimizer is built). `config.model_name` picks the
   metrics (`metrics.is_multilabel`: mAP for the multi-label head).
   """
+  require_workdir(workdir)
   config = schema.complete(config)
   split = split or config.dataset_configs.get('test_split') or 'test'
   multilabel = metrics_lib.is_multilabel(config.model_name)
@@ -88,8 +105,11 @@ def main(argv) -> None:
   runtime.initialize_runtime()
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required.')
-  evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir,
-                      flags.FLAGS.split, flags.FLAGS.step)
+  try:
+    evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir,
+                        flags.FLAGS.split, flags.FLAGS.step)
+  except WorkdirNotFoundError as e:  # One line, no traceback.
+    sys.exit(f'Error: {e}')
 
 
 if __name__ == '__main__':

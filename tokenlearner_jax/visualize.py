@@ -15,15 +15,19 @@ of the eval split, writes under WORKDIR/visualizations/:
   * index.json: per clip, its files, label and the model's prediction.
 Images (ViT) are clips of one frame. `--tokenlearner` picks which
 TokenLearner of a TokenFuser model (one per later layer) to show. Only the
-eval side of the data pipeline is built: the train split need not exist.
+eval side of the data pipeline is built: the train split need not exist. A
+`--workdir` that does not exist (a mistyped path) stops it at once with one
+line naming it, and nothing is created.
 """
 
 import json
 import os
+import sys
 from typing import Dict, List
 
 from absl import app
 from absl import flags
+from etils import epath
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -118,9 +122,22 @@ def save_clip(columns: List[np.ndarray], path_png: str, path_gif: str) -> None:
                  duration=250, loop=0)
 
 
+class WorkdirNotFoundError(FileNotFoundError):
+  """`--workdir` is not a directory."""
+
+
+def require_workdir(workdir: str) -> None:
+  """Raises `WorkdirNotFoundError` naming `workdir` unless it is a directory
+  (local or remote); nothing is created."""
+  if not epath.Path(workdir).is_dir():
+    raise WorkdirNotFoundError(f'--workdir={workdir} does not exist (no run '
+                               'to visualise there).')
+
+
 def visualize(config: ml_collections.ConfigDict, workdir: str,
               num_clips: int = 4, tokenlearner: int = 0) -> List[Dict]:
   """Renders `num_clips` eval examples; returns the entries of index.json."""
+  require_workdir(workdir)
   config = schema.complete(config)
   model_config = ModelConfig.from_config(config, num_classes=1)
   if (not model_config.tokenlearner_on or
@@ -159,8 +176,11 @@ def main(argv) -> None:
   runtime.initialize_runtime()
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required.')
-  entries = visualize(flags.FLAGS.config, flags.FLAGS.workdir,
-                      flags.FLAGS.num_clips, flags.FLAGS.tokenlearner)
+  try:
+    entries = visualize(flags.FLAGS.config, flags.FLAGS.workdir,
+                        flags.FLAGS.num_clips, flags.FLAGS.tokenlearner)
+  except WorkdirNotFoundError as e:  # One line, no traceback.
+    sys.exit(f'Error: {e}')
   print(f'Wrote {len(entries)} clips to '
         f'{os.path.join(flags.FLAGS.workdir, "visualizations")}.')
 

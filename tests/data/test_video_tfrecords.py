@@ -2,13 +2,18 @@
 
 import json
 import os
+import subprocess
+import sys
 
+from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
+from tests.testing import ROOT
 from tests.testing import config_for
 from tests.testing import jpeg
 from tests.testing import video_example
@@ -16,6 +21,7 @@ from tests.testing import write_records
 from tests.testing import write_video_tfrecords
 from tokenlearner_jax import evaluate
 from tokenlearner_jax import train
+from tokenlearner_jax import visualize
 from tokenlearner_jax.data import video_tfrecords
 
 HEIGHT, WIDTH = 24, 40
@@ -206,6 +212,55 @@ class VideoTfrecordsTest(parameterized.TestCase):
     batches = list(self.data(skip_corrupt_examples=True).eval_batches())
     self.assertEqual(sum(b['batch_mask'].sum() for b in batches), 2)
 
+  def test_files_without_a_readable_example_are_named_in_one_line(self):
+    for name in ('train-00000-of-00002', 'train-00001-of-00002',
+                 'validation-00000-of-00001'):
+      with open(os.path.join(self.base_dir, name), 'wb') as f:
+        f.write(b'not a TFRecord file' * 10)
+    data = self.data(skip_corrupt_examples=True)
+    with self.assertRaisesRegex(
+        ValueError, r'^no readable example in \S*/validation-00000-of-00001 '
+        r'\(dataset_configs.skip_corrupt_examples=True skipped every '
+        r'record\).$'):
+      list(data.eval_batches())
+    with self.assertRaisesRegex(
+        ValueError, r'^no readable example in \S*/train-00000-of-00002, '
+        r'\S*/train-00001-of-00002 \(dataset_configs'):
+      next(data.train_iter)
+    # Without skipping, the first corrupt record stops the run, named.
+    with self.assertRaisesRegex(ValueError, r'train-00000-of-00002, record 0'):
+      next(self.data().train_iter)
+
+  def test_a_garbage_file_among_readable_ones_is_skipped(self):
+    with open(os.path.join(self.base_dir, 'train-00001-of-00002'), 'wb') as f:
+      f.write(b'not a TFRecord file' * 10)
+    data = self.data(skip_corrupt_examples=True)
+    labels = {int(np.argmax(label)) for _ in range(4)
+              for label in next(data.train_iter)['label']}
+    self.assertEqual(labels, {0, 1})  # The first shard's videos only.
+
+  def test_skip_corrupt_examples_defaults_to_false_and_is_overridable(self):
+    self.assertIs(config_for('vivit_k400').dataset_configs
+                  .skip_corrupt_examples, False)
+    # Overridable on the command line, as the entry points parse it.
+    argv = ['train', f'--config={ROOT}/configs/vivit_k400.py:runlocal',
+            '--config.dataset_configs.skip_corrupt_examples=True']
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', flag_values=flag_values,
+                                    sys_argv=argv)
+    flag_values(argv)
+    self.assertIs(flag_values.config.dataset_configs.skip_corrupt_examples,
+                  True)
+
+  @parameterized.parameters(0, -8)
+  def test_a_test_batch_size_not_above_zero_is_named(self, size):
+    config = config_for('vivit_k400')
+    config.dataset_configs.test_batch_size = size
+    with self.assertRaisesRegex(
+        ValueError, rf'config.dataset_configs.test_batch_size={size}: must '
+        r'be a number > 0'):
+      evaluate.evaluate_checkpoint(config, self.base_dir)
+
   def test_truncated_file_names_the_file(self):
     path = os.path.join(self.base_dir, 'validation-00000-of-00001')
     with open(path, 'rb') as f:
@@ -240,6 +295,31 @@ class EvaluateCheckpointTest(absltest.TestCase):
     self.assertBetween(results['accuracy'], 0.0, 1.0)
     with self.assertRaisesRegex(ValueError, r'No checkpoint at step 7'):
       evaluate.evaluate_checkpoint(config, workdir, step=7)
+
+  def test_a_missing_workdir_is_named_in_one_line_and_not_created(self):
+    parent = self.create_tempdir().full_path
+    missing = os.path.join(parent, 'mistyped', 'path')
+    config = config_for('vivit_k400')
+    for module, verb, run in (
+        (evaluate, 'evaluate',
+         lambda: evaluate.evaluate_checkpoint(config, missing, step=2)),
+        (visualize, 'visualise',
+         lambda: visualize.visualize(config, missing))):
+      message = f'--workdir={missing} does not exist (no run to {verb} there).'
+      with self.assertRaisesWithLiteralMatch(module.WorkdirNotFoundError,
+                                             message):
+        run()
+      # The entry point: one line, no traceback, nothing created.
+      result = subprocess.run(
+          [sys.executable, '-m', module.__name__,
+           f'--config={ROOT}/configs/vivit_k400.py:runlocal',
+           f'--workdir={missing}'], capture_output=True, text=True,
+          cwd=ROOT, check=False)
+      self.assertEqual(result.returncode, 1)
+      self.assertEqual(result.stderr.strip().splitlines()[-1],
+                       f'Error: {message}')
+      self.assertNotIn('Traceback', result.stderr)
+      self.assertEqual(os.listdir(parent), [])
 
 
 if __name__ == '__main__':

@@ -262,9 +262,10 @@ KEYS += (
     _implemented(_DC + 'do_three_spatial_crops', 'data.video_tfrecords',
                  'Three spatial crops per test clip.', **_REF),
     _implemented(_DC + 'test_batch_size', 'data.video_tfrecords', 'Videos per '
-                 'test batch.', **_REF),
+                 'test batch.', positive=True, **_REF),
     _implemented(_DC + 'skip_corrupt_examples', 'data.video_tfrecords',
-                 'Skip (and count) corrupt records instead of stopping.'),
+                 'Skip (and count) corrupt records instead of stopping.',
+                 default=False),
     _implemented(_DC + 'augmentation_params', 'data.video_tfrecords',
                  'Train augmentations of videos.', section=True, **_REF),
     _no_op(_DC + 'one_hot_labels', "the reference ViViT configs' misspelling "

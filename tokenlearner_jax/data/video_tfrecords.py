@@ -23,10 +23,13 @@ views axis, so each video is counted exactly once. Clips longer than the video
 wrap around to its start, as DMVR's samplers do.
 
 A corrupt record or JPEG stops the run with an error naming the file; with
-`skip_corrupt_examples=True` the example is skipped and counted instead.
+`skip_corrupt_examples=True` the example is skipped and counted instead. A
+split with no readable example at all (every record skipped, or a train split
+without records) stops with one line naming its files: 'no readable example
+in FILE'.
 """
 
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 from absl import logging
 import ml_collections
@@ -274,6 +277,39 @@ def _named_errors(batches: Iterator[batching.Batch], files: List[str],
     ) from e
 
 
+def _file_names(files: Sequence[str], shown: int = 3) -> str:
+  """'a, b, c' or 'a, b, c and 5 more files'."""
+  names = ', '.join(files[:shown])
+  more = len(files) - shown
+  return f'{names} and {more} more files' if more > 0 else names
+
+
+class NoReadableExampleError(ValueError):
+  """A split's files hold no example that reads."""
+
+  def __init__(self, files: Sequence[str], skip: bool):
+    why = (' (dataset_configs.skip_corrupt_examples=True skipped every '
+           'record)' if skip else '')
+    super().__init__(f'no readable example in {_file_names(files)}{why}.')
+
+
+def _nonempty(batches: Iterator[batching.Batch], files: List[str],
+              skip: bool, endless: bool) -> Iterator[batching.Batch]:
+  """`batches`, raising `NoReadableExampleError` where there is no example:
+  an `endless` (train) stream that ends, or eval batches whose only batch is
+  all padding under `skip` (the padding `batching.padded` gives an empty
+  split)."""
+  seen = False
+  for batch in batches:
+    mask = batch.get('batch_mask')
+    if not seen and skip and mask is not None and not mask.any():
+      raise NoReadableExampleError(files, skip)
+    seen = True
+    yield batch
+  if endless or (skip and not seen):
+    raise NoReadableExampleError(files, skip)
+
+
 def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
              train: bool = True) -> batching.Data:
   """`batching.Data` for `config.dataset_name='video_tfrecord_dataset'`.
@@ -294,7 +330,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
     batches = (batching.padded(ds, batch_size) if pad else
                batching.to_numpy(ds.batch(batch_size, drop_remainder=True)
                                  .prefetch(2)))
-    return _named_errors(batches, split_files, dc)
+    return _nonempty(_named_errors(batches, split_files, dc), split_files,
+                     skip, endless=not pad)
 
   train_iter = None
   if train:
