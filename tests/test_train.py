@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +38,9 @@ from tokenlearner_jax import checkpoint
 from tokenlearner_jax import checkpoint_formats
 from tokenlearner_jax import evaluate
 from tokenlearner_jax import optim
+from tokenlearner_jax import run_config
 from tokenlearner_jax import train
+from tokenlearner_jax.configs import schema
 
 
 class ConfigsTrainTest(parameterized.TestCase):
@@ -176,6 +179,144 @@ class ResumeTest(absltest.TestCase):
     self.assertEqual(final['step'], 4)
     steps = [r['step'] for r in read_jsonl(workdir) if r['kind'] == 'train']
     self.assertEqual(steps, [1, 2, 3, 4])
+
+
+class ResumeChangedConfigTest(absltest.TestCase):
+  """Resuming a workdir with a config other than the one it recorded."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # The XLA compilations while `counting`.
+    cls.compiles, cls.counting = [], False
+
+    def count(event: str, duration: float, **kwargs) -> None:
+      del kwargs
+      if cls.counting and event == '/jax/core/compile/backend_compile_duration':
+        cls.compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    # 2 steps, a checkpoint at 2: what each test resumes (a copy of it).
+    cls.trained = tempfile.mkdtemp()
+    train.train_and_evaluate(demo_config(), cls.trained)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.trained)
+    super().tearDownClass()
+
+  def resumable(self) -> str:
+    workdir = os.path.join(self.create_tempdir().full_path, 'workdir')
+    shutil.copytree(self.trained, workdir)
+    return workdir
+
+  def test_the_run_records_its_completed_config(self):
+    with open(os.path.join(self.trained, run_config.CONFIG_FILE)) as f:
+      record = json.load(f)
+    self.assertEqual(record, run_config.to_record(
+        schema.complete(demo_config())))
+    self.assertEqual(record['model']['hidden_size'], 64)
+    self.assertIn('max_checkpoints_to_keep', record)  # A default filled in.
+
+  def test_a_changed_safe_key_proceeds_with_a_warning_naming_it(self):
+    workdir = self.resumable()
+    self.compiles.clear()
+    type(self).counting = True
+    try:
+      with self.assertLogs(level='WARNING') as logs:
+        final = train.train_and_evaluate(
+            demo_config(num_training_steps=3, log_eval_steps=3), workdir)
+    finally:
+      type(self).counting = False
+    self.assertEqual(final['step'], 3)
+    self.assertNotEmpty(self.compiles)  # What the refusals below never reach.
+    changed = [line for line in logs.output if 'changed config' in line]
+    self.assertLen(changed, 1)
+    self.assertIn('from step 2 with a changed config: log_eval_steps: 2 -> 3, '
+                  'num_training_steps: 2 -> 3.', changed[0])
+    self.assertEqual(run_config.read(workdir)['num_training_steps'], 3)
+
+  def test_a_change_of_training_proceeds_with_a_warning_naming_it(self):
+    config = demo_config(num_training_steps=3)
+    config.lr_configs.base_learning_rate = 1e-3
+    with self.assertLogs(level='WARNING') as logs:
+      train.train_and_evaluate(config, self.resumable())
+    self.assertTrue(any(
+        'num_training_steps: 2 -> 3; changing training from step 3 on: '
+        'lr_configs.base_learning_rate: 0.003 -> 0.001.' in line
+        for line in logs.output), logs.output)
+
+  STATE = ('the saved parameters or optimizer state have another tree or '
+           'shapes')
+
+  def assert_refused(self, config, changes: str, why: str) -> None:
+    """`config` stops with one line naming `changes` before anything
+    compiles; the workdir is left as it was."""
+    workdir = self.resumable()
+    with open(os.path.join(workdir, run_config.CONFIG_FILE)) as f:
+      recorded = f.read()
+    before = read_jsonl(workdir), committed_steps(workdir)
+    self.compiles.clear()
+    type(self).counting = True
+    try:
+      with self.assertRaises(run_config.ConfigChangeError) as raised:
+        train.train_and_evaluate(config, workdir)
+    finally:
+      type(self).counting = False
+    self.assertEqual(
+        str(raised.exception),
+        f'Cannot resume {workdir} from step 2 with a changed config: '
+        f'{changes} ({why}). Set them back as in {workdir}/config.json, or '
+        'use a new workdir.')
+    self.assertIsInstance(raised.exception, ValueError)
+    self.assertEqual(self.compiles, [])
+    with open(os.path.join(workdir, run_config.CONFIG_FILE)) as f:
+      self.assertEqual(f.read(), recorded)
+    self.assertEqual((read_jsonl(workdir), committed_steps(workdir)), before)
+
+  def test_a_changed_parameter_or_optimizer_key_stops_before_compiling(self):
+    config = demo_config()
+    config.model.hidden_size = 32
+    config.model.dropout_rate = 0.1  # Proceeds on its own: not named.
+    self.assert_refused(config, 'model.hidden_size: 64 -> 32', self.STATE)
+    self.assert_refused(demo_config(optimizer='momentum'),
+                        "optimizer: 'adamw' -> 'momentum'", self.STATE)
+    # The optimizer chain loses its clipping state.
+    self.assert_refused(demo_config(max_grad_norm=None),
+                        'max_grad_norm: 1.0 -> None', self.STATE)
+
+  def test_a_changed_batch_size_is_refused(self):
+    self.assert_refused(
+        demo_config(batch_size=16), 'batch_size: 8 -> 16',
+        'the input stream would resume at step x the new batch size '
+        'examples, not at the example the run reached')
+
+  def test_rows_past_the_step_and_a_line_cut_short_are_dropped(self):
+    workdir = self.create_tempdir().full_path
+    path = os.path.join(workdir, 'metrics.jsonl')
+    rows = [{'step': step, 'kind': 'train'} for step in (1, 2, 3)]
+    with open(path, 'w') as f:
+      f.writelines(json.dumps(row) + '\n' for row in rows)
+      f.write('{"step": 4, "ki')  # Killed mid-write.
+    train.drop_rows_after(path, 2)
+    self.assertEqual(read_jsonl(workdir), rows[:2])
+    self.assertEqual(os.listdir(workdir), ['metrics.jsonl'])
+
+  def test_metrics_hold_each_step_once_after_a_resume_that_reruns_steps(
+      self):
+    workdir = self.create_tempdir().full_path
+    config = demo_config(num_training_steps=4)
+    train.train_and_evaluate(config, workdir)
+    # Killed after step 4 with its checkpoint not written: the last good one
+    # is step 2, and the rows of steps 3 and 4 are in the file already.
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
+    final = train.train_and_evaluate(config, workdir)
+    self.assertEqual(final['step'], 4)
+    rows = [(row['step'], row['kind']) for row in read_jsonl(workdir)]
+    self.assertEqual(rows, [(1, 'train'), (2, 'train'), (2, 'eval'),
+                            (3, 'train'), (4, 'train'), (4, 'eval')])
+    self.assertFalse(os.path.exists(
+        os.path.join(workdir, 'metrics.jsonl.tmp')))
 
 
 class InitFromTest(absltest.TestCase):

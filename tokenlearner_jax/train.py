@@ -27,9 +27,18 @@ Every way out of a run (its end, SIGTERM, a non-finite loss, any error) waits
 for the checkpoint writes in flight to be committed. Process 0 holds
 `WORKDIR/train.lock` (`checkpoint.WorkdirLock`) while it runs: a second
 trainer on the same workdir exits at once with one line naming the holder.
+
+Process 0 records the run's completed config in `WORKDIR/config.json`
+(`tokenlearner_jax.run_config`). Resuming with a changed config lists the
+changed keys in one warning line, or, for a change the saved state cannot
+take (the parameters' or optimizer state's shapes, `batch_size`), stops
+with one line naming the keys before anything compiles. A resumed run drops
+the rows of `metrics.jsonl` past the step it restored before logging those
+steps again, so the file holds each (step, kind) once.
 """
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -55,6 +64,7 @@ from tokenlearner_jax import evaluation
 from tokenlearner_jax import flops
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
+from tokenlearner_jax import run_config
 from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
 from tokenlearner_jax import surgery
@@ -124,14 +134,39 @@ def preemption_requested(manager: ocp.CheckpointManager, step: int) -> bool:
 TAG_PREFIXES = {'train': 'train', 'eval': 'valid'}
 
 
-class Recorder:
-  """Writes summaries to the clu writer and to `WORKDIR/metrics.jsonl`."""
+def drop_rows_after(path: str, step: int) -> None:
+  """Rewrites the JSON-lines file `path` without its rows past `step` (and a
+  last line cut short), atomically: a temporary file, renamed."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines
+          if line.endswith('\n') and json.loads(line)['step'] <= step]
+  if len(kept) == len(lines):
+    return
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
+  logging.info('Dropped the %d rows of %s past step %d (the resumed run logs '
+               'those steps again).', len(lines) - len(kept), path, step)
 
-  def __init__(self, workdir: str):
+
+class Recorder:
+  """Writes summaries to the clu writer and to `WORKDIR/metrics.jsonl`.
+
+  A run resumed at `start_step` first drops the rows past it (steps that an
+  interrupted run logged after its last checkpoint), so that the file holds
+  each (step, kind) once.
+  """
+
+  def __init__(self, workdir: str, start_step: int):
     self.is_main = jax.process_index() == 0
     self.workdir = workdir
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.is_main)
+    if self.is_main:
+      drop_rows_after(os.path.join(workdir, 'metrics.jsonl'), start_step)
 
   def record(self, step: int, kind: str, values: Metrics) -> None:
     """`kind` 'train' or 'eval'; TensorBoard tags as the reference's
@@ -262,6 +297,19 @@ def finish(workdir: str, state, eval_results: Metrics, gmacs: float,
   return final
 
 
+def record_config(config: ml_collections.ConfigDict, workdir: str,
+                  step: Optional[int], data, mesh) -> None:
+  """Stops on a change of `config` that the checkpoint at `step` cannot
+  resume with, logs the others (`run_config.check_resume`); then process 0
+  records `config` in `WORKDIR/config.json`."""
+  record = run_config.to_record(config)
+  run_config.check_resume(config, workdir, step, functools.partial(
+      run_config.state_shapes, input_shape=data.input_shape,
+      num_classes=data.num_classes, mesh=mesh))
+  if jax.process_index() == 0:
+    run_config.write(workdir, record)
+
+
 def hold_workdir(workdir: str, config: ml_collections.ConfigDict
                  ) -> contextlib.AbstractContextManager:
   """Process 0's `checkpoint.WorkdirLock` on `workdir`; nothing on the
@@ -281,6 +329,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     ValueError: for a config the trainer would not honour, before anything
       is read or compiled (`schema.check_config`).
+    run_config.ConfigChangeError: a ValueError naming the changed keys that
+      the checkpoint resumed cannot take (parameter or optimizer state
+      shapes, `batch_size`), before anything compiles.
     checkpoint.WorkdirLockedError: naming the trainer that holds `workdir`.
   """
   config = schema.complete(config)
@@ -297,8 +348,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
   train_steps.check_batch_sizes(config, mesh)
-  data = input_pipeline.get_data(
-      config, start_step=checkpoint.latest_step(workdir) or 0)
+  resume_step = checkpoint.latest_step(workdir)
+  data = input_pipeline.get_data(config, start_step=resume_step or 0)
+  record_config(config, workdir, resume_step, data, mesh)
   set_intervals(config, data.num_train_examples)
   manager = checkpoint.make_manager(workdir, config)
   stack.callback(manager.close)  # Waits for the checkpoint writes in flight.
@@ -314,9 +366,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                            multilabel)
   eval_step = train_steps.make_eval_step(model, shardings.params,
                                          batch_sharding, multilabel)
-  recorder = Recorder(workdir)
-  gmacs = log_start(config, state, data, recorder, total_steps, mesh)
   start_step = int(state.step)
+  recorder = Recorder(workdir, start_step)
+  gmacs = log_start(config, state, data, recorder, total_steps, mesh)
   rates, metrics = _Rates(), StepMetrics(config)
   report = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=rates,
@@ -367,7 +419,8 @@ def main(argv) -> None:
   os.makedirs(workdir, exist_ok=True)
   try:
     train_and_evaluate(flags.FLAGS.config, workdir)
-  except checkpoint.WorkdirLockedError as e:  # One line, no traceback.
+  except (checkpoint.WorkdirLockedError,
+          run_config.ConfigChangeError) as e:  # One line, no traceback.
     sys.exit(f'Error: {e}')
 
 
