@@ -1,6 +1,8 @@
 """Tests of `tokenlearner_jax.checkpoint`: save and restore of train states and
 parameters (also of a workdir written before this module existed), the
-per-layer <-> scanned parameter layouts, and the workdir lock."""
+checks of a checkpoint's integrity (checksums, shapes, finite values) and the
+fallback to the newest good step, the per-layer <-> scanned parameter
+layouts, and the workdir lock."""
 
 import json
 import os
@@ -16,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from tests import testing
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import train_steps
 
@@ -64,7 +67,12 @@ class OldWorkdirTest(absltest.TestCase):
     self.assertEqual(manager.latest_step(), 4)
     zeros = jax.tree_util.tree_map(np.zeros_like, old_params())
     target = old_state(zeros).replace(step=jnp.asarray(0, jnp.int32))
-    restored = checkpoint.restore_state(manager, target, single_device(target))
+    with self.assertLogs(level='INFO') as logs:  # Without checksums: a note.
+      restored = checkpoint.restore_state(manager, target,
+                                          single_device(target))
+    self.assertTrue(any('has no checksums.json (written before checksums); '
+                        'restoring it unverified' in line
+                        for line in logs.output))
     manager.close()
     assert_trees_equal(restored, old_state())
 
@@ -117,6 +125,208 @@ class SaveRestoreTest(absltest.TestCase):
     workdir.mkdir('checkpoints')
     with self.assertRaisesRegex(FileNotFoundError, 'no checkpoint in'):
       checkpoint.restore_params(workdir.full_path)
+
+
+def garble(path: str, count: int = 64) -> None:
+  """Inverts `count` bytes in the middle of `path`, in place."""
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    data = f.read(count)
+    f.seek(-len(data), os.SEEK_CUR)
+    f.write(bytes(255 - b for b in data))
+
+
+def largest_data_files(step_dir: str, count: int = 3):
+  """The `count` largest array data files of a checkpoint step."""
+  d = os.path.join(step_dir, 'default', 'ocdbt.process_0', 'd')
+  paths = [os.path.join(d, name) for name in os.listdir(d)]
+  return sorted(paths, key=os.path.getsize, reverse=True)[:count]
+
+
+class IntegrityTest(absltest.TestCase):
+  """Checksums, shapes and finite values checked on restore; an unreadable
+  step is named in one line and the newest good step restored instead."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = testing.demo_config()
+    cls.fresh = testing.fresh_state(cls.config, (8, 32, 32, 3), 40)
+    cls.template = os.path.join(absltest.get_default_test_tmpdir(),
+                                'integrity_template')
+    shutil.rmtree(cls.template, ignore_errors=True)
+    manager = checkpoint.make_manager(cls.template, cls.config)
+    for step in (2, 4):
+      checkpoint.save(manager, step, cls.state(step), force=True)
+    manager.close()
+
+  @classmethod
+  def state(cls, step: int):
+    """The fresh state with `step` and parameters shifted by `step`."""
+    state = cls.fresh.state
+    return state.replace(step=jnp.asarray(step, jnp.int32),
+                         params=jax.tree_util.tree_map(lambda x: x + step,
+                                                       state.params))
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = os.path.join(self.create_tempdir().full_path, 'run')
+    shutil.copytree(self.template, self.workdir)
+    self.steps_dir = os.path.join(self.workdir, 'checkpoints')
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.steps_dir, str(step))
+
+  def restore(self, **overrides):
+    """`restore_state` with a fresh manager of the config (+ `overrides`)."""
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.update(overrides)
+    manager = checkpoint.make_manager(self.workdir, config)
+    try:
+      return checkpoint.restore_state(manager, self.fresh.state,
+                                      self.fresh.shardings)
+    finally:
+      manager.close()
+
+  def assert_falls_back(self, cause: str, step: int = 4, good: int = 2,
+                        latest: int = 2) -> None:
+    """Restores step `good` with one warning naming `step` and `cause`;
+    `step` is moved to bad_checkpoints/ and can be saved anew. `latest`:
+    what `latest_step` tells before (the files alone)."""
+    with self.assertLogs(level='WARNING') as logs:
+      self.assertEqual(checkpoint.latest_step(self.workdir), latest)
+      restored = self.restore()
+    skipped = [line for line in logs.output if 'Skipping' in line]
+    self.assertLen(skipped, 1)
+    self.assertRegex(skipped[0], f'Skipping the checkpoint at step {step} in '
+                     f'{self.steps_dir}: {cause}')
+    self.assertNotIn('\n', skipped[0])
+    self.assertEqual(int(restored.step), good)
+    assert_trees_equal(restored.params, self.state(good).params)
+    self.assertTrue(os.path.isdir(os.path.join(
+        self.workdir, checkpoint.SET_ASIDE_DIR, str(step))))
+    manager = checkpoint.make_manager(self.workdir, self.config)
+    self.assertEqual(manager.all_steps(), [2, 4][:[2, 4].index(good) + 1])
+    checkpoint.save(manager, step, restored.replace(
+        step=jnp.asarray(step, jnp.int32)), force=True)  # Its place is free.
+    manager.close()
+    self.assertEqual(checkpoint.latest_step(self.workdir), step)
+
+  def test_each_file_of_a_step_has_a_checksum(self):
+    with open(os.path.join(self.step_dir(4), 'checksums.json')) as f:
+      files = json.load(f)['files']
+    self.assertIn('default/_METADATA', files)
+    self.assertNotIn('_CHECKPOINT_METADATA', files)  # orbax rewrites it.
+    for name, expected in files.items():
+      path = os.path.join(self.step_dir(4), name)
+      self.assertEqual(os.path.getsize(path), expected['size'], name)
+    restored = self.restore()
+    self.assertEqual(int(restored.step), 4)
+    assert_trees_equal(restored, self.state(4))
+
+  def test_a_garbled_step_falls_back(self):
+    for path in largest_data_files(self.step_dir(4)):
+      garble(path)
+    self.assert_falls_back(r'default/ocdbt.process_0/d/\w+ does not match '
+                           r'its SHA-256 in checksums.json \(corrupt\)\.$')
+
+  def test_a_truncated_file_falls_back(self):
+    path = largest_data_files(self.step_dir(4), 1)[0]
+    size = os.path.getsize(path)
+    os.truncate(path, 1000)
+    self.assert_falls_back(rf'\S+/d/\w+ is 1000 bytes, {size} were written '
+                           r'\(truncated\)')
+
+  def test_an_empty_metadata_file_falls_back(self):
+    open(os.path.join(self.step_dir(4), 'default', '_METADATA'), 'w').close()
+    self.assert_falls_back(r'default/_METADATA is 0 bytes, \d+ were written')
+
+  def test_a_stray_empty_step_directory_falls_back(self):
+    os.mkdir(self.step_dir(8))
+    self.assert_falls_back(r'an empty directory\.$', step=8, good=4,
+                           latest=4)
+    self.assertTrue(os.path.isdir(self.step_dir(4)))
+
+  def test_non_finite_values_fall_back(self):
+    manager = checkpoint.make_manager(self.workdir, self.config)
+    state = self.state(6)
+    state = state.replace(opt_state=jax.tree_util.tree_map(
+        lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        state.opt_state))
+    checkpoint.save(manager, 6, state, force=True)
+    manager.close()
+    with self.assertLogs(level='WARNING') as logs:
+      self.assertEqual(int(self.restore().step), 4)
+    self.assertRegex('\n'.join(logs.output), r'step 6 in .*: opt_state/\S+ '
+                     r'holds non-finite values\.')
+
+  def test_steps_written_before_checksums_restore_and_fall_back(self):
+    for step in (2, 4):
+      os.remove(os.path.join(self.step_dir(step), 'checksums.json'))
+    with self.assertLogs(level='INFO') as logs:
+      self.assertEqual(int(self.restore().step), 4)
+    self.assertTrue(any('restoring it unverified' in line
+                        for line in logs.output))
+    # Its files cannot tell (`latest_step`); restoring it does.
+    os.truncate(largest_data_files(self.step_dir(4), 1)[0], 1000)
+    self.assert_falls_back(r'restoring it failed: \w+: ', latest=4)
+
+  def test_an_empty_metadata_file_without_checksums_falls_back(self):
+    os.remove(os.path.join(self.step_dir(4), 'checksums.json'))
+    open(os.path.join(self.step_dir(4), 'default', '_METADATA'), 'w').close()
+    self.assert_falls_back(r'default/_METADATA is empty\.$')
+
+  def test_fallback_off_stops_in_one_line(self):
+    garble(largest_data_files(self.step_dir(4), 1)[0])
+    with self.assertRaisesRegex(
+        checkpoint.CheckpointError,
+        r'^The checkpoint at step 4 in \S+: \S+ does not match its SHA-256 .*'
+        r'; stopped as config.checkpoint_fallback=False \(True restores the '
+        r'newest good step instead\)\.$'):
+      self.restore(checkpoint_fallback=False)
+    self.assertTrue(os.path.isdir(self.step_dir(4)))  # Nothing moved.
+
+  def test_no_good_step_stops(self):
+    for step in (2, 4):
+      garble(largest_data_files(self.step_dir(step), 1)[0])
+    with self.assertLogs(level='WARNING'):
+      with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                  r'No checkpoint in \S+ restores \(steps '
+                                  r'\[4, 2\]'):
+        checkpoint.latest_step(self.workdir)
+      with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                  'No checkpoint in'):
+        self.restore()
+
+  def test_another_hidden_size_names_the_parameter_and_stops(self):
+    config = testing.demo_config()
+    config.model.hidden_size = 32
+    other = testing.fresh_state(config, (8, 32, 32, 3), 40)
+    manager = checkpoint.make_manager(self.workdir, config)
+    with self.assertRaisesRegex(
+        checkpoint.CheckpointError,
+        r'^The checkpoint at step 4 in \S+ does not fit this run: '
+        r'params/Transformer/\S+ is \(64,\) there, \(32,\) here \(a config '
+        r'changed since it was written\?\)\.$'):
+      checkpoint.restore_state(manager, other.state, other.shardings)
+    manager.close()
+    self.assertTrue(os.path.isdir(self.step_dir(4)))  # Not a fallback.
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        other.state.params)
+    with self.assertRaisesRegex(checkpoint.CheckpointError, 'does not fit'):
+      checkpoint.restore_params(self.workdir, target=target)
+
+  def test_restore_params_falls_back_or_names_the_step_asked_for(self):
+    garble(largest_data_files(self.step_dir(4), 1)[0])
+    with self.assertLogs(level='WARNING'):
+      params = checkpoint.restore_params(self.workdir)
+    assert_trees_equal(params, jax.device_get(self.state(2).params))
+    with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                r'^The checkpoint at step 4 in \S+: \S+ does '
+                                r'not match its SHA-256 .*\(corrupt\)\.$'):
+      checkpoint.restore_params(self.workdir, step=4)
+    self.assertTrue(os.path.isdir(self.step_dir(4)))  # Read only.
 
 
 class LayerLayoutTest(absltest.TestCase):

@@ -124,6 +124,10 @@ KEYS: Tuple[ConfigKey, ...] = (
                  'Steps between checkpoints.', positive=True, **_REF),
     _implemented('max_checkpoints_to_keep', 'checkpoint',
                  'Checkpoints kept.', default=3),
+    _implemented('checkpoint_fallback', 'checkpoint', 'Resuming skips an '
+                 'unreadable latest checkpoint (corrupt, truncated, empty) '
+                 'with a warning and restores the newest good one; False '
+                 'stops with one line instead.', default=True),
     _implemented('workdir_lock_stale_seconds', 'train', 'A workdir lock '
                  'whose heartbeat is older is taken over, as is one whose '
                  'process on this host is dead (default 600).', default=600,
