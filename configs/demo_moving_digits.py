@@ -57,7 +57,7 @@ def get_config(arg=None):
   # learned faster per second than batches of 64 or 6 layers did. Batch 24
   # ran at 1.5-1.9x the steps/s of batch 32 on XLA:CPU here (44-49 vs 73-83
   # ms/step: XLA's YNNPACK fusions slow down past batch ~26), so 7,000 steps
-  # of 24 (91.6%) take less time than 6,000 of 32 (93.8%).
+  # of 24 take less time than 6,000 of 32.
   config.batch_size = 24
   config.eval_batch_size = 250
   config.num_training_steps = 7000
