@@ -60,6 +60,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tokenlearner_jax import errors
+
 Params = Dict[str, Any]
 SEGMENT = re.compile(r'(encoderblock|fuserlayer)_(\d+)_to_(\d+)')
 
@@ -74,7 +76,7 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(workdir) / 'checkpoints'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.KnownFault, ValueError):
   """A checkpoint that cannot be restored, or that does not fit the train
   state; the message is one line naming the step and the cause."""
 
@@ -540,7 +542,7 @@ def _read_params(manager: ocp.CheckpointManager, step: int,
 LOCK_FILE = 'train.lock'
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(errors.KnownFault, RuntimeError):
   """Another trainer, alive, holds the workdir's lock."""
 
 

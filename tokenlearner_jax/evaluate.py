@@ -17,18 +17,17 @@ created.
 
 import json
 import os
-import sys
 from typing import Dict, Optional
 
 from absl import app
 from absl import flags
 from absl import logging
-from etils import epath
 import jax
 import ml_collections
 from ml_collections import config_flags
 
 from tokenlearner_jax import checkpoint
+from tokenlearner_jax import errors
 from tokenlearner_jax import evaluation
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import runtime
@@ -48,18 +47,6 @@ def define_flags() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 
 
-class WorkdirNotFoundError(FileNotFoundError):
-  """`--workdir` is not a directory."""
-
-
-def require_workdir(workdir: str) -> None:
-  """Raises `WorkdirNotFoundError` naming `workdir` unless it is a directory
-  (local or remote); nothing is created."""
-  if not epath.Path(workdir).is_dir():
-    raise WorkdirNotFoundError(f'--workdir={workdir} does not exist (no run '
-                               'to evaluate there).')
-
-
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: Optional[str] = None,
                         step: Optional[int] = None) -> Dict[str, float]:
@@ -69,7 +56,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   mesh gives them (no optimizer is built). `config.model_name` picks the
   metrics (`metrics.is_multilabel`: mAP for the multi-label head).
   """
-  require_workdir(workdir)
+  errors.require_workdir(workdir, 'evaluate')
   config = schema.complete(config)
   split = split or config.dataset_configs.get('test_split') or 'test'
   multilabel = metrics_lib.is_multilabel(config.model_name)
@@ -105,11 +92,9 @@ def main(argv) -> None:
   runtime.initialize_runtime()
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required.')
-  try:
-    evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir,
-                        flags.FLAGS.split, flags.FLAGS.step)
-  except WorkdirNotFoundError as e:  # One line, no traceback.
-    sys.exit(f'Error: {e}')
+  errors.exit_on_known_fault(evaluate_checkpoint, flags.FLAGS.config,
+                             flags.FLAGS.workdir, flags.FLAGS.split,
+                             flags.FLAGS.step)
 
 
 if __name__ == '__main__':

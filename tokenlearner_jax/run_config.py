@@ -36,6 +36,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from tokenlearner_jax import errors
 from tokenlearner_jax import optim
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
@@ -58,7 +59,7 @@ Change = Tuple[Any, Any]  # (saved value, new value)
 Shapes = Dict[str, Tuple[int, ...]]
 
 
-class ConfigChangeError(ValueError):
+class ConfigChangeError(errors.ConfigError):
   """A changed config that the saved state cannot resume with."""
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
+from tokenlearner_jax import errors
 from tokenlearner_jax import flops
 from tokenlearner_jax import sharding
 from tokenlearner_jax.configs import schema
@@ -109,7 +110,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  summary = summarize(flags.FLAGS.config)
+  summary = errors.exit_on_known_fault(summarize, flags.FLAGS.config)
   if flags.FLAGS.overview:
     print(parameter_overview.get_parameter_overview(summary['params'],
                                                     include_stats=False))

@@ -42,7 +42,6 @@ import functools
 import json
 import os
 import signal
-import sys
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -60,6 +59,7 @@ import orbax.checkpoint as ocp
 
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import checkpoint_formats
+from tokenlearner_jax import errors
 from tokenlearner_jax import evaluation
 from tokenlearner_jax import flops
 from tokenlearner_jax import metrics as metrics_lib
@@ -417,11 +417,7 @@ def main(argv) -> None:
   if jax.process_count() == 1:
     signal.signal(signal.SIGTERM, lambda *_: PREEMPTION_NOTICE.set())
   os.makedirs(workdir, exist_ok=True)
-  try:
-    train_and_evaluate(flags.FLAGS.config, workdir)
-  except (checkpoint.WorkdirLockedError,
-          run_config.ConfigChangeError) as e:  # One line, no traceback.
-    sys.exit(f'Error: {e}')
+  errors.exit_on_known_fault(train_and_evaluate, flags.FLAGS.config, workdir)
 
 
 if __name__ == '__main__':

@@ -22,18 +22,17 @@ line naming it, and nothing is created.
 
 import json
 import os
-import sys
 from typing import Dict, List
 
 from absl import app
 from absl import flags
-from etils import epath
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
 from tokenlearner_jax import checkpoint
+from tokenlearner_jax import errors
 from tokenlearner_jax import runtime
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
@@ -122,22 +121,10 @@ def save_clip(columns: List[np.ndarray], path_png: str, path_gif: str) -> None:
                  duration=250, loop=0)
 
 
-class WorkdirNotFoundError(FileNotFoundError):
-  """`--workdir` is not a directory."""
-
-
-def require_workdir(workdir: str) -> None:
-  """Raises `WorkdirNotFoundError` naming `workdir` unless it is a directory
-  (local or remote); nothing is created."""
-  if not epath.Path(workdir).is_dir():
-    raise WorkdirNotFoundError(f'--workdir={workdir} does not exist (no run '
-                               'to visualise there).')
-
-
 def visualize(config: ml_collections.ConfigDict, workdir: str,
               num_clips: int = 4, tokenlearner: int = 0) -> List[Dict]:
   """Renders `num_clips` eval examples; returns the entries of index.json."""
-  require_workdir(workdir)
+  errors.require_workdir(workdir, 'visualise')
   config = schema.complete(config)
   model_config = ModelConfig.from_config(config, num_classes=1)
   if (not model_config.tokenlearner_on or
@@ -176,11 +163,9 @@ def main(argv) -> None:
   runtime.initialize_runtime()
   if not flags.FLAGS.workdir:
     raise app.UsageError('--workdir is required.')
-  try:
-    entries = visualize(flags.FLAGS.config, flags.FLAGS.workdir,
-                        flags.FLAGS.num_clips, flags.FLAGS.tokenlearner)
-  except WorkdirNotFoundError as e:  # One line, no traceback.
-    sys.exit(f'Error: {e}')
+  entries = errors.exit_on_known_fault(
+      visualize, flags.FLAGS.config, flags.FLAGS.workdir,
+      flags.FLAGS.num_clips, flags.FLAGS.tokenlearner)
   print(f'Wrote {len(entries)} clips to '
         f'{os.path.join(flags.FLAGS.workdir, "visualizations")}.')
 

@@ -14,6 +14,8 @@ import importlib.util
 import io
 import os
 import re
+import subprocess
+import sys
 import textwrap
 from typing import Dict, Iterator, Optional, Set
 
@@ -67,6 +69,22 @@ def leaf_keys(node, prefix: str = '') -> Iterator[str]:
     if (entry is not None and entry.section and path != 'model' and
         isinstance(node[name], (dict, ml_collections.ConfigDict))):
       yield from leaf_keys(node[name], path + '.')
+
+
+class EntryPointErrorTest(parameterized.TestCase):
+
+  @parameterized.parameters('summary', 'train')
+  def test_a_config_error_is_one_line_without_a_traceback(self, module):
+    directory = self.create_tempdir().full_path
+    workdir = ([f'--workdir={os.path.join(directory, "run")}']
+               if module == 'train' else [])
+    result = subprocess.run(
+        [sys.executable, '-m', f'tokenlearner_jax.{module}',
+         f'--config={typo_config_file(directory)}', *workdir],
+        capture_output=True, text=True, check=False, cwd=ROOT)
+    self.assertEqual(result.returncode, 1)
+    self.assertNotIn('Traceback', result.stderr)
+    self.assertEqual(result.stderr.strip().splitlines()[-1], f'Error: {TYPO}')
 
 
 class CheckConfigTest(parameterized.TestCase):

@@ -19,6 +19,7 @@ from tests.testing import jpeg
 from tests.testing import video_example
 from tests.testing import write_records
 from tests.testing import write_video_tfrecords
+from tokenlearner_jax import errors
 from tokenlearner_jax import evaluate
 from tokenlearner_jax import train
 from tokenlearner_jax import visualize
@@ -306,7 +307,7 @@ class EvaluateCheckpointTest(absltest.TestCase):
         (visualize, 'visualise',
          lambda: visualize.visualize(config, missing))):
       message = f'--workdir={missing} does not exist (no run to {verb} there).'
-      with self.assertRaisesWithLiteralMatch(module.WorkdirNotFoundError,
+      with self.assertRaisesWithLiteralMatch(errors.WorkdirNotFoundError,
                                              message):
         run()
       # The entry point: one line, no traceback, nothing created.

@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
 
+from tokenlearner_jax import errors
 from tokenlearner_jax import sharding
 from tokenlearner_jax.models import config as model_lib
 
@@ -454,25 +455,26 @@ def _is_node(value: Any) -> bool:
   return isinstance(value, (dict, ml_collections.ConfigDict))
 
 
-def _unknown(path: str) -> ValueError:
+def _unknown(path: str) -> errors.ConfigError:
   close = difflib.get_close_matches(path, list(TABLE), n=1)
   hint = (f'; did you mean config.{close[0]}?' if close else
           ' (docs/config_keys.md lists the known keys).')
-  return ValueError(f'config.{path} is not a known config key{hint}')
+  return errors.ConfigError(f'config.{path} is not a known config key{hint}')
 
 
 def _check_value(entry: ConfigKey, value: Any) -> None:
   if entry.positive and value is not None and (
       isinstance(value, bool) or not isinstance(value, numbers.Real) or
       not value > 0):
-    raise ValueError(f'config.{entry.key}={_plain(value)!r}: must be a number '
-                     '> 0.')
+    raise errors.ConfigError(
+        f'config.{entry.key}={_plain(value)!r}: must be a number > 0.')
   if entry.accepts is None or value is None:
     return
   if _plain(value) not in entry.accepts:
     accepted = ', '.join(repr(v) for v in entry.accepts)
-    raise ValueError(f'config.{entry.key}={_plain(value)!r} is not supported '
-                     f'(accepted: {accepted}): {entry.why}.')
+    raise errors.ConfigError(
+        f'config.{entry.key}={_plain(value)!r} is not supported '
+        f'(accepted: {accepted}): {entry.why}.')
 
 
 def _walk(node: Any, prefix: str = '') -> Iterator[Tuple[str, Any]]:

@@ -35,6 +35,7 @@ from absl import logging
 import ml_collections
 import tensorflow as tf
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import tfrecord_tables
 
@@ -284,7 +285,7 @@ def _file_names(files: Sequence[str], shown: int = 3) -> str:
   return f'{names} and {more} more files' if more > 0 else names
 
 
-class NoReadableExampleError(ValueError):
+class NoReadableExampleError(errors.KnownFault, ValueError):
   """A split's files hold no example that reads."""
 
   def __init__(self, files: Sequence[str], skip: bool):

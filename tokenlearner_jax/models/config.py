@@ -32,6 +32,7 @@ from absl import logging
 import jax.numpy as jnp
 import ml_collections
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.models import grid as grid_lib
 
 # 'token' prepends a class token and reads it out; '0' (the reference ViViT's)
@@ -238,7 +239,7 @@ class ModelConfig:
                   num_classes: int) -> 'ModelConfig':
     """Reads and checks `config.model` (and `model_dtype_str`)."""
     if 'model' not in config:
-      raise ValueError('config.model is missing.')
+      raise errors.ConfigError('config.model is missing.')
     model = config.model.to_dict()
     vivit = 'tokenizer' not in model
     _check_known_keys(model, known=_known_keys(vivit))  # As the user wrote it.
@@ -249,7 +250,7 @@ class ModelConfig:
       if found:
         values[f.name] = _convert(f.name, value)
       elif f.default is dataclasses.MISSING:
-        raise ValueError(f'{_config_key(f)} is missing.')
+        raise errors.ConfigError(f'{_config_key(f)} is missing.')
     if values['tokenizer_type'] == 'patch' and (
         values.get('tokenlearner_loc') is not None):
       logging.warning("model.tokenizer.tokenlearner_loc=%s is ignored: "
@@ -280,7 +281,7 @@ def _tokenizer_layout(model: Dict[str, Any],
   if 'tokenizer' in model:
     return model
   if model_name not in VIVIT_MODEL_NAMES:
-    raise ValueError(
+    raise errors.ConfigError(
         'config.model.tokenizer is missing (the reference ViViT layout, with '
         'model.patches at the top, needs config.model_name in '
         f'{VIVIT_MODEL_NAMES}; it is {model_name!r}).')
@@ -313,7 +314,7 @@ def _convert(name: str, value: Any) -> Any:
     _check_known_keys(value, f'model.{name}', _ENCODER_SIZE_KEYS)
     for key in _ENCODER_SIZE_KEYS:
       if key not in value:
-        raise ValueError(f'model.{name}.{key} is missing.')
+        raise errors.ConfigError(f'model.{name}.{key} is missing.')
     return EncoderSize(**{k: value[k] for k in _ENCODER_SIZE_KEYS})
   return value
 
@@ -355,7 +356,7 @@ def _check_known_keys(node: Any, prefix: str = 'model',
     if key not in known:
       close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
       hint = f'; did you mean {prefix}.{close[0]}?' if close else '.'
-      raise ValueError(f'{prefix}.{key} is not a model setting{hint}')
+      raise errors.ConfigError(f'{prefix}.{key} is not a model setting{hint}')
 
 
 # ------------------------------------------------------------------ checks
@@ -363,7 +364,7 @@ def _check_known_keys(node: Any, prefix: str = 'model',
 
 def _require(ok: bool, message: str) -> None:
   if not ok:
-    raise ValueError(message)
+    raise errors.ConfigError(message)
 
 
 def _is_int(value: Any) -> bool:
