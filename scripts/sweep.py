@@ -45,8 +45,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from absl import flags
 from ml_collections import config_flags
 
+from tokenlearner_jax import run_config
 from tokenlearner_jax.configs import common
-from tokenlearner_jax.configs import schema
 
 Point = Dict[str, str]
 Record = Dict[str, Any]
@@ -137,21 +137,6 @@ def read_record(workdir: str) -> Optional[Record]:
     return json.load(f)
 
 
-def _flat(tree: Any, prefix: str = '') -> Dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1} (an empty dict is a value)."""
-  if not isinstance(tree, dict) or not tree:
-    return {prefix: tree}
-  flat = {}
-  for key, value in tree.items():
-    flat.update(_flat(value, f'{prefix}.{key}' if prefix else key))
-  return flat
-
-
-def _schema_default(key: str) -> Any:
-  entry = schema.TABLE.get(key)
-  return schema.NO_DEFAULT if entry is None else entry.default
-
-
 def differences(recorded: Optional[Record], requested: Record) -> List[str]:
   """Why a run recorded as `recorded` is not the run `requested` ([]: it is).
 
@@ -167,17 +152,10 @@ def differences(recorded: Optional[Record], requested: Record) -> List[str]:
       return []
     return [f'overrides {recorded.get("overrides")} -> '
             f'{requested["overrides"]}']
-  old, new = _flat(recorded['resolved']), _flat(requested['resolved'])
-  missing = object()
-  show = lambda value: '(unset)' if value is missing else repr(value)
-  diffs = []
-  for key in sorted(set(old) | set(new)):
-    before, after = old.get(key, missing), new.get(key, missing)
-    if before == after or (before is missing and
-                           after == _schema_default(key)):
-      continue
-    diffs.append(f'{key}: {show(before)} -> {show(after)}')
-  return diffs
+  changes = run_config.changes(recorded['resolved'], requested['resolved'])
+  show = lambda value: value if value == run_config.UNSET else repr(value)
+  return [f'{key}: {show(before)} -> {show(after)}'
+          for key, (before, after) in changes.items()]
 
 
 def move_stale(workdir: str) -> str:
