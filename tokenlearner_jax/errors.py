@@ -21,6 +21,11 @@ class ConfigError(KnownFault, ValueError):
   closest known key where one is close)."""
 
 
+class NonFiniteError(KnownFault, FloatingPointError):
+  """A non-finite training value; names the step and the last good
+  checkpoint."""
+
+
 class WorkdirNotFoundError(KnownFault, FileNotFoundError):
   """`--workdir` is not a directory (evaluate, visualize)."""
 

@@ -214,7 +214,7 @@ class StepMetrics:
         value = float(value)
         if not np.isfinite(value):
           manager.wait_until_finished()  # The step named below is on disk.
-          raise FloatingPointError(
+          raise errors.NonFiniteError(
               f'Non-finite train {name} ({value}) at step {step}; stopped '
               f'with the last good checkpoint at step {manager.latest_step()} '
               '(set config.skip_nonfinite_steps to skip such updates).')
