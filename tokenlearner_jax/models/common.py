@@ -253,12 +253,16 @@ def classifier_head(x: jax.Array, representation_size: Optional[int],
                     num_classes: int) -> jax.Array:
   """Pooled `[B, C]` -> optional tanh `pre_logits` -> zero-init `output_projection`.
 
-  Call inside a compact method: the layers join the caller's parameters.
+  Call inside a compact method: the layers join the caller's parameters, and
+  the caller sows the head's input `[B, D]` as `intermediates/pre_logits`
+  (the frozen features of `tokenlearner_jax.fewshot`).
   """
   if representation_size is not None:
     x = nn.tanh(nn.Dense(
         representation_size, name='pre_logits',
         kernel_init=logical(nn.linear.default_kernel_init, ('embed', None)))(x))
-  return nn.Dense(num_classes,
+  head = nn.Dense(num_classes,
                   kernel_init=logical(nn.initializers.zeros, (None, 'classes')),
-                  name='output_projection')(x)
+                  name='output_projection')
+  head.parent.sow('intermediates', 'pre_logits', x)  # The calling module.
+  return head(x)
