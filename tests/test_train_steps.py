@@ -54,9 +54,13 @@ class TrainStepsTest(absltest.TestCase):
         'label': np.eye(4, dtype=np.float32)[
             np.arange(config.batch_size) % 4],
         'batch_mask': np.ones(config.batch_size, np.float32)}, batch_sharding)
-    eval_step = train_steps.make_eval_step(model, shardings.params,
-                                           batch_sharding, multilabel=False)
-    sums, _ = eval_step(state.params, batch)
+    self.assertEqual(state.model_state, {})  # A ViT: `params` only.
+    eval_step = train_steps.make_eval_step(
+        model, train_steps.model_variables(shardings.params,
+                                           shardings.model_state),
+        batch_sharding, multilabel=False)
+    sums, _ = eval_step(
+        train_steps.model_variables(state.params, state.model_state), batch)
     self.assertEqual(float(sums['num_examples']), config.batch_size)
     train_step = train_steps.make_train_step(
         config, model, fresh.tx, fresh.schedule, shardings, batch_sharding,
@@ -133,10 +137,11 @@ class LossTermsTest(absltest.TestCase):
 
   def grads(self, **config):
     params, x, y = example_data(6)
-    (loss, logits), grads = train_steps.loss_and_grads(
-        jax.tree_util.tree_map(jnp.asarray, params), jnp.asarray(x),
+    (loss, logits, model_state), grads = train_steps.loss_and_grads(
+        jax.tree_util.tree_map(jnp.asarray, params), {}, jnp.asarray(x),
         jnp.asarray(y), jax.random.PRNGKey(0), model=Linear(),
         config=ml_collections.ConfigDict(config), multilabel=False)
+    self.assertEqual(model_state, {})
     return params['Dense_0'], x, y, loss, logits, grads['Dense_0']
 
   def test_l2_decay_factor_penalises_kernels_only(self):

@@ -2,15 +2,18 @@
 
 A run's checkpoints live under `WORKDIR/checkpoints/<step>/`, one orbax
 `StandardSave` of the train state's state dict (`step`, `params`,
-`opt_state`, `rng`) per step; this layout is what every workdir of this
-trainer holds, and must not change. Beside it, each step since checksums
-carries `<step>/checksums.json` (`Manager`, `write_checksums`).
+`opt_state`, `rng`, and `model_state` only for a model that has one, such as
+BatchNorm's `batch_stats`) per step; this layout is what every workdir of
+this trainer holds, and must not change. Beside it, each step since
+checksums carries `<step>/checksums.json` (`Manager`, `write_checksums`).
 
   * `make_manager`, `save`: what the trainer writes.
   * `restore_state`: the whole train state, onto its shardings (resuming).
   * `restore_params`: the parameters only, without an optimizer or a train
-    state target (evaluation, visualisation, fine-tuning): as numpy, or onto
-    given shardings.
+    state target (visualisation, fine-tuning): as numpy, or onto given
+    shardings.
+  * `restore_variables`: the parameters and the model state, as the model's
+    variables `{'params': ..., **model_state}` (evaluation).
   * Integrity: before a step is restored its files are checked against its
     checksums and its shapes against the target's; after, its values must
     be finite. An unreadable step (corrupt, truncated, empty, non-finite) is
@@ -132,12 +135,26 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> Manager:
       fallback=config.get('checkpoint_fallback', True))
 
 
+MODEL_STATE = 'model_state'
+
+
+def _state_dict(state: Any) -> Dict[str, Any]:
+  """The state dict of a `train_steps.TrainState` as a checkpoint holds it:
+  without `model_state` when that is empty (the layout of every workdir
+  written before model states)."""
+  state_dict = flax.serialization.to_state_dict(state)
+  if MODEL_STATE in state_dict and not state_dict[MODEL_STATE]:
+    state_dict = {k: v for k, v in state_dict.items() if k != MODEL_STATE}
+  return state_dict
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          force: bool = False) -> bool:
   """Saves `state` (a `train_steps.TrainState`) at `step` when the manager's
-  interval says so, or always with `force`; returns whether it saves."""
-  return manager.save(step, args=ocp.args.StandardSave(
-      flax.serialization.to_state_dict(state)), force=force)
+  interval says so, or always with `force`; returns whether it saves. An
+  empty `model_state` is not saved (`_state_dict`)."""
+  return manager.save(step, args=ocp.args.StandardSave(_state_dict(state)),
+                      force=force)
 
 
 # ---------------------------------------------------------------- checksums
@@ -433,7 +450,7 @@ def restore_state(manager: ocp.CheckpointManager, state: Any, shardings: Any,
     return state
   steps = ([_checked_step(manager, step)] if step is not None
            else sorted(manager.all_steps(), reverse=True))
-  target = flax.serialization.to_state_dict(jax.tree_util.tree_map(
+  target = _state_dict(jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
       shardings))
 
@@ -448,6 +465,9 @@ def restore_state(manager: ocp.CheckpointManager, state: Any, shardings: Any,
       asked=step is not None)
   _set_aside(manager, [s for s in steps if s > restored_step])
   logging.info('Restored the checkpoint at step %d.', restored_step)
+  restored = dict(restored)
+  if MODEL_STATE not in target and hasattr(state, MODEL_STATE):
+    restored[MODEL_STATE] = {}  # Not saved when empty.
   return flax.serialization.from_state_dict(state, restored)
 
 
@@ -502,6 +522,50 @@ def restore_params(workdir: str, step: Optional[int] = None,
       whose shapes differ from `target`'s, an unreadable `step`, or no step
       that restores.
   """
+  restored = _restore_items(workdir, step, ('params',),
+                            None if target is None else {'params': target})
+  return flax.core.unfreeze(restored['params'])
+
+
+def restore_variables(workdir: str, step: Optional[int] = None,
+                      target: Optional[Dict[str, Any]] = None
+                      ) -> Dict[str, Any]:
+  """The model's variables of checkpoint `step`: `{'params': ...,
+  **model_state}` (`train_steps.model_variables`), what `model.apply` and
+  the eval step take.
+
+  As `restore_params`, with the model state (BatchNorm's `batch_stats`) read
+  too: all of the checkpoint's without `target`, else `target`'s
+  collections (none for a model with `params` only, so that checkpoints
+  without a model state restore).
+
+  Args:
+    workdir: A workdir of this trainer.
+    step: The checkpoint step (default: the newest good one).
+    target: None: numpy arrays. Or the variables' `jax.ShapeDtypeStruct`s
+      with their `sharding`s (`train_steps.abstract_variables`): global
+      arrays on those shardings.
+
+  Raises:
+    As `restore_params`; `CheckpointError` also names a model state the
+    checkpoint lacks or whose shapes differ from `target`'s.
+  """
+  items = None
+  if target is not None:
+    model_state = {k: v for k, v in target.items() if k != 'params'}
+    items = {'params': target['params']}
+    if model_state:
+      items[MODEL_STATE] = model_state
+  restored = _restore_items(workdir, step, ('params', MODEL_STATE), items)
+  return {'params': flax.core.unfreeze(restored['params']),
+          **flax.core.unfreeze(restored.get(MODEL_STATE) or {})}
+
+
+def _restore_items(workdir: str, step: Optional[int], keys: Tuple[str, ...],
+                   target: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+  """The top-level `keys` of checkpoint `step`'s train state that it holds
+  (`restore_params`, `restore_variables`), or `target`'s keys onto its
+  shardings."""
   directory = checkpoint_dir(workdir)
   if not directory.exists():
     raise FileNotFoundError(f'{directory} does not exist.')
@@ -511,30 +575,33 @@ def restore_params(workdir: str, step: Optional[int] = None,
     if not steps:
       raise FileNotFoundError(f'no checkpoint in {directory}.')
     step, restored = _restore_newest(
-        directory, steps, lambda s: _read_params(manager, s, target),
+        directory, steps, lambda s: _read_items(manager, s, keys, target),
         fallback=True, asked=step is not None)
-  logging.info('Read the parameters of step %d in %s.', step, directory)
-  return flax.core.unfreeze(restored['params'])
+  logging.info('Read the %s of step %d in %s.', ' and '.join(sorted(restored)),
+               step, directory)
+  return restored
 
 
-def _read_params(manager: ocp.CheckpointManager, step: int,
-                 target: Any) -> Any:
-  """{'params': ...} of `step` (`restore_params`)."""
+def _read_items(manager: ocp.CheckpointManager, step: int,
+                keys: Tuple[str, ...], target: Optional[Dict[str, Any]]
+                ) -> Dict[str, Any]:
+  """{key: ...} of `step` for each of `keys` it holds, or of `target`'s
+  keys (`_restore_items`); `params` must be there."""
   where = f'The checkpoint at step {step} in {manager.directory}'
   metadata = manager.item_metadata(step)
   if metadata is None or 'params' not in metadata:
     raise CheckpointError(f'{where} has no `params`.')
   if target is None:
-    target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata['params'])
+    target = {key: jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata[key])
+              for key in keys if key in metadata}
     restore_args = jax.tree_util.tree_map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
   else:
-    check_shapes(metadata, {'params': target}, where)
+    check_shapes(metadata, target, where)
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   return manager.restore(step, args=ocp.args.PyTreeRestore(
-      item={'params': target}, restore_args={'params': restore_args},
-      partial_restore=True))
+      item=target, restore_args=restore_args, partial_restore=True))
 
 
 # ------------------------------------------------------------- workdir lock

@@ -3,7 +3,9 @@
 `load_params(config.init_from)` reads a checkpoint into our parameter layout
 (a nested dict of numpy arrays, per-layer: `checkpoint.unstack_layers`):
   * 'tokenlearner_jax': a workdir of this trainer (`checkpoint.restore_params`
-    of its latest checkpoint, parameters only);
+    of its latest checkpoint, parameters only; `load_variables` also reads
+    its model state, such as BatchNorm's `batch_stats`, which
+    `fit_model_state` puts into a new model's);
   * 'scenic': a reference (scenic) flax msgpack file, or a directory of
     `checkpoint_<step>` files; both of scenic's TrainState layouts load;
   * 'big_vision': a big_vision / vision_transformer `.npz` (the format public
@@ -24,7 +26,7 @@ inside `apply`.
 import io
 import math
 import re
-from typing import Any, Dict, Mapping, Set
+from typing import Any, Callable, Dict, Mapping, Set
 
 from absl import logging
 from etils import epath
@@ -63,6 +65,19 @@ def load_params(init_from: ml_collections.ConfigDict) -> Params:
     ValueError: for an unknown format or a file without parameters.
     FileNotFoundError: naming the path when there is nothing to read.
   """
+  return load_variables(init_from, model_state=False)['params']
+
+
+def load_variables(init_from: ml_collections.ConfigDict,
+                   model_state: bool = True) -> Dict[str, Params]:
+  """`{'params': load_params(init_from), **model_state}`, as numpy: the
+  model state (the checkpoint's non-`params` collections, such as
+  `batch_stats`) comes only from a workdir of this trainer that holds one,
+  else it is empty. `model_state=False` reads the parameters alone.
+
+  Raises:
+    As `load_params`.
+  """
   path = init_from.get('checkpoint_path')
   if not path:
     raise ValueError('init_from.checkpoint_path is not set.')
@@ -72,10 +87,13 @@ def load_params(init_from: ml_collections.ConfigDict) -> Params:
   if fmt not in loaders:
     raise ValueError(f'init_from.checkpoint_format must be one of {FORMATS}, '
                      f'got {fmt!r}.')
-  params = loaders[fmt](str(path))
+  if fmt == 'tokenlearner_jax' and model_state:
+    variables = load_workdir_variables(str(path))
+  else:
+    variables = {'params': loaders[fmt](str(path))}
   logging.info('Loaded %d pretrained arrays (%s format) from %s.',
-               len(flax.traverse_util.flatten_dict(params)), fmt, path)
-  return params
+               len(flax.traverse_util.flatten_dict(variables)), fmt, path)
+  return variables
 
 
 def load_workdir(workdir: str) -> Params:
@@ -84,8 +102,22 @@ def load_workdir(workdir: str) -> Params:
   Only the parameters are read (not the optimizer state), as numpy arrays in
   the per-layer layout.
   """
+  return checkpoint.per_layer(_read_workdir(workdir,
+                                            checkpoint.restore_params))
+
+
+def load_workdir_variables(workdir: str) -> Dict[str, Params]:
+  """As `load_workdir`, with the checkpoint's model state:
+  `{'params': ..., **model_state}` (`checkpoint.restore_variables`)."""
+  variables = _read_workdir(workdir, checkpoint.restore_variables)
+  params = variables.pop('params')
+  return {'params': checkpoint.per_layer(params), **variables}
+
+
+def _read_workdir(workdir: str, restore: Callable[[str], Params]) -> Params:
+  """`restore(workdir)` as numpy, its errors naming the config key."""
   try:
-    params = checkpoint.restore_params(workdir)
+    params = restore(workdir)
   except FileNotFoundError as e:
     raise FileNotFoundError(
         f'init_from.checkpoint_path: {str(e).rstrip(".")} '
@@ -93,7 +125,33 @@ def load_workdir(workdir: str) -> Params:
         'reads a workdir of this trainer).') from e
   except ValueError as e:
     raise ValueError(f'init_from.checkpoint_path: {e}') from e
-  return checkpoint.per_layer(_as_numpy(params))
+  return _as_numpy(params)
+
+
+def fit_model_state(model_state: Params, pretrained: Params) -> Params:
+  """`model_state` (a new model's, `TrainState.model_state`) with each leaf
+  that `pretrained` (`load_variables` without `params`) has under the same
+  name and shape taken from it, in the new leaf's dtype and sharding; the
+  others stay new. One log line names what was taken and what was kept."""
+  new = flax.traverse_util.flatten_dict(flax.core.unfreeze(model_state),
+                                        sep='/')
+  if not new:
+    return model_state
+  old = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained),
+                                        sep='/')
+  merged, kept = {}, []
+  for name, value in new.items():
+    if name in old and np.shape(old[name]) == tuple(value.shape):
+      array = np.asarray(old[name]).astype(value.dtype)
+      sharding = getattr(value, 'sharding', None)
+      merged[name] = (array if sharding is None
+                      else jax.device_put(array, sharding))
+    else:
+      merged[name] = value
+      kept.append(name)
+  logging.info('Initialised %d model state arrays from the pretrained '
+               'checkpoint; kept new: %s.', len(merged) - len(kept), kept)
+  return flax.traverse_util.unflatten_dict(merged, sep='/')
 
 
 def latest_scenic_file(path: str) -> epath.Path:

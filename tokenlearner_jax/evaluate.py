@@ -3,8 +3,9 @@ r"""Evaluates a trained checkpoint with the test protocol.
   python -m tokenlearner_jax.evaluate --config=configs/vivit_k400.py \
       --workdir=/path/to/run [--split=test] [--step=N]
 
-Restores the parameters (only: no optimizer) of the latest (or `--step`)
-checkpoint under `WORKDIR/checkpoints`, evaluates `--split` (default:
+Restores the parameters and the model state (BatchNorm's statistics, if the
+model has any; no optimizer) of the latest (or `--step`) checkpoint under
+`WORKDIR/checkpoints`, evaluates `--split` (default:
 `dataset_configs.test_split`, else 'test') with the test protocol -- for
 videos `num_test_clips` clips x 3 spatial crops (`do_three_spatial_crops`) per
 video with the logits averaged per video, each video counted exactly once; for
@@ -52,8 +53,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None) -> Dict[str, float]:
   """Evaluates a checkpoint of `workdir`; writes and returns the metrics.
 
-  Only the checkpoint's parameters are read, onto the shardings the config's
-  mesh gives them (no optimizer is built). `config.model_name` picks the
+  Only the checkpoint's parameters and model state are read
+  (`checkpoint.restore_variables`), onto the shardings the config's mesh
+  gives them (no optimizer is built). `config.model_name` picks the
   metrics (`metrics.is_multilabel`: mAP for the multi-label head).
   """
   errors.require_workdir(workdir, 'evaluate')
@@ -68,15 +70,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   data = input_pipeline.get_data(config, train=False)
   model = build_model(config, data.num_classes)
   mesh = sharding.make_mesh(config)
-  target, shardings = train_steps.abstract_params(config, model,
-                                                  data.input_shape, mesh)
-  params = checkpoint.restore_params(workdir, step, target)
+  target, shardings = train_steps.abstract_variables(config, model,
+                                                     data.input_shape, mesh)
+  variables = checkpoint.restore_variables(workdir, step, target)
   batch_sharding = sharding.batch_sharding(mesh)
   eval_step = train_steps.make_eval_step(model, shardings, batch_sharding,
                                          multilabel, multiview=True)
   logging.info('Evaluating step %d on %r with %d views per example.', step,
                split, data.num_test_views)
-  results = evaluation.evaluate_batches(params, data.test_batches(split),
+  results = evaluation.evaluate_batches(variables, data.test_batches(split),
                                         eval_step, batch_sharding, multilabel)
   results = {'step': step, 'split': split,
              'views_per_example': data.num_test_views, **results}

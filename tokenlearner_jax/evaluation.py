@@ -24,16 +24,18 @@ def _gathered(x: np.ndarray, tiled: bool = True) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=tiled))
 
 
-def evaluate_batches(params: Any, batches: Iterable[Dict[str, np.ndarray]],
+def evaluate_batches(variables: Any,
+                     batches: Iterable[Dict[str, np.ndarray]],
                      eval_step: Callable, batch_sharding: Any,
                      multilabel: bool) -> Dict[str, float]:
   """Metrics over all `batches` of every process (each example once).
 
   Args:
-    params: The parameters, on the shardings `eval_step` takes.
+    variables: The model's variables (`train_steps.model_variables`), on
+      the shardings `eval_step` takes.
     batches: This process's padded eval batches (`inputs`, `label`,
       `batch_mask`).
-    eval_step: `(params, global batch) -> (metric sums, logits)`.
+    eval_step: `(variables, global batch) -> (metric sums, logits)`.
     batch_sharding: Where a global batch goes.
     multilabel: Add the mean average precision over the whole split (the
       logits and labels of every process are gathered).
@@ -42,7 +44,7 @@ def evaluate_batches(params: Any, batches: Iterable[Dict[str, np.ndarray]],
   scores: List[np.ndarray] = []
   labels: List[np.ndarray] = []
   for batch in batching.in_lockstep(batches):
-    sums, logits = eval_step(params,
+    sums, logits = eval_step(variables,
                              sharding.global_batch(batch, batch_sharding))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)

@@ -232,14 +232,18 @@ class StepMetrics:
 
 def initial_state(config: ml_collections.ConfigDict, state, shardings,
                   manager: ocp.CheckpointManager, input_shape):
-  """The latest checkpoint, else `config.init_from`'s parameters, else
-  `state` (scratch)."""
+  """The latest checkpoint, else `config.init_from`'s parameters (and, from
+  a workdir of this trainer, its model state where names and shapes fit),
+  else `state` (scratch)."""
   if manager.latest_step() is not None:
     return checkpoint.restore_state(manager, state, shardings)
   if config.get('init_from') and config.init_from.get('checkpoint_path'):
-    return state.replace(params=surgery.init_params(
-        state.params, checkpoint_formats.load_params(config.init_from),
-        config, input_shape))
+    pretrained = checkpoint_formats.load_variables(config.init_from)
+    params = surgery.init_params(state.params, pretrained.pop('params'),
+                                 config, input_shape)
+    return state.replace(params=params,
+                         model_state=checkpoint_formats.fit_model_state(
+                             state.model_state, pretrained))
   return state
 
 
@@ -364,8 +368,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = train_steps.make_train_step(config, model, tx, schedule,
                                            shardings, batch_sharding,
                                            multilabel)
-  eval_step = train_steps.make_eval_step(model, shardings.params,
-                                         batch_sharding, multilabel)
+  eval_step = train_steps.make_eval_step(
+      model, train_steps.model_variables(shardings.params,
+                                         shardings.model_state),
+      batch_sharding, multilabel)
   start_step = int(state.step)
   recorder = Recorder(workdir, start_step)
   gmacs = log_start(config, state, data, recorder, total_steps, mesh)
@@ -375,9 +381,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       every_steps=config.log_summary_steps, every_secs=None)
   report(start_step)  # Rates from here (the first step's compile included).
 
-  def evaluate(params) -> Metrics:
+  def evaluate(current) -> Metrics:
+    variables = train_steps.model_variables(current.params,
+                                            current.model_state)
     with report.timed('eval', wait_jax_async_dispatch=False):
-      return evaluation.evaluate_batches(params, data.eval_batches(),
+      return evaluation.evaluate_batches(variables, data.eval_batches(),
                                          eval_step, batch_sharding, multilabel)
 
   eval_results: Optional[Metrics] = None
@@ -398,12 +406,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       save_on_preemption(manager, step, state, recorder)
       return None
     if step % config.log_eval_steps == 0 or last:
-      eval_results = evaluate(state.params)
+      eval_results = evaluate(state)
       logging.info('step %d eval: %s', step, eval_results)
       recorder.record(step, 'eval', eval_results)
     checkpoint.save(manager, step, state, force=last)
   if eval_results is None:  # Resumed after the last step: evaluate again.
-    eval_results = evaluate(state.params)
+    eval_results = evaluate(state)
   return finish(workdir, state, eval_results, gmacs, manager, recorder)
 
 

@@ -1,9 +1,19 @@
 """The jit-compiled parts of training: the state, the train and eval steps.
 
 No input pipeline, checkpointing or TensorFlow here: `tokenlearner_jax.train`
-runs these in its loop, `tokenlearner_jax.evaluate` restores parameters onto
-`abstract_params`' shardings, and `scripts/benchmark.py` times the same
-`make_train_step` on machines without TensorFlow.
+runs these in its loop, `tokenlearner_jax.evaluate` restores the model's
+variables onto `abstract_variables`' shardings, and `scripts/benchmark.py`
+times the same `make_train_step` on machines without TensorFlow.
+
+Model state: besides `params`, a model may have variable collections that a
+train step updates without differentiating them, such as BatchNorm's
+`batch_stats` (the convolutional video models). `TrainState.model_state`
+holds them (`{}` for the ViT / ViViT models, whose only collection is
+`params`); `model_variables` puts the two together for `model.apply`. Under
+plain `jax.jit` a BatchNorm's batch statistics are those of the global batch
+(the same on 1 device as on 8); with `config.grad_clip_per_shard` each data
+shard normalises by its own slice of the batch, and the updated running
+averages are the mean over the shards (`per_shard_loss_and_grads`).
 """
 
 import functools
@@ -21,24 +31,51 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import sharding
 
 
+# Collections that `model.init` returns but that are no state: what modules
+# sow (TokenLearner's attention maps).
+TRANSIENT_COLLECTIONS = ('intermediates',)
+
+
 @flax.struct.dataclass
 class TrainState:
-  """What a train step reads and returns (and a checkpoint holds)."""
+  """What a train step reads and returns (and a checkpoint holds).
+
+  Attributes:
+    step: The number of steps taken.
+    params: The model's `params` collection, what the optimizer updates.
+    opt_state: The optimizer's state.
+    rng: The key of the next step's dropout and mixup.
+    model_state: The model's other variable collections (by name, e.g.
+      `{'batch_stats': ...}`), updated by each train step and never
+      differentiated; `{}` for models with `params` only. A checkpoint holds
+      it only when it is not empty.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  model_state: Dict[str, Any] = flax.struct.field(default_factory=dict)
 
 
-def _initial_params(config, model, input_shape, rng):
-  """The model's (boxed) initial parameters, with `init_head_bias`."""
-  params = model.init(rng, jnp.zeros((1,) + tuple(input_shape)),
-                      train=False)['params']
+def model_variables(params: Any, model_state: Dict[str, Any]
+                    ) -> Dict[str, Any]:
+  """The variables `model.apply` takes: `{'params': params, **model_state}`."""
+  return {'params': params, **model_state}
+
+
+def _initial_variables(config, model, input_shape, rng):
+  """The model's (boxed) initial parameters, with `init_head_bias`, and its
+  initial model state (the other collections but `TRANSIENT_COLLECTIONS`)."""
+  variables = flax.core.unfreeze(
+      model.init(rng, jnp.zeros((1,) + tuple(input_shape)), train=False))
+  params = variables.pop('params')
   if config.get('init_head_bias') is not None:
     head = dict(params['output_projection'])
     head['bias'] = jnp.full_like(head['bias'], config.init_head_bias)
     params = {**params, 'output_projection': head}
-  return params
+  model_state = {k: v for k, v in variables.items()
+                 if k not in TRANSIENT_COLLECTIONS}
+  return params, model_state
 
 
 def create_train_state(config, model, tx, input_shape, mesh,
@@ -51,9 +88,11 @@ def create_train_state(config, model, tx, input_shape, mesh,
 
   def init(rng):
     params_rng, rng = jax.random.split(rng)
-    params = _initial_params(config, model, input_shape, params_rng)
+    params, model_state = _initial_variables(config, model, input_shape,
+                                             params_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=rng)
+                      opt_state=tx.init(params), rng=rng,
+                      model_state=model_state)
 
   rng = jax.random.PRNGKey(config.rng_seed)
   shardings = sharding.tree_sharding(jax.eval_shape(init, rng), mesh, config)
@@ -63,17 +102,28 @@ def create_train_state(config, model, tx, input_shape, mesh,
   return state, shardings
 
 
-def abstract_params(config, model, input_shape, mesh) -> Tuple[Any, Any]:
-  """(the parameters' `jax.ShapeDtypeStruct`s carrying their shardings, the
-  shardings): where a train state's `params` live, without an optimizer."""
-  boxed = jax.eval_shape(functools.partial(_initial_params, config, model,
-                                           input_shape),
-                         jax.random.PRNGKey(0))
+def abstract_variables(config, model, input_shape,
+                       mesh) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(the model's variables, `model_variables(params, model_state)`, as
+  `jax.ShapeDtypeStruct`s carrying their shardings, the shardings): where a
+  train state's `params` and `model_state` live, without an optimizer. Model
+  state leaves without logical axis names are replicated."""
+  params, model_state = jax.eval_shape(
+      functools.partial(_initial_variables, config, model, input_shape),
+      jax.random.PRNGKey(0))
+  boxed = model_variables(params, model_state)
   shardings = sharding.tree_sharding(boxed, mesh, config)
   target = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       nn.unbox(boxed), shardings)
   return target, shardings
+
+
+def abstract_params(config, model, input_shape, mesh) -> Tuple[Any, Any]:
+  """The `params` of `abstract_variables`: (their `jax.ShapeDtypeStruct`s
+  carrying their shardings, the shardings)."""
+  target, shardings = abstract_variables(config, model, input_shape, mesh)
+  return target['params'], shardings['params']
 
 
 def _mixup(inputs, labels, config, rng):
@@ -93,25 +143,39 @@ def l2_penalty(params) -> jax.Array:
              if x.ndim > 1)
 
 
-def loss_and_grads(params, inputs, labels, dropout_rng, *, model, config,
-                   multilabel: bool):
-  """`((loss, logits), gradient)` of the training loss at `params`.
+def loss_and_grads(params, model_state, inputs, labels, dropout_rng, *,
+                   model, config, multilabel: bool):
+  """`((loss, logits, model_state), gradient)` of the training loss at
+  `params`.
 
   The training loss adds `0.5 * l2_decay_factor * l2_penalty(params)` to the
   data loss (`loss`, what the metrics report). With `sam_rho` (SAM) the
   gradient and logits are those at `params + sam_rho * g / (||g|| + 1e-7)`,
   `g` the gradient at `params`, as the reference's ViViT trainer.
+
+  `model_state` (the non-`params` collections, `TrainState.model_state`)
+  is mutable in the model's apply (`train=True`: BatchNorm normalises by the
+  batch's statistics and updates its running averages); the one returned is
+  the state after the pass that gave the logits (`{}` stays `{}`).
   """
   l2_decay = config.get('l2_decay_factor')
+  mutable = list(model_state)
 
   def loss_fn(p):
-    logits = model.apply({'params': p}, inputs, train=True,
-                         rngs={'dropout': dropout_rng})
+    variables = model_variables(p, model_state)
+    rngs = {'dropout': dropout_rng}
+    if mutable:
+      logits, new_state = model.apply(variables, inputs, train=True,
+                                      rngs=rngs, mutable=mutable)
+      new_state = flax.core.unfreeze(new_state)
+    else:
+      logits = model.apply(variables, inputs, train=True, rngs=rngs)
+      new_state = model_state
     loss = metrics_lib.per_example_loss(logits, labels, multilabel,
                                         config.get('label_smoothing')).mean()
     total = loss if l2_decay is None else (
         loss + 0.5 * l2_decay * l2_penalty(p))
-    return total, (loss, logits)
+    return total, (loss, logits, new_state)
 
   rho = config.get('sam_rho')
   if rho is not None:
@@ -143,24 +207,34 @@ def per_shard_loss_and_grads(grad_fn: Callable, mesh, max_norm):
   """`grad_fn` run on each data shard (the `data` x `fsdp` devices' slices of
   the batch, the parameters gathered whole on each), each shard's gradient
   clipped to `max_norm` (if set), then the mean over shards: the reference's
-  ViViT trainer (clip before `pmean`). Returns `(params, inputs, labels, rng)
-  -> ((loss, logits), gradient, mean over shards of their gradient norms)`.
-  Dropout keys differ per shard."""
+  ViViT trainer (clip before `pmean`). Returns `(params, model_state, inputs,
+  labels, rng) -> ((loss, logits, model_state), gradient, mean over shards of
+  their gradient norms)`. Dropout keys differ per shard.
 
-  def shard_fn(params, inputs, labels, rng):
+  Each shard applies the model to its own slice alone, so a BatchNorm
+  normalises by the shard's batch statistics (not the global batch's); the
+  model state returned is the mean over the shards of each shard's updated
+  state (`pmean`: for BatchNorm, the mean of the running averages)."""
+
+  def shard_fn(params, model_state, inputs, labels, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA_AXES))
     # Each shard's own copy: its gradient is the shard's alone (not summed).
     params = jax.tree_util.tree_map(_varying, params)
-    (loss, logits), grads = grad_fn(params, inputs, labels, rng)
+    model_state = jax.tree_util.tree_map(_varying, model_state)
+    (loss, logits, model_state), grads = grad_fn(params, model_state, inputs,
+                                                 labels, rng)
     norm = optax.tree.norm(grads)
     if max_norm:
       grads = clip_by_norm(grads, max_norm)
     mean = functools.partial(jax.lax.pmean, axis_name=DATA_AXES)
-    return (mean(loss), logits), mean(grads), mean(norm)
+    if model_state:
+      model_state = mean(model_state)
+    return (mean(loss), logits, model_state), mean(grads), mean(norm)
 
   batch = P(DATA_AXES)
-  return jax.shard_map(shard_fn, mesh=mesh, in_specs=(P(), batch, batch, P()),
-                       out_specs=((P(), batch), P(), P()),
+  return jax.shard_map(shard_fn, mesh=mesh,
+                       in_specs=(P(), P(), batch, batch, P()),
+                       out_specs=((P(), batch, P()), P(), P()),
                        axis_names=set(DATA_AXES))
 
 
@@ -170,18 +244,21 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
 
   With `config.grad_clip_per_shard`, each data shard's gradient is clipped
   before the mean over shards (`per_shard_loss_and_grads` on `mesh`);
-  otherwise `tx` clips the mean gradient.
+  otherwise `tx` clips the mean gradient. The new state carries the model
+  state the step's forward pass updated (`loss_and_grads`), except after an
+  update that `config.skip_nonfinite_steps` skips, which keeps the old one.
   """
   rng, dropout_rng, mixup_rng = jax.random.split(state.rng, 3)
   inputs, labels = _mixup(batch['inputs'], batch['label'], config, mixup_rng)
   grad_fn = functools.partial(loss_and_grads, model=model, config=config,
                               multilabel=multilabel)
   if config.get('grad_clip_per_shard'):
-    (loss, logits), grads, grad_norm = per_shard_loss_and_grads(
+    (loss, logits, model_state), grads, grad_norm = per_shard_loss_and_grads(
         grad_fn, mesh, config.get('max_grad_norm'))(
-            state.params, inputs, labels, dropout_rng)
+            state.params, state.model_state, inputs, labels, dropout_rng)
   else:
-    (loss, logits), grads = grad_fn(state.params, inputs, labels, dropout_rng)
+    (loss, logits, model_state), grads = grad_fn(
+        state.params, state.model_state, inputs, labels, dropout_rng)
     grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -194,20 +271,26 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   }
   if isinstance(opt_state, optax.ApplyIfFiniteState):
     step_metrics['skipped_steps'] = opt_state.total_notfinite
+    model_state = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(opt_state.last_finite, new, old),
+        model_state, state.model_state)
   new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state, rng=rng)
+                            opt_state=opt_state, rng=rng,
+                            model_state=model_state)
   return new_state, step_metrics
 
 
-def eval_step(params, batch, *, model, multilabel: bool,
+def eval_step(variables, batch, *, model, multilabel: bool,
               multiview: bool = False):
-  """Masked metric sums; `multiview` averages the logits of each example's
-  views (`inputs` `[B, views, ...]`)."""
+  """Masked metric sums and logits of the model's `variables`
+  (`model_variables(params, model_state)`; `train=False`: BatchNorm uses its
+  running averages); `multiview` averages the logits of each example's views
+  (`inputs` `[B, views, ...]`)."""
   inputs = batch['inputs']
   if multiview:
     b, v = inputs.shape[:2]
     inputs = inputs.reshape((b * v,) + inputs.shape[2:])  # [B * views, ...]
-  logits = model.apply({'params': params}, inputs, train=False)
+  logits = model.apply(variables, inputs, train=False)
   if multiview:
     logits = logits.reshape(b, v, -1).mean(1)  # [B, classes]
   sums = metrics_lib.metric_sums(logits, batch['label'], batch['batch_mask'],
@@ -242,11 +325,12 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
       donate_argnums=0 if config.get('donate_train_state', True) else ())
 
 
-def make_eval_step(model, params_shardings: Any, batch_sharding: Any,
+def make_eval_step(model, variables_shardings: Any, batch_sharding: Any,
                    multilabel: bool, multiview: bool = False) -> Callable:
-  """`eval_step` jit-compiled over the mesh: `(params, batch) -> (metric
-  sums, logits)`."""
+  """`eval_step` jit-compiled over the mesh: `(variables, batch) -> (metric
+  sums, logits)`, the variables (`model_variables`) on
+  `variables_shardings`."""
   return jax.jit(
       functools.partial(eval_step, model=model, multilabel=multilabel,
                         multiview=multiview),
-      in_shardings=(params_shardings, batch_sharding))
+      in_shardings=(variables_shardings, batch_sharding))

@@ -53,14 +53,15 @@ def define_flags() -> None:
                        'Which TokenLearner (its index k) to show.')
 
 
-def attention_maps(model, params, inputs: np.ndarray, config:
+def attention_maps(model, variables, inputs: np.ndarray, config:
                    ml_collections.ConfigDict, index: int = 0):
-  """(logits `[B, classes]`, maps `[B, T, S, h, w]`) of TokenLearner `index`.
+  """(logits `[B, classes]`, maps `[B, T, S, h, w]`) of TokenLearner `index`
+  in the model of `variables` (`{'params': ..., **model_state}`).
 
   `inputs` are `[B, H, W, 3]` images (T=1) or `[B, F, H, W, 3]` videos (T
   temporal slices of F / T frames each); h x w is the token grid of a slice.
   """
-  logits, state = model.apply({'params': params}, inputs, train=False,
+  logits, state = model.apply(variables, inputs, train=False,
                               mutable=['intermediates'])
   encoder = state['intermediates']['Transformer']
   names = [f'TokenLearnerModuleV11_{index}', f'TokenLearnerModule_{index}']
@@ -138,11 +139,13 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
   config.model.scan_layers = False  # The checkpoint is read per layer.
   data = input_pipeline.get_data(config, train=False)
   model = build_model(config, data.num_classes)
-  params = checkpoint.per_layer(checkpoint.restore_params(workdir))
+  variables = checkpoint.restore_variables(workdir)
+  variables['params'] = checkpoint.per_layer(variables['params'])
   batch = next(iter(data.eval_batches()))
   inputs = batch['inputs'][:num_clips]
   labels = batch['label'][:num_clips].argmax(-1)
-  logits, maps = attention_maps(model, params, inputs, config, tokenlearner)
+  logits, maps = attention_maps(model, variables, inputs, config,
+                                tokenlearner)
   out_dir = os.path.join(workdir, 'visualizations')
   os.makedirs(out_dir, exist_ok=True)
   entries = []
