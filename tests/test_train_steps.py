@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tests import testing
 from tests.testing import ROOT
 from tests.testing import config_for
 from tests.testing import fresh_state
@@ -237,6 +238,136 @@ class PerShardClippingTest(absltest.TestCase):
     self.assertAlmostEqual(per_shard['loss'], global_['loss'], places=5)
     self.assertAlmostEqual(per_shard['grad_norm'],
                            np.mean([n for _, n in shards]), places=5)
+
+
+def batchnorm_steps(config, devices, batches):
+  """(losses, batch_stats as nested lists) of one `TinyBatchNormNet` train
+  step per batch of `batches`, on a mesh of `devices`."""
+  fresh = testing.batchnorm_state(config, devices)
+  batch_sharding = sharding.batch_sharding(fresh.mesh)
+  step = train_steps.make_train_step(config, fresh.model, fresh.tx,
+                                     fresh.schedule, fresh.shardings,
+                                     batch_sharding, multilabel=False)
+  state, losses = fresh.state, []
+  for batch in batches:
+    state, step_metrics = step(state, jax.device_put(batch, batch_sharding))
+    losses.append(float(step_metrics['loss']))
+  stats = state.model_state['batch_stats']['BatchNorm_0']
+  return losses, {k: np.asarray(v).tolist() for k, v in stats.items()}
+
+
+# Runs with 8 CPU devices: `TinyBatchNormNet`'s train steps on a mesh data=2
+# x fsdp=2 x model=2, under plain jit (two steps) and with
+# grad_clip_per_shard (one step); prints the results as JSON.
+BATCHNORM_EIGHT_DEVICES = """
+import json
+import jax
+from tests import testing
+from tests.test_train_steps import batchnorm_steps
+
+batches = [testing.batchnorm_batch(seed) for seed in (0, 1)]
+print(json.dumps({
+    'jit': batchnorm_steps(testing.batchnorm_config((2, 2, 2)),
+                           jax.devices(), batches),
+    'per_shard': batchnorm_steps(
+        testing.batchnorm_config((2, 2, 2), grad_clip_per_shard=True),
+        jax.devices(), batches[:1])}))
+"""
+
+
+def conv(params, inputs):
+  """`TinyBatchNormNet`'s convolution alone: `[B, H, W, 4]`, float64."""
+  return np.asarray(nn.Conv(4, (3, 3)).apply({'params': params['Conv_0']},
+                                             inputs), np.float64)
+
+
+def head(params, normalised):
+  """`TinyBatchNormNet` after its BatchNorm's normalisation, in NumPy."""
+  bn, out = params['BatchNorm_0'], params['output_projection']
+  pooled = np.maximum(normalised * bn['scale'] + bn['bias'], 0).mean((1, 2))
+  return pooled @ out['kernel'] + out['bias']  # [B, 3]
+
+
+class BatchNormStateTest(absltest.TestCase):
+  """A model with BatchNorm's `batch_stats` (`TrainState.model_state`)."""
+
+  def test_batch_stats_move_and_eval_normalises_by_their_averages(self):
+    config = testing.batchnorm_config()
+    fresh = testing.batchnorm_state(config, jax.devices()[:1])
+    stats = jax.device_get(fresh.state.model_state)['batch_stats']
+    np.testing.assert_array_equal(stats['BatchNorm_0']['mean'], np.zeros(4))
+    np.testing.assert_array_equal(stats['BatchNorm_0']['var'], np.ones(4))
+    batch_sharding = sharding.batch_sharding(fresh.mesh)
+    step = train_steps.make_train_step(config, fresh.model, fresh.tx,
+                                       fresh.schedule, fresh.shardings,
+                                       batch_sharding, multilabel=False)
+    batch = testing.batchnorm_batch(0)
+    params = jax.device_get(fresh.state.params)
+    state, _ = step(fresh.state, jax.device_put(batch, batch_sharding))
+    # Momentum 0.5: half the old average, half the batch's (biased) moment.
+    y = conv(params, batch['inputs'])
+    stats = jax.device_get(state.model_state)['batch_stats']['BatchNorm_0']
+    np.testing.assert_allclose(stats['mean'], 0.5 * y.mean((0, 1, 2)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats['var'], 0.5 + 0.5 * y.var((0, 1, 2)),
+                               rtol=1e-5, atol=1e-6)
+
+    eval_step = train_steps.make_eval_step(
+        fresh.model, train_steps.model_variables(
+            fresh.shardings.params, fresh.shardings.model_state),
+        batch_sharding, multilabel=False)
+    batch = {**testing.batchnorm_batch(1),
+             'batch_mask': np.ones(16, np.float32)}
+    _, logits = eval_step(
+        train_steps.model_variables(state.params, state.model_state),
+        jax.device_put(batch, batch_sharding))
+    params = jax.device_get(state.params)
+    y = conv(params, batch['inputs'])
+    running = head(params, (y - stats['mean']) / np.sqrt(stats['var'] + 1e-5))
+    np.testing.assert_allclose(logits, running, rtol=1e-4, atol=1e-5)
+    own = head(params, (y - y.mean((0, 1, 2))) /
+               np.sqrt(y.var((0, 1, 2)) + 1e-5))  # The batch's statistics.
+    self.assertGreater(np.abs(own - running).max(), 1e-2)
+
+  def test_one_device_and_a_2x2x2_mesh_of_8_take_the_same_steps(self):
+    result = subprocess.run(
+        [sys.executable, '-c', BATCHNORM_EIGHT_DEVICES], cwd=ROOT, text=True,
+        capture_output=True, check=False, timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS='cpu',
+                 XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    eight = json.loads(result.stdout.strip().splitlines()[-1])
+    one_device = jax.devices()[:1]
+    batches = [testing.batchnorm_batch(seed) for seed in (0, 1)]
+    # Under jit the statistics are the global batch's, as on one device.
+    losses, stats = batchnorm_steps(testing.batchnorm_config(), one_device,
+                                    batches)
+    np.testing.assert_allclose(eight['jit'][0], losses, rtol=1e-5)
+    for name in ('mean', 'var'):
+      np.testing.assert_allclose(eight['jit'][1][name], stats[name],
+                                 rtol=1e-5, atol=1e-6)
+    # grad_clip_per_shard: each of the 4 data shards normalises its 4
+    # examples by their own statistics; the running averages are the mean
+    # of the shards' (each as a 1-device step on that slice alone).
+    shards = [batchnorm_steps(testing.batchnorm_config(batch_size=4),
+                              one_device,
+                              [{k: v[i:i + 4] for k, v in batches[0].items()}])
+              for i in range(0, 16, 4)]
+    losses, stats = eight['per_shard']
+    self.assertAlmostEqual(losses[0], np.mean([l[0] for l, _ in shards]),
+                           places=5)
+    _, whole = batchnorm_steps(testing.batchnorm_config(), one_device,
+                               batches[:1])
+    for name in ('mean', 'var'):
+      np.testing.assert_allclose(stats[name],
+                                 np.mean([s[name] for _, s in shards], 0),
+                                 rtol=1e-5, atol=1e-6)
+    # The mean of equal shards' means is the batch's, but not so the
+    # variances: theirs leave out the spread between the shards' means.
+    np.testing.assert_allclose(stats['mean'], whole['mean'], rtol=1e-5,
+                               atol=1e-6)
+    self.assertTrue(np.all(np.array(stats['var']) <
+                           np.array(whole['var']) - 1e-3))
 
 
 if __name__ == '__main__':

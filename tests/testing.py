@@ -278,3 +278,71 @@ def param_shapes(params) -> Dict[str, Tuple[int, ...]]:
   """'/'-joined parameter names -> shapes."""
   return {k: tuple(v.shape)
           for k, v in flat(flax.linen.meta.unbox(params)).items()}
+
+
+class TinyBatchNormNet(flax.linen.Module):
+  """conv -> BatchNorm -> ReLU -> mean pool -> dense: a model with a
+  `batch_stats` collection, taking `train=` as the project's models. The
+  conv and dense kernels carry logical axis names (sharded over `model` and
+  `fsdp`); the BatchNorm's variables carry none (replicated).
+
+  Attributes:
+    num_classes: The logits' size.
+    momentum: The BatchNorm's running-average momentum.
+  """
+  num_classes: int = 3
+  momentum: float = 0.5
+
+  @flax.linen.compact
+  def __call__(self, x, train: bool):
+    nn = flax.linen
+    x = nn.Conv(4, (3, 3), kernel_init=nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), (None, None, None, 'mlp')))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x)
+    x = nn.relu(x).mean((1, 2))  # [B, H, W, 4] -> [B, 4]
+    return nn.Dense(self.num_classes, name='output_projection',
+                    kernel_init=nn.with_logical_partitioning(
+                        nn.initializers.lecun_normal(),
+                        ('embed', 'classes')))(x)
+
+
+BATCHNORM_INPUT_SHAPE = (6, 6, 3)
+
+
+def batchnorm_config(mesh: Tuple[int, int, int] = (1, 1, 1),
+                     **overrides: Any) -> ml_collections.ConfigDict:
+  """A train config for `TinyBatchNormNet`: SGD at rate 0.1, batch 16, on a
+  (data, fsdp, model) `mesh`; `overrides` set top-level keys."""
+  config = ml_collections.ConfigDict(dict(
+      optimizer='sgd', rng_seed=0, batch_size=16,
+      lr_configs=dict(learning_rate_schedule='compound', factors='constant',
+                      base_learning_rate=0.1),
+      mesh=dict(zip(sharding.MESH_AXES, mesh)),
+      logical_axis_rules=sharding.DEFAULT_RULES))
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def batchnorm_state(config: ml_collections.ConfigDict,
+                    devices: Sequence[Any]) -> FreshState:
+  """A fresh `TinyBatchNormNet` train state of `config` on a mesh of
+  `devices` (which `config.mesh` must fit)."""
+  model = TinyBatchNormNet()
+  tx, schedule = optim.make_optimizer(config, 10)
+  shape = sharding.mesh_shape(config.mesh, len(devices))
+  mesh = jax.sharding.Mesh(np.asarray(devices).reshape(shape),
+                           sharding.MESH_AXES)
+  state, shardings = train_steps.create_train_state(
+      config, model, tx, BATCHNORM_INPUT_SHAPE, mesh)
+  return FreshState(model, tx, schedule, mesh, state, shardings)
+
+
+def batchnorm_batch(seed: int, batch_size: int = 16) -> Dict[str, np.ndarray]:
+  """Random `inputs` (mean 1, so that the batch statistics move) and one-hot
+  labels of 3 classes for `TinyBatchNormNet`."""
+  rng = np.random.default_rng(seed)
+  return {'inputs': rng.normal(1.0, 2.0, (batch_size,) +
+                               BATCHNORM_INPUT_SHAPE).astype(np.float32),
+          'label': np.eye(3, dtype=np.float32)[rng.integers(0, 3,
+                                                            batch_size)]}
