@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from tests import testing
 from tokenlearner_jax import checkpoint
@@ -91,6 +92,19 @@ class OldWorkdirTest(absltest.TestCase):
     np.testing.assert_array_equal(
         per_layer['encoderblock_1']['LayerNorm_0']['scale'], [2.0, 3.0])
 
+  def test_its_variables_are_its_parameters(self):
+    # Written before model states: no `model_state`, and none is asked for.
+    variables = checkpoint.restore_variables(self.workdir)
+    self.assertEqual(sorted(variables), ['params'])
+    assert_trees_equal(variables['params'], old_params())
+    target = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        old_params(), single_device(old_params()))
+    variables = checkpoint.restore_variables(self.workdir, 4,
+                                             {'params': target})
+    self.assertIsInstance(variables['params']['embedding']['bias'], jax.Array)
+    assert_trees_equal(variables, {'params': old_params()})
+
 
 class SaveRestoreTest(absltest.TestCase):
 
@@ -125,6 +139,80 @@ class SaveRestoreTest(absltest.TestCase):
     workdir.mkdir('checkpoints')
     with self.assertRaisesRegex(FileNotFoundError, 'no checkpoint in'):
       checkpoint.restore_params(workdir.full_path)
+
+
+def saved_keys(workdir: str, step: int):
+  """The top-level keys of the train state saved at `step`."""
+  with ocp.CheckpointManager(
+      checkpoint.checkpoint_dir(workdir),
+      item_handlers=ocp.PyTreeCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(read_only=True,
+                                           create=False)) as manager:
+    return sorted(manager.item_metadata(step))
+
+
+class ModelStateTest(absltest.TestCase):
+  """A train state with a model state (`TinyBatchNormNet`'s batch_stats)."""
+
+  def setUp(self):
+    super().setUp()
+    self.config = testing.batchnorm_config(checkpoint_steps=1)
+    self.fresh = testing.batchnorm_state(self.config, jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    stats = jax.tree_util.tree_map(
+        lambda x: rng.uniform(0.5, 2.0, x.shape).astype(np.float32),
+        self.fresh.state.model_state)
+    self.state = self.fresh.state.replace(
+        step=jnp.asarray(3, jnp.int32),
+        model_state=jax.device_put(stats, self.fresh.shardings.model_state))
+    self.workdir = self.create_tempdir().full_path
+
+  def save(self, state, step: int = 3) -> None:
+    manager = checkpoint.make_manager(self.workdir, self.config)
+    checkpoint.save(manager, step, state, force=True)
+    manager.close()
+
+  def test_the_model_state_round_trips(self):
+    self.save(self.state)
+    self.assertEqual(saved_keys(self.workdir, 3),
+                     ['model_state', 'opt_state', 'params', 'rng', 'step'])
+    manager = checkpoint.make_manager(self.workdir, self.config)
+    restored = checkpoint.restore_state(manager, self.fresh.state,
+                                        self.fresh.shardings)
+    manager.close()
+    assert_trees_equal(restored, self.state)
+    variables = checkpoint.restore_variables(self.workdir)
+    self.assertEqual(sorted(variables), ['batch_stats', 'params'])
+    self.assertIsInstance(variables['batch_stats']['BatchNorm_0']['mean'],
+                          np.ndarray)
+    expected = train_steps.model_variables(self.state.params,
+                                           self.state.model_state)
+    assert_trees_equal(variables, expected)
+    target, shardings = train_steps.abstract_variables(
+        self.config, self.fresh.model, testing.BATCHNORM_INPUT_SHAPE,
+        self.fresh.mesh)
+    on_device = checkpoint.restore_variables(self.workdir, 3, target)
+    assert_trees_equal(on_device, expected)
+    self.assertEqual(on_device['batch_stats']['BatchNorm_0']['var'].sharding,
+                     shardings['batch_stats']['BatchNorm_0']['var'])
+    # The parameters alone, as before.
+    assert_trees_equal(checkpoint.restore_params(self.workdir),
+                       self.state.params)
+
+  def test_an_empty_model_state_is_not_saved_and_is_named_when_lacking(self):
+    self.save(self.state.replace(model_state={}))
+    self.assertEqual(saved_keys(self.workdir, 3),
+                     ['opt_state', 'params', 'rng', 'step'])
+    self.assertEqual(sorted(checkpoint.restore_variables(self.workdir)),
+                     ['params'])
+    manager = checkpoint.make_manager(self.workdir, self.config)
+    with self.assertRaisesRegex(
+        checkpoint.CheckpointError,
+        r'^The checkpoint at step 3 in \S+ does not fit this run: it lacks '
+        r'model_state/batch_stats/BatchNorm_0/mean '):
+      checkpoint.restore_state(manager, self.fresh.state,
+                               self.fresh.shardings)
+    manager.close()
 
 
 def garble(path: str, count: int = 64) -> None:
