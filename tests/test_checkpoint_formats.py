@@ -14,6 +14,8 @@ import numpy as np
 import optax
 
 from tests.testing import assert_trees_equal
+from tests.testing import batchnorm_config
+from tests.testing import batchnorm_state
 from tests.testing import flat
 from tests.testing import init
 from tests.testing import mu_config as make_config
@@ -92,13 +94,47 @@ class LoadParamsTest(parameterized.TestCase):
                          (2, self.params)):
       state = train_steps.TrainState(step=jnp.asarray(step), params=params,
                                      opt_state=tx.init(params),
-                                     rng=jax.random.PRNGKey(0))
+                                     rng=jax.random.PRNGKey(0),
+                                     model_state={})
       checkpoint.save(manager, step, state)
     manager.wait_until_finished()
     loaded = checkpoint_formats.load_params(
         ml_collections.ConfigDict(dict(checkpoint_path=workdir)))
     assert_trees_equal(self, loaded, self.params)
     self.assertIsInstance(loaded['embedding']['kernel'], np.ndarray)
+    variables = checkpoint_formats.load_variables(
+        ml_collections.ConfigDict(dict(checkpoint_path=workdir)))
+    self.assertEqual(sorted(variables), ['params'])  # No model state.
+    assert_trees_equal(self, variables['params'], self.params)
+
+  def test_our_workdir_model_state_fits_a_new_model_where_shapes_do(self):
+    # A BatchNorm model's run: its batch_stats come with its parameters.
+    workdir = self.create_tempdir().full_path
+    fresh = batchnorm_state(batchnorm_config(), jax.devices()[:1])
+    stats = {'BatchNorm_0': {'mean': np.arange(4, dtype=np.float32),
+                             'var': np.arange(1, 5, dtype=np.float32)}}
+    manager = checkpoint.make_manager(
+        workdir, ml_collections.ConfigDict(dict(checkpoint_steps=1)))
+    checkpoint.save(manager, 1, fresh.state.replace(
+        model_state={'batch_stats': stats}))
+    manager.close()
+    variables = checkpoint_formats.load_variables(
+        ml_collections.ConfigDict(dict(checkpoint_path=workdir)))
+    self.assertEqual(sorted(variables), ['batch_stats', 'params'])
+    assert_trees_equal(self, variables['params'], fresh.state.params)
+    new = fresh.state.model_state
+    fitted = checkpoint_formats.fit_model_state(
+        new, {'batch_stats': variables['batch_stats']})
+    assert_trees_equal(self, fitted, {'batch_stats': stats})
+    self.assertEqual(fitted['batch_stats']['BatchNorm_0']['var'].sharding,
+                     new['batch_stats']['BatchNorm_0']['var'].sharding)
+    # A statistic of another shape stays new.
+    other = {'BatchNorm_0': {'mean': np.full(5, 7.0, np.float32),
+                             'var': stats['BatchNorm_0']['var']}}
+    fitted = checkpoint_formats.fit_model_state(new, {'batch_stats': other})
+    assert_trees_equal(self, fitted, {'batch_stats': {'BatchNorm_0': {
+        'mean': np.zeros(4, np.float32), 'var': stats['BatchNorm_0']['var']}}})
+    self.assertEqual(checkpoint_formats.fit_model_state({}, variables), {})
 
   @parameterized.parameters('params', 'optimizer.target')
   def test_scenic_msgpack(self, layout):
