@@ -2,7 +2,11 @@
 
 64x64 images holding 1-3 digits; the target is the multi-hot set of digits
 (sigmoid cross-entropy, `init_head_bias`, precision@1 and mAP), the path the
-reference uses for JFT pre-training. Generated offline on first use.
+reference uses for JFT pre-training. Generated offline on first use. Every
+1000 steps and at the end, the few-shot linear accuracy of the frozen
+features on `fewshot_digits` (digit images multi_digits never trains on), as
+the paper measures its pre-trained models (`tokenlearner_jax.fewshot`; also
+standalone: `python -m tokenlearner_jax.fewshot --config=... --workdir=...`).
 
   python -m tokenlearner_jax.train --config=configs/demo_multi_digits.py \
       --workdir=/tmp/demo_multi_digits
@@ -59,6 +63,14 @@ def get_config(arg=None):
   config.log_eval_steps = 1000
   config.checkpoint_steps = 1000
   config.rng_seed = 0
+  # The paper's metric of pre-trained models: 5-shot (and 1-, 10-, 25-shot)
+  # linear accuracy on a target disjoint from the pre-training images
+  # (`fewshot_digits`), every `log_steps` and at the end.
+  config.fewshot = ml_collections.ConfigDict(dict(
+      datasets={'digits': ('fewshot_digits', 'train', 'test')},
+      shots=(1, 5, 10, 25), num_seeds=3, l2_reg=2.0**10, log_steps=1000,
+      crop_fraction=1.0,  # The images are the model's input size already.
+      batch_size=250))
   common.trainer_defaults(config)
 
   if arg.runlocal:
@@ -71,4 +83,10 @@ def get_config(arg=None):
     config.log_summary_steps = 1
     config.log_eval_steps = 2
     config.checkpoint_steps = 2
+    config.fewshot.datasets = {'digits': ('fewshot_digits/small', 'train',
+                                          'test')}
+    config.fewshot.shots = (1, 5)
+    config.fewshot.num_seeds = 2
+    config.fewshot.log_steps = 1
+    config.fewshot.batch_size = 64
   return config

@@ -32,6 +32,12 @@ num_tokens=8, tokenlearner_loc=6 (None: plain ViT), use_v11=False,
 use_tokenfuse=False, extra_layers=0, image_size=224, runlocal (a tiny 'mu/8'
 model at 32x32 with 10 classes for a CPU smoke run).
 
+Every 25,000 steps and at the end, few-shot linear accuracy (1, 5, 10, 25
+shots, 3 seeds) on the paper's nine datasets (`FEWSHOT_DATASETS`, tfds names;
+`--config.fewshot.datasets=...` to change), standalone on a checkpoint:
+  python -m tokenlearner_jax.fewshot --config=configs/jft_pretrain.py \
+      --workdir=DIR
+
 The paper's points (the location and few-shot figures: each model's ARGS, its
 GFLOPs and 5-shot accuracy, and our GMACs) are listed in docs/flops.md, made
 from `tokenlearner_jax/paper.py` by `python scripts/flops_table.py
@@ -46,6 +52,23 @@ from tokenlearner_jax.configs import common
 
 JFT_NUM_CLASSES = 18_291
 JFT_TRAIN_SIZE = 303_000_000  # About; set to your copy's count.
+# The paper's nine few-shot datasets (its 5-shot average; ImageNet alone is
+# its other few-shot figure) as tfds has them: name -> (tfds name, few-shot
+# pool split, test split), with the splits of big_vision's few-shot configs
+# (UC Merced and colorectal_histology have one split; the first 65,000
+# ImageNet train images hold at least 30 of every class). tfds prepares each
+# on first use, ImageNet from the files a user downloads (its manual_dir).
+FEWSHOT_DATASETS = {
+    'caltech': ('caltech101', 'train', 'test'),
+    'birds': ('caltech_birds2011', 'train', 'test'),
+    'cars': ('cars196', 'train', 'test'),
+    'cifar100': ('cifar100', 'train', 'test'),
+    'col_hist': ('colorectal_histology', 'train[:2000]', 'train[2000:]'),
+    'dtd': ('dtd', 'train', 'test'),
+    'imagenet': ('imagenet2012', 'train[:65000]', 'validation'),
+    'pets': ('oxford_iiit_pet', 'train', 'test'),
+    'uc_merced': ('uc_merced', 'train[:1000]', 'train[1000:]'),
+}
 # ViT's JFT-300M base learning rates per model size.
 BASE_LEARNING_RATES = {'mu': 1e-3, 'Ti': 1e-3, 'S': 1e-3, 'B': 8e-4,
                        'L': 4e-4, 'H': 3e-4}
@@ -106,6 +129,12 @@ def get_config(arg=None):
   config.log_summary_steps = 100
   config.log_eval_steps = 5000
   config.checkpoint_steps = 5000
+  # The paper's metric: few-shot linear accuracy of the frozen pre-logits
+  # (`tokenlearner_jax.fewshot`), images resized to 256 and cropped to 224.
+  config.fewshot = ml_collections.ConfigDict(dict(
+      datasets=dict(FEWSHOT_DATASETS), shots=(1, 5, 10, 25), num_seeds=3,
+      l2_reg=2.0**10, log_steps=25_000, crop_fraction=0.875,
+      batch_size=512, data_dir=ml_collections.config_dict.placeholder(str)))
   common.trainer_defaults(config)
 
   if arg.runlocal:
@@ -127,4 +156,5 @@ def get_config(arg=None):
     config.log_summary_steps = 1
     config.log_eval_steps = 2
     config.checkpoint_steps = 2
+    del config['fewshot']  # The nine datasets are not at hand for a smoke run.
   return config

@@ -89,7 +89,9 @@ class ConfigsTrainTest(parameterized.TestCase):
     final = self.run_config(config)
     self.assertSameElements(
         final, ['step', 'loss', 'prec@1', 'mean_average_precision', 'num_examples',
-                'gmacs_per_example'])
+                'gmacs_per_example', 'fewshot_digits_1shot',
+                'fewshot_digits_5shot', 'fewshot_avg_1shot',
+                'fewshot_avg_5shot'])
     self.assertBetween(final['mean_average_precision'], 0.0, 1.0)
 
   def test_im1k_on_mock_data(self):

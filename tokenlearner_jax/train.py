@@ -61,6 +61,7 @@ from tokenlearner_jax import checkpoint
 from tokenlearner_jax import checkpoint_formats
 from tokenlearner_jax import errors
 from tokenlearner_jax import evaluation
+from tokenlearner_jax import fewshot
 from tokenlearner_jax import flops
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
@@ -131,7 +132,7 @@ def preemption_requested(manager: ocp.CheckpointManager, step: int) -> bool:
 
 
 # metrics.jsonl's `kind` -> the TensorBoard tag prefix of the reference.
-TAG_PREFIXES = {'train': 'train', 'eval': 'valid'}
+TAG_PREFIXES = {'train': 'train', 'eval': 'valid', 'fewshot': 'fewshot'}
 
 
 def drop_rows_after(path: str, step: int) -> None:
@@ -169,8 +170,9 @@ class Recorder:
       drop_rows_after(os.path.join(workdir, 'metrics.jsonl'), start_step)
 
   def record(self, step: int, kind: str, values: Metrics) -> None:
-    """`kind` 'train' or 'eval'; TensorBoard tags as the reference's
-    (`train_loss`, `valid_accuracy`, ...)."""
+    """`kind` 'train', 'eval' or 'fewshot'; TensorBoard tags as the
+    reference's (`train_loss`, `valid_accuracy`, ...) and
+    `fewshot_<dataset>_<shots>shot`."""
     prefix = TAG_PREFIXES[kind]
     self.writer.write_scalars(step,
                               {f'{prefix}_{k}': v for k, v in values.items()})
@@ -289,6 +291,18 @@ def save_on_preemption(manager: ocp.CheckpointManager, step: int, state,
                   'command resumes from it.', step)
 
 
+def run_fewshot(evaluator: fewshot.FewShotEvaluator, state, step: int,
+                recorder: Recorder, report) -> Metrics:
+  """The few-shot accuracies of `state` (`tokenlearner_jax.fewshot`),
+  recorded as kind 'fewshot'; returns them prefixed 'fewshot_', as
+  `final_metrics.json` holds them."""
+  with report.timed('fewshot', wait_jax_async_dispatch=False):
+    results, _ = evaluator.run(fewshot.variables_of(state))
+  logging.info('step %d few-shot: %s', step, results)
+  recorder.record(step, 'fewshot', results)
+  return {f'fewshot_{k}': v for k, v in results.items()}
+
+
 def finish(workdir: str, state, eval_results: Metrics, gmacs: float,
            manager: ocp.CheckpointManager, recorder: Recorder) -> Metrics:
   """Waits for the last checkpoint; writes `final_metrics.json`."""
@@ -359,6 +373,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager = checkpoint.make_manager(workdir, config)
   stack.callback(manager.close)  # Waits for the checkpoint writes in flight.
   model = build_model(config, data.num_classes)
+  fewshot_eval = (fewshot.FewShotEvaluator(config, model, mesh,
+                                            data.input_shape)
+                  if fewshot.enabled(config) else None)
+  fewshot_steps = fewshot_eval and fewshot_eval.settings.log_steps
   total_steps = num_train_steps(config, data.num_train_examples)
   tx, schedule = optim.make_optimizer(config, total_steps)
   state, shardings = train_steps.create_train_state(
@@ -389,6 +407,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                          eval_step, batch_sharding, multilabel)
 
   eval_results: Optional[Metrics] = None
+  fewshot_results: Metrics = {}  # The latest, for final_metrics.json.
   for step in range(start_step + 1, total_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = sharding.global_batch(next(data.train_iter), batch_sharding)
@@ -409,10 +428,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       eval_results = evaluate(state)
       logging.info('step %d eval: %s', step, eval_results)
       recorder.record(step, 'eval', eval_results)
+    if fewshot_eval and (last or (fewshot_steps and
+                                  step % fewshot_steps == 0)):
+      fewshot_results = run_fewshot(fewshot_eval, state, step, recorder,
+                                    report)
     checkpoint.save(manager, step, state, force=last)
   if eval_results is None:  # Resumed after the last step: evaluate again.
     eval_results = evaluate(state)
-  return finish(workdir, state, eval_results, gmacs, manager, recorder)
+    if fewshot_eval:
+      fewshot_results = run_fewshot(fewshot_eval, state, int(state.step),
+                                    recorder, report)
+  return finish(workdir, state, {**eval_results, **fewshot_results}, gmacs,
+                manager, recorder)
 
 
 def main(argv) -> None:

@@ -405,6 +405,36 @@ KEYS += (
                  default=1),
 )
 
+_FS = 'fewshot.'
+KEYS += (
+    _implemented('fewshot', 'fewshot', 'Few-shot linear evaluation of the '
+                 'frozen pre-logits (below); unset: none.', section=True),
+    _implemented(_FS + 'datasets', 'fewshot', "Name -> (tfds name, few-shot "
+                 "pool split, test split), e.g. {'pets': ('oxford_iiit_pet', "
+                 "'train', 'test')}."),
+    _implemented(_FS + 'shots', 'fewshot', 'Examples per class of the '
+                 'few-shot sets (default (1, 5, 10, 25)).'),
+    _implemented(_FS + 'num_seeds', 'fewshot', 'Few-shot sets drawn per '
+                 'dataset and shots, seeds 0..N-1 (default 3).',
+                 positive=True),
+    _implemented(_FS + 'l2_reg', 'fewshot', 'The fixed L2 strength of the '
+                 'ridge regression (default 2^10, as big_vision).',
+                 positive=True),
+    _implemented(_FS + 'log_steps', 'train', 'Steps between few-shot '
+                 'evaluations during training (also at the end; unset: at '
+                 'the end only).', positive=True),
+    _implemented(_FS + 'image_size', 'fewshot', 'Side the images are '
+                 "cropped to (default: the model's input side)."),
+    _implemented(_FS + 'crop_fraction', 'fewshot', 'Smaller side resized to '
+                 'image_size / fraction, then the central crop (default '
+                 '0.875; 1.0: a plain resize).', positive=True),
+    _implemented(_FS + 'batch_size', 'fewshot', 'Global batch of the '
+                 'feature extraction (default eval_batch_size).',
+                 positive=True),
+    _implemented(_FS + 'data_dir', 'fewshot', 'tfds data directory '
+                 '(default dataset_configs.data_dir).'),
+)
+
 TABLE: Dict[str, ConfigKey] = {k.key: k for k in KEYS}
 
 
