@@ -5,6 +5,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tests.testing import DATA_DIR
+from tokenlearner_jax.data.datasets import digits_source
+from tokenlearner_jax.data.datasets import fewshot_digits  # pylint: disable=unused-import
 from tokenlearner_jax.data.datasets import moving_digits
 from tokenlearner_jax.data.datasets import multi_digits  # pylint: disable=unused-import
 
@@ -52,6 +54,29 @@ class MultiDigitsTest(absltest.TestCase):
     train = {int(i) for e in splits['train'] for i in e['source_indices']}
     test = {int(i) for e in splits['test'] for i in e['source_indices']}
     self.assertEmpty(train & test)
+
+
+class FewshotDigitsTest(absltest.TestCase):
+
+  def test_balanced_classes_from_images_pre_training_never_sees(self):
+    splits = load('fewshot_digits')
+    self.assertLen(splits['train'], 200)
+    self.assertLen(splits['test'], 100)
+    for split, examples in splits.items():
+      self.assertEqual(examples[0]['image'].shape, (64, 64, 3))
+      counts = np.bincount([e['label'] for e in examples], minlength=10)
+      self.assertEqual(set(counts), {len(examples) // 10}, split)
+    pool = {int(e['source_index']) for e in splits['train']}
+    test = {int(e['source_index']) for e in splits['test']}
+    self.assertEmpty(pool & test)
+    # None of the digit images multi_digits (or moving_digits) trains on.
+    self.assertEmpty((pool | test) & set(
+        digits_source.source_indices('train').tolist()))
+    # The label is the digit of the source image.
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    target = datasets.load_digits().target
+    for e in splits['train'][:20]:
+      self.assertEqual(e['label'], target[e['source_index']])
 
 
 if __name__ == '__main__':
