@@ -297,6 +297,12 @@ class BatchNormStateTest(absltest.TestCase):
     stats = jax.device_get(fresh.state.model_state)['batch_stats']
     np.testing.assert_array_equal(stats['BatchNorm_0']['mean'], np.zeros(4))
     np.testing.assert_array_equal(stats['BatchNorm_0']['var'], np.ones(4))
+    # Leaves without logical axis names are replicated.
+    self.assertEqual(
+        fresh.shardings.model_state['batch_stats']['BatchNorm_0']['mean'].spec,
+        jax.sharding.PartitionSpec())
+    self.assertEqual(fresh.shardings.params['Conv_0']['kernel'].spec,
+                     jax.sharding.PartitionSpec(None, None, None, 'model'))
     batch_sharding = sharding.batch_sharding(fresh.mesh)
     step = train_steps.make_train_step(config, fresh.model, fresh.tx,
                                        fresh.schedule, fresh.shardings,

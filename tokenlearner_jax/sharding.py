@@ -60,7 +60,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def tree_sharding(boxed_tree: Any, mesh: Mesh,
                   config: ml_collections.ConfigDict) -> Any:
-  """Shardings of a (boxed, abstract) tree from its logical axis names."""
+  """Shardings of a (boxed, abstract) tree from its logical axis names;
+  leaves without names (a train state's `step` and `rng`, BatchNorm
+  statistics) are replicated."""
   specs = nn.get_partition_spec(boxed_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, rules(config))
 
