@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tests import testing
 from tests.testing import DATA_DIR
 from tests.testing import ROOT
 from tests.testing import config_for
@@ -322,6 +323,39 @@ class ResumeChangedConfigTest(absltest.TestCase):
 
 
 class InitFromTest(absltest.TestCase):
+
+  def test_fine_tune_from_a_batchnorm_run_takes_its_statistics(self):
+    config = testing.batchnorm_config(checkpoint_steps=1)
+    source = testing.batchnorm_state(config, jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    pretrained = source.state.replace(
+        params=jax.tree_util.tree_map(
+            lambda x: x + rng.normal(size=x.shape).astype(np.float32),
+            source.state.params),
+        model_state=jax.tree_util.tree_map(
+            lambda x: rng.uniform(0.5, 2.0, x.shape).astype(np.float32),
+            source.state.model_state))
+    pretrained_dir = self.create_tempdir().full_path
+    manager = checkpoint.make_manager(pretrained_dir, config)
+    checkpoint.save(manager, 1, pretrained, force=True)
+    manager.close()
+    config.init_from = ml_collections.ConfigDict(dict(
+        checkpoint_path=pretrained_dir))
+    config.rng_seed = 7
+    fresh = testing.batchnorm_state(config, jax.devices()[:1])
+    manager = checkpoint.make_manager(self.create_tempdir().full_path, config)
+    state = train.initial_state(config, fresh.state, fresh.shardings, manager,
+                                testing.BATCHNORM_INPUT_SHAPE)
+    manager.close()
+    testing.assert_trees_equal(self, state.model_state,
+                               pretrained.model_state)
+    testing.assert_trees_equal(self, state.params['Conv_0'],
+                               pretrained.params['Conv_0'])
+    testing.assert_trees_equal(self, state.params['output_projection'],
+                               fresh.state.params['output_projection'])
+    self.assertEqual(
+        state.model_state['batch_stats']['BatchNorm_0']['mean'].sharding,
+        fresh.shardings.model_state['batch_stats']['BatchNorm_0']['mean'])
 
   def test_fine_tune_from_a_run_keeps_the_new_head(self):
     config = demo_config()
