@@ -11,8 +11,11 @@ standalone: `python -m tokenlearner_jax.fewshot --config=... --workdir=...`).
   python -m tokenlearner_jax.train --config=configs/demo_multi_digits.py \
       --workdir=/tmp/demo_multi_digits
 
-Args: runlocal (a few steps on the small split, for tests).
+Args: tokenlearner_loc (default 2; None: no TokenLearner, a plain ViT),
+runlocal (a few steps on the small split, for tests).
 """
+
+from typing import Optional
 
 import ml_collections
 
@@ -21,7 +24,9 @@ from tokenlearner_jax.configs import common
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
-  arg = common.parse_arg(arg, runlocal=False)
+  arg = common.parse_arg(arg, types=dict(tokenlearner_loc=Optional[int]),
+                         tokenlearner_loc=2, runlocal=False)
+  loc = arg.tokenlearner_loc
   config = ml_collections.ConfigDict()
   config.experiment_name = 'demo_multi_digits'
   config.dataset_name = 'multi_digits'
@@ -36,7 +41,7 @@ def get_config(arg=None):
 
   config.model_name = 'token_learner_multilabel_classification'
   config.model = common.model_config(
-      'mu/8', 'dynamic', num_tokens=8, tokenlearner_loc=2, classifier='gap',
+      'mu/8', 'dynamic', num_tokens=8, tokenlearner_loc=loc, classifier='gap',
       dropout_rate=0.0, attention_dropout_rate=0.0)
   config.model.hidden_size = 128
   config.model.num_heads = 4
@@ -76,7 +81,7 @@ def get_config(arg=None):
   if arg.runlocal:
     config.dataset_configs.builder_config = 'small'
     config.model.num_layers = 2
-    config.model.tokenizer.tokenlearner_loc = 1
+    config.model.tokenizer.tokenlearner_loc = None if loc is None else 1
     config.batch_size = 8
     config.eval_batch_size = 32
     config.num_training_steps = 2

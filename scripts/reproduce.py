@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -437,6 +438,18 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
   return '\n'.join(lines + ['## Verdicts', ''] + summary + [''] + sections)
 
 
+def kept_sections(path: str) -> str:
+  """The sections of `path` between `<!-- name -->` and `<!-- /name -->`
+  markers (what scripts/fewshot_location.py writes there), which a rewrite
+  of the file carries over."""
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    old = f.read()
+  return ''.join(f'\n{m.group(0)}\n' for m in re.finditer(
+      r'<!-- (\w+) -->.*?<!-- /\1 -->', old, re.S))
+
+
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True,
@@ -484,7 +497,9 @@ def main(argv=None) -> int:
       if not a.startswith('--report_only')])
   text = report(studies, results(root, variants, seeds), out, invocation,
                 args.steps, seeds)
-  with open(os.path.join(out, 'results.md'), 'w') as f:
+  path = os.path.join(out, 'results.md')
+  text += kept_sections(path)  # Other scripts' sections stay.
+  with open(path, 'w') as f:
     f.write(text + '\n')
   print(text)
   return 1 if any(code != 0 for code in codes.values()) else 0
