@@ -13,6 +13,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from tokenlearner_jax import models
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models import config as model_lib
 
@@ -61,10 +62,11 @@ def key_table(prefixes: Sequence[str]) -> List[str]:
   return lines
 
 
-def model_table() -> List[str]:
-  """`config.model`'s keys, with the reference ViViT layout's names."""
+def model_table(cls=model_lib.ModelConfig) -> List[str]:
+  """`config.model`'s keys of `cls`, with the reference ViViT layout's
+  names."""
   lines = ['| Key | Default | Description |', '|---|---|---|']
-  for key, _, default, description in schema.model_keys():
+  for key, _, default, description in schema.model_keys(cls):
     if key.startswith('/'):  # A top-level key.
       name = f'`{key[1:]}`'
     else:
@@ -125,6 +127,15 @@ def markdown() -> str:
       '`mlp_dim`.',
       '',
       *model_table(),
+      '',
+      '## `config.model` of the X(2+1)D network',
+      '',
+      "With `model_name` 'x2plus1d_classification' or "
+      "'x2plus1d_multilabel_classification', "
+      '`tokenlearner_jax.models.X2Plus1DConfig` reads `config.model` instead '
+      '([models.md](models.md#x21d-and-its-module-slot)).',
+      '',
+      *model_table(models.X2Plus1DConfig),
       '',
   ])
 

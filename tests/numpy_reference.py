@@ -220,3 +220,69 @@ def factorised_vivit(x, params, model_cfg):
   video = body(frames.reshape(n, t, c), 'TemporalTransformer',
                model_cfg['temporal_transformer']['num_layers'])
   return head(video, params)
+
+
+# ------------------------------------------- X(2+1)D module slot (Figure 9)
+
+
+def vector_attention(x, p, group_size):
+  """Zhao et al.'s subtraction vector attention `[B, N, D]`, written per pair:
+  w_ij = softmax_j(G relu(q_i - k_j) + b) per channel, y_i = W_o sum_j
+  w_ij * v_j, G block-diagonal with `group_size` blocks."""
+  q, k, v = (dense(x, p[n]) for n in ('query', 'key', 'value'))
+  b, n, d = x.shape
+  gamma = np.zeros((d, d))
+  for g in range(d // group_size):
+    s = slice(g * group_size, (g + 1) * group_size)
+    gamma[s, s] = p['relation'][g]
+  out = np.zeros((b, n, d))
+  for bi in range(b):
+    for i in range(n):
+      logits = np.stack([np.maximum(q[bi, i] - k[bi, j], 0) @ gamma
+                         for j in range(n)]) + p['relation_bias']  # [N, D]
+      out[bi, i] = (softmax(logits, axis=0) * v[bi]).sum(0)
+  return dense(out, p['out'])
+
+
+def frame_tokens(frames, p, num_tokens):
+  """TokenLearner with one 3x3 conv: `[N, H, W, D]` -> `[N, S, D]`, the mean
+  over space of the input weighted by each sigmoid map."""
+  n, h, w, d = frames.shape
+  maps = sigmoid(conv3x3_same(frames, p['attention_conv']['kernel']))
+  maps = maps.reshape(n, h * w, num_tokens)
+  return np.einsum('nis,nid->nsd', maps, frames.reshape(n, h * w, d)) / (h * w)
+
+
+def token_module(x, p, num_tokens, group_size):
+  """TokenLearner -> vector transformer -> TokenFuser, plus the residual."""
+  b, t, h, w, d = x.shape
+  frames = x.reshape(b * t, h, w, d)
+  tokens = frame_tokens(frames, p['tokens'], num_tokens).reshape(b, -1, d)
+  tokens = tokens + vector_attention(layer_norm(tokens, p['norm']),
+                                     p['vector_attention'], group_size)
+  tokens = tokens.reshape(b * t, num_tokens, d)
+  fused = tokenfuser(tokens, frames.reshape(b * t, h * w, d), p['fuser'])
+  return x + fused.reshape(x.shape)
+
+
+def spacetime_attention(x, p, axes, num_heads):
+  """Pre-LN multi-head self-attention over 'joint', 'spatial' or 'temporal'
+  groups of `[B, T, H, W, D]`, with the residual."""
+  b, t, h, w, d = x.shape
+  if axes == 'joint':
+    seq = x.reshape(b, t * h * w, d)
+  elif axes == 'spatial':
+    seq = x.reshape(b * t, h * w, d)
+  else:
+    seq = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, t, d)
+  y = layer_norm(seq, p['norm'])
+  q, k, v = (dense(y, p[n]) for n in ('query', 'key', 'value'))
+  g, n, a = q.shape
+  heads = lambda z: z.reshape(g, n, num_heads, a // num_heads)
+  logits = np.einsum('gqhd,gkhd->ghqk', heads(q), heads(k)) / np.sqrt(
+      a // num_heads)
+  out = np.einsum('ghqk,gkhd->gqhd', softmax(logits), heads(v))
+  seq = seq + dense(out.reshape(g, n, a), p['out'])
+  if axes == 'temporal':
+    return seq.reshape(b, h, w, t, d).transpose(0, 3, 1, 2, 4)
+  return seq.reshape(x.shape)

@@ -72,7 +72,8 @@ class ConfigsTrainTest(parameterized.TestCase):
   def test_all_configs_covered(self):
     names = {os.path.basename(p)[:-3]
              for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))}
-    self.assertEqual(names, {'demo_moving_digits', 'demo_multi_digits',
+    self.assertEqual(names, {'charades_x2plus1d_tl', 'demo_moving_digits',
+                             'demo_multi_digits',
                              'im1k_token_learner', 'jft_pretrain',
                              'vit_imagenet', 'vivit_k400', 'vivit_k600'})
 
@@ -130,6 +131,19 @@ class ConfigsTrainTest(parameterized.TestCase):
     self.assertEqual(results['views_per_example'], 12)
     self.assertEqual(results['num_examples'], 3)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'eval_test.json')))
+
+  def test_charades_x2plus1d_on_generated_tfrecords_with_its_test(self):
+    config = self.video_config(
+        'charades_x2plus1d_tl', {'train.tfrecord': 8, 'validation': 4,
+                                 'test': 3})
+    workdir = self.create_tempdir().full_path
+    final = self.run_config(config, workdir)
+    self.assertSameElements(final, ['step', 'loss', 'prec@1',
+                                    'mean_average_precision', 'num_examples',
+                                    'gmacs_per_example'])
+    results = evaluate.evaluate_checkpoint(config, workdir)  # batch_stats too.
+    self.assertEqual(results['views_per_example'], 2)
+    self.assertEqual(results['num_examples'], 3)
 
   def test_vit_imagenet_on_mock_data(self):
     config = config_for('vit_imagenet')

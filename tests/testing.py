@@ -346,3 +346,13 @@ def batchnorm_batch(seed: int, batch_size: int = 16) -> Dict[str, np.ndarray]:
                                BATCHNORM_INPUT_SHAPE).astype(np.float32),
           'label': np.eye(3, dtype=np.float32)[rng.integers(0, 3,
                                                             batch_size)]}
+
+
+def tiny_x2plus1d(**fields):
+  """A small `X2Plus1DConfig` (the module slot in res5's second block, at
+  width 36): `fields` override."""
+  from tokenlearner_jax.models import X2Plus1DConfig  # pylint: disable=g-import-not-at-top
+  values = dict(num_classes=NUM_CLASSES, depths=(1, 1, 1, 2),
+                widths=(8, 8, 16, 16), stem_width=8, head_width=32,
+                attention_dim=16, num_heads=2, num_tokens=4)
+  return X2Plus1DConfig(**{**values, **fields})

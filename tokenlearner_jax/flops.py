@@ -10,8 +10,10 @@ from typing import Optional, Sequence
 
 import ml_collections
 
+from tokenlearner_jax import models
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.config import ModelConfig
+from tokenlearner_jax.models.x2plus1d import round_width
 
 BOTTLENECK_DIM = 64  # TokenLearner v1.1 / TokenFuser MLP width (reference).
 
@@ -117,11 +119,96 @@ def gmacs(config: ml_collections.ConfigDict, input_shape: Sequence[int],
   """Multiply-adds per example (per view) of `config.model`, in billions.
 
   Args:
-    config: A config with a `config.model` block (`ModelConfig`'s schema).
+    config: A config with a `config.model` block (`ModelConfig`'s schema,
+      or `X2Plus1DConfig`'s for the `x2plus1d_*` model names).
     input_shape: `(H, W, 3)` or `(T, H, W, 3)`.
     num_classes: Head width; `config.dataset_configs.num_classes` when None,
       else 1000.
   """
   if num_classes is None:
     num_classes = config.get('dataset_configs', {}).get('num_classes', 1000)
-  return model_gmacs(ModelConfig.from_config(config, num_classes), input_shape)
+  checked = models.model_config(config, num_classes)
+  if isinstance(checked, models.X2Plus1DConfig):
+    return x2plus1d_macs(checked, input_shape)['total'] / 1e9
+  return model_gmacs(checked, input_shape)
+
+
+# ------------------------------------------------- X(2+1)D (Section 6)
+
+FUSER_BOTTLENECK = 64  # TokenFuser's `token_masking` MLP width (reference).
+
+
+def _conv_out(size: int, stride: int) -> int:
+  return (size - 1) // stride + 1  # 'SAME'-padded odd kernels.
+
+
+def attention_part_macs(axes: str, t: int, hw: int, d: int, a: int) -> int:
+  """A `SpaceTimeAttention` over `t` frames of `hw` positions, width d,
+  attention width a: the four projections and QK^T, AV."""
+  p = t * hw
+  groups = {'joint': (1, p), 'spatial': (t, hw), 'temporal': (hw, t)}[axes]
+  return 4 * p * d * a + 2 * groups[0] * groups[1]**2 * a
+
+
+def token_part_macs(c, t: int, hw: int, d: int) -> int:
+  """TokenLearner (or an alternative) -> Vector Transformer -> TokenFuser."""
+  s, p = c.num_tokens, t * hw
+  maker = p * s * d  # The weighted (or plain) means over space.
+  if c.token_maker == 'tokenlearner':
+    maker += p * 9 * d * s  # Its single 3x3 convolution.
+  n = t * s
+  vector = 4 * n * d * d + n * n * d * (c.relation_group_size + 1)
+  fuser = t * (d * s * s + hw * d * FUSER_BOTTLENECK +
+               hw * FUSER_BOTTLENECK * s + hw * s * d)
+  return maker + vector + fuser
+
+
+def module_part_macs(c, part: str, t: int, h: int, w: int, d: int) -> int:
+  """Multiply-adds of one part of the module slot (`video_modules`)."""
+  p = t * h * w
+  if part == 'conv2d':
+    return p * 9 * d * d
+  if part == 'conv1d':
+    return p * 3 * d * d
+  if part == 'mlp_mixer':
+    return 2 * d * t * t + 2 * t * d * d
+  if part == 'tokenlearner':
+    return token_part_macs(c, t, h * w, d)
+  axes = {'mhsa': 'joint', 'spatial_transformer': 'spatial',
+          'temporal_transformer': 'temporal'}[part]
+  return attention_part_macs(axes, t, h * w, d, c.attention_dim)
+
+
+def x2plus1d_macs(c, input_shape: Sequence[int]) -> dict:
+  """Multiply-adds per view of an `X2Plus1DConfig` network: {'total': ...,
+  'module': the module slot's (all blocks carrying it), 'parts': {part: ...}}.
+  """
+  t, h, w = input_shape[:3]
+  h, w = _conv_out(h, 2), _conv_out(w, 2)
+  macs = t * h * w * (9 * 3 * c.stem_width + 5 * c.stem_width)
+  channels, parts = c.stem_width, {}
+  for stage, (depth, width) in enumerate(zip(c.depths, c.widths), start=2):
+    d = c.inner_width(stage)
+    carries = c.module_blocks() if stage == c.stage else ()
+    for i in range(depth):
+      p_in = t * h * w
+      if i == 0:
+        h, w = _conv_out(h, 2), _conv_out(w, 2)
+      p = t * h * w
+      macs += p_in * channels * d + p * d * width
+      if i in carries:
+        for part in c.parts:
+          parts[part] = parts.get(part, 0) + module_part_macs(c, part, t, h, w,
+                                                              d)
+      else:
+        macs += p * d * (27 if c.conv_type == '3d' else 12)
+      if c.se_ratio > 0 and i % 2 == 0:
+        macs += 2 * d * round_width(d * c.se_ratio)
+      if channels != width or i == 0:
+        macs += p * channels * width
+      channels = width
+  d5 = c.inner_width(5)
+  macs += t * h * w * channels * d5 + d5 * c.head_width
+  macs += c.head_width * c.num_classes
+  module = sum(parts.values())
+  return {'total': macs + module, 'module': module, 'parts': parts}

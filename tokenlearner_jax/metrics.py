@@ -25,6 +25,8 @@ MODEL_NAMES = {
     'token_learner_multilabel_classification': True,
     'vivit_classification': False,
     'vivit_multilabel_classification': True,
+    'x2plus1d_classification': False,
+    'x2plus1d_multilabel_classification': True,
 }
 TOP_5 = 'accuracy_top_5'
 

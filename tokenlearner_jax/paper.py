@@ -277,3 +277,72 @@ def find(name: str, table: str) -> Row:
 def presets() -> Dict[str, Row]:
   """The `row=NAME` presets of the Kinetics configs: NAME -> its row."""
   return {row.preset: row for row in ROWS if row.preset}
+
+
+# ------------------------------------------------- Section 6: X(2+1)D
+
+# Tables 11-12 give GFLOPs and parameters of each module alone (not the
+# network) "with 64 frame inputs". Their GFLOPs are 2 multiply-adds per
+# "FLOP" at the 256 x 256 test input (8 x 8 positions per frame in res5):
+# Conv2D's share (the same in both tables: Conv2D + TokenLearner minus
+# TokenLearner, and Conv2D + MHSA minus MHSA) is 1.68M parameters and
+# 13.8 GFLOPs, exactly one full 3x3 convolution at X3D-M's res5 width 432
+# (9 x 432^2 = 1.68M) over 64 x 8 x 8 positions, twice.
+MODULE_INPUT: Tuple[int, ...] = (64, 256, 256, 3)
+MODULE_FLOPS_PER_MAC = 2
+MODULE_TOLERANCE = 0.10  # How far our count may lie from a module row.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleRow:
+  """One module of Tables 11-12 with its GFLOPs and parameters.
+
+  Attributes:
+    name: The module as the paper names it.
+    table: 'T11', 'T12' or 'T11, T12'.
+    gflops: The paper's GFLOPs of the module (`MODULE_INPUT`).
+    params_m: Its parameters, in millions.
+    charades_6fps: Charades mAP (%), 6 fps setting.
+    parts: The module as `model.module.parts` (`X2Plus1DConfig.parts`).
+    preset: Its `row=` name in `configs/charades_x2plus1d_tl.py`.
+    note: Why our count cannot meet the paper's, where it cannot.
+  """
+  name: str
+  table: str
+  gflops: float
+  params_m: float
+  charades_6fps: float
+  parts: Tuple[str, ...]
+  preset: str
+  note: str = ''
+
+
+_MHSA_NOTE = ('the 0.30M parameters fix the attention width at 176 (four '
+              '432 x 176 projections); 22.0 GFLOPs would need about 1.7x '
+              'the attention cost of 4096 tokens at that width')
+
+MODULE_ROWS: Tuple[ModuleRow, ...] = (
+    ModuleRow('Joint space-time MHSA', 'T11', 22.0, 0.30, 57.9, ('mhsa',),
+              'mhsa', _MHSA_NOTE),
+    ModuleRow('Conv2D + Joint space-time MHSA', 'T11', 35.8, 1.98, 58.6,
+              ('conv2d', 'mhsa'), 'conv2d_mhsa', _MHSA_NOTE),
+    ModuleRow('Conv2D + Conv1D', 'T12', 18.3, 2.24, 56.6,
+              ('conv2d', 'conv1d'), 'conv2d_conv1d'),
+    ModuleRow('Conv2D + MLPMixer', 'T12', 13.8, 2.06, 57.0,
+              ('conv2d', 'mlp_mixer'), 'conv2d_mlp_mixer'),
+    ModuleRow('Conv2D + Temporal transformer', 'T12', 16.5, 1.98, 58.4,
+              ('conv2d', 'temporal_transformer'), 'conv2d_temporal'),
+    ModuleRow('Spatial + Temporal transformer', 'T12', 5.5, 0.59, 58.8,
+              ('spatial_transformer', 'temporal_transformer'),
+              'spatial_temporal'),
+    ModuleRow('Conv2D + Spatial + Temporal transformer', 'T12', 19.2, 2.27,
+              58.0, ('conv2d', 'spatial_transformer', 'temporal_transformer'),
+              'conv2d_spatial_temporal'),
+    ModuleRow('Ours (TokenLearner)', 'T11, T12', 3.4, 0.81, 58.8,
+              ('tokenlearner',), 'tokenlearner'),
+    ModuleRow('Ours (SpatialT + TokenLearner)', 'T12', 6.2, 1.11, 58.9,
+              ('spatial_transformer', 'tokenlearner'),
+              'spatial_tokenlearner'),
+    ModuleRow('Ours (Conv2D + TokenLearner)', 'T11, T12', 17.2, 2.49, 59.6,
+              ('conv2d', 'tokenlearner'), 'conv2d_tokenlearner'),
+)

@@ -15,7 +15,7 @@ bytes of parameters and optimizer moments each device holds are given for
 `config.logical_axis_rules`.
 """
 
-from typing import Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -26,12 +26,18 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
+import dataclasses
+
 from tokenlearner_jax import errors
 from tokenlearner_jax import flops
+from tokenlearner_jax import paper
 from tokenlearner_jax import sharding
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import catalog
 from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models import model_config
+from tokenlearner_jax.models import X2Plus1D
+from tokenlearner_jax.models import X2Plus1DConfig
 
 
 def define_flags() -> None:
@@ -102,10 +108,62 @@ def summarize(config: ml_collections.ConfigDict) -> dict:
       axis_sizes) * sharding.optimizer_copies(config)
   return dict(
       params=variables['params'], param_specs=specs,
-      num_params=sum(x.size for x in jax.tree_util.tree_leaves(variables)),
+      num_params=_count(variables['params']),
       gmacs=flops.gmacs(config, shape, num_classes),
       input_shape=shape, num_classes=num_classes, axis_sizes=axis_sizes,
       state_bytes_per_device=state_bytes)
+
+
+def _count(tree) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(tree))
+
+
+def module_params(c: X2Plus1DConfig, input_shape: Sequence[int]) -> int:
+  """Parameters of the module slot (every block carrying it) of `c`."""
+  variables = jax.eval_shape(lambda: X2Plus1D(c).init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(input_shape)),
+      train=False))
+  params = nn.unbox(variables['params'])
+  return sum(_count(params[f'res{c.stage}_block{i}']['module'])
+             for i in c.module_blocks())
+
+
+def module_table(c: X2Plus1DConfig) -> List[Dict[str, Any]]:
+  """Tables 11-12's modules in `c`'s backbone: per row, the paper's GFLOPs
+  and parameters and ours (the module alone at `paper.MODULE_INPUT`,
+  GFLOPs as `paper.MODULE_FLOPS_PER_MAC` x multiply-adds)."""
+  rows = []
+  for row in paper.MODULE_ROWS:
+    row_config = dataclasses.replace(c, parts=row.parts)
+    macs = flops.x2plus1d_macs(row_config, paper.MODULE_INPUT)['module']
+    gflops = paper.MODULE_FLOPS_PER_MAC * macs / 1e9
+    params_m = module_params(row_config, paper.MODULE_INPUT) / 1e6
+    rows.append(dict(
+        row=row, gflops=gflops, params_m=params_m,
+        gflops_diff=gflops / row.gflops - 1,
+        params_diff=params_m / row.params_m - 1,
+        this_config=row.parts == c.parts))
+  return rows
+
+
+def print_module_table(c: X2Plus1DConfig) -> None:
+  """The module table of `module_table`, as markdown."""
+  shape = 'x'.join(map(str, paper.MODULE_INPUT[:3]))
+  print(f'Module slot (res{c.stage} blocks {list(c.module_blocks())}, width '
+        f'{c.inner_width(c.stage)}): GFLOPs (= {paper.MODULE_FLOPS_PER_MAC} x '
+        f'GMACs, at {shape}) and parameters of each module of Tables 11-12 '
+        'alone, ours beside the paper\'s (* this config):')
+  print('| Module | Table | Paper GFLOPs | Ours | Diff | Paper params | Ours '
+        '| Diff |')
+  print('|---|---|---|---|---|---|---|---|')
+  for r in module_table(c):
+    row = r['row']
+    mark = ' *' if r['this_config'] else ''
+    print(f"| {row.name}{mark} | {row.table} | {row.gflops:.1f} | "
+          f"{r['gflops']:.2f} | {r['gflops_diff']:+.1%} | {row.params_m:.2f}M "
+          f"| {r['params_m']:.3f}M | {r['params_diff']:+.1%} |")
+  for note in sorted({r['row'].note for r in module_table(c) if r['row'].note}):
+    print(f'Not matched: {note}.')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -118,11 +176,21 @@ def main(argv: Sequence[str]) -> None:
         f"{summary['num_classes']}")
   print(f"parameters: {summary['num_params']:,} "
         f"({summary['num_params'] / 1e6:.1f}M)")
-  print(f"GMACs per example (the paper's GFLOPs): {summary['gmacs']:.1f}")
+  checked = model_config(schema.complete(flags.FLAGS.config),
+                         summary['num_classes'])
+  if isinstance(checked, X2Plus1DConfig):
+    macs = flops.x2plus1d_macs(checked, summary['input_shape'])
+    print(f"GMACs per view: {summary['gmacs']:.2f} (the module: "
+          f"{macs['module'] / 1e9:.2f}; Section 6 counts 2 FLOPs per "
+          'multiply-add)')
+  else:
+    print(f"GMACs per example (the paper's GFLOPs): {summary['gmacs']:.1f}")
   sizes = summary['axis_sizes']
   print(f"parameters + {flags.FLAGS.config.optimizer} state per device with "
         f"fsdp={sizes['fsdp']}, model={sizes['model']}: "
         f"{summary['state_bytes_per_device'] / 2**20:,.1f} MiB")
+  if isinstance(checked, X2Plus1DConfig):
+    print_module_table(checked)
 
 
 if __name__ == '__main__':

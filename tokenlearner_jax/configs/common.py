@@ -98,6 +98,34 @@ def model_config(variant: str, tokenizer_type: str = 'dynamic', *,
   return ml_collections.ConfigDict(block)
 
 
+def x2plus1d_model_config(**fields: Any) -> ml_collections.ConfigDict:
+  """The `config.model` block of the X(2+1)D network (`X2Plus1DConfig`):
+  every setting with a key, `fields` (by field name, e.g. `parts`,
+  `num_tokens`) over the defaults (X(2+1)D-M's).
+
+  Raises:
+    ValueError: For a field `X2Plus1DConfig` does not have.
+  """
+  from tokenlearner_jax.models import x2plus1d_config  # pylint: disable=g-import-not-at-top
+  block: Dict[str, Any] = {}
+  names = set()
+  for f in dataclasses.fields(x2plus1d_config.X2Plus1DConfig):
+    key = f.metadata['key']
+    if not key or key.startswith('/'):  # Not under config.model.
+      continue
+    names.add(f.name)
+    *parents, leaf = key.split('.')
+    node = block
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = fields.get(f.name, f.default)
+  unknown = sorted(set(fields) - names)
+  if unknown:
+    raise ValueError(f'x2plus1d_model_config: {unknown[0]!r} is not a setting '
+                     f'of the X(2+1)D network; they are {sorted(names)}.')
+  return ml_collections.ConfigDict(block)
+
+
 def parse_arg(arg: Optional[str], *, types: Optional[Mapping[str, Any]] = None,
               **defaults: Any) -> ml_collections.ConfigDict:
   """Parses `'k=v,flag'` against `defaults`, casting each value to its type.

@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import ml_collections
 
 from tokenlearner_jax import errors
+from tokenlearner_jax import models
 from tokenlearner_jax import sharding
 from tokenlearner_jax.models import config as model_lib
 
@@ -171,7 +172,10 @@ KEYS: Tuple[ConfigKey, ...] = (
     _implemented('model_name', 'metrics', "The head's loss and metrics: "
                  "'token_learner_classification' or 'vivit_classification' "
                  "(softmax), 'token_learner_multilabel_classification' or "
-                 "'vivit_multilabel_classification' (sigmoid).", **_REF),
+                 "'vivit_multilabel_classification' (sigmoid); "
+                 "'x2plus1d_classification' or "
+                 "'x2plus1d_multilabel_classification' select the X(2+1)D "
+                 'network (`X2Plus1DConfig`).', **_REF),
     _implemented('model_dtype_str', 'models.config', 'Compute dtype of the '
                  "encoder blocks ('float32', 'bfloat16', 'float16').", **_REF),
     _implemented('init_head_bias', 'train_steps', "Initial bias of the head's "
@@ -438,15 +442,16 @@ KEYS += (
 TABLE: Dict[str, ConfigKey] = {k.key: k for k in KEYS}
 
 
-def model_keys() -> List[Tuple[str, str, Any, str]]:
+def model_keys(cls: Any = model_lib.ModelConfig
+               ) -> List[Tuple[str, str, Any, str]]:
   """`config.model`'s keys: (key, field, default, description) per field.
 
-  From `ModelConfig`'s fields (`metadata['key']`) and its `Attributes:`
-  docstring; keys are under `config.model` unless they start with '/'.
+  From the fields of `cls` (`ModelConfig` or `models.X2Plus1DConfig`:
+  `metadata['key']`) and its `Attributes:` docstring; keys are under `config.model` unless they start with '/'.
   """
-  docs = _attribute_docs(model_lib.ModelConfig.__doc__ or '')
+  docs = _attribute_docs(cls.__doc__ or '')
   rows = []
-  for f in dataclasses.fields(model_lib.ModelConfig):
+  for f in dataclasses.fields(cls):
     key = f.metadata['key']
     if not key:  # num_classes: from the dataset.
       continue
@@ -535,7 +540,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for path, value in _walk(config):
     _check_value(TABLE[path], value)
   if config.get('model') is not None:
-    model_lib.ModelConfig.from_config(config, num_classes=1)
+    models.model_config(config, num_classes=1)
 
 
 def fill_defaults(config: ml_collections.ConfigDict) -> None:

@@ -1,0 +1,153 @@
+"""X(2+1)D-M: X3D-M with (2+1)D channel-wise convolutions, and the module slot.
+
+Layer for layer the X3D of Feichtenhofer (CVPR 2020) as PyTorchVideo builds
+it (`create_x3d`): a (2+1)D stem, four stages of inverted-bottleneck blocks
+(1x1x1 expansion, channel-wise 3x3x3 convolution, squeeze-excitation in every
+other block, swish, 1x1x1 projection, BatchNorm after each convolution), a
+1x1x1 `conv5`, global average pooling, a 2048-wide fully connected layer and
+the classifier. With `conv_type='2plus1d'` each channel-wise 3x3x3
+convolution is a 1x3x3 followed by a 3x1x1 one. The blocks named by
+`X2Plus1DConfig.module_blocks()` run the module slot
+(`video_modules.ModuleSlot`) in place of that convolution.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tokenlearner_jax.models.common import logical
+from tokenlearner_jax.models.video_modules import conv_kernel
+from tokenlearner_jax.models.video_modules import ModuleSlot
+from tokenlearner_jax.models.x2plus1d_config import X2Plus1DConfig
+
+
+def round_width(width: float, divisor: int = 8, min_width: int = 8) -> int:
+  """X3D's channel rounding (of the squeeze-excitation width)."""
+  out = max(min_width, int(width + divisor / 2) // divisor * divisor)
+  return out + divisor if out < 0.9 * width else out
+
+
+def _depthwise(features: int, kernel: tuple, strides: tuple, name: str):
+  return nn.Conv(features, kernel, strides=strides, padding=[
+      (k // 2, k // 2) for k in kernel], feature_group_count=features,
+                 use_bias=False, name=name, kernel_init=logical(
+                     nn.initializers.he_normal(),
+                     (None, None, None, None, 'mlp')))
+
+
+class SqueezeExcite(nn.Module):
+  """Global average pool, 1x1x1 conv down, ReLU, 1x1x1 conv up, sigmoid gate.
+
+  Attributes:
+    ratio: Reduction of the hidden width (`round_width(D * ratio)`).
+  """
+  ratio: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    s = jnp.mean(x, axis=(1, 2, 3), keepdims=True)  # [B, 1, 1, 1, D]
+    s = nn.relu(nn.Conv(round_width(d * self.ratio), (1, 1, 1),
+                        kernel_init=conv_kernel(), name='conv_down')(s))
+    s = nn.Conv(d, (1, 1, 1), kernel_init=logical(
+        nn.initializers.he_normal(), (None, None, None, 'mlp', 'embed')),
+                name='conv_up')(s)
+    return x * nn.sigmoid(s)
+
+
+class Block(nn.Module):
+  """X3D's inverted bottleneck, with the module slot in its middle if asked.
+
+  Attributes:
+    config: The network.
+    width: Output width.
+    inner: Expanded width.
+    stride: Spatial stride (of the channel-wise convolution).
+    use_se: Squeeze-excitation after the middle.
+    has_module: The module slot replaces the channel-wise convolution.
+  """
+  config: X2Plus1DConfig
+  width: int
+  inner: int
+  stride: int
+  use_se: bool
+  has_module: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    c = self.config
+    norm = lambda name: nn.BatchNorm(use_running_average=not train,  # pylint: disable=g-long-lambda
+                                     momentum=c.bn_momentum, epsilon=1e-5,
+                                     name=name)
+    strides = (1, self.stride, self.stride)
+    y = nn.Conv(self.inner, (1, 1, 1), use_bias=False,
+                kernel_init=conv_kernel(), name='conv_a')(x)
+    y = nn.relu(norm('bn_a')(y))
+    if self.has_module:
+      y = ModuleSlot(c, name='module')(y, train=train)
+    else:
+      if c.conv_type == '3d':
+        y = _depthwise(self.inner, (3, 3, 3), strides, 'conv_b')(y)
+      else:
+        y = _depthwise(self.inner, (1, 3, 3), strides, 'conv_b_spatial')(y)
+        y = _depthwise(self.inner, (3, 1, 1), (1, 1, 1), 'conv_b_temporal')(y)
+      y = norm('bn_b')(y)
+    if self.use_se:
+      y = SqueezeExcite(c.se_ratio, name='se')(y)
+    y = nn.swish(y)
+    y = nn.Conv(self.width, (1, 1, 1), use_bias=False, name='conv_c',
+                kernel_init=logical(nn.initializers.he_normal(),
+                                    (None, None, None, 'mlp', 'embed')))(y)
+    y = norm('bn_c')(y)
+    if x.shape[-1] != self.width or self.stride != 1:
+      x = nn.Conv(self.width, (1, 1, 1), strides=strides, use_bias=False,
+                  kernel_init=conv_kernel(), name='shortcut')(x)
+      x = norm('bn_shortcut')(x)
+    return nn.relu(x + y)
+
+
+class X2Plus1D(nn.Module):
+  """X(2+1)D-M (or X3D-M) classifier with the paper's module slot.
+
+  `apply(variables, x, train=...)` maps videos `[B, T, H, W, 3]` to logits
+  `[B, num_classes]`; training updates the `batch_stats` collection.
+
+  Attributes:
+    config: The network.
+  """
+  config: X2Plus1DConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    c = self.config
+    x = x.astype(c.compute_dtype)
+    x = nn.Conv(c.stem_width, (1, 3, 3), strides=(1, 2, 2),
+                padding=[(0, 0), (1, 1), (1, 1)], use_bias=False,
+                kernel_init=logical(nn.initializers.he_normal(),
+                                    (None, None, None, None, 'mlp')),
+                name='stem_spatial')(x)
+    x = _depthwise(c.stem_width, (5, 1, 1), (1, 1, 1), 'stem_temporal')(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train,
+                             momentum=c.bn_momentum, epsilon=1e-5,
+                             name='stem_bn')(x))
+    for stage, (depth, width) in enumerate(zip(c.depths, c.widths), start=2):
+      carries = c.module_blocks() if stage == c.stage else ()
+      for i in range(depth):
+        x = Block(c, width, c.inner_width(stage), 2 if i == 0 else 1,
+                  use_se=c.se_ratio > 0 and i % 2 == 0,
+                  has_module=i in carries,
+                  name=f'res{stage}_block{i}')(x, train=train)
+    x = nn.Conv(c.inner_width(5), (1, 1, 1), use_bias=False,
+                kernel_init=conv_kernel(), name='conv5')(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train,
+                             momentum=c.bn_momentum, epsilon=1e-5,
+                             name='conv5_bn')(x))
+    x = jnp.mean(x, axis=(1, 2, 3))  # [B, D5]
+    x = nn.relu(nn.Dense(c.head_width, use_bias=False, name='fc', kernel_init=
+                         logical(nn.initializers.he_normal(),
+                                 ('embed', 'mlp')))(x))
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=not train)
+    x = x.astype(jnp.float32)
+    return nn.Dense(c.num_classes, name='output_projection', kernel_init=
+                    logical(nn.initializers.normal(0.01),
+                            ('mlp', 'classes')))(x)
