@@ -197,6 +197,50 @@ def write_video_tfrecords(base_dir: str, split: str, count: int,
        for i in range(count)])
 
 
+CHARADES_COLUMNS = ('id', 'subject', 'scene', 'quality', 'relevance',
+                    'verified', 'script', 'objects', 'descriptions', 'actions',
+                    'length')
+
+
+def write_charades_folder(directory: str,
+                          videos: Dict[str, Sequence[Tuple[str, str]]],
+                          seconds: float = 2.0, rate: int = 24,
+                          ) -> Tuple[str, Dict[str, str]]:
+  """Charades as shipped, in miniature: `directory/videos/<id>.mp4` (random
+  40x48 frames, `seconds` long at `rate` fps, made with PyAV) and
+  `directory/Charades_v1_<split>.csv` in the official layout (quoted free-text
+  columns with commas) for each split of `videos` = {split: [(id, actions)]}.
+
+  Returns the video folder and {split: CSV path}.
+  """
+  import av  # pylint: disable=g-import-not-at-top
+  import csv  # pylint: disable=g-import-not-at-top
+  video_dir = os.path.join(directory, 'videos')
+  os.makedirs(video_dir, exist_ok=True)
+  codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
+  rng = np.random.default_rng(0)
+  csvs = {}
+  for split, rows in videos.items():
+    csvs[split] = os.path.join(directory, f'Charades_v1_{split}.csv')
+    with open(csvs[split], 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(CHARADES_COLUMNS)
+      for video_id, actions in rows:
+        writer.writerow([video_id, 'S1', 'Kitchen', '6', '7', 'Yes',
+                         'A person opens a door, then sits.', 'door;chair',
+                         'A person walks in, sits down.', actions,
+                         f'{seconds:.2f}'])
+        with av.open(os.path.join(video_dir, f'{video_id}.mp4'), 'w') as out:
+          stream = out.add_stream(codec, rate=rate)
+          stream.width, stream.height, stream.pix_fmt = 48, 40, 'yuv420p'
+          for _ in range(int(seconds * rate)):
+            frame = av.VideoFrame.from_ndarray(
+                rng.integers(0, 255, (40, 48, 3), np.uint8), format='rgb24')
+            out.mux(stream.encode(frame))
+          out.mux(stream.encode())
+  return video_dir, csvs
+
+
 # ---------------------------------------------------------------- runs
 
 
