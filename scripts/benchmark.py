@@ -16,6 +16,7 @@ per remat policy.
   python scripts/benchmark.py                    # ViT-B/16, ViViT-B/16x2
   python scripts/benchmark.py --models=vit_b16,vit_b16_tl8at6 --batch=8
   python scripts/benchmark.py --dtype=bfloat16 --attention=fused --out=b.json
+  python scripts/benchmark.py --set=x2plus1d --batch=2 --skip=compile,demo,input
   python scripts/benchmark.py --skip=models,compile,demo,input \
       --max_batch=vivit_b16x2_tl8at6 --dtype=bfloat16 --attention=fused --scan
 
@@ -74,6 +75,15 @@ def vivit(name, variant, shape, baseline=None, **kwargs):
               baseline)
 
 
+X2PLUS1D = 'x2plus1d'  # `Spec.variant` of the X(2+1)D network.
+VIDEO64 = (64, 224, 224, 3)  # The paper's Section 6 training clips.
+
+
+def x2plus1d(name, shape, baseline=None, **fields):
+  """X(2+1)D-M with `X2Plus1DConfig` `fields` (e.g. its module `parts`)."""
+  return Spec(name, X2PLUS1D, shape, fields, baseline)
+
+
 MODEL_SETS = {
     'default': [
         vit('vit_b16', 'B/16', IMAGE224),
@@ -94,6 +104,14 @@ MODEL_SETS = {
         vivit('vivit_ti16x2_tl8at6', 'Ti/16', (8, 112, 112, 3), 'vivit_ti16x2',
               tokenlearner_loc=6),
     ],
+    # The paper's Section 6 network (`--models=` names them; `--set=x2plus1d`).
+    'x2plus1d': [
+        x2plus1d('x2plus1d_m', VIDEO64),
+        x2plus1d('x2plus1d_m_tl', VIDEO64, 'x2plus1d_m',
+                 parts=('tokenlearner',)),
+        x2plus1d('x2plus1d_m_conv2d_tl', VIDEO64, 'x2plus1d_m',
+                 parts=('conv2d', 'tokenlearner')),
+    ],
 }
 # 24 layers, unrolled vs nn.scan: compile time only.
 COMPILE_SETS = {
@@ -110,12 +128,18 @@ def load_config_file(name: str) -> ml_collections.ConfigDict:
 
 
 def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDict:
-  """A trainer config for `spec` with the speed options of `args`."""
+  """A trainer config for `spec` with the speed options of `args` (the
+  ViT/ViViT ones: `scan`, `remat`, `attention`)."""
   config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config(
-      spec.variant, scan_layers=args.scan, remat_policy=args.remat,
-      attention_impl=args.attention, dropout_rate=0.0,
-      attention_dropout_rate=0.0, **spec.kwargs)
+  if spec.variant == X2PLUS1D:
+    config.model_name = 'x2plus1d_classification'
+    config.model = config_lib.x2plus1d_model_config(dropout_rate=0.0,
+                                                    **spec.kwargs)
+  else:
+    config.model = config_lib.model_config(
+        spec.variant, scan_layers=args.scan, remat_policy=args.remat,
+        attention_impl=args.attention, dropout_rate=0.0,
+        attention_dropout_rate=0.0, **spec.kwargs)
   if spec.num_layers:
     config.model.num_layers = spec.num_layers
   config.model_dtype_str = args.dtype
@@ -480,6 +504,9 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--small', action='store_true',
                       help='The CPU-sized set (ViT-Ti, ViViT-Ti at 112).')
+  parser.add_argument('--set', default='', choices=('',) + tuple(MODEL_SETS),
+                      help='A set of models (default: small with --small, '
+                      'else default); x2plus1d: the Section 6 network.')
   parser.add_argument('--models', default='',
                       help=f'Comma-separated subset of {sorted(ALL_SPECS)}.')
   parser.add_argument('--batch', type=int, default=8)
@@ -515,7 +542,7 @@ def parse_args(argv):
 def main(argv=None) -> Dict[str, Any]:
   args = parse_args(argv)
   skip = set(filter(None, args.skip.split(',')))
-  which = 'small' if args.small else 'default'
+  which = args.set or ('small' if args.small else 'default')
   names = list(filter(None, args.models.split(',')))
   max_batch_names = list(filter(None, args.max_batch.split(',')))
   remats = list(filter(None, args.max_batch_remat.split(',')))
@@ -560,7 +587,8 @@ def main(argv=None) -> Dict[str, Any]:
           model=spec.name, baseline=spec.baseline, gmac_ratio=gmac_ratio,
           wall_ratio=wall_ratio, efficiency=wall_ratio / gmac_ratio))
   if 'compile' not in skip:
-    results['compile'] = bench_compile(COMPILE_SETS[which], args)
+    results['compile'] = bench_compile(
+        COMPILE_SETS['small' if args.small else 'default'], args)
   if 'demo' not in skip:
     demo = load_config_file('demo_moving_digits')
     demo.model_dtype_str = args.dtype

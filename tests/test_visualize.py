@@ -83,6 +83,11 @@ class VisualizeTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'model.tokenizer'):
       visualize.visualize(config, self.create_tempdir().full_path)
 
+  def test_the_x2plus1d_network_is_named(self):
+    with self.assertRaisesRegex(ValueError, 'X\\(2\\+1\\)D network'):
+      visualize.visualize(config_for('charades_x2plus1d_tl'),
+                          self.create_tempdir().full_path)
+
 
 if __name__ == '__main__':
   absltest.main()

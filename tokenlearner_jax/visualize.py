@@ -38,6 +38,7 @@ from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models import ModelConfig
+from tokenlearner_jax.models import X2PLUS1D_NAMES
 
 SCALE = 4  # Pixels per input pixel in the rendered images.
 OPACITY = 0.7  # Of the red overlay where a token's weight is largest.
@@ -127,6 +128,12 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
   """Renders `num_clips` eval examples; returns the entries of index.json."""
   errors.require_workdir(workdir, 'visualise')
   config = schema.complete(config)
+  if config.get('model_name') in X2PLUS1D_NAMES:
+    raise errors.ConfigError(
+        f"config.model_name={config.model_name!r}: visualize draws the "
+        'TokenLearner maps of the ViT/ViViT models; the X(2+1)D network '
+        'sows its maps as `attention_maps` intermediates (apply with '
+        "mutable=['intermediates']).")
   model_config = ModelConfig.from_config(config, num_classes=1)
   if (not model_config.tokenlearner_on or
       model_config.token_reduction != 'tokenlearner'):

@@ -107,5 +107,24 @@ class BenchmarkTest(absltest.TestCase):
                       '--skip=models,demo,input'])
 
 
+  def test_x2plus1d_set_times_the_module_against_the_backbone(self):
+    tiny = dict(depths=(1, 1, 1, 2), widths=(8, 8, 16, 16), stem_width=8,
+                head_width=32, num_tokens=4)
+    specs = [benchmark.x2plus1d('tiny_x2plus1d', (4, 64, 64, 3), **tiny),
+             benchmark.x2plus1d('tiny_x2plus1d_tl', (4, 64, 64, 3),
+                                'tiny_x2plus1d', parts=('tokenlearner',),
+                                **tiny)]
+    with mock.patch.dict(benchmark.MODEL_SETS, {'x2plus1d': specs}), \
+         mock.patch.object(benchmark, 'matmul_peak', return_value=1e10):
+      results = benchmark.main(['--set=x2plus1d', '--steps=2', '--warmup=1',
+                                '--batch=2', '--skip=compile,demo,input'])
+    base, tl = results['models']
+    self.assertLess(base['gmacs'], tl['gmacs'])
+    speedup, = results['speedups']
+    self.assertAlmostEqual(speedup['gmac_ratio'], base['gmacs'] / tl['gmacs'])
+    self.assertAlmostEqual(speedup['wall_ratio'],
+                           base['step_s'] / tl['step_s'])
+
+
 if __name__ == '__main__':
   absltest.main()

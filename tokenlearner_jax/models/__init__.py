@@ -54,6 +54,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
 __all__ = [
     'FactorisedEncoderViViT', 'MODELS', 'ModelConfig', 'TokenFuser',
     'TokenLearnerEncoder', 'TokenLearnerModule', 'TokenLearnerModuleV11',
-    'TokenLearnerViT', 'X2Plus1D', 'X2Plus1DConfig', 'build_model',
+    'TokenLearnerViT', 'X2PLUS1D_NAMES', 'X2Plus1D', 'X2Plus1DConfig',
+    'build_model',
     'model_config',
 ]
