@@ -1,0 +1,504 @@
+r"""Ahead-of-time compiles of the train and eval steps for a TPU slice.
+
+  python -m tokenlearner_jax.aot --config=configs/vivit_k400.py \
+      --topology=v4:2x2x2 [--config.mesh.fsdp=4 ...] [--max_batch] \
+      [--json=PATH]
+
+Needs libtpu (`pip install -e '.[tpu]'`), no TPU: `jax.experimental.
+topologies.get_topology_desc` gives compile-only devices of the slice, and
+the real TPU compiler compiles for them. The train step, its state shardings
+and the batch sharding are the ones `tokenlearner_jax.train` builds
+(`train_steps.create_train_state`, `make_train_step`, `make_eval_step`), on
+the mesh of `config.mesh` over the slice's devices. Printed per device:
+parameter + optimizer bytes, temporaries, peak against the device's HBM, and
+whether it fits; the compile time; the compiler's flops and time estimate
+(`cost_analysis()['optimal_seconds']` when it is usable, else a roofline
+bound from the compiled flops and bytes against the chip's published peaks)
+and, from them, an MFU and examples/s per chip. These are the compiler's
+estimates: nothing here ran on a TPU. `--max_batch`: the largest global batch
+that fits, by bisection over multiples of the data-parallel size.
+
+A device is what jax sees: one TensorCore on v3 and v4 (two per chip, each
+with half the chip's HBM), one chip on v5e and v5p (v5p's two cores as one
+megacore device).
+"""
+
+import dataclasses
+import json
+import math
+import time
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+from jax.sharding import Mesh
+
+from tokenlearner_jax import errors
+from tokenlearner_jax import flops
+from tokenlearner_jax import metrics as metrics_lib
+from tokenlearner_jax import optim
+from tokenlearner_jax import sharding
+from tokenlearner_jax import summary
+from tokenlearner_jax import train_steps
+from tokenlearner_jax.configs import schema
+from tokenlearner_jax.models import build_model
+
+GiB = 2**30
+# Train step FLOPs per multiply-add per example: forward + backward (3 passes
+# of 2 FLOPs), as scripts/benchmark.py counts.
+TRAIN_FLOPS_PER_MAC = 6
+EVAL_FLOPS_PER_MAC = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """Published per-chip figures of a TPU generation.
+
+  Attributes:
+    name: The generation, as `--topology` names it.
+    hbm_bytes: HBM per chip.
+    bf16_flops: Peak bf16 FLOP/s per chip.
+    hbm_bandwidth: HBM bytes/s per chip.
+  """
+  name: str
+  hbm_bytes: int
+  bf16_flops: float
+  hbm_bandwidth: float
+
+
+# Sources (Cloud TPU system architecture pages, cloud.google.com/tpu/docs/):
+# v3: tpus "TPU v3" (32 GiB HBM, 123 TFLOP/s bf16, 900 GB/s per chip);
+# v4: /v4 (32 GiB, 275 TFLOP/s, 1,200 GB/s); v5e: /v5e (16 GiB, 197 TFLOP/s,
+# 819 GB/s); v5p: /v5p (95 GiB, 459 TFLOP/s, 2,765 GB/s).
+CHIPS: Dict[str, Chip] = {
+    'v3': Chip('v3', 32 * GiB, 123e12, 900e9),
+    'v4': Chip('v4', 32 * GiB, 275e12, 1200e9),
+    'v5e': Chip('v5e', 16 * GiB, 197e12, 819e9),
+    'v5litepod': Chip('v5e', 16 * GiB, 197e12, 819e9),
+    'v5p': Chip('v5p', 95 * GiB, 459e12, 2765e9),
+}
+
+
+class TopologyError(errors.KnownFault, ValueError):
+  """A `--topology` that names no known TPU slice."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  """The compile-only devices of a TPU slice.
+
+  Attributes:
+    name: `--topology`, e.g. 'v4:2x2x2'.
+    chip: The generation's published figures.
+    devices: The devices jax compiles for.
+    devices_per_chip: 2 for v3 and v4 (one per TensorCore), else 1.
+  """
+  name: str
+  chip: Chip
+  devices: Tuple[Any, ...]
+  devices_per_chip: int
+
+  @property
+  def num_chips(self) -> int:
+    return len(self.devices) // self.devices_per_chip
+
+  @property
+  def device_hbm(self) -> int:
+    return self.chip.hbm_bytes // self.devices_per_chip
+
+  @property
+  def device_flops(self) -> float:
+    return self.chip.bf16_flops / self.devices_per_chip
+
+  @property
+  def device_bandwidth(self) -> float:
+    return self.chip.hbm_bandwidth / self.devices_per_chip
+
+
+def tpu_slice(name: str) -> Slice:
+  """The slice `name` ('v4:2x2x2', 'v5e:4x4', ...) as compile-only devices."""
+  generation = name.split(':')[0]
+  if generation not in CHIPS or ':' not in name:
+    raise TopologyError(f'--topology={name!r}: expected GENERATION:SHAPE with '
+                        f'GENERATION one of {sorted(CHIPS)}, e.g. v4:2x2x2.')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    topology = topologies.get_topology_desc(topology_name=name,
+                                            platform='tpu')
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise TopologyError(f'--topology={name!r}: no such TPU slice, or libtpu '
+                        f"is missing (pip install -e '.[tpu]'): {first}"
+                        ) from None
+  devices = tuple(topology.devices)
+  chips = {tuple(d.coords) for d in devices}
+  return Slice(name, CHIPS[generation], devices, len(devices) // len(chips))
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices) -> Mesh:
+  """`config.mesh` over `devices`, as `sharding.make_mesh` over jax's."""
+  try:
+    shape = sharding.mesh_shape(config.mesh, len(devices))
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from None
+  return Mesh(np.asarray(devices).reshape(shape), sharding.MESH_AXES)
+
+
+def _num_steps(config: ml_collections.ConfigDict) -> int:
+  """The schedule's length (it changes constants only, not the program)."""
+  if config.get('num_training_steps'):
+    return int(config.num_training_steps)
+  return 100_000
+
+
+def _shard_bytes(tree) -> int:
+  """Bytes of the largest shard of each leaf (`ShapeDtypeStruct`s carrying
+  shardings), summed: what one device holds."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree_util.tree_leaves(tree))
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
+
+
+def _batch(batch_size: int, input_shape, num_classes: int, batch_sharding,
+           mask: bool) -> Dict[str, jax.ShapeDtypeStruct]:
+  """The abstract batch the input pipeline gives: float32 inputs, one-hot
+  (or multi-hot) float32 labels, and for eval a mask."""
+  s = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32,
+                                         sharding=batch_sharding)
+  batch = {'inputs': s((batch_size,) + tuple(input_shape)),
+           'label': s((batch_size, num_classes))}
+  if mask:
+    batch['batch_mask'] = s((batch_size,))
+  return batch
+
+
+@dataclasses.dataclass
+class Compiled:
+  """One compiled step's figures, per device.
+
+  Attributes:
+    name: 'train' or 'eval'.
+    batch_size: Global batch.
+    compile_s: Seconds to lower and compile.
+    state_bytes: Parameters + optimizer state (train) or variables (eval).
+    argument_bytes: All arguments (state and batch).
+    output_bytes: Outputs not aliased to arguments' buffers.
+    temp_bytes: Temporaries.
+    peak_bytes: argument + output - alias + temporaries.
+    fits: Whether `peak_bytes` is within the device's HBM.
+    flops: The compiled program's flops (XLA's cost analysis).
+    bytes_accessed: Its HBM bytes accessed (cost analysis).
+    optimal_seconds: XLA's time estimate (None if it gave none).
+    roofline_seconds: max(flops / peak FLOP/s, bytes / HBM bandwidth).
+    seconds: The estimate used: `optimal_seconds` when it is positive and
+      no faster than the roofline bound, else `roofline_seconds`.
+    estimate: Which: 'xla optimal_seconds' or 'roofline'.
+    model_flops: Analytic FLOPs of the step per device (GMACs x 6 train,
+      x 2 eval, over the batch).
+    mfu: model_flops / (seconds x the device's peak bf16 FLOP/s).
+    examples_per_s_per_chip: batch / chips / seconds.
+    hlo: The compiled program's text (kept for tests, not printed).
+  """
+  name: str
+  batch_size: int
+  compile_s: float
+  state_bytes: int
+  argument_bytes: int
+  output_bytes: int
+  temp_bytes: int
+  peak_bytes: int
+  fits: bool
+  flops: float
+  bytes_accessed: float
+  optimal_seconds: Optional[float]
+  roofline_seconds: float
+  seconds: float
+  estimate: str
+  model_flops: float
+  mfu: float
+  examples_per_s_per_chip: float
+  hlo: str = dataclasses.field(default='', repr=False)
+
+  def as_dict(self) -> Dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out.pop('hlo')
+    return out
+
+
+def _cost(compiled) -> Dict[str, float]:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
+    cost = cost[0] if cost else {}
+  return dict(cost or {})
+
+
+def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
+            state_bytes: int, gmacs: float, the_slice: Slice,
+            keep_hlo: bool = False) -> Compiled:
+  """Compiles `lowered_fn()` and reads its memory and cost analyses."""
+  start = time.perf_counter()
+  compiled = lowered_fn().compile()
+  compile_s = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes -
+          mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  cost = _cost(compiled)
+  flops_ = float(cost.get('flops', 0.0))
+  bytes_ = float(cost.get('bytes accessed', 0.0))
+  optimal = cost.get('optimal_seconds')
+  roofline = max(flops_ / the_slice.device_flops,
+                 bytes_ / the_slice.device_bandwidth)
+  usable = (optimal is not None and math.isfinite(optimal) and optimal > 0
+            and optimal >= roofline)
+  seconds = float(optimal) if usable else roofline
+  per_mac = TRAIN_FLOPS_PER_MAC if name == 'train' else EVAL_FLOPS_PER_MAC
+  model_flops = per_mac * gmacs * 1e9 * batch_size / len(the_slice.devices)
+  return Compiled(
+      name=name, batch_size=batch_size, compile_s=compile_s,
+      state_bytes=state_bytes, argument_bytes=mem.argument_size_in_bytes,
+      output_bytes=mem.output_size_in_bytes - mem.alias_size_in_bytes,
+      temp_bytes=mem.temp_size_in_bytes, peak_bytes=peak,
+      fits=peak <= the_slice.device_hbm, flops=flops_,
+      bytes_accessed=bytes_,
+      optimal_seconds=None if optimal is None else float(optimal),
+      roofline_seconds=roofline, seconds=seconds,
+      estimate='xla optimal_seconds' if usable else 'roofline',
+      model_flops=model_flops,
+      mfu=model_flops / (seconds * the_slice.device_flops) if seconds else 0.,
+      examples_per_s_per_chip=(batch_size / the_slice.num_chips / seconds
+                               if seconds else 0.),
+      hlo=compiled.as_text() if keep_hlo else '')
+
+
+@dataclasses.dataclass
+class Setup:
+  """What `train` builds for `config` on a slice's mesh (all abstract).
+
+  Attributes:
+    config: The completed config.
+    mesh: The mesh over the slice's devices.
+    model: The model.
+    input_shape: One example's input shape.
+    num_classes: Classes of the head.
+    gmacs: Multiply-adds per example (`flops.gmacs`).
+    multilabel: Whether the head is multi-label.
+    state: The abstract train state, carrying its shardings.
+    shardings: The state's shardings.
+    tx: The optimizer.
+    schedule: The learning-rate schedule.
+  """
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  model: Any
+  input_shape: Tuple[int, ...]
+  num_classes: int
+  gmacs: float
+  multilabel: bool
+  state: Any
+  shardings: Any
+  tx: Any
+  schedule: Any
+
+  @property
+  def data_parallel(self) -> int:
+    return self.mesh.shape['data'] * self.mesh.shape['fsdp']
+
+
+def setup(config: ml_collections.ConfigDict, the_slice: Slice) -> Setup:
+  """`train`'s model, state and shardings for `config` on `the_slice`."""
+  config = schema.complete(config)
+  multilabel = metrics_lib.is_multilabel(config.model_name)
+  mesh = make_mesh(config, the_slice.devices)
+  num_classes = summary.example_num_classes(config)
+  input_shape = tuple(summary.example_input_shape(config))
+  model = build_model(config, num_classes)
+  tx, schedule = optim.make_optimizer(config, _num_steps(config))
+  state, shardings = train_steps.create_train_state(
+      config, model, tx, input_shape, mesh, abstract=True)
+  return Setup(config, mesh, model, input_shape, num_classes,
+               flops.gmacs(config, input_shape, num_classes), multilabel,
+               _with_shardings(state, shardings), shardings, tx, schedule)
+
+
+def _check_batch(s: Setup, batch_size: int, key: str) -> None:
+  if batch_size % s.data_parallel:
+    raise errors.ConfigError(
+        f'config.{key}={batch_size} is not divisible by the data-parallel '
+        f"size {s.data_parallel} (config.mesh data x fsdp = "
+        f"{s.mesh.shape['data']} x {s.mesh.shape['fsdp']}).")
+
+
+def compile_train(s: Setup, the_slice: Slice, batch_size: int,
+                  keep_hlo: bool = False) -> Compiled:
+  """The train step of `train` at global `batch_size`, compiled."""
+  _check_batch(s, batch_size, 'batch_size')
+  batch_sharding = sharding.batch_sharding(s.mesh)
+  step = train_steps.make_train_step(s.config, s.model, s.tx, s.schedule,
+                                     s.shardings, batch_sharding,
+                                     s.multilabel)
+  batch = _batch(batch_size, s.input_shape, s.num_classes, batch_sharding,
+                 mask=False)
+  return analyse('train', lambda: step.lower(s.state, batch), batch_size,
+                 _shard_bytes(s.state.params) + _shard_bytes(
+                     s.state.opt_state), s.gmacs, the_slice, keep_hlo)
+
+
+def compile_eval(s: Setup, the_slice: Slice, batch_size: int,
+                 keep_hlo: bool = False) -> Compiled:
+  """The eval step of `train` (one view per example), compiled;
+  `batch_size` a multiple of the devices (the padded eval batch)."""
+  batch_sharding = sharding.batch_sharding(s.mesh)
+  variables = train_steps.model_variables(s.state.params,
+                                          s.state.model_state)
+  step = train_steps.make_eval_step(
+      s.model, train_steps.model_variables(s.shardings.params,
+                                           s.shardings.model_state),
+      batch_sharding, s.multilabel)
+  batch = _batch(batch_size, s.input_shape, s.num_classes, batch_sharding,
+                 mask=True)
+  return analyse('eval', lambda: step.lower(variables, batch), batch_size,
+                 _shard_bytes(variables), s.gmacs, the_slice, keep_hlo)
+
+
+def max_batch(s: Setup, the_slice: Slice, start: int,
+              limit: int = 1 << 16) -> Tuple[int, Dict[int, bool]]:
+  """The largest global train batch (a multiple of the data-parallel size)
+  whose peak fits the device's HBM: doubling from `start`, then bisection.
+  Returns it (0: not even one example per data shard) and each size tried
+  -> fits."""
+  unit = s.data_parallel
+  tried: Dict[int, bool] = {}
+
+  def fits(k: int) -> bool:
+    if k * unit not in tried:
+      tried[k * unit] = compile_train(s, the_slice, k * unit).fits
+    return tried[k * unit]
+
+  k = max(start // unit, 1)
+  if fits(k):
+    low, high = k, None
+    while high is None and (2 * low) * unit <= limit:
+      if fits(2 * low):
+        low *= 2
+      else:
+        high = 2 * low
+    if high is None:
+      return low * unit, tried
+  else:
+    low, high = 0, k
+  while high - low > 1:
+    mid = (low + high) // 2
+    if fits(mid):
+      low = mid
+    else:
+      high = mid
+  return low * unit, tried
+
+
+def _gib(x: float) -> str:
+  if x < GiB:
+    return f'{x / 2**20:,.1f} MiB'
+  return f'{x / GiB:,.2f} GiB'
+
+
+def report(c: Compiled, the_slice: Slice) -> str:
+  """`c` as printed lines."""
+  optimal = ('none' if c.optimal_seconds is None
+             else f'{c.optimal_seconds:.4g} s')
+  lines = [
+      f'{c.name} step, global batch {c.batch_size}: compiled in '
+      f'{c.compile_s:.1f} s',
+      f'  per device: state (parameters + optimizer) {_gib(c.state_bytes)}, '
+      f'arguments {_gib(c.argument_bytes)}, outputs {_gib(c.output_bytes)}, '
+      f'temporaries {_gib(c.temp_bytes)}',
+      f'  peak {_gib(c.peak_bytes)} of {_gib(the_slice.device_hbm)} HBM '
+      f"({c.peak_bytes / the_slice.device_hbm:.0%}): "
+      f"{'fits' if c.fits else 'DOES NOT FIT'}",
+      f'  compiler estimates (not measured): {c.flops / 1e12:,.3f} TFLOP and '
+      f'{c.bytes_accessed / GiB:,.2f} GiB HBM traffic per device; XLA '
+      f'optimal_seconds {optimal}, roofline {c.roofline_seconds:.4g} s; '
+      f'using {c.estimate}: {c.seconds:.4g} s per step',
+      f'  -> estimated MFU {c.mfu:.1%} (analytic {c.model_flops / 1e12:,.3f} '
+      f'TFLOP per device), {c.examples_per_s_per_chip:,.2f} examples/s per '
+      'chip',
+  ]
+  return '\n'.join(lines)
+
+
+def plan(config: ml_collections.ConfigDict, topology: str,
+         find_max_batch: bool = False, eval_step: bool = True
+         ) -> Dict[str, Any]:
+  """Compiles `config`'s train (and eval) step for `topology`; returns the
+  figures and prints them."""
+  the_slice = tpu_slice(topology)
+  s = setup(config, the_slice)
+  print(f'{topology}: {len(the_slice.devices)} devices on '
+        f'{the_slice.num_chips} chips ({the_slice.devices_per_chip} per chip, '
+        f'{_gib(the_slice.device_hbm)} HBM and '
+        f'{the_slice.device_flops / 1e12:.1f} bf16 TFLOP/s each); mesh '
+        f'{dict(s.mesh.shape)}; rules {sharding.rules(s.config)}')
+  print(f'model {s.config.model_name}, input {s.input_shape}, '
+        f'{s.num_classes} classes, {s.gmacs:.4g} GMACs per example, '
+        f'optimizer {s.config.optimizer}, dtype {s.config.model_dtype_str}')
+  out: Dict[str, Any] = dict(
+      topology=topology, devices=len(the_slice.devices),
+      chips=the_slice.num_chips, device_hbm=the_slice.device_hbm,
+      mesh=dict(s.mesh.shape), gmacs=s.gmacs, input_shape=s.input_shape,
+      jax=jax.__version__)
+  train = compile_train(s, the_slice, s.config.batch_size)
+  print(report(train, the_slice))
+  out['train'] = train.as_dict()
+  if eval_step:
+    # As the input pipeline pads it (`batching.padded_eval_batch_size`).
+    eval_batch = s.config.get('eval_batch_size') or s.config.batch_size
+    eval_batch = -(-eval_batch // len(the_slice.devices)) * len(
+        the_slice.devices)
+    evaluated = compile_eval(s, the_slice, eval_batch)
+    print(report(evaluated, the_slice))
+    out['eval'] = evaluated.as_dict()
+  if find_max_batch:
+    largest, tried = max_batch(s, the_slice, s.config.batch_size)
+    print(f'largest global train batch that fits: {largest} (tried: '
+          + ', '.join(f"{k} {'fits' if v else 'no'}"
+                      for k, v in sorted(tried.items())) + ')')
+    out['max_batch'] = largest
+    out['max_batch_tried'] = {str(k): v for k, v in tried.items()}
+  return out
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as the entry point)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                  lock_config=True)
+  flags.DEFINE_string('topology', None, "TPU slice, e.g. 'v4:2x2x2', "
+                      "'v5e:4x4', 'v5p:4x4x4'.")
+  flags.DEFINE_bool('max_batch', False, 'Also find the largest global train '
+                    'batch that fits.')
+  flags.DEFINE_bool('eval', True, 'Also compile the eval step.')
+  flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  out = errors.exit_on_known_fault(plan, f.config, f.topology, f.max_batch,
+                                   f.eval)
+  if f.json:
+    with open(f.json, 'w') as file:
+      json.dump(out, file, indent=1)
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['config', 'topology'])
+  app.run(main)
