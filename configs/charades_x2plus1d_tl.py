@@ -8,10 +8,20 @@ TokenFuser), trained from scratch on 64-frame clips (224 crops) of Charades
 describes the network and how its module counts meet Tables 11-12.
 
 Charades TFRecords at 12 fps (Table 9; `fps=6` for the 6 fps setting of
-Tables 11-12), one record per video with every action's class in
-`clip/label/index` (see docs/data.md):
+Tables 11-12) as scripts/make_charades_tfrecords.py writes them from
+Charades_v1_train.csv (split 'train', 64 shards) and Charades_v1_test.csv
+(split 'test', 16 shards; Charades' standard evaluation set, also evaluated
+during training): one record per video with every action's class in
+`clip/label/index` and the action segments (see docs/data.md). A train clip
+(64 frames at stride 1: 5.3 s at 12 fps, 10.7 s at 6 fps) takes the classes
+of the actions it overlaps (`clip_labels='segments'`); the test scores each
+video's classes from 10 clips, each class's max over the clips
+(`test_pooling='max'`), with the mAP over the classes that have a positive:
   python -m tokenlearner_jax.train --config=configs/charades_x2plus1d_tl.py \
       --workdir=DIR --config.dataset_configs.base_dir=/path/to/tfrecords
+  python -m tokenlearner_jax.evaluate \
+      --config=configs/charades_x2plus1d_tl.py --workdir=DIR \
+      --config.dataset_configs.base_dir=/path/to/tfrecords
 Per-module and network GFLOPs and parameters beside the paper's:
   python -m tokenlearner_jax.summary --config=configs/charades_x2plus1d_tl.py
 
@@ -26,7 +36,7 @@ conv2d_mlp_mixer, conv2d_temporal, spatial_temporal, conv2d_spatial_temporal,
 or backbone: no module), token_maker (tokenlearner, or the text's
 alternatives fixed, dense, pooling), num_tokens=8, fps=12 (6 or 12: which
 TFRecords `base_dir` names), runlocal (a tiny network on 4x64x64 clips for a
-CPU smoke run; tables '@1').
+CPU smoke run; tables 'train@1' and 'test@1').
 """
 
 import ml_collections
@@ -34,7 +44,7 @@ import ml_collections
 from tokenlearner_jax import paper
 from tokenlearner_jax.configs import common
 
-CHARADES_SIZES = dict(train=7_985, validation=1_863)  # Charades v1.
+CHARADES_SIZES = dict(train=7_985, test=1_863)  # Charades v1's two CSVs.
 # `row=NAME` -> the module's parts (Tables 11-12; 'backbone': none).
 ROWS = {row.preset: row.parts for row in paper.MODULE_ROWS}
 ROWS['backbone'] = ()
@@ -54,16 +64,15 @@ def get_config(arg=None):
   config.dataset_name = 'video_tfrecord_dataset'
   config.dataset_configs = ml_collections.ConfigDict(dict(
       base_dir=f'/path/to/charades_{arg.fps}fps_tfrecords',
-      tables=dict(train='train.tfrecord@64', validation='validation@16',
-                  test='validation@16'),
-      examples_per_subset=dict(CHARADES_SIZES, test=CHARADES_SIZES[
-          'validation']),
+      tables=dict(train='train@64', test='test@16'), eval_split='test',
+      examples_per_subset=CHARADES_SIZES,
       num_classes=157, num_frames=64, stride=1, min_resize=256,
       crop_size=224, zero_centering=True,
       augmentation_params=dict(
           do_jitter_scale=True, scale_min_factor=0.9, scale_max_factor=1.33,
           prob_scale_jitter=1.0, do_color_augment=False),
-      num_test_clips=10, do_three_spatial_crops=False, test_batch_size=4))
+      num_test_clips=10, do_three_spatial_crops=False, test_batch_size=4,
+      clip_labels='segments', test_pooling='max'))
   config.model_name = 'x2plus1d_multilabel_classification'
   config.model = common.x2plus1d_model_config(
       parts=ROWS[arg.row], token_maker=arg.token_maker,
@@ -106,9 +115,8 @@ def _runlocal(config: ml_collections.ConfigDict) -> None:
   dc = config.dataset_configs
   dc.num_frames, dc.crop_size, dc.min_resize = 4, 64, 72
   dc.num_test_clips, dc.test_batch_size = 2, 2
-  dc.tables = dict(train='train.tfrecord@1', validation='validation@1',
-                   test='test@1')
-  dc.examples_per_subset = dict(train=8, validation=4, test=4)
+  dc.tables = dict(train='train@1', test='test@1')
+  dc.examples_per_subset = dict(train=8, test=4)
   config.batch_size = 4
   config.eval_batch_size = 4
   config.num_training_steps = 2

@@ -34,6 +34,21 @@ class MultilabelTest(absltest.TestCase):
     self.assertAlmostEqual(mean_ap, sk_metrics.average_precision_score(
         MULTI_HOT[:3], LOGITS[:3], average='macro'))
 
+  def test_class_average_precision_is_scikit_learns_with_ties(self):
+    rng = np.random.default_rng(0)
+    # Scores rounded to tenths: many ties; class 3 has no positive.
+    scores = np.round(rng.normal(size=(60, 5)), 1)
+    labels = (rng.uniform(size=(60, 5)) < 0.3).astype(np.float32)
+    labels[:, 3] = 0
+    aps = metrics.class_average_precision(scores, labels)
+    self.assertTrue(np.isnan(aps[3]))
+    for c in (0, 1, 2, 4):
+      self.assertAlmostEqual(aps[c], sk_metrics.average_precision_score(
+          labels[:, c], scores[:, c]), places=12)
+    # The mean skips the class without a positive.
+    self.assertAlmostEqual(metrics.average_precision(scores, labels),
+                           np.mean(aps[[0, 1, 2, 4]]), places=12)
+
   def test_label_smoothing_is_the_references_on_sigmoid_targets(self):
     # scenic's apply_label_smoothing: y * (1 - s) + s / num_classes, then
     # the sigmoid cross-entropy summed over classes.

@@ -72,7 +72,8 @@ class ConfigsTrainTest(parameterized.TestCase):
   def test_all_configs_covered(self):
     names = {os.path.basename(p)[:-3]
              for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))}
-    self.assertEqual(names, {'charades_x2plus1d_tl', 'demo_moving_digits',
+    self.assertEqual(names, {'avid_x2plus1d_tl', 'charades_x2plus1d_tl',
+                             'demo_moving_digits',
                              'demo_multi_digits',
                              'im1k_token_learner', 'jft_pretrain',
                              'vit_imagenet', 'vivit_k400', 'vivit_k600'})
@@ -132,17 +133,53 @@ class ConfigsTrainTest(parameterized.TestCase):
     self.assertEqual(results['num_examples'], 3)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'eval_test.json')))
 
-  def test_charades_x2plus1d_on_generated_tfrecords_with_its_test(self):
-    config = self.video_config(
-        'charades_x2plus1d_tl', {'train.tfrecord': 8, 'validation': 4,
-                                 'test': 3})
+  def test_charades_x2plus1d_from_a_charades_folder_with_its_test(self):
+    # Charades as shipped, in miniature -> the writer -> train -> test.
+    root = self.create_tempdir().full_path
+    video_dir, csvs = testing.write_charades_folder(root, {
+        'train': [('TRN01', 'c001 0.00 1.20;c003 0.80 2.00'),
+                  ('TRN02', 'c000 0.30 2.00'), ('TRN03', ''),
+                  ('TRN04', 'c002 0.00 0.90;c004 1.00 2.00')],
+        'test': [('TST01', 'c001 0.00 2.00;c002 0.50 1.00'),
+                 ('TST02', 'c000 0.00 2.00'), ('TST03', '')]})
+    base_dir = os.path.join(root, 'tfrecords')
+    writer = testing.load_script('make_charades_tfrecords')
+    for split in ('train', 'test'):
+      writer.convert(csvs[split], video_dir, base_dir, split=split,
+                     num_shards=1, fps=6.0, min_resize=72)
+    config = config_for('charades_x2plus1d_tl')
+    config.dataset_configs.base_dir = base_dir
     workdir = self.create_tempdir().full_path
     final = self.run_config(config, workdir)
     self.assertSameElements(final, ['step', 'loss', 'prec@1',
                                     'mean_average_precision', 'num_examples',
                                     'gmacs_per_example'])
+    self.assertEqual(final['num_examples'], 3)
     results = evaluate.evaluate_checkpoint(config, workdir)  # batch_stats too.
+    with open(os.path.join(workdir, 'eval_test.json')) as f:
+      self.assertEqual(json.load(f), results)
     self.assertEqual(results['views_per_example'], 2)
+    self.assertEqual(results['view_pooling'], 'max')
+    self.assertEqual(results['num_examples'], 3)
+    # Classes 0, 1, 2 have a positive in the test split; the rest are null.
+    aps = results['average_precision_per_class']
+    self.assertLen(aps, 157)
+    self.assertEqual(results['num_classes_scored'], 3)
+    self.assertEqual([i for i, ap in enumerate(aps) if ap is not None],
+                     [0, 1, 2])
+    self.assertAlmostEqual(results['mean_average_precision'],
+                           np.mean(aps[:3]), places=6)
+    self.assertBetween(results['prec@1'], 0.0, 1.0)
+
+  def test_avid_x2plus1d_on_generated_tfrecords_with_its_test(self):
+    config = self.video_config('avid_x2plus1d_tl', {'train': 8, 'test': 3})
+    workdir = self.create_tempdir().full_path
+    final = self.run_config(config, workdir)
+    self.assertSameElements(final, ['step', 'loss', 'accuracy',
+                                    'num_examples', 'gmacs_per_example'])
+    results = evaluate.evaluate_checkpoint(config, workdir)
+    self.assertEqual(results['views_per_example'], 2)
+    self.assertEqual(results['view_pooling'], 'mean')
     self.assertEqual(results['num_examples'], 3)
 
   def test_vit_imagenet_on_mock_data(self):

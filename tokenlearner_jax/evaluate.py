@@ -8,8 +8,12 @@ model has any; no optimizer) of the latest (or `--step`) checkpoint under
 `WORKDIR/checkpoints`, evaluates `--split` (default:
 `dataset_configs.test_split`, else 'test') with the test protocol -- for
 videos `num_test_clips` clips x 3 spatial crops (`do_three_spatial_crops`) per
-video with the logits averaged per video, each video counted exactly once; for
-images one view -- and writes `WORKDIR/eval_<split>.json`. Only the eval side
+video with the logits averaged per video (`dataset_configs.test_pooling=
+'max'`: each class's max over the views), each video counted exactly once; for
+images one view -- and writes `WORKDIR/eval_<split>.json`: for a multi-label head
+`mean_average_precision` (over the classes with a positive in the split),
+`prec@1` and `average_precision_per_class` (by class id, null where a class
+has no positive). Only the eval side
 of the data pipeline is built (the number of classes, the input shape and the
 test split): the train split need not exist. A `--workdir` that does not exist
 (a mistyped path) stops it at once with one line naming it, and nothing is
@@ -74,14 +78,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                                      data.input_shape, mesh)
   variables = checkpoint.restore_variables(workdir, step, target)
   batch_sharding = sharding.batch_sharding(mesh)
+  pooling = config.dataset_configs.get('test_pooling', 'mean')
   eval_step = train_steps.make_eval_step(model, shardings, batch_sharding,
-                                         multilabel, multiview=True)
+                                         multilabel, multiview=True,
+                                         pooling=pooling)
   logging.info('Evaluating step %d on %r with %d views per example.', step,
                split, data.num_test_views)
   results = evaluation.evaluate_batches(variables, data.test_batches(split),
-                                        eval_step, batch_sharding, multilabel)
+                                        eval_step, batch_sharding, multilabel,
+                                        per_class=True)
   results = {'step': step, 'split': split,
-             'views_per_example': data.num_test_views, **results}
+             'views_per_example': data.num_test_views,
+             'view_pooling': pooling, **results}
   logging.info('%s', results)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{split}.json'), 'w') as f:

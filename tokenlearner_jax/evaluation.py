@@ -27,7 +27,8 @@ def _gathered(x: np.ndarray, tiled: bool = True) -> np.ndarray:
 def evaluate_batches(variables: Any,
                      batches: Iterable[Dict[str, np.ndarray]],
                      eval_step: Callable, batch_sharding: Any,
-                     multilabel: bool) -> Dict[str, float]:
+                     multilabel: bool,
+                     per_class: bool = False) -> Dict[str, Any]:
   """Metrics over all `batches` of every process (each example once).
 
   Args:
@@ -39,6 +40,10 @@ def evaluate_batches(variables: Any,
     batch_sharding: Where a global batch goes.
     multilabel: Add the mean average precision over the whole split (the
       logits and labels of every process are gathered).
+    per_class: With `multilabel`, also each class's average precision,
+      `average_precision_per_class` (a list by class id; None for a class
+      with no positive in the split, which the mean skips), and
+      `num_classes_scored`.
   """
   totals: Dict[str, float] = {}
   scores: List[np.ndarray] = []
@@ -57,6 +62,12 @@ def evaluate_batches(variables: Any,
   results = metrics_lib.finalize(totals)
   results['num_examples'] = int(totals['num_examples'])
   if multilabel:
-    results['mean_average_precision'] = metrics_lib.average_precision(np.concatenate(scores),
-                                                   np.concatenate(labels))
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
+    results['mean_average_precision'] = metrics_lib.average_precision(
+        scores, labels)
+    if per_class:
+      aps = metrics_lib.class_average_precision(scores, labels)
+      results['num_classes_scored'] = int(np.isfinite(aps).sum())
+      results['average_precision_per_class'] = [
+          float(ap) if np.isfinite(ap) else None for ap in aps]
   return results

@@ -66,18 +66,37 @@ def metric_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array,
   return sums
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-  """Mean over classes with a positive of each class's average precision."""
-  aps = []
+def class_average_precision(scores: np.ndarray,
+                            labels: np.ndarray) -> np.ndarray:
+  """`[C]` average precision of each class over the `[N, C]` examples; NaN
+  for a class with no positive.
+
+  The area under the precision-recall steps, one step per distinct score
+  (tied scores are one threshold): sum over thresholds of (recall gain) x
+  precision, as scikit-learn's `average_precision_score` computes it.
+  """
+  aps = np.full(labels.shape[1], np.nan)
   for c in range(labels.shape[1]):
     positives = labels[:, c] > 0
     if not positives.any():
       continue
     order = np.argsort(-scores[:, c], kind='stable')
-    hits = positives[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    aps.append(float(np.sum(precision * hits) / hits.sum()))
-  return float(np.mean(aps))
+    ranked = scores[order, c]
+    hits = np.cumsum(positives[order])  # [N] positives at or above each rank
+    # The last rank of each distinct score.
+    ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    precision = hits[ends] / (ends + 1)
+    recall = hits[ends] / hits[-1]
+    aps[c] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+  return aps
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over the classes with a positive of each class's average precision
+  (`class_average_precision`), as the Charades classification evaluation
+  skips classes absent from the split; NaN if no class has one."""
+  aps = class_average_precision(scores, labels)
+  return float(np.nanmean(aps)) if np.isfinite(aps).any() else float('nan')
 
 
 def finalize(sums: Dict[str, float]) -> Dict[str, float]:

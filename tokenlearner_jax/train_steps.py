@@ -281,18 +281,21 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
 
 
 def eval_step(variables, batch, *, model, multilabel: bool,
-              multiview: bool = False):
+              multiview: bool = False, pooling: str = 'mean'):
   """Masked metric sums and logits of the model's `variables`
   (`model_variables(params, model_state)`; `train=False`: BatchNorm uses its
-  running averages); `multiview` averages the logits of each example's views
-  (`inputs` `[B, views, ...]`)."""
+  running averages); `multiview` combines the logits of each example's views
+  (`inputs` `[B, views, ...]`): their mean (`pooling='mean'`) or each class's
+  max over the views (`'max'`, the multi-label video test of PySlowFast's
+  Charades)."""
   inputs = batch['inputs']
   if multiview:
     b, v = inputs.shape[:2]
     inputs = inputs.reshape((b * v,) + inputs.shape[2:])  # [B * views, ...]
   logits = model.apply(variables, inputs, train=False)
   if multiview:
-    logits = logits.reshape(b, v, -1).mean(1)  # [B, classes]
+    logits = logits.reshape(b, v, -1)  # [B, views, classes]
+    logits = logits.max(1) if pooling == 'max' else logits.mean(1)
   sums = metrics_lib.metric_sums(logits, batch['label'], batch['batch_mask'],
                                  multilabel)
   return sums, logits
@@ -326,11 +329,12 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
 
 
 def make_eval_step(model, variables_shardings: Any, batch_sharding: Any,
-                   multilabel: bool, multiview: bool = False) -> Callable:
+                   multilabel: bool, multiview: bool = False,
+                   pooling: str = 'mean') -> Callable:
   """`eval_step` jit-compiled over the mesh: `(variables, batch) -> (metric
   sums, logits)`, the variables (`model_variables`) on
   `variables_shardings`."""
   return jax.jit(
       functools.partial(eval_step, model=model, multilabel=multilabel,
-                        multiview=multiview),
+                        multiview=multiview, pooling=pooling),
       in_shardings=(variables_shardings, batch_sharding))

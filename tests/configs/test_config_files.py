@@ -26,6 +26,8 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 # paper below (vit_imagenet: T4's 28.3; jft_pretrain: 9.15; vivit_k400/600:
 # 1105).
 SIZES = {
+    ('avid_x2plus1d_tl', None): (5_510_015, 19.149539),
+    ('avid_x2plus1d_tl', 'runlocal'): (49_411, 0.002835),
     ('charades_x2plus1d_tl', None): (5_694_725, 24.415319),
     ('charades_x2plus1d_tl', 'runlocal'): (37_057, 0.002998),
     ('demo_moving_digits', None): (170_160, 0.009505),

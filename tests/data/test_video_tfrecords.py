@@ -272,6 +272,85 @@ class VideoTfrecordsTest(parameterized.TestCase):
       list(self.data().eval_batches())
 
 
+def segment_video(length: int, labels, fps: float, segments) -> bytes:
+  """`level_video` with Charades' context: the video's `labels`, `fps` and
+  `segments` [(class, start, end)] (scripts/make_charades_tfrecords.py)."""
+  example = tf.train.SequenceExample.FromString(level_video(length, 0))
+  context = example.context.feature
+  del context['clip/label/index'].int64_list.value[:]
+  context['clip/label/index'].int64_list.value.extend(labels)
+  context['video/fps'].float_list.value.append(fps)
+  context['segment/label/index'].int64_list.value.extend(
+      c for c, _, _ in segments)
+  context['segment/start'].float_list.value.extend(s for _, s, _ in segments)
+  context['segment/end'].float_list.value.extend(e for _, _, e in segments)
+  return example.SerializeToString()
+
+
+class ClipLabelsTest(parameterized.TestCase):
+  """Multi-hot video labels, segment labels of train clips, videos without
+  a label."""
+
+  SEGMENTS = [(3, 0.0, 1.0), (4, 2.0, 4.0), (1, 5.0, 6.0)]
+
+  @parameterized.parameters(
+      (0, 4, 20, {3}),  # Frames 0-3: 0.0-1.5 s.
+      (2, 4, 20, {3, 4}),  # 1.0-2.5 s: class 3 ends at 1.0 s.
+      (4, 4, 20, {4}),  # 2.0-3.5 s.
+      (10, 4, 20, {1}),  # 5.0-6.5 s.
+      (14, 4, 20, set()),  # 7.0-8.5 s: no action.
+      (0, 8, 6, {1, 3, 4}))  # Wraps around: the whole video.
+  def test_segments_overlapping_the_clip(self, start, span, length, expected):
+    example = video_tfrecords.parse_example(tf.constant(segment_video(
+        length, [1, 3, 4], 2.0, self.SEGMENTS)))
+    index = video_tfrecords.segment_labels(
+        example, tf.constant(start), span, tf.constant(length))
+    self.assertSetEqual(set(index.numpy().tolist()), expected)
+
+  def test_train_clips_take_the_segments_eval_and_test_the_video(self):
+    base_dir = self.create_tempdir().full_path
+    # 4 frames at 2 fps, clips of 4 frames: always frames 0-3 (0.0-1.5 s).
+    for split in ('train-00000-of-00001', 'validation-00000-of-00001',
+                  'test-a'):
+      write_records(os.path.join(base_dir, split), [
+          segment_video(4, [1, 3, 4], 2.0, self.SEGMENTS),
+          segment_video(4, [], 2.0, [])])
+    overrides = dict(tables=dict(train='train@1', validation='validation@1',
+                                 test='test-*'),
+                     stride=1, do_three_spatial_crops=False, num_test_clips=2)
+    video_labels = [[0, 1, 0, 1, 1], [0] * 5]
+    for clip_labels, train_labels in (('video', video_labels),
+                                      ('segments', [[0, 0, 0, 1, 0],
+                                                    [0] * 5])):
+      config = data_config(dataset_config(base_dir, clip_labels=clip_labels,
+                                          **overrides))
+      config.model_name = 'x2plus1d_multilabel_classification'
+      data = video_tfrecords.get_data(config)
+      batch = next(data.train_iter)
+      self.assertCountEqual(batch['label'].tolist(), train_labels)
+      np.testing.assert_array_equal(next(data.eval_batches())['label'],
+                                    video_labels)
+      np.testing.assert_array_equal(next(data.test_batches('test'))['label'],
+                                    video_labels)
+
+  def test_a_video_without_label_is_an_error_for_a_softmax_head(self):
+    base_dir = self.create_tempdir().full_path
+    write_records(os.path.join(base_dir, 'validation-00000-of-00001'),
+                  [segment_video(4, [], 2.0, [])])
+    config = data_config(dataset_config(base_dir, stride=1))
+    config.model_name = 'x2plus1d_classification'
+    with self.assertRaisesRegex(ValueError, 'a video has no clip/label/index'):
+      next(video_tfrecords.get_data(config, train=False).eval_batches())
+
+  @parameterized.parameters(('clip_labels', 'frames'), ('test_pooling', 'sum'))
+  def test_unknown_choice_is_named(self, key, value):
+    config = data_config(dataset_config(self.create_tempdir().full_path,
+                                        **{key: value}))
+    with self.assertRaisesRegex(errors.ConfigError,
+                                rf"^dataset_configs.{key}='{value}': "):
+      video_tfrecords.get_data(config)
+
+
 class EvaluateCheckpointTest(absltest.TestCase):
 
   def test_multi_view_eval_of_a_trained_run(self):

@@ -275,6 +275,13 @@ KEYS += (
     _implemented(_DC + 'skip_corrupt_examples', 'data.video_tfrecords',
                  'Skip (and count) corrupt records instead of stopping.',
                  default=False),
+    _implemented(_DC + 'clip_labels', 'data.video_tfrecords', "A train "
+                 "clip's labels: 'video' (clip/label/index) or 'segments' "
+                 '(the classes of the action segments it overlaps).',
+                 default='video'),
+    _implemented(_DC + 'test_pooling', 'evaluate', "The test's views of a "
+                 "video combined: 'mean' of the logits or each class's "
+                 "'max'.", default='mean'),
     _implemented(_DC + 'augmentation_params', 'data.video_tfrecords',
                  'Train augmentations of videos.', section=True, **_REF),
     _no_op(_DC + 'one_hot_labels', "the reference ViViT configs' misspelling "

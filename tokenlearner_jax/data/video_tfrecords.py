@@ -12,7 +12,18 @@ the reference's `dataset_configs` keys, so a Scenic user's config carries over:
   scale_max_factor, prob_scale_jitter, do_color_augment, prob_color_augment,
   prob_color_drop), num_test_clips, do_three_spatial_crops, test_batch_size,
   label_offset, and ours: eval_split, test_split, shuffle_buffer_size,
-  skip_corrupt_examples.
+  skip_corrupt_examples, clip_labels, test_pooling.
+
+Labels: the ids in 'clip/label/index' as a multi-hot vector (one-hot for one
+id; a video with none is all zeros for a multi-label head, an error for a
+softmax one). With `clip_labels='segments'` a train clip takes instead the
+classes of the action segments it overlaps: the context's
+'segment/label/index', 'segment/start' and 'segment/end' (seconds) and
+'video/fps' (the stored frames' rate), as scripts/make_charades_tfrecords.py
+writes them; a segment overlaps the clip if it starts at or before the time
+of the clip's last frame and ends at or after that of its first (a clip that
+wraps around covers the whole video). Eval and test always take the video's
+labels, which the Charades evaluation scores.
 
 Train: a random clip of `num_frames` frames `stride` apart, the smaller side
 resized to `min_resize`, scale jitter, a random `crop_size` crop, a flip and
@@ -29,29 +40,60 @@ without records) stops with one line naming its files: 'no readable example
 in FILE'.
 """
 
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import ml_collections
 import tensorflow as tf
 
 from tokenlearner_jax import errors
+from tokenlearner_jax import metrics
 from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import tfrecord_tables
 
 FRAMES_KEY = 'image/encoded'
 LABEL_KEY = 'clip/label/index'
+SEGMENT_KEYS = {'segment_label': ('segment/label/index', tf.int64),
+                'segment_start': ('segment/start', tf.float32),
+                'segment_end': ('segment/end', tf.float32),
+                'fps': ('video/fps', tf.float32)}
+CLIP_LABELS = ('video', 'segments')
+TEST_POOLING = ('mean', 'max')
 SUPPORTED_AUGMENTATIONS = ('do_jitter_scale', 'do_color_augment')
 
 
 def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
   context, sequence = tf.io.parse_single_sequence_example(
       serialized,
-      context_features={LABEL_KEY: tf.io.VarLenFeature(tf.int64)},
+      context_features={
+          LABEL_KEY: tf.io.VarLenFeature(tf.int64),
+          **{key: tf.io.VarLenFeature(dtype)
+             for key, dtype in SEGMENT_KEYS.values()}},
       sequence_features={FRAMES_KEY: tf.io.FixedLenSequenceFeature(
           [], tf.string)})
   return {'frames': sequence[FRAMES_KEY],
-          'label': tf.sparse.to_dense(context[LABEL_KEY])}
+          'label': tf.sparse.to_dense(context[LABEL_KEY]),
+          **{name: tf.sparse.to_dense(context[key])
+             for name, (key, _) in SEGMENT_KEYS.items()}}
+
+
+def segment_labels(example: Dict[str, tf.Tensor], start: tf.Tensor,
+                   span: int, length: tf.Tensor) -> tf.Tensor:
+  """The classes of the segments overlapping frames `[start, start + span)`
+  (frame k at k / fps seconds); all of them if the clip wraps around."""
+  check = tf.debugging.assert_equal(
+      tf.size(example['fps']), 1, message=(
+          "dataset_configs.clip_labels='segments' needs 'video/fps' and "
+          "'segment/*' in each record (scripts/make_charades_tfrecords.py "
+          'writes them)'))
+  with tf.control_dependencies([check]):
+    fps = example['fps'][0]
+  first = tf.cast(start, tf.float32) / fps
+  last = tf.cast(start + span - 1, tf.float32) / fps
+  wraps = start + span > length
+  overlap = tf.logical_or(wraps, tf.logical_and(
+      example['segment_start'] <= last, example['segment_end'] >= first))
+  return tf.boolean_mask(example['segment_label'], overlap)
 
 
 def clip_indices(length: tf.Tensor, starts: tf.Tensor, num_frames: int,
@@ -151,13 +193,20 @@ def centre_crop(video: tf.Tensor, crop_size: int) -> tf.Tensor:
                offset[1]:offset[1] + crop_size, :]
 
 
-def labels(example: Dict[str, tf.Tensor],
-           dc: ml_collections.ConfigDict) -> tf.Tensor:
-  """Multi-hot `[num_classes]` (one-hot for one label), checked for range."""
-  index = example['label'] - dc.get('label_offset', 0)
-  checks = [
+def labels(example: Dict[str, tf.Tensor], dc: ml_collections.ConfigDict,
+           allow_empty: bool = False,
+           index: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """Multi-hot `[num_classes]` (one-hot for one label), checked for range.
+
+  Of `index` (default: the video's labels, `example['label']`); no label is
+  an error unless `allow_empty` (a multi-label head).
+  """
+  index = (example['label'] if index is None else index) - dc.get(
+      'label_offset', 0)
+  checks = [] if allow_empty else [
       tf.debugging.assert_greater(
-          tf.size(index), 0, message='a video has no clip/label/index'),
+          tf.size(index), 0, message='a video has no clip/label/index')]
+  checks += [
       tf.debugging.assert_less(
           index, tf.constant(dc.num_classes, tf.int64),
           message=f'label index >= dataset_configs.num_classes='
@@ -166,7 +215,8 @@ def labels(example: Dict[str, tf.Tensor],
           index, message='label index < 0 after dataset_configs.label_offset'),
   ]
   with tf.control_dependencies(checks):
-    return tf.minimum(tf.reduce_sum(tf.one_hot(index, dc.num_classes), 0), 1.0)
+    return tf.minimum(tf.reduce_sum(tf.one_hot(index, dc.num_classes,
+                                               dtype=tf.float32), 0), 1.0)
 
 
 def _scale(video: tf.Tensor, zero_centering: bool) -> tf.Tensor:
@@ -175,8 +225,10 @@ def _scale(video: tf.Tensor, zero_centering: bool) -> tf.Tensor:
   return video * 2.0 - 1.0 if zero_centering else video
 
 
-def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor):
-  """One random augmented clip `[T, crop, crop, 3]` and its label."""
+def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor,
+                  allow_empty: bool = False):
+  """One random augmented clip `[T, crop, crop, 3]` and its label (the
+  video's, or with `clip_labels='segments'` the overlapping segments')."""
   clip_seed, jitter_seed, crop_seed, flip_seed, color_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 5))
   frames = example['frames']
@@ -198,11 +250,14 @@ def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor):
     video = color_augment(video, aug, color_seed)
   if dc.get('zero_centering', True):
     video = video * 2.0 - 1.0
-  return {'inputs': tf.ensure_shape(video, crop), 'label': labels(example, dc)}
+  index = (segment_labels(example, start[0], span, length)
+           if dc.get('clip_labels', 'video') == 'segments' else None)
+  return {'inputs': tf.ensure_shape(video, crop),
+          'label': labels(example, dc, allow_empty, index)}
 
 
 def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
-                 three_crops: bool):
+                 three_crops: bool, allow_empty: bool = False):
   """`[clips * crops, T, crop, crop, 3]` views of one video, and its label."""
   frames = example['frames']
   length = tf.shape(frames)[0]
@@ -222,7 +277,17 @@ def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
            dc.crop_size, dc.crop_size, 3)
   return {'inputs': tf.ensure_shape(_scale(views, dc.get('zero_centering',
                                                          True)), shape),
-          'label': labels(example, dc)}
+          'label': labels(example, dc, allow_empty)}
+
+
+def _check_choices(dc: ml_collections.ConfigDict) -> None:
+  """`clip_labels` and `test_pooling` are among their choices."""
+  for key, choices in (('clip_labels', CLIP_LABELS),
+                       ('test_pooling', TEST_POOLING)):
+    value = dc.get(key, choices[0])
+    if value not in choices:
+      raise errors.ConfigError(f'dataset_configs.{key}={value!r}: expected '
+                               f'one of {choices}.')
 
 
 def _check_augmentations(dc: ml_collections.ConfigDict) -> None:
@@ -245,7 +310,7 @@ def _records(files: List[str], shuffle_seed=None) -> tf.data.Dataset:
 
 
 def locate_corrupt_file(files: List[str], dc: ml_collections.ConfigDict,
-                        ) -> Tuple[str, int, str]:
+                        allow_empty: bool = False) -> Tuple[str, int, str]:
   """The first file, record index and error of a record that fails to read."""
   for path in files:
     index = 0
@@ -254,7 +319,7 @@ def locate_corrupt_file(files: List[str], dc: ml_collections.ConfigDict,
         example = parse_example(record)
         for frame in example['frames']:
           tf.io.decode_jpeg(frame, channels=3)
-        labels(example, dc)
+        labels(example, dc, allow_empty)
         index += 1
     except (tf.errors.OpError, ValueError) as e:
       message = getattr(e, 'message', str(e)).strip().splitlines()
@@ -263,13 +328,14 @@ def locate_corrupt_file(files: List[str], dc: ml_collections.ConfigDict,
 
 
 def _named_errors(batches: Iterator[batching.Batch], files: List[str],
-                  dc: ml_collections.ConfigDict) -> Iterator[batching.Batch]:
+                  dc: ml_collections.ConfigDict,
+                  allow_empty: bool = False) -> Iterator[batching.Batch]:
   """Re-raises a data error with the file and record that cause it."""
   try:
     yield from batches
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
     logging.error('Input error (%s); locating the record...', e)
-    path, index, error = locate_corrupt_file(files, dc)
+    path, index, error = locate_corrupt_file(files, dc, allow_empty)
     where = (f'{path}, record {index}: {error}' if path else
              'could not be located again')
     raise ValueError(
@@ -321,7 +387,10 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
   """
   dc = config.dataset_configs
   _check_augmentations(dc)
+  _check_choices(dc)
   skip = dc.get('skip_corrupt_examples', False)
+  # A multi-label (sigmoid) head takes videos without a label (all zeros).
+  allow_empty = metrics.MODEL_NAMES.get(config.get('model_name'), False)
 
   def guarded(ds: tf.data.Dataset, split_files: List[str], batch_size: int,
               pad: bool) -> Iterator[batching.Batch]:
@@ -331,8 +400,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
     batches = (batching.padded(ds, batch_size) if pad else
                batching.to_numpy(ds.batch(batch_size, drop_remainder=True)
                                  .prefetch(2)))
-    return _nonempty(_named_errors(batches, split_files, dc), split_files,
-                     skip, endless=not pad)
+    return _nonempty(_named_errors(batches, split_files, dc, allow_empty),
+                     split_files, skip, endless=not pad)
 
   train_iter = None
   if train:
@@ -344,7 +413,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
         config.batch_size, start_step)
     train_ds = train_ds.map(
         lambda i, e: train_example(e, dc, batching.example_seed(
-            config.rng_seed, i)), num_parallel_calls=tf.data.AUTOTUNE)
+            config.rng_seed, i), allow_empty),
+        num_parallel_calls=tf.data.AUTOTUNE)
     train_iter = guarded(
         train_ds, train_files,
         batching.per_process(config.batch_size, 'batch_size'), pad=False)
@@ -355,7 +425,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
     split_files = (eval_files if split == eval_split else
                    tfrecord_tables.split_files(dc, split))
     ds = tf.data.TFRecordDataset(split_files).map(
-        lambda r: eval_example(parse_example(r), dc, num_clips, three_crops),
+        lambda r: eval_example(parse_example(r), dc, num_clips, three_crops,
+                               allow_empty),
         num_parallel_calls=tf.data.AUTOTUNE)
     if not views_axis:  # One view, as the model takes it.
       ds = ds.map(lambda e: {'inputs': e['inputs'][0], 'label': e['label']})
