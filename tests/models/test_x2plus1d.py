@@ -64,6 +64,17 @@ class X2Plus1DTest(parameterized.TestCase):
     self.assertGreater(np.abs(after - before).max(), 1e-4)
     eval_logits = model.apply(variables, x, train=False)
     self.assertTrue(np.isfinite(eval_logits).all())
+    # Every parameter of the module gets a gradient (away from the init,
+    # where TokenFuser's zero mixing kernel holds back what lies before it).
+    def loss(params):
+      out, _ = model.apply({**variables, 'params': params}, x, train=True,
+                           mutable=['batch_stats'],
+                           rngs={'dropout': jax.random.PRNGKey(1)})
+      return jnp.mean(out * np.arange(out.shape[-1]))
+    grads = jax.grad(loss)(testing.perturbed(nn.unbox(variables['params'])))
+    for name, g in testing.flat(grads['res5_block1']['module']).items():
+      self.assertTrue(np.isfinite(g).all(), name)
+      self.assertGreater(np.abs(g).max(), 1e-9, name)
 
   def test_backbone_has_no_module(self):
     c = testing.tiny_x2plus1d()
