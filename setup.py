@@ -35,5 +35,11 @@ setuptools.setup(
         # Plots of scripts/reproduce.py.
         'matplotlib',
     ],
-    extras_require={'test': ['pytest>=8', 'pytest-xdist', 'av']},
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist', 'av'],
+        # libtpu: the TPU compiler for `tokenlearner_jax.aot` and
+        # tests/test_aot.py (compile-only TPU devices; no TPU needed). The
+        # jax[tpu] of the jax version the package was tested with.
+        'tpu': ['jax[tpu]==0.10.2'],
+    },
 )

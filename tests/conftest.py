@@ -7,7 +7,11 @@ first, so that pytest-xdist's workers do not end with one of them alone."""
 import os
 
 from absl import flags
-import jax
+
+# With libtpu installed (the `tpu` extra) every process that starts jax loads
+# it; without this, one process holding its lockfile fails test_aot elsewhere.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest
 
 jax.config.update('jax_disable_most_optimizations', True)

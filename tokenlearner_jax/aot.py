@@ -26,12 +26,17 @@ megacore device).
 import dataclasses
 import json
 import math
+import os
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
-import jax
+
+# libtpu lets one process at a time load it (a lockfile) unless told
+# otherwise; compile-only use needs no TPU to itself.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags

@@ -1,0 +1,162 @@
+"""`tokenlearner_jax.aot` on the TPU compiler (libtpu, compile-only devices):
+what the compiled train step of the demo and of a ViT-L does on a 4-chip
+v5e slice. Skipped without libtpu (the `tpu` extra), unless
+`TOKENLEARNER_REQUIRE_TPU_COMPILER=1` (CI sets it), which makes a missing
+libtpu a failure."""
+
+import importlib.util
+import math
+import os
+import re
+from typing import List, Tuple
+
+import jax
+import pytest
+
+from tests import testing
+from tokenlearner_jax import aot
+from tokenlearner_jax import errors
+
+TOPOLOGY = 'v5e:2x2'  # 4 chips, one device each.
+if importlib.util.find_spec('libtpu') is None:
+  if os.environ.get('TOKENLEARNER_REQUIRE_TPU_COMPILER') == '1':
+    raise ImportError("libtpu is missing: pip install -e '.[tpu]'.")
+  pytest.skip("libtpu is not installed (pip install -e '.[tpu]')",
+              allow_module_level=True)
+
+DTYPE_BYTES = {'f32': 4, 'bf16': 2, 's32': 4, 'u32': 4, 'f16': 2, 'pred': 1,
+               's8': 1, 'u8': 1}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def optimized_compiles():
+  """The real compiler pipeline (conftest turns most optimizations off)."""
+  before = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', False)
+  yield
+  jax.config.update('jax_disable_most_optimizations', before)
+
+
+@pytest.fixture(scope='module')
+def tpu():
+  return aot.tpu_slice(TOPOLOGY)
+
+
+def all_gathers(hlo: str) -> List[Tuple[str, Tuple[int, ...]]]:
+  """(dtype, shape) of each all-gather's result in the HLO text (the
+  gathered operand of an async all-gather-start: its tuple's last)."""
+  found = []
+  for result in re.findall(r'= (.+?) all-gather(?:-start)?\(', hlo):
+    dtype, dims = re.findall(r'(\w+)\[([\d,]*)\]', result)[-1]
+    found.append((dtype, tuple(int(d) for d in dims.split(',') if d)))
+  return found
+
+
+def nbytes(dtype: str, shape: Tuple[int, ...]) -> int:
+  return DTYPE_BYTES[dtype] * math.prod(shape)
+
+
+def demo(fsdp: int):
+  config = testing.config_for('demo_moving_digits', None)
+  config.mesh.data, config.mesh.fsdp = -1, fsdp
+  return config
+
+
+def vit_l(fsdp: int):
+  """ViT-L/16 + 16-TL at 12 (`nn.scan`: two runs of 12 layers) on 64x64
+  images, batch 8."""
+  config = testing.config_for(
+      'vit_imagenet', 'variant=L/16,num_tokens=16,tokenlearner_loc=12,'
+      'image_size=64')
+  config.model.scan_layers = True
+  config.batch_size = 8
+  config.mesh.data, config.mesh.fsdp = -1, fsdp
+  return config
+
+
+def compiled_train(config, the_slice):
+  s = aot.setup(config, the_slice)
+  return s, aot.compile_train(s, the_slice, s.config.batch_size,
+                              keep_hlo=True)
+
+
+def _full_state_bytes(s) -> int:
+  """Parameters + optimizer state, unsharded."""
+  return sum(x.size * x.dtype.itemsize
+             for x in jax.tree_util.tree_leaves((s.state.params,
+                                                 s.state.opt_state)))
+
+
+def _batch_gathers(hlo: str, batch: int):
+  """All-gathers whose result has the whole global batch as its first dim."""
+  return [g for g in all_gathers(hlo) if g[1][:1] == (batch,)]
+
+
+def _largest_layer_param_bytes(s) -> int:
+  """The largest parameter of one layer (a scanned stack's slice)."""
+  largest = 0
+  for path, x in jax.tree_util.tree_flatten_with_path(s.state.params)[0]:
+    names = jax.tree_util.keystr(path)
+    shape = x.shape[1:] if '_to_' in names else x.shape  # A scanned run.
+    largest = max(largest, math.prod(shape) * x.dtype.itemsize)
+  return largest
+
+
+# One test per compiled model: pytest-xdist would compile a shared fixture
+# once in each worker.
+def test_demo_state_bytes_fall_as_fsdp_grows_and_the_batch_stays_split(tpu):
+  (s, data_only), (_, fsdp) = [compiled_train(demo(n), tpu) for n in (1, 4)]
+  full = _full_state_bytes(s)
+  # Data parallel: every device holds the whole state.
+  assert data_only.state_bytes == full
+  assert data_only.argument_bytes >= full
+  # FSDP over 4: the compiled program's arguments (TPU-tiled, so a little
+  # more than the arrays' bytes) shrink with the state.
+  assert fsdp.state_bytes < 0.5 * full
+  assert fsdp.argument_bytes < data_only.argument_bytes - 0.4 * full
+  # The batch arrives split over the 4 data shards (data x fsdp) ...
+  batch, shape = s.config.batch_size, s.input_shape
+  split = f'f32[{batch // 4},{",".join(map(str, shape))}]'
+  for compiled in (data_only, fsdp):
+    assert split in compiled.hlo
+    # ... and is never gathered whole.
+    assert not _batch_gathers(compiled.hlo, batch)
+    assert compiled.fits and compiled.peak_bytes > compiled.argument_bytes
+  # Replicated parameters are never gathered; FSDP gathers them, each at
+  # most one layer's parameter at a time.
+  assert not all_gathers(data_only.hlo)
+  gathers = all_gathers(fsdp.hlo)
+  assert gathers
+  limit = _largest_layer_param_bytes(s)
+  assert all(nbytes(*g) <= limit for g in gathers), gathers
+
+
+def test_vit_l_fsdp_shards_the_state_and_gathers_no_stacked_kernel(tpu):
+  s, compiled = compiled_train(vit_l(4), tpu)
+  full = _full_state_bytes(s)
+  assert full > 2**30 * 2  # ViT-L with momentum: 2 x 4 bytes x ~300M.
+  assert compiled.state_bytes < full / 4 * 1.02
+  assert compiled.argument_bytes < full / 4 * 1.05
+  stacked = [x.shape for x in jax.tree_util.tree_leaves(s.state.params)
+             if x.ndim >= 3 and x.shape[0] == 12]
+  assert stacked  # The two scanned runs of 12 layers.
+  limit = _largest_layer_param_bytes(s)
+  for dtype, shape in all_gathers(compiled.hlo):
+    assert nbytes(dtype, shape) <= limit, (dtype, shape)
+    assert shape not in stacked, shape
+
+
+def test_bad_topology_and_mesh_are_one_line_errors(tpu):
+  with pytest.raises(aot.TopologyError, match='v9'):
+    aot.tpu_slice('v9:2x2')
+  with pytest.raises(aot.TopologyError, match='no such TPU slice'):
+    aot.tpu_slice('v5e:3x7')
+  config = demo(1)
+  config.mesh.fsdp = 3
+  with pytest.raises(errors.ConfigError, match='does not divide 4 devices'):
+    aot.setup(config, tpu)
+  config = demo(1)
+  config.batch_size = 6
+  s = aot.setup(config, tpu)
+  with pytest.raises(errors.ConfigError, match='batch_size=6'):
+    aot.compile_train(s, tpu, 6)
