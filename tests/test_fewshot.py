@@ -9,6 +9,8 @@ import sys
 import tempfile
 
 from absl.testing import absltest
+import flax.linen as nn
+import jax
 import numpy as np
 from sklearn import linear_model
 
@@ -20,6 +22,7 @@ from tests.testing import ROOT
 from tokenlearner_jax import errors
 from tokenlearner_jax import fewshot
 from tokenlearner_jax import train
+from tokenlearner_jax.models import build_model
 
 
 def features_and_labels(n, d, num_classes, seed):
@@ -128,6 +131,25 @@ class SelectShotsTest(absltest.TestCase):
     idx = fewshot.select_shots(labels, 2, 3, seed=0)
     self.assertLen(idx, 4)
     self.assertEqual(list(labels[idx]), [0, 0, 0, 1])
+
+
+class RepresentationTest(absltest.TestCase):
+
+  def test_the_head_input_is_sown_after_the_tanh_pre_logits_layer(self):
+    config = config_for('jft_pretrain')  # representation_size 32.
+    model = build_model(config, num_classes=10)
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 3))
+    params = nn.unbox(model.init(jax.random.key(0), x, train=False)['params'])
+    params = jax.tree_util.tree_map(  # A head that is not zero.
+        lambda p: p + 0.1 * np.ones_like(p), params)
+    logits, state = model.apply({'params': params}, x, train=False,
+                                mutable=['intermediates'])
+    (features,) = state['intermediates']['representation']
+    self.assertEqual(features.shape, (3, 32))
+    self.assertLessEqual(float(np.abs(features).max()), 1.0)  # After tanh.
+    head = params['output_projection']
+    np.testing.assert_allclose(features @ head['kernel'] + head['bias'],
+                               logits, rtol=1e-5, atol=1e-5)
 
 
 class SettingsTest(absltest.TestCase):

@@ -8,8 +8,8 @@ figure, its 5-shot ImageNet and nine-dataset averages), in the manner of
 big_vision's `evaluators/fewshot_lsr.py`:
   * features: the model's pre-logits, the representation the head's
     `output_projection` reads (`models.common.classifier_head` sows it as
-    `intermediates/pre_logits`), of every example of each dataset's train and
-    test split, computed by one `jax.jit`-ed function over the mesh (inputs
+    `intermediates/representation`), of every example of each dataset's train
+    and test split, computed by one `jax.jit`-ed function over the mesh (inputs
     sharded on the batch axes, features gathered), parameters frozen;
   * per seed, one permutation of the train split (`numpy` `default_rng(seed)`)
     and, for each class, its first `shots` examples in that order: the few-shot
@@ -214,7 +214,7 @@ class FewShotEvaluator:
 
   Attributes:
     settings: The checked `config.fewshot` with its defaults.
-    model: The flax module (its head sows `intermediates/pre_logits`).
+    model: The flax module (its head sows `intermediates/representation`).
     mesh: The device mesh the batches are sharded over.
     image_size: The side the images are resized to.
   """
@@ -237,10 +237,10 @@ class FewShotEvaluator:
     """`[B, ...]` inputs -> (`[B, D]` pre-logits, labels, mask), gathered."""
     _, state = self.model.apply(variables, batch['inputs'], train=False,
                                 mutable=['intermediates'])
-    sown = state.get('intermediates', {}).get('pre_logits')
+    sown = state.get('intermediates', {}).get('representation')
     if sown is None:
       raise ValueError(f'{type(self.model).__name__} sows no '
-                       "'intermediates/pre_logits' (models.common."
+                       "'intermediates/representation' (models.common."
                        'classifier_head does).')
     return sown[0], batch['label'], batch['batch_mask']
 
@@ -253,7 +253,9 @@ class FewShotEvaluator:
 
   def _build_split(self, tfds_name: str, split: str):
     dc = ml_collections.ConfigDict(dict(data_dir=self.settings.data_dir))
-    builder = input_pipeline._tfds_builder(tfds_name, dc)  # pylint: disable=protected-access
+    # The builder, prepared once even when parallel runs race to prepare it.
+    builder = input_pipeline._tfds_builder(  # pylint: disable=protected-access
+        tfds_name, dc)
     input_key, label_key = builder.info.supervised_keys
     self._num_classes[tfds_name] = builder.info.features[label_key].num_classes
     pp = ml_collections.ConfigDict(dict(

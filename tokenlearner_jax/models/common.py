@@ -254,7 +254,7 @@ def classifier_head(x: jax.Array, representation_size: Optional[int],
   """Pooled `[B, C]` -> optional tanh `pre_logits` -> zero-init `output_projection`.
 
   Call inside a compact method: the layers join the caller's parameters, and
-  the caller sows the head's input `[B, D]` as `intermediates/pre_logits`
+  the caller sows the head's input `[B, D]` as `intermediates/representation`
   (the frozen features of `tokenlearner_jax.fewshot`).
   """
   if representation_size is not None:
@@ -264,5 +264,5 @@ def classifier_head(x: jax.Array, representation_size: Optional[int],
   head = nn.Dense(num_classes,
                   kernel_init=logical(nn.initializers.zeros, (None, 'classes')),
                   name='output_projection')
-  head.parent.sow('intermediates', 'pre_logits', x)  # The calling module.
+  head.parent.sow('intermediates', 'representation', x)  # The calling module.
   return head(x)

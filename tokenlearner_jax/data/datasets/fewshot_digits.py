@@ -3,12 +3,13 @@
 The stand-in for the paper's few-shot transfer datasets
 (`tokenlearner_jax.fewshot`): each image holds one tinted 16x16 digit at a
 random place on a noisy background, rendered as `multi_digits` renders its
-digits; the label is the digit (10 classes, as many examples each). Its digit images are none of those
-`multi_digits` trains on: they are the images `digits_source` holds out for
-test splits (every fifth of scikit-learn's 1,797), and within them the
-few-shot pool ('train') and the 'test' split use different images (source
-index % 10 == 0 and == 5), so test accuracy measures images the linear
-classifier never saw either. Generated offline from scikit-learn's digits.
+digits; the label is the digit (10 classes, as many examples each). Its digit
+images are none of those `multi_digits` trains on: they are the images
+`digits_source` holds out for test splits (every fifth of scikit-learn's
+1,797), and within them the few-shot pool ('train') and the 'test' split use
+different images (source index % 10 == 0 and == 5), so test accuracy measures
+images the linear classifier never saw either. Generated offline from
+scikit-learn's digits.
 """
 
 from typing import Tuple
