@@ -73,7 +73,7 @@ class ConfigsTrainTest(parameterized.TestCase):
     names = {os.path.basename(p)[:-3]
              for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))}
     self.assertEqual(names, {'avid_x2plus1d_tl', 'charades_x2plus1d_tl',
-                             'demo_moving_digits',
+                             'demo_event_digits', 'demo_moving_digits',
                              'demo_multi_digits',
                              'im1k_token_learner', 'jft_pretrain',
                              'vit_imagenet', 'vivit_k400', 'vivit_k600'})
@@ -95,6 +95,14 @@ class ConfigsTrainTest(parameterized.TestCase):
                 'gmacs_per_example', 'fewshot_digits_1shot',
                 'fewshot_digits_5shot', 'fewshot_avg_1shot',
                 'fewshot_avg_5shot'])
+    self.assertBetween(final['mean_average_precision'], 0.0, 1.0)
+
+  def test_demo_event_digits(self):
+    final = self.run_config(demo_config('demo_event_digits'))
+    self.assertSameElements(
+        final, ['step', 'loss', 'prec@1', 'mean_average_precision',
+                'num_examples', 'gmacs_per_example'])
+    self.assertEqual(final['num_examples'], 16)
     self.assertBetween(final['mean_average_precision'], 0.0, 1.0)
 
   def test_im1k_on_mock_data(self):

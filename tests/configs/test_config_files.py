@@ -30,6 +30,8 @@ SIZES = {
     ('avid_x2plus1d_tl', 'runlocal'): (49_411, 0.002835),
     ('charades_x2plus1d_tl', None): (5_694_725, 24.415319),
     ('charades_x2plus1d_tl', 'runlocal'): (37_057, 0.002998),
+    ('demo_event_digits', None): (105_088, 0.022872),
+    ('demo_event_digits', 'runlocal'): (105_088, 0.022872),
     ('demo_moving_digits', None): (170_160, 0.009505),
     ('demo_moving_digits', 'runlocal'): (103_216, 0.005704),
     ('demo_multi_digits', None): (838_354, 0.025331),

@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 
 from tests.testing import DATA_DIR
 from tokenlearner_jax.data.datasets import digits_source
+from tokenlearner_jax.data.datasets import event_digits
 from tokenlearner_jax.data.datasets import fewshot_digits  # pylint: disable=unused-import
 from tokenlearner_jax.data.datasets import moving_digits
 from tokenlearner_jax.data.datasets import multi_digits  # pylint: disable=unused-import
@@ -51,6 +52,38 @@ class MultiDigitsTest(absltest.TestCase):
     for example in splits['train'][:32]:
       self.assertEqual(example['image'].shape, (64, 64, 3))
       self.assertBetween(example['labels'].sum(), 1, 3)
+    train = {int(i) for e in splits['train'] for i in e['source_indices']}
+    test = {int(i) for e in splits['test'] for i in e['source_indices']}
+    self.assertEmpty(train & test)
+
+
+class EventDigitsTest(absltest.TestCase):
+
+  def test_an_event_appears_moves_its_way_and_vanishes(self):
+    images, _ = digits_source.digit_images('train')
+    rng = np.random.default_rng(3)
+    for direction in (0, 1):
+      clip = event_digits.render_clip(images[:1], np.array([direction]), rng)
+      self.assertEqual(clip.shape, (32, 32, 32, 3))
+      mask = clip.max(-1) > 140  # The background stays below 96.
+      shown = np.flatnonzero(mask.any((1, 2)))
+      self.assertBetween(len(shown), event_digits.MIN_LENGTH,
+                         event_digits.MAX_LENGTH)
+      np.testing.assert_array_equal(shown, np.arange(shown[0],
+                                                     shown[-1] + 1))
+      xs = [np.nonzero(mask[t])[1].mean() for t in shown]
+      moved = (xs[-1] - xs[0]) * (1 if direction == 0 else -1)
+      self.assertAlmostEqual(moved, len(shown) - 1, delta=1.0)
+
+  def test_multi_hot_digit_x_direction_and_disjoint_sources(self):
+    splits = load('event_digits')
+    self.assertLen(splits['train'], 32)
+    for example in splits['train']:
+      self.assertEqual(example['video'].shape, (32, 32, 32, 3))
+      self.assertEqual(example['labels'].shape, (20,))
+      # One class per event; two events can share a class.
+      self.assertBetween(example['labels'].sum(), 1,
+                         len(example['source_indices']))
     train = {int(i) for e in splits['train'] for i in e['source_indices']}
     test = {int(i) for e in splits['test'] for i in e['source_indices']}
     self.assertEmpty(train & test)
