@@ -10,12 +10,12 @@ model has any; no optimizer) of the latest (or `--step`) checkpoint under
 videos `num_test_clips` clips x 3 spatial crops (`do_three_spatial_crops`) per
 video with the logits averaged per video (`dataset_configs.test_pooling=
 'max'`: each class's max over the views), each video counted exactly once; for
-images one view -- and writes `WORKDIR/eval_<split>.json`: for a multi-label head
-`mean_average_precision` (over the classes with a positive in the split),
-`prec@1` and `average_precision_per_class` (by class id, null where a class
-has no positive). Only the eval side
-of the data pipeline is built (the number of classes, the input shape and the
-test split): the train split need not exist. A `--workdir` that does not exist
+images one view -- and writes `WORKDIR/eval_<split>.json`: for a multi-label
+head `mean_average_precision` (over the classes with a positive in the
+split), `prec@1` and `average_precision_per_class` (by class id, null where a
+class has no positive). Only the eval side of the data pipeline is built (the
+number of classes, the input shape and the test split): the train split need
+not exist. A `--workdir` that does not exist
 (a mistyped path) stops it at once with one line naming it, and nothing is
 created.
 """

@@ -1,4 +1,5 @@
-"""`event_digits`: 32-frame clips of digit events, multi-hot (Charades stand-in).
+"""`event_digits`: 32-frame clips of digit events, multi-hot (Charades
+stand-in).
 
 Each clip is 32 frames of 32x32 RGB over a noisy background in which 1 to 3
 events happen at random times: a 16x16 digit (tinted) appears at a random
