@@ -35,7 +35,9 @@ configs/charades_x2plus1d_tl.py) or the video's (`'video'`); docs/data.md
 says which and why. A CSV row that cannot be read, or a video that is missing
 or does not decode, stops the run with one line naming the CSV, its line and
 the video id (`--skip_bad_videos` skips bad videos and lists them at the
-end). Videos whose `actions` is empty are written with no label.
+end). Videos whose `actions` is empty are written with no label; an action
+whose end is before its start is kept as the interval between the two times
+(with a warning).
 """
 
 import csv
@@ -106,9 +108,10 @@ def parse_actions(text: str, where: str) -> Tuple[Action, ...]:
           f'{where}: action {item!r} is not "cNNN START END" (the actions '
           'column is "cNNN START END" items separated by ";").')
     start, end = float(match[2]), float(match[3])
-    if end < start:
-      raise ConversionError(f'{where}: action {item!r} ends before it '
-                            'starts.')
+    if end < start:  # Kept, as the interval between the two times.
+      logging.warning('%s: action %r ends before it starts; taking %.2f-%.2f.',
+                      where, item, end, start)
+      start, end = end, start
     actions.append(Action(int(match[1]), start, end))
   return tuple(actions)
 
@@ -119,6 +122,9 @@ def read_rows(csv_path: str) -> List[Row]:
     raise ConversionError(f'--csv={csv_path}: no such file.')
   with tf.io.gfile.GFile(csv_path, 'r') as f:
     reader = csv.DictReader(f)
+    if reader.fieldnames:  # Without a UTF-8 byte order mark, and spaces.
+      reader.fieldnames = [name.lstrip('\ufeff').strip()
+                           for name in reader.fieldnames]
     missing = [c for c in ('id', 'actions')
                if c not in (reader.fieldnames or [])]
     if missing:

@@ -74,6 +74,10 @@ class CharadesWriterTest(absltest.TestCase):
         rf"^--csv={path} line 3 \(id N11GT\): action 'c12 1.0' is not "):
       mct.read_rows(path)
 
+  def test_an_action_ending_before_its_start_is_the_interval_between(self):
+    self.assertEqual(mct.parse_actions('c005 3.5 1.25; c010 0 2', 'x'),
+                     (mct.Action(5, 1.25, 3.5), mct.Action(10, 0.0, 2.0)))
+
   def test_a_short_row_and_a_wrong_header(self):
     path = os.path.join(self.dir, 'short.csv')
     with open(path, 'w') as f:
@@ -81,6 +85,10 @@ class CharadesWriterTest(absltest.TestCase):
     with self.assertRaisesRegex(mct.ConversionError,
                                 rf'^--csv={path} line 2: 11 columns'):
       mct.read_rows(path)
+    with open(path, 'w', encoding='utf-8-sig') as f:  # A byte order mark.
+      f.write(','.join(mct.COLUMNS) + '\nABC,S1,,,,,,,,c001 0 1,3\n')
+    self.assertEqual(mct.read_rows(path),
+                     [mct.Row('ABC', (mct.Action(1, 0.0, 1.0),), 2)])
     with open(path, 'w') as f:
       f.write('path,label\na.mp4,x\n')
     with self.assertRaisesRegex(mct.ConversionError, r"lacks the column\(s\) "
