@@ -166,9 +166,9 @@ def section(runs: Dict[str, List[dict]], invocation: str, steps: int,
       'How the miniature differs from the paper\'s figure: TokenLearner at 0 '
       'keeps 8 of 64 tokens of images that hold 1 to 3 digits (the paper: 8 '
       'of 196 tokens of natural images), so it discards less; the models '
-      'are pre-trained briefly (about two minutes each on 2 CPU cores), '
-      'far from convergence, so the figures measure early '
-      'representations.', '',
+      f'are pre-trained briefly ({steps} steps: 1.5 to 6 minutes each on 2 '
+      'CPU cores shared with other work), far from convergence (mAP about a '
+      'third), so the figures measure early representations.', '',
       '| variant | block | MMACs/image | 5-shot (%) | per seed | 1-shot | '
       '10-shot | 25-shot | pre-training mAP (%) |',
       '|---|---|---|---|---|---|---|---|---|']
