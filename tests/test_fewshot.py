@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from sklearn import linear_model
+import tensorflow as tf
 
 from tests.testing import config_for
 from tests.testing import DATA_DIR
@@ -206,8 +207,14 @@ class RunsTest(absltest.TestCase):
       self.assertBetween(row['digits_5shot'], 0.0, 1.0)
     for key in ('digits_1shot', 'digits_5shot'):
       self.assertEqual(self.final[f'fewshot_{key}'], rows[-1][key])
-    events = [f for f in os.listdir(self.workdir) if 'tfevents' in f]
-    self.assertNotEmpty(events)
+    tags = set()
+    for name in os.listdir(self.workdir):
+      if 'tfevents' in name:
+        for event in tf.compat.v1.train.summary_iterator(
+            os.path.join(self.workdir, name)):
+          tags.update(value.tag for value in event.summary.value)
+    self.assertContainsSubset({'fewshot_digits_1shot', 'fewshot_digits_5shot',
+                               'fewshot_avg_5shot'}, tags)
 
   def test_standalone_writes_fewshot_json_matching_the_hook(self):
     command = [sys.executable, '-m', 'tokenlearner_jax.fewshot',

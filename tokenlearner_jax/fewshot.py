@@ -245,7 +245,8 @@ class FewShotEvaluator:
     return sown[0], batch['label'], batch['batch_mask']
 
   def _split(self, tfds_name: str, split: str):
-    """This process's share of a split, preprocessed (cached once built)."""
+    """This process's share of a split, preprocessed (the pipeline built
+    once)."""
     key = (tfds_name, split)
     if key not in self._splits:
       self._splits[key] = self._build_split(tfds_name, split)
@@ -271,7 +272,9 @@ class FewShotEvaluator:
 
     ds = builder.as_dataset(split=tfds.split_for_jax_process(split),
                             shuffle_files=False)
-    return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    # Not cached: a few-shot pool can be large (65,000 ImageNet images), and
+    # it is read once per evaluation.
+    return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
 
   def features(self, variables: Any, tfds_name: str,
                split: str) -> Tuple[np.ndarray, np.ndarray]:
