@@ -2,7 +2,7 @@ r"""Ahead-of-time compiles of the train and eval steps for a TPU slice.
 
   python -m tokenlearner_jax.aot --config=configs/vivit_k400.py \
       --topology=v4:2x2x2 [--config.mesh.fsdp=4 ...] [--max_batch] \
-      [--json=PATH]
+      [--json=PATH] [--hlo_dir=DIR]
 
 Needs libtpu (`pip install -e '.[tpu]'`), no TPU: `jax.experimental.
 topologies.get_topology_desc` gives compile-only devices of the slice, and
@@ -440,11 +440,19 @@ def report(c: Compiled, the_slice: Slice) -> str:
   return '\n'.join(lines)
 
 
+def _write_hlo(hlo_dir: Optional[str], c: Compiled) -> None:
+  if hlo_dir:
+    os.makedirs(hlo_dir, exist_ok=True)
+    with open(os.path.join(hlo_dir, f'{c.name}.hlo'), 'w') as f:
+      f.write(c.hlo)
+
+
 def plan(config: ml_collections.ConfigDict, topology: str,
-         find_max_batch: bool = False, eval_step: bool = True
-         ) -> Dict[str, Any]:
+         find_max_batch: bool = False, eval_step: bool = True,
+         hlo_dir: Optional[str] = None) -> Dict[str, Any]:
   """Compiles `config`'s train (and eval) step for `topology`; returns the
-  figures and prints them."""
+  figures and prints them. With `hlo_dir`, writes each compiled program's
+  text there (`train.hlo`, `eval.hlo`)."""
   the_slice = tpu_slice(topology)
   s = setup(config, the_slice)
   print(f'{topology}: {len(the_slice.devices)} devices on '
@@ -460,17 +468,20 @@ def plan(config: ml_collections.ConfigDict, topology: str,
       chips=the_slice.num_chips, device_hbm=the_slice.device_hbm,
       mesh=dict(s.mesh.shape), gmacs=s.gmacs, input_shape=s.input_shape,
       jax=jax.__version__)
-  train = compile_train(s, the_slice, s.config.batch_size)
+  keep = hlo_dir is not None
+  train = compile_train(s, the_slice, s.config.batch_size, keep)
   print(report(train, the_slice))
   out['train'] = train.as_dict()
+  _write_hlo(hlo_dir, train)
   if eval_step:
     # As the input pipeline pads it (`batching.padded_eval_batch_size`).
     eval_batch = s.config.get('eval_batch_size') or s.config.batch_size
     eval_batch = -(-eval_batch // len(the_slice.devices)) * len(
         the_slice.devices)
-    evaluated = compile_eval(s, the_slice, eval_batch)
+    evaluated = compile_eval(s, the_slice, eval_batch, keep)
     print(report(evaluated, the_slice))
     out['eval'] = evaluated.as_dict()
+    _write_hlo(hlo_dir, evaluated)
   if find_max_batch:
     largest, tried = max_batch(s, the_slice, s.config.batch_size)
     print(f'largest global train batch that fits: {largest} (tried: '
@@ -491,13 +502,15 @@ def define_flags() -> None:
                     'batch that fits.')
   flags.DEFINE_bool('eval', True, 'Also compile the eval step.')
   flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
+  flags.DEFINE_string('hlo_dir', None, 'Write the compiled programs\' text '
+                      'here (train.hlo, eval.hlo).')
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
   out = errors.exit_on_known_fault(plan, f.config, f.topology, f.max_batch,
-                                   f.eval)
+                                   f.eval, f.hlo_dir)
   if f.json:
     with open(f.json, 'w') as file:
       json.dump(out, file, indent=1)
