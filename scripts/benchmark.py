@@ -77,6 +77,7 @@ def vivit(name, variant, shape, baseline=None, **kwargs):
 
 X2PLUS1D = 'x2plus1d'  # `Spec.variant` of the X(2+1)D network.
 VIDEO64 = (64, 224, 224, 3)  # The paper's Section 6 training clips.
+VIDEO16_112 = (16, 112, 112, 3)
 
 
 def x2plus1d(name, shape, baseline=None, **fields):
@@ -104,7 +105,16 @@ MODEL_SETS = {
         vivit('vivit_ti16x2_tl8at6', 'Ti/16', (8, 112, 112, 3), 'vivit_ti16x2',
               tokenlearner_loc=6),
     ],
-    # The paper's Section 6 network (`--models=` names them; `--set=x2plus1d`).
+    # The paper's Section 6 network (`--models=` names them; `--set=x2plus1d`),
+    # and the same at 16x112x112 (`--set=x2plus1d_small`), where a CPU takes
+    # seconds, not minutes, per step.
+    'x2plus1d_small': [
+        x2plus1d('x2plus1d_m_16x112', VIDEO16_112),
+        x2plus1d('x2plus1d_m_tl_16x112', VIDEO16_112, 'x2plus1d_m_16x112',
+                 parts=('tokenlearner',)),
+        x2plus1d('x2plus1d_m_conv2d_tl_16x112', VIDEO16_112,
+                 'x2plus1d_m_16x112', parts=('conv2d', 'tokenlearner')),
+    ],
     'x2plus1d': [
         x2plus1d('x2plus1d_m', VIDEO64),
         x2plus1d('x2plus1d_m_tl', VIDEO64, 'x2plus1d_m',
