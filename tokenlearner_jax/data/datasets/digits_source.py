@@ -6,7 +6,7 @@ image is held out for the test split: test clips and images show digit images
 that no training example contains.
 """
 
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -40,6 +40,16 @@ class SplitSizesConfig(tfds.core.BuilderConfig):
   def __init__(self, *, train_size: int, test_size: int, **kwargs):
     super().__init__(**kwargs)
     self.train_size, self.test_size = train_size, test_size
+
+
+def split_size_configs(default: Tuple[int, int], small: Tuple[int, int],
+                       description: str) -> List[SplitSizesConfig]:
+  """A builder's two variants: 'default' ((train, test) examples, what
+  `description` says it is for) and 'small' (for tests)."""
+  return [SplitSizesConfig(name='default', train_size=default[0],
+                           test_size=default[1], description=description),
+          SplitSizesConfig(name='small', train_size=small[0],
+                           test_size=small[1], description='For tests.')]
 
 
 def split_generators(builder: tfds.core.GeneratorBasedBuilder):

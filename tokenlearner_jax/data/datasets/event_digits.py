@@ -53,14 +53,8 @@ class EventDigits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
-  BUILDER_CONFIGS = [
-      digits_source.SplitSizesConfig(
-          name='default', train_size=2_000, test_size=400,
-          description='The miniature study of docs/results.md.'),
-      digits_source.SplitSizesConfig(
-          name='small', train_size=32, test_size=16,
-          description='For tests.'),
-  ]
+  BUILDER_CONFIGS = digits_source.split_size_configs(
+      (2_000, 400), (32, 16), 'The miniature study of docs/results.md.')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -40,14 +40,9 @@ class FewshotDigits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
-  BUILDER_CONFIGS = [
-      digits_source.SplitSizesConfig(
-          name='default', train_size=1_000, test_size=1_000,
-          description='The few-shot target of the demo and the study.'),
-      digits_source.SplitSizesConfig(
-          name='small', train_size=200, test_size=100,
-          description='For tests.'),
-  ]
+  BUILDER_CONFIGS = digits_source.split_size_configs(
+      (1_000, 1_000), (200, 100),
+      'The few-shot target of the demo and the study.')
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = multi_digits.SIZE

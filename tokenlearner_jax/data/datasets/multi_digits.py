@@ -32,14 +32,8 @@ class MultiDigits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
-  BUILDER_CONFIGS = [
-      digits_source.SplitSizesConfig(
-          name='default', train_size=12_000, test_size=2_000,
-          description='The demo dataset.'),
-      digits_source.SplitSizesConfig(
-          name='small', train_size=256, test_size=128,
-          description='For tests.'),
-  ]
+  BUILDER_CONFIGS = digits_source.split_size_configs(
+      (12_000, 2_000), (256, 128), 'The demo dataset.')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
