@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 import re
+import types
 from typing import List, Tuple
 
 import jax
@@ -160,3 +161,25 @@ def test_bad_topology_and_mesh_are_one_line_errors(tpu):
   s = aot.setup(config, tpu)
   with pytest.raises(errors.ConfigError, match='batch_size=6'):
     aot.compile_train(s, tpu, 6)
+
+
+def test_max_batch_bisects_over_multiples_of_the_data_parallel_size(
+    monkeypatch):
+  compiled = []
+
+  def fake_compile(s, the_slice, batch_size):
+    del s, the_slice
+    compiled.append(batch_size)
+    return types.SimpleNamespace(fits=batch_size <= 44)
+
+  monkeypatch.setattr(aot, 'compile_train', fake_compile)
+  setup = types.SimpleNamespace(data_parallel=4)
+  largest, tried = aot.max_batch(setup, None, start=8)
+  assert largest == 44
+  assert all(b % 4 == 0 for b in compiled) and len(set(compiled)) == len(
+      compiled)  # Each size compiled once.
+  assert tried == {b: b <= 44 for b in compiled}
+  assert aot.max_batch(setup, None, start=64)[0] == 44  # From above.
+  monkeypatch.setattr(aot, 'compile_train', lambda *_: types.SimpleNamespace(
+      fits=False))
+  assert aot.max_batch(setup, None, start=8)[0] == 0
