@@ -143,8 +143,8 @@ def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDi
   config = ml_collections.ConfigDict()
   if spec.variant == X2PLUS1D:
     config.model_name = 'x2plus1d_classification'
-    config.model = config_lib.x2plus1d_model_config(dropout_rate=0.0,
-                                                    **spec.kwargs)
+    config.model = config_lib.x2plus1d_model_config(
+        dropout_rate=0.0, channelwise_impl=args.channelwise, **spec.kwargs)
   else:
     config.model = config_lib.model_config(
         spec.variant, scan_layers=args.scan, remat_policy=args.remat,
@@ -517,6 +517,10 @@ def parse_args(argv):
   parser.add_argument('--set', default='', choices=('',) + tuple(MODEL_SETS),
                       help='A set of models (default: small with --small, '
                       'else default); x2plus1d: the Section 6 network.')
+  parser.add_argument('--channelwise', default='conv',
+                      choices=('conv', 'shifts'),
+                      help="X(2+1)D's channel-wise convolutions "
+                      '(model.channelwise_impl).')
   parser.add_argument('--models', default='',
                       help=f'Comma-separated subset of {sorted(ALL_SPECS)}.')
   parser.add_argument('--batch', type=int, default=8)
@@ -580,6 +584,7 @@ def main(argv=None) -> Dict[str, Any]:
       platform=device.platform, cpu=platform.processor() or platform.machine(),
       cpu_count=os.cpu_count(), jax=jax.__version__,
       options=dict(dtype=args.dtype, scan=args.scan, remat=args.remat,
+                   channelwise=args.channelwise,
                    attention=args.attention, batch=args.batch,
                    steps=args.steps, warmup=args.warmup),
       matmul_peak_gflop_per_s=peak / 1e9, models=[], speedups=[])

@@ -76,6 +76,28 @@ class X2Plus1DTest(parameterized.TestCase):
       self.assertTrue(np.isfinite(g).all(), name)
       self.assertGreater(np.abs(g).max(), 1e-9, name)
 
+  @parameterized.parameters('2plus1d', '3d')
+  def test_shifted_sums_equal_the_grouped_convolutions(self, conv_type):
+    x = np.random.default_rng(0).normal(size=(2, 3, 17, 14, 3)).astype(
+        np.float32)  # Odd sizes: every stride-2 edge case.
+    models = [X2Plus1D(testing.tiny_x2plus1d(conv_type=conv_type,
+                                             channelwise_impl=impl,
+                                             dropout_rate=0.0))
+              for impl in ('conv', 'shifts')]
+    variables = models[0].init(jax.random.PRNGKey(0), x, train=False)
+    variables = {**variables,
+                 'params': testing.perturbed(variables['params'])}
+    for train in (False, True):
+      outs = [m.apply(variables, x, train=train, mutable=['batch_stats'])[0]
+              for m in models]
+      np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    grads = [jax.grad(lambda p, m=m: m.apply(
+        {**variables, 'params': p}, x, train=False).sum())(
+            variables['params']) for m in models]
+    for name, g in testing.flat(grads[0]).items():
+      np.testing.assert_allclose(testing.flat(grads[1])[name], g, rtol=1e-3,
+                                 atol=1e-4, err_msg=name)
+
   def test_backbone_has_no_module(self):
     c = testing.tiny_x2plus1d()
     variables = jax.eval_shape(lambda: X2Plus1D(c).init(

@@ -44,6 +44,7 @@ PARTS = (
 # maps, a dense layer over space, average pooling to S regions.
 TOKEN_MAKERS = ('tokenlearner', 'fixed', 'dense', 'pooling')
 STAGES = (2, 3, 4, 5)  # res2 ... res5.
+CHANNELWISE_IMPLS = ('conv', 'shifts')  # `x2plus1d.ChannelwiseConv.impl`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,9 @@ class X2Plus1DConfig:
     conv_type: '2plus1d' (1x3x3 then 3x1x1, X(2+1)D) or '3d' (X3D's 3x3x3).
     dropout_rate: Dropout before the classifier (X3D: 0.5).
     bn_momentum: BatchNorm running-average momentum (flax convention).
+    channelwise_impl: How the channel-wise convolutions run: 'conv' (grouped
+      convolutions) or 'shifts' (a sum of shifted inputs; the same numbers,
+      much faster on XLA:CPU).
     parts: The module's parts, in order (`PARTS`); () is the backbone alone.
     stage: The stage (2..5) whose blocks carry the module.
     blocks: Indices (negative from the end) of the blocks carrying it.
@@ -82,6 +86,8 @@ class X2Plus1DConfig:
   conv_type: str = _field('conv_type', '2plus1d', choices=CONV_TYPES)
   dropout_rate: float = _field('dropout_rate', 0.5, check='rate')
   bn_momentum: float = _field('bn_momentum', 0.9, check='rate')
+  channelwise_impl: str = _field('channelwise_impl', 'conv',
+                                 choices=CHANNELWISE_IMPLS)
   parts: Tuple[str, ...] = _field('module.parts', ())
   stage: int = _field('module.stage', 5, choices=STAGES)
   blocks: Tuple[int, ...] = _field('module.blocks', (-1,))
