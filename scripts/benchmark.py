@@ -114,6 +114,12 @@ MODEL_SETS = {
                  parts=('tokenlearner',)),
         x2plus1d('x2plus1d_m_conv2d_tl_16x112', VIDEO16_112,
                  'x2plus1d_m_16x112', parts=('conv2d', 'tokenlearner')),
+        # Channel-wise convolutions as shifted sums, against the grouped ones.
+        x2plus1d('x2plus1d_m_16x112_shifts', VIDEO16_112, 'x2plus1d_m_16x112',
+                 channelwise_impl='shifts'),
+        x2plus1d('x2plus1d_m_conv2d_tl_16x112_shifts', VIDEO16_112,
+                 'x2plus1d_m_conv2d_tl_16x112',
+                 parts=('conv2d', 'tokenlearner'), channelwise_impl='shifts'),
     ],
     'x2plus1d': [
         x2plus1d('x2plus1d_m', VIDEO64),
@@ -143,8 +149,9 @@ def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDi
   config = ml_collections.ConfigDict()
   if spec.variant == X2PLUS1D:
     config.model_name = 'x2plus1d_classification'
-    config.model = config_lib.x2plus1d_model_config(
-        dropout_rate=0.0, channelwise_impl=args.channelwise, **spec.kwargs)
+    config.model = config_lib.x2plus1d_model_config(**{
+        'dropout_rate': 0.0, 'channelwise_impl': args.channelwise,
+        **spec.kwargs})
   else:
     config.model = config_lib.model_config(
         spec.variant, scan_layers=args.scan, remat_policy=args.remat,
