@@ -7,7 +7,7 @@ XLA's peak memory, achieved FLOP/s from the analytic count
 (`tokenlearner_jax.flops`; a train step = 3 forward passes = 6 FLOPs per
 multiply-add) and MFU against a matmul peak measured in the same run. Then
 TokenLearner's speedup over its baseline against its GMAC ratio, the compile
-time of a 24-layer model with and without `nn.scan`, and the demo input
+and step times of a 24-layer model with and without `nn.scan`, and the demo input
 pipelines alone (clips/s, images/s) against what the demo's train step
 consumes. `--max_batch` adds the largest batch that fits in device memory,
 per remat policy.
@@ -468,15 +468,22 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
 
 
 def bench_compile(spec: Spec, args) -> Dict[str, Any]:
-  """Train-step compile seconds of `spec` unrolled and with `nn.scan`."""
+  """Train-step compile seconds and step seconds (median of `--steps` after
+  `--warmup`) of `spec` unrolled and with `nn.scan`, and their ratios."""
   result = dict(model=spec.name)
   for scan in (False, True):
     config = spec_config(spec, with_options(args, scan=scan))
-    *_, seconds = compiled_train_step(config, spec.input_shape, NUM_CLASSES)
-    result['scan_compile_s' if scan else 'unrolled_compile_s'] = seconds
-    print(f'  {spec.name} scan={scan}: compile {seconds:.1f} s',
-          file=sys.stderr, flush=True)
+    compiled, state, batch, seconds = compiled_train_step(
+        config, spec.input_shape, NUM_CLASSES)
+    times, *_ = time_steps(compiled, state, batch, args.warmup, args.steps)
+    kind = 'scan' if scan else 'unrolled'
+    result[f'{kind}_compile_s'] = seconds
+    result[f'{kind}_step_s'] = statistics.median(times)
+    print(f'  {spec.name} scan={scan}: compile {seconds:.1f} s, step '
+          f'{result[f"{kind}_step_s"] * 1e3:.1f} ms', file=sys.stderr,
+          flush=True)
   result['ratio'] = result['scan_compile_s'] / result['unrolled_compile_s']
+  result['step_ratio'] = result['scan_step_s'] / result['unrolled_step_s']
   result['num_layers'] = spec.num_layers or config_lib.VIT_SIZES[
       spec.variant.split('/')[0]][3]
   return result
@@ -651,7 +658,9 @@ def main(argv=None) -> Dict[str, Any]:
     c = results['compile']
     print(f'\nCompile, {c["model"]} ({c["num_layers"]} layers): unrolled '
           f'{c["unrolled_compile_s"]:.1f} s, nn.scan {c["scan_compile_s"]:.1f} '
-          f's (ratio {c["ratio"]:.2f}).')
+          f's (ratio {c["ratio"]:.2f}); step: unrolled '
+          f'{c["unrolled_step_s"] * 1e3:.1f} ms, nn.scan '
+          f'{c["scan_step_s"] * 1e3:.1f} ms (ratio {c["step_ratio"]:.2f}).')
   if 'max_batch' in results:
     print('\nLargest batch in device memory (XLA\'s peak estimate; one '
           'step run at it):\n')

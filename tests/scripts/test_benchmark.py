@@ -91,7 +91,9 @@ class BenchmarkTest(absltest.TestCase):
     self.assertBetween(unrolled, 0, wall)
     self.assertBetween(scan, 0, wall)
     self.assertEqual(compile_result['ratio'], scan / unrolled)
-    timed += unrolled + scan
+    steps = compile_result['unrolled_step_s'], compile_result['scan_step_s']
+    self.assertEqual(compile_result['step_ratio'], steps[1] / steps[0])
+    timed += unrolled + scan + 2 * sum(steps)  # 2 timed steps each, at least.
     self.assertLess(timed, wall)
 
   def test_matmul_peak_is_a_rate(self):
