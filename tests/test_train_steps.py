@@ -2,7 +2,6 @@
 tests/test_train.py and tests/models/test_speed_options.py)."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -211,15 +210,10 @@ class PerShardClippingTest(absltest.TestCase):
 
   def test_mean_of_clipped_shard_gradients_on_8_devices(self):
     params, x, y = example_data()
-    result = subprocess.run(
-        [sys.executable, '-c', EIGHT_DEVICES], cwd=ROOT, text=True,
-        capture_output=True, check=False, timeout=600,
-        input=json.dumps(dict(params=jax.tree_util.tree_map(
-            lambda v: v.tolist(), params), x=x.tolist(), y=y.tolist())),
-        env=dict(os.environ, JAX_PLATFORMS='cpu',
-                 XLA_FLAGS='--xla_force_host_platform_device_count=8'))
-    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    per_shard, global_ = json.loads(result.stdout.strip().splitlines()[-1])
+    per_shard, global_ = testing.on_eight_devices(
+        self, EIGHT_DEVICES, stdin=json.dumps(dict(
+            params=jax.tree_util.tree_map(lambda v: v.tolist(), params),
+            x=x.tolist(), y=y.tolist())))
     kernel, bias = params['Dense_0']['kernel'], params['Dense_0']['bias']
     # The batch splits over data x fsdp into 8 slices of 2, in order.
     shards = [clipped(softmax_ce_grads(kernel, bias, x[i:i + 2], y[i:i + 2]),
@@ -336,13 +330,7 @@ class BatchNormStateTest(absltest.TestCase):
     self.assertGreater(np.abs(own - running).max(), 1e-2)
 
   def test_one_device_and_a_2x2x2_mesh_of_8_take_the_same_steps(self):
-    result = subprocess.run(
-        [sys.executable, '-c', BATCHNORM_EIGHT_DEVICES], cwd=ROOT, text=True,
-        capture_output=True, check=False, timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS='cpu',
-                 XLA_FLAGS='--xla_force_host_platform_device_count=8'))
-    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    eight = json.loads(result.stdout.strip().splitlines()[-1])
+    eight = testing.on_eight_devices(self, BATCHNORM_EIGHT_DEVICES)
     one_device = jax.devices()[:1]
     batches = [testing.batchnorm_batch(seed) for seed in (0, 1)]
     # Under jit the statistics are the global batch's, as on one device.

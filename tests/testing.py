@@ -8,6 +8,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import types
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
@@ -400,3 +402,16 @@ def tiny_x2plus1d(**fields):
                 widths=(8, 8, 16, 16), stem_width=8, head_width=32,
                 attention_dim=16, num_heads=2, num_tokens=4)
   return X2Plus1DConfig(**{**values, **fields})
+
+
+def on_eight_devices(test, code: str, stdin: str = None) -> Any:
+  """Runs Python `code` in a process with 8 host CPU devices (from the
+  repository root), asserts that it succeeds and returns the JSON of its
+  last line of output."""
+  result = subprocess.run(
+      [sys.executable, '-c', code], cwd=ROOT, text=True, input=stdin,
+      capture_output=True, check=False, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  test.assertEqual(result.returncode, 0, result.stderr[-3000:])
+  return json.loads(result.stdout.strip().splitlines()[-1])

@@ -156,13 +156,14 @@ def print_module_table(c: X2Plus1DConfig) -> None:
   print('| Module | Table | Paper GFLOPs | Ours | Diff | Paper params | Ours '
         '| Diff |')
   print('|---|---|---|---|---|---|---|---|')
-  for r in module_table(c):
+  table = module_table(c)
+  for r in table:
     row = r['row']
     mark = ' *' if r['this_config'] else ''
     print(f"| {row.name}{mark} | {row.table} | {row.gflops:.1f} | "
           f"{r['gflops']:.2f} | {r['gflops_diff']:+.1%} | {row.params_m:.2f}M "
           f"| {r['params_m']:.3f}M | {r['params_diff']:+.1%} |")
-  for note in sorted({r['row'].note for r in module_table(c) if r['row'].note}):
+  for note in sorted({r['row'].note for r in table if r['row'].note}):
     print(f'Not matched: {note}.')
 
 

@@ -1,11 +1,6 @@
 """The X(2+1)D network: X3D-M's size, every module row builds and trains,
 its config errors, and its train step on a 2x2x2 mesh of 8 CPU devices."""
 
-import json
-import os
-import subprocess
-import sys
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import flax.linen as nn
@@ -19,8 +14,6 @@ from tokenlearner_jax import paper
 from tokenlearner_jax.models import X2Plus1D
 from tokenlearner_jax.models import X2Plus1DConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 CLIP = (4, 64, 64, 3)  # res5 on a 2 x 2 grid.
 
 
@@ -121,13 +114,7 @@ class X2Plus1DTest(parameterized.TestCase):
       testing.tiny_x2plus1d(**fields)
 
   def test_a_two_step_train_on_1_and_on_8_devices_gives_the_same_losses(self):
-    result = subprocess.run(
-        [sys.executable, '-c', EIGHT_DEVICES], cwd=ROOT, text=True,
-        capture_output=True, check=False, timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS='cpu',
-                 XLA_FLAGS='--xla_force_host_platform_device_count=8'))
-    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    eight = json.loads(result.stdout.strip().splitlines()[-1])
+    eight = testing.on_eight_devices(self, EIGHT_DEVICES)
     # Every parameter of 64 or more values is split over fsdp or model as
     # the rules say, and lies on the devices so.
     self.assertEqual(eight['unsharded'], [])
