@@ -286,3 +286,201 @@ def spacetime_attention(x, p, axes, num_heads):
   if axes == 'temporal':
     return seq.reshape(b, h, w, t, d).transpose(0, 3, 1, 2, 4)
   return seq.reshape(x.shape)
+
+
+# ------------------------------ later token reductions (models.reduction)
+
+
+def size_bias(sizes, proportional=True):
+  """Attention logit bias `[B, N]` of token sizes `[B, N]`: log(size) (0 for
+  every token without proportional attention), -1e9 for an empty slot."""
+  bias = np.full(sizes.shape, -1e9)
+  for index in np.ndindex(*sizes.shape):
+    if sizes[index] > 0:
+      bias[index] = np.log(sizes[index]) if proportional else 0.0
+  return bias
+
+
+def biased_attention(x, p, bias):
+  """`attention` with a logit bias `[B, N]` on each key; returns the output
+  `[B, N, C]`, keys and values `[B, N, H, D]` and weights `[B, H, N, N]`."""
+  q, k, v = (np.einsum('bld,dhk->blhk', x, p[n]['kernel']) + p[n]['bias']
+             for n in ('query', 'key', 'value'))
+  logits = np.einsum('bqhk,blhk->bhql', q / np.sqrt(q.shape[-1]), k)
+  weights = softmax(logits + bias[:, None, None, :])  # [B, H, N, N]
+  out = np.einsum('bhql,blhk->bqhk', weights, v)
+  out = np.einsum('bqhk,hkd->bqd', out, p['out']['kernel']) + p['out']['bias']
+  return out, k, v, weights
+
+
+def tome_merge(x, sizes, metric, r, class_token):
+  """Token Merging (Bolya et al., ICLR 2023), one example at a time.
+
+  Bipartite soft matching: even-indexed tokens form set A, odd-indexed set B;
+  each A token finds its most cosine-similar B token; the r A tokens with the
+  highest such similarity are averaged into their match, weighted by size
+  (sizes add). A class token (index 0) is never merged. Output: the unmerged A
+  tokens (by decreasing similarity, or by index with a class token), then B.
+  """
+  n = x.shape[1]
+  r = min(r, (n - int(class_token)) // 2)
+  if r <= 0:
+    return x, sizes
+  out_x, out_sizes = [], []
+  for xb, sb, mb in zip(x, sizes, metric):
+    unit = mb / np.linalg.norm(mb, axis=-1, keepdims=True)
+    set_a, set_b = list(range(0, n, 2)), list(range(1, n, 2))
+    best, match = [], []
+    for i in set_a:
+      if class_token and i == 0:
+        best.append(-np.inf)
+        match.append(None)
+        continue
+      sims = [float(unit[i] @ unit[j]) for j in set_b]
+      match.append(int(np.argmax(sims)))
+      best.append(max(sims))
+    ranked = sorted(range(len(set_a)), key=lambda a: -best[a])  # Stable.
+    merged, kept = ranked[:r], ranked[r:]
+    if class_token:
+      kept = sorted(kept)
+    totals = [xb[j] * sb[j] for j in set_b]
+    weights = [sb[j] for j in set_b]
+    for a in merged:
+      totals[match[a]] = totals[match[a]] + xb[set_a[a]] * sb[set_a[a]]
+      weights[match[a]] = weights[match[a]] + sb[set_a[a]]
+    out_x.append(np.stack([xb[set_a[a]] for a in kept] +
+                          [t / w for t, w in zip(totals, weights)]))
+    out_sizes.append(np.array([sb[set_a[a]] for a in kept] + weights))
+  return np.stack(out_x), np.stack(out_sizes)
+
+
+def evit_keep(x, cls_attention, keep_rate):
+  """EViT (Liang et al., ICLR 2022), one example at a time: the class token,
+  the ceil(keep_rate (N-1)) tokens it attends to most (most first), and one
+  token fusing the rest, each weighted by its class attention `[B, N - 1]`."""
+  others = x.shape[1] - 1
+  keep = math.ceil(keep_rate * others)
+  if keep >= others:
+    return x
+  out = []
+  for xb, ab in zip(x, cls_attention):
+    ranked = sorted(range(others), key=lambda i: -ab[i])
+    fused = np.zeros(x.shape[-1])
+    for i in ranked[keep:]:
+      fused = fused + ab[i] * xb[1 + i]
+    out.append(np.stack([xb[0]] + [xb[1 + i] for i in ranked[:keep]] +
+                        [fused]))
+  return np.stack(out)
+
+
+def ats_scores(attention, value):
+  """Adaptive Token Sampling's scores `[B, N - 1]` of tokens 1..: the class
+  token's attention `[B, H, N, N]` summed over heads times the L2 norm of the
+  token's whole value `[B, N, H, D]`, normalised to sum to 1."""
+  b, n = value.shape[:2]
+  scores = np.zeros((b, n - 1))
+  for bi in range(b):
+    for i in range(1, n):
+      scores[bi, i - 1] = (attention[bi, :, 0, i].sum() *
+                           np.sqrt((value[bi, i]**2).sum()))
+  return scores / scores.sum(-1, keepdims=True)
+
+
+def ats_sample(x, sizes, scores, num_samples):
+  """Adaptive Token Sampling's deterministic inverse transform sampling, one
+  example at a time: the CDF of the ascending scores rescaled to [0, 1] is
+  read at `num_samples` points evenly spaced from its smallest positive value
+  to 1, each taking the nearest entry; a token taken twice counts once.
+  Output: the class token, the taken tokens by increasing score, then empty
+  slots (zeros of size 0)."""
+  b, _, c = x.shape
+  out_x = np.zeros((b, 1 + num_samples, c))
+  out_sizes = np.zeros((b, 1 + num_samples))
+  for bi in range(b):
+    order = np.argsort(scores[bi], kind='stable')
+    cdf = np.cumsum(scores[bi][order])
+    cdf = (cdf - cdf.min()) / max(cdf.max() - cdf.min(), 1e-12)
+    positive = cdf[cdf > 0]
+    start = positive.min() if positive.size else 0.0
+    taken = set()
+    for step in np.linspace(0.0, 1.0, num_samples):
+      taken.add(int(np.argmin(np.abs(cdf - (start + (1 - start) * step)))))
+    out_x[bi, 0], out_sizes[bi, 0] = x[bi, 0], sizes[bi, 0]
+    for slot, position in enumerate(sorted(taken)):
+      out_x[bi, 1 + slot] = x[bi, order[position] + 1]
+      out_sizes[bi, 1 + slot] = sizes[bi, order[position] + 1]
+  return out_x, out_sizes
+
+
+def patch_merger(x, p):
+  """PatchMerger (Renggli et al., 2022): `[B, N, C]` -> `[B, M, C]`, each
+  output a softmax-over-tokens weighting of X by LN(X) W."""
+  logits = layer_norm(x, p['LayerNorm_0']) @ p['queries']['kernel']  # [B, N, M]
+  return np.einsum('bnm,bnc->bmc', softmax(logits, axis=1), x)
+
+
+def reducing_block(x, sizes, p, method, amount, class_token,
+                   prop_attention=True):
+  """`encoder_block` with size-biased attention and, between the attention
+  residual and the MLP, 'tome', 'evit', 'ats' or 'none' -> (x, sizes)."""
+  bias = size_bias(sizes, prop_attention)
+  y, k, v, w = biased_attention(layer_norm(x, p['LayerNorm_0']),
+                                p['MultiHeadDotProductAttention_0'], bias)
+  x = x + y
+  if method == 'tome':
+    x, sizes = tome_merge(x, sizes, k.mean(2), int(amount), class_token)
+  elif method == 'evit':
+    kept = evit_keep(x, w[:, :, 0, 1:].mean(1), amount)
+    if kept.shape[1] != x.shape[1]:
+      x, sizes = kept, np.ones(kept.shape[:2])
+  elif method == 'ats':
+    x, sizes = ats_sample(x, sizes, ats_scores(w, v), int(amount))
+  return x + mlp(layer_norm(x, p['LayerNorm_1']), p['MlpBlock_0']), sizes
+
+
+def sized_pool(x, classifier, sizes):
+  """`pool` over the input patches: 'gap'/'gsp' weighted by size, 'gmp' over
+  the tokens of positive size."""
+  if classifier == 'token':
+    return x[:, 0]
+  out = np.zeros((x.shape[0], x.shape[-1]))
+  for bi in range(x.shape[0]):
+    live = [i for i in range(x.shape[1]) if sizes[bi, i] > 0]
+    if classifier == 'gmp':
+      out[bi] = np.max(x[bi, live], axis=0)
+      continue
+    out[bi] = sum(sizes[bi, i] * x[bi, i] for i in live)
+    if classifier == 'gap':
+      out[bi] = out[bi] / sizes[bi].sum()
+  return out
+
+
+def reduced_vit(x, params, model_cfg):
+  """`token_learner_vit` with ToMe, EViT or ATS (`tokenizer.token_reduction`)
+  from block `tokenlearner_loc` on -> logits."""
+  x = np.asarray(x, np.float64)
+  tok = model_cfg['tokenizer']
+  tokens, _, _ = stem(x, params, model_cfg)
+  n_cls = int(model_cfg['classifier'] == 'token')
+  if n_cls:
+    cls = np.broadcast_to(params['cls'], (tokens.shape[0], 1, tokens.shape[2]))
+    tokens = np.concatenate([cls, tokens], 1)
+  p = params['Transformer']
+  method, loc = tok['token_reduction'], tok['tokenlearner_loc']
+  layers = model_cfg['num_layers']
+  at = (list(range(loc, layers)) if method == 'tome' else
+        [loc] + list(tok.get('pooling_locs') or ()))
+  amount = {'tome': tok.get('tome_r'), 'evit': tok.get('keep_rate'),
+            'ats': tok.get('num_tokens')}[method]
+  y = tokens + p['posembed_input']['pos_embedding']
+  sizes = np.ones(y.shape[:2])
+  for lyr in range(layers):
+    block = p[f'encoderblock_{lyr}']
+    if lyr < loc:
+      y = encoder_block(y, block)
+      continue
+    y, sizes = reducing_block(y, sizes, block,
+                              method if lyr in at else 'none', amount,
+                              bool(n_cls), tok.get('tome_prop_attn', True))
+  y = layer_norm(y, p['encoder_norm'])
+  return head(sized_pool(y, model_cfg['classifier'], sizes), params)
