@@ -65,6 +65,19 @@ class GmacsTest(parameterized.TestCase):
                                            use_tokenfuse=True,
                                            fuser_type='reprojection'),
        (4, 64, 64, 3)),
+      ('tome', 'dynamic', dict(tokenlearner_loc=0, token_reduction='tome',
+                               tome_r=24), (64, 64, 3)),
+      ('tome_token_video', 'video', dict(tokenlearner_loc=1,
+                                         token_reduction='tome', tome_r=40,
+                                         classifier='token'), (4, 64, 64, 3)),
+      ('evit', 'dynamic', dict(tokenlearner_loc=1, token_reduction='evit',
+                               keep_rate=0.5, pooling_locs=(2,),
+                               classifier='token'), (64, 64, 3)),
+      ('ats', 'dynamic', dict(tokenlearner_loc=1, token_reduction='ats',
+                              num_tokens=40, classifier='token'), (64, 64, 3)),
+      ('patchmerger_video', 'video', dict(tokenlearner_loc=1,
+                                          token_reduction='patchmerger'),
+       (4, 64, 64, 3)),
   )
   def test_matches_xla_cost_analysis(self, tokenizer_type, kwargs, shape):
     # XLA counts 2 flops per multiply-add plus elementwise work, which we do

@@ -6,6 +6,7 @@ counted, as in the paper. `tests/test_flops.py` cross-checks these counts
 against XLA's `cost_analysis` of the real model.
 """
 
+import math
 from typing import Optional, Sequence
 
 import ml_collections
@@ -66,6 +67,8 @@ def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
   if not m.tokenlearner_on:
     return layers * block_macs(full, d, mlp)
   loc, s = m.tokenlearner_loc, m.num_tokens
+  if m.token_reduction in ('tome', 'evit', 'ats'):
+    return block_reduction_macs(m, full, extra_tokens > 0)
   if m.token_reduction == 'pooling':  # Averages: no multiply-adds.
     s = grid.per_slice // m.pooling_window**2
     learner = 0
@@ -79,6 +82,8 @@ def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
       return macs
   elif m.token_reduction == 'dense':  # A [HW, S] weighting of every channel.
     learner = grid.time * grid.per_slice * s * d
+  elif m.token_reduction == 'patchmerger':  # Scores, then the weighted sums.
+    learner = grid.time * 2 * grid.per_slice * d * s
   else:
     learner = grid.time * tokenlearner_macs(grid.per_slice, d, s, m.use_v11)
   learned = grid.time * s + extra_tokens
@@ -88,6 +93,49 @@ def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
     return loc * block_macs(full, d, mlp) + (layers - loc) * later
   return (loc * block_macs(full, d, mlp) + learner +
           (layers - loc) * block_macs(learned, d, mlp))
+
+
+def token_counts(m: ModelConfig, tokens: int, class_token: bool):
+  """(tokens into the attention, tokens out of the reduction) of every block
+  of a ToMe, EViT or ATS encoder that starts with `tokens`."""
+  loc, counts = m.tokenlearner_loc, []
+  at = (range(loc, m.num_layers) if m.token_reduction == 'tome' else
+        (loc, *m.pooling_locs))
+  for lyr in range(m.num_layers):
+    out = tokens
+    if lyr in at:
+      others = tokens - int(class_token)
+      if m.token_reduction == 'tome':
+        out = tokens - max(min(m.tome_r, others // 2), 0)
+      elif m.token_reduction == 'evit':
+        keep = math.ceil(m.keep_rate * others)
+        out = tokens if keep >= others else 1 + keep + 1
+      else:  # ATS: a slot per sampling point (some may be empty).
+        out = 1 + min(m.num_tokens, others)
+    counts.append((tokens, out))
+    tokens = out
+  return counts
+
+
+def block_reduction_macs(m: ModelConfig, tokens: int,
+                         class_token: bool) -> int:
+  """A ToMe, EViT or ATS encoder: attention on a block's input tokens, the
+  MLP on what its reduction leaves, plus the reduction's own products
+  (ToMe's similarities of the head-averaged keys, EViT's fused token, ATS's
+  value norms); ATS counts its slots, empty or not, as they are computed."""
+  d, mlp, head_dim = m.hidden_size, m.mlp_dim, m.hidden_size // m.num_heads
+  macs = 0
+  for n, out in token_counts(m, tokens, class_token):
+    macs += 4 * n * d * d + 2 * n * n * d + 2 * out * d * mlp
+    if out == n:
+      continue
+    if m.token_reduction == 'tome':
+      macs += ((n + 1) // 2) * (n // 2) * head_dim
+    elif m.token_reduction == 'evit':
+      macs += (n - 1) * d
+    else:
+      macs += n * d
+  return macs
 
 
 def model_gmacs(m: ModelConfig, input_shape: Sequence[int]) -> float:

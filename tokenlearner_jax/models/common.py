@@ -240,13 +240,25 @@ class Encoder1DBlock(nn.Module):
     return drop_path(y, deterministic, depth_rate) + x
 
 
-def pool(x: jax.Array, classifier: str) -> jax.Array:
+def pool(x: jax.Array, classifier: str,
+         sizes: Optional[jax.Array] = None) -> jax.Array:
   """`[..., L, C]` -> `[..., C]`: the first token ('token', '0') or
-  gap/gmp/gsp pooling."""
+  gap/gmp/gsp pooling.
+
+  `sizes` `[..., L]` (the patches each token stands for after ToMe or ATS;
+  0 for an empty slot) weight 'gap' and 'gsp' by size, as ToMe's MAE pooling
+  (so they pool over the input patches), and keep empty slots out of 'gmp'.
+  """
   if classifier in ('token', '0'):
     return x[..., 0, :]
-  reduce = {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier]
-  return reduce(x, axis=-2)
+  if sizes is None:
+    reduce = {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier]
+    return reduce(x, axis=-2)
+  weights = sizes[..., None].astype(x.dtype)  # [..., L, 1]
+  if classifier == 'gmp':
+    return jnp.max(jnp.where(weights > 0, x, -jnp.inf), axis=-2)
+  total = jnp.sum(weights * x, axis=-2)  # [..., C]
+  return total / jnp.sum(weights, axis=-2) if classifier == 'gap' else total
 
 
 def classifier_head(x: jax.Array, representation_size: Optional[int],

@@ -50,8 +50,11 @@ ATTENTION_TYPES = ('spacetime', 'factorized_encoder')
 # The reference's einsum softmax(QK^T)V; `jax.nn.dot_product_attention` with
 # XLA's implementation; or the same with cuDNN's flash attention (CUDA, bf16).
 ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn')
-# TokenLearner, or the paper's baselines (k x k pooling, a dense layer).
-TOKEN_REDUCTIONS = ('tokenlearner', 'pooling', 'dense')
+# TokenLearner, the paper's baselines (k x k pooling, a dense layer), or the
+# methods that came after it (`models.reduction`): Token Merging, EViT,
+# Adaptive Token Sampling, PatchMerger.
+TOKEN_REDUCTIONS = ('tokenlearner', 'pooling', 'dense', 'tome', 'evit', 'ats',
+                    'patchmerger')
 # What maps tokens back with `use_tokenfuse`: the reference's TokenFuser, or the
 # paper's alternatives (the TokenLearner's own maps transposed, or attention).
 FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
@@ -116,10 +119,19 @@ class ModelConfig:
     use_sum_pooling: v1.0 sums over space (the reference); False: the mean.
     token_reduction: 'tokenlearner', or the paper's baselines 'pooling'
       (k x k average pooling at `tokenlearner_loc`) and 'dense' (tokens from a
-      fully connected layer over space).
+      fully connected layer over space), or the later methods of
+      `models.reduction`: 'tome' (merging in every block from
+      `tokenlearner_loc`), 'evit' and 'ats' (in block `tokenlearner_loc` and
+      `pooling_locs`, after attention), 'patchmerger' (`num_tokens` per slice
+      before block `tokenlearner_loc`).
     pooling_window: k of 'pooling'.
-    pooling_locs: Further blocks before which 'pooling' pools again (Table
-      5's "2x2 pool at 9 and 18": loc 9, `pooling_locs=(18,)`).
+    pooling_locs: Further blocks where 'pooling' pools again (before them:
+      Table 5's "2x2 pool at 9 and 18" is loc 9, `pooling_locs=(18,)`) or
+      'evit'/'ats' reduce again (inside them).
+    tome_r: Token pairs ToMe merges in each block.
+    tome_prop_attn: ToMe's proportional attention (log size added to the
+      attention logits).
+    keep_rate: The fraction of tokens EViT keeps at each of its blocks.
     representation_size: Width of the tanh `pre_logits` layer, or None.
     classifier: 'gap', 'gmp', 'gsp' pooling, 'token' (a class token) or '0'
       (the first patch token, the reference ViViT's).
@@ -170,6 +182,10 @@ class ModelConfig:
                                 choices=TOKEN_REDUCTIONS)
   pooling_window: int = _field('tokenizer.pooling_window', 2, check='positive')
   pooling_locs: Tuple[int, ...] = _field('tokenizer.pooling_locs', ())
+  tome_r: int = _field('tokenizer.tome_r', 0)
+  tome_prop_attn: bool = _field('tokenizer.tome_prop_attn', True,
+                                check='bool')
+  keep_rate: float = _field('tokenizer.keep_rate', 0.7)
   representation_size: Optional[int] = _field('representation_size', None,
                                               check='optional_positive')
   dropout_rate: float = _field('dropout_rate', 0.1, check='rate')
@@ -207,6 +223,12 @@ class ModelConfig:
   def tokenlearner_on(self) -> bool:
     """Whether tokens are learned (or pooled) before `tokenlearner_loc`."""
     return self.tokenlearner_loc is not None
+
+  @property
+  def reduces_in_blocks(self) -> bool:
+    """ToMe, EViT or ATS: tokens are reduced inside blocks, with sizes."""
+    return self.tokenlearner_on and self.token_reduction in (
+        'tome', 'evit', 'ats')
 
   @property
   def has_cls_token(self) -> bool:
@@ -467,11 +489,14 @@ def _check_tokenlearner(c: ModelConfig) -> None:
            "model.tokenizer.fuser_type='unpool' reuses TokenLearner's maps: "
            f"it needs token_reduction='tokenlearner', got "
            f'{c.token_reduction!r}.')
+  if c.reduces_in_blocks:
+    _check_block_reduction(c)
   locs = c.pooling_locs
   if locs:
-    _require(c.token_reduction == 'pooling' and not c.use_tokenfuse,
-             'model.tokenizer.pooling_locs needs '
-             "token_reduction='pooling' and use_tokenfuse=False.")
+    _require(c.token_reduction in ('pooling', 'evit', 'ats') and
+             not c.use_tokenfuse, 'model.tokenizer.pooling_locs needs '
+             "token_reduction 'pooling', 'evit' or 'ats' and "
+             'use_tokenfuse=False.')
     _require(not c.scan_layers,
              'model.scan_layers does not take model.tokenizer.pooling_locs.')
     _require(all(_is_int(l) for l in locs) and
@@ -479,3 +504,23 @@ def _check_tokenlearner(c: ModelConfig) -> None:
              loc < locs[0] and locs[-1] < layers,
              'model.tokenizer.pooling_locs must be increasing layer indices in '
              f'(tokenlearner_loc={loc}, num_layers={layers}), got {locs!r}.')
+
+
+def _check_block_reduction(c: ModelConfig) -> None:
+  """ToMe, EViT and ATS: what they need of the encoder."""
+  name = f'model.tokenizer.token_reduction={c.token_reduction!r}'
+  _require(not c.use_tokenfuse and not c.scan_layers,
+           f'{name} changes the token count inside blocks: it takes neither '
+           'model.tokenizer.use_tokenfuse nor model.scan_layers.')
+  _require(c.attention_impl == 'einsum', f'{name} reads the attention '
+           "weights: it needs model.attention_impl='einsum', got "
+           f'{c.attention_impl!r}.')
+  _require(c.token_reduction == 'tome' or c.has_cls_token,
+           f"{name} ranks tokens by the class token's attention: it needs "
+           f"model.classifier='token', got {c.classifier!r}.")
+  _require(_is_int(c.tome_r) and c.tome_r >= 0,
+           f'model.tokenizer.tome_r must be an integer >= 0, got '
+           f'{c.tome_r!r}.')
+  _require(isinstance(c.keep_rate, (int, float)) and 0 < c.keep_rate <= 1,
+           f'model.tokenizer.keep_rate must be in (0, 1], got '
+           f'{c.keep_rate!r}.')

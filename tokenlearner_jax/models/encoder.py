@@ -24,6 +24,9 @@ import jax.numpy as jnp
 from tokenlearner_jax.models.common import add_position_embedding
 from tokenlearner_jax.models.common import Encoder1DBlock
 from tokenlearner_jax.models.config import ModelConfig
+from tokenlearner_jax.models.reduction import PatchMerger
+from tokenlearner_jax.models.reduction import Reduction
+from tokenlearner_jax.models.reduction import ReducingBlock
 from tokenlearner_jax.models.tokenlearner import DenseTokens
 from tokenlearner_jax.models.tokenlearner import PoolingTokens
 from tokenlearner_jax.models.tokenlearner import TokenFuser
@@ -71,6 +74,8 @@ def make_learner(config: ModelConfig, suffix: str) -> nn.Module:
     return PoolingTokens(config.pooling_window, name=f'PoolingTokens{suffix}')
   if config.token_reduction == 'dense':
     return DenseTokens(config.num_tokens, name=f'DenseTokens{suffix}')
+  if config.token_reduction == 'patchmerger':
+    return PatchMerger(config.num_tokens, name=f'PatchMerger{suffix}')
   if config.use_v11:
     return TokenLearnerModuleV11(config.num_tokens,
                                  dropout_rate=config.dropout_rate,
@@ -138,24 +143,27 @@ def fuse_tokens(y: jax.Array, tokens: jax.Array, fuser: Optional[nn.Module],
   return jnp.concatenate([y[:, :n_cls], fused], axis=1)
 
 
-def make_block(config: ModelConfig, stochastic_depth: float,
-               name: str) -> nn.Module:
-  """An `Encoder1DBlock` of `config`, rematerialised under its
-  `remat_policy` unless 'none'."""
-  block_cls = Encoder1DBlock
+def make_block(config: ModelConfig, stochastic_depth: float, name: str,
+               reduction: Optional[Reduction] = None) -> nn.Module:
+  """An `Encoder1DBlock` of `config` (a `ReducingBlock` with `reduction`),
+  rematerialised under its `remat_policy` unless 'none'."""
+  block_cls, kwargs = Encoder1DBlock, {'attention_impl': config.attention_impl}
+  if reduction is not None:
+    block_cls = ReducingBlock
+    kwargs = {'reduction': reduction, 'prop_attention': config.tome_prop_attn}
   if config.remat_policy != 'none':
     block_cls = nn.remat(
-        Encoder1DBlock,
+        block_cls,
         policy=getattr(jax.checkpoint_policies, config.remat_policy),
-        static_argnums=(2,))  # `deterministic` (self counts).
+        # `deterministic` (self counts; a ReducingBlock also takes sizes).
+        static_argnums=(2 if reduction is None else 3,))
   return block_cls(
       mlp_dim=config.mlp_dim, num_heads=config.num_heads,
       dropout_rate=config.dropout_rate,
       attention_dropout_rate=config.attention_dropout_rate,
       stochastic_depth=stochastic_depth,
       rescale_kept=not config.stochastic_droplayer_rate,
-      attention_impl=config.attention_impl,
-      dtype=config.compute_dtype, name=name)
+      dtype=config.compute_dtype, name=name, **kwargs)
 
 
 class FuserLayer(nn.Module):
@@ -236,6 +244,31 @@ class TokenLearnerEncoder(nn.Module):
                         has_cls_token=self.has_cls_token, train=train)
     return x
 
+  def _reducing(self, x: jax.Array, train: bool
+                ) -> Tuple[jax.Array, jax.Array]:
+    """ToMe, EViT or ATS (`models.reduction`): plain blocks before
+    `tokenlearner_loc`, then `ReducingBlock`s carrying the token sizes.
+
+    Returns the tokens and their sizes `[B, N']`.
+    """
+    cfg = self.config
+    loc, method = cfg.tokenlearner_loc, cfg.token_reduction
+    at = (range(loc, cfg.num_layers) if method == 'tome' else
+          (loc, *cfg.pooling_locs))
+    amount = {'tome': cfg.tome_r, 'evit': cfg.keep_rate,
+              'ats': cfg.num_tokens}[method]
+    sizes = jnp.ones(x.shape[:2], jnp.float32)  # [B, N]
+    for lyr in range(cfg.num_layers):
+      name = f'encoderblock_{lyr}'
+      if lyr < loc:
+        x = make_block(cfg, self._depth_rate(lyr), name)(x, not train)
+        continue
+      reduction = Reduction(method if lyr in at else 'none', amount,
+                            self.has_cls_token)
+      x, sizes = make_block(cfg, self._depth_rate(lyr), name, reduction)(
+          x, sizes, not train)
+    return x, sizes
+
   def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
     """Each of `scan_segments` as one `nn.scan` over stacked parameters."""
     cfg = self.config
@@ -269,13 +302,21 @@ class TokenLearnerEncoder(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, inputs: jax.Array, train: bool = False,
+               return_sizes: bool = False):
+    """`[B, L, C]` -> `[B, L', C]`; with `return_sizes`, also the tokens'
+    sizes `[B, L']` (patches each stands for; None without ToMe/EViT/ATS)."""
     assert inputs.ndim == 3, f'expected [B, L, C], got {inputs.shape}'
-    x = add_position_embedding(inputs, self.config.positional_embedding,
+    cfg = self.config
+    x = add_position_embedding(inputs, cfg.positional_embedding,
                                self.temporal_dims)
-    x = nn.Dropout(rate=self.config.dropout_rate)(x, deterministic=not train)
-    if self.config.scan_layers:
+    x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=not train)
+    sizes = None
+    if cfg.reduces_in_blocks:
+      x, sizes = self._reducing(x, train)
+    elif cfg.scan_layers:
       x = self._scanned(x, train)
     else:
       x = self._unrolled(x, train)
-    return nn.LayerNorm(name='encoder_norm')(x)
+    x = nn.LayerNorm(name='encoder_norm')(x)
+    return (x, sizes) if return_sizes else x

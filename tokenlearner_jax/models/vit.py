@@ -53,8 +53,13 @@ class TokenLearnerViT(nn.Module):
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c), x.dtype)
       x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)), x], axis=1)
 
-    x = TokenLearnerEncoder(cfg, temporal_dims=grid.time,
-                            has_cls_token=cfg.has_cls_token,
-                            name='Transformer')(x, train=train)
-    return classifier_head(pool(x, cfg.classifier), cfg.representation_size,
-                           cfg.num_classes)
+    encoder = TokenLearnerEncoder(cfg, temporal_dims=grid.time,
+                                  has_cls_token=cfg.has_cls_token,
+                                  name='Transformer')
+    sizes = None
+    if cfg.reduces_in_blocks:  # ToMe, EViT, ATS: tokens carry sizes.
+      x, sizes = encoder(x, train=train, return_sizes=True)
+    else:
+      x = encoder(x, train=train)
+    return classifier_head(pool(x, cfg.classifier, sizes),
+                           cfg.representation_size, cfg.num_classes)
