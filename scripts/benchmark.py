@@ -17,6 +17,7 @@ per remat policy.
   python scripts/benchmark.py --models=vit_b16,vit_b16_tl8at6 --batch=8
   python scripts/benchmark.py --dtype=bfloat16 --attention=fused --out=b.json
   python scripts/benchmark.py --set=x2plus1d --batch=2 --skip=compile,demo,input
+  python scripts/benchmark.py --set=reduction_small --skip=compile,demo,input
   python scripts/benchmark.py --skip=models,compile,demo,input \
       --max_batch=vivit_b16x2_tl8at6 --dtype=bfloat16 --attention=fused --scan
 
@@ -129,6 +130,34 @@ MODEL_SETS = {
                  parts=('conv2d', 'tokenlearner')),
     ],
 }
+
+
+def reductions(size: str, shape) -> List[Spec]:
+  """TokenLearner and the later methods (`models.reduction`) on a ViT with a
+  class token (EViT and ATS rank by its attention), against the same ViT;
+  the original papers' settings for ViT-B/DeiT-S at 224."""
+  base = f'vit_{size.lower()}16_cls'
+  cls = dict(classifier='token')
+  return [
+      vit(base, f'{size}/16', shape, **cls),
+      vit(f'{base}_tl8at6', f'{size}/16', shape, base, tokenlearner_loc=6,
+          **cls),
+      vit(f'{base}_tome_r16', f'{size}/16', shape, base, tokenlearner_loc=0,
+          token_reduction='tome', tome_r=16, **cls),
+      vit(f'{base}_evit_0.7_at3_6_9', f'{size}/16', shape, base,
+          tokenlearner_loc=3, pooling_locs=(6, 9), token_reduction='evit',
+          keep_rate=0.7, **cls),
+      vit(f'{base}_ats98at3', f'{size}/16', shape, base, tokenlearner_loc=3,
+          token_reduction='ats', num_tokens=98, **cls),
+      vit(f'{base}_patchmerger8at6', f'{size}/16', shape, base,
+          tokenlearner_loc=6, token_reduction='patchmerger', **cls),
+  ]
+
+
+# TokenLearner against ToMe, EViT, ATS and PatchMerger (`--set=reduction`;
+# `reduction_small` for a CPU).
+MODEL_SETS['reduction'] = reductions('B', IMAGE224)
+MODEL_SETS['reduction_small'] = reductions('Ti', IMAGE224)
 # 24 layers, unrolled vs nn.scan: compile time only.
 COMPILE_SETS = {
     'default': Spec('vit_l16', 'L/16', IMAGE224, dict(tokenizer_type='dynamic')),
