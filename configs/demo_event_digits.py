@@ -4,9 +4,11 @@ r"""A tiny X(2+1)D on `event_digits`: Table 11's modules in miniature, offline.
 32-frame 32x32 clips in which 1-3 digits appear, move left or right and
 vanish at random times; the label is the multi-hot set of digit x direction
 (20 classes), the Charades stand-in. The network is the X(2+1)D of
-configs/charades_x2plus1d_tl.py narrowed (depths 1, 1, 1, 2, widths 8, 16,
-24, 32, stem 8, head 64; the module at width 72 with 4 heads, attention
-width 32, 4 tokens per frame), trained from scratch with a sigmoid head:
+configs/charades_x2plus1d_tl.py narrowed (depths 1, 2, 1, 1, widths 8, 16,
+24, 32, stem 8, head 64) with the module in res3's last block (res5 of a
+32x32 clip is one position per frame, where tokens have nothing to select;
+res3 has 4x4), at width 36 with 4 heads, attention width 32, 4 tokens per
+frame, trained from scratch with a sigmoid head:
 
   python -m tokenlearner_jax.train --config=configs/demo_event_digits.py \
       --workdir=/tmp/demo_event_digits
@@ -14,8 +16,8 @@ width 32, 4 tokens per frame), trained from scratch with a sigmoid head:
       --config=configs/demo_event_digits.py:row=backbone \
       --workdir=/tmp/demo_event_digits_backbone
 
-No comparison of the rows has been run on it yet (on 2 shared CPU cores a
-step of batch 32 took about 10 s); docs/data.md describes the dataset.
+scripts/event_study.py trains the backbone and Table 11's modules on it
+over 3 seeds (docs/results.md); docs/data.md describes the dataset.
 
 Args (`--config=configs/demo_event_digits.py:ARGS`): row=NAME (any row of
 configs/charades_x2plus1d_tl.py: backbone, mhsa, tokenlearner,
@@ -49,8 +51,11 @@ def get_config(arg=None):
   config.model_name = 'x2plus1d_multilabel_classification'
   model = common.x2plus1d_model_config(parts=charades.ROWS[arg.row],
                                        num_tokens=4)
-  model.depths, model.widths = (1, 1, 1, 2), (8, 16, 24, 32)
+  model.depths, model.widths = (1, 2, 1, 1), (8, 16, 24, 32)
   model.stem_width, model.head_width = 8, 64
+  # res5 of 32x32 clips is one position per frame: the module goes in res3's
+  # last block (4x4 per frame), where tokens have something to select.
+  model.module.stage = 3
   model.module.num_heads, model.module.attention_dim = 4, 32
   model.dropout_rate = 0.0  # A short run from scratch.
   model.channelwise_impl = 'shifts'  # XLA:CPU's grouped convs are slow.

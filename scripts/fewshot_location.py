@@ -27,9 +27,7 @@ and against MMACs). Exits non-zero if a run failed.
 """
 
 import argparse
-import json
 import os
-import re
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
@@ -87,20 +85,6 @@ def command(name: str, seed: int, workdir: str, steps: int, runlocal: bool,
 
 def run_dir(root: str, name: str, seed: int) -> str:
   return os.path.join(root, f'{name}_seed{seed}')
-
-
-def results(root: str, names: Sequence[str],
-            seeds: Sequence[int]) -> Dict[str, List[dict]]:
-  """Each variant's finished runs' final metrics (with 'seed')."""
-  out: Dict[str, List[dict]] = {}
-  for name in names:
-    out[name] = []
-    for seed in seeds:
-      path = os.path.join(run_dir(root, name, seed), 'final_metrics.json')
-      if os.path.exists(path):
-        with open(path) as f:
-          out[name].append(dict(json.load(f), seed=seed))
-  return out
 
 
 def accuracies(runs: Dict[str, List[dict]], name: str,
@@ -202,21 +186,6 @@ def section(runs: Dict[str, List[dict]], invocation: str, steps: int,
   return '\n'.join(lines)
 
 
-def write_section(path: str, text: str) -> None:
-  """Replaces the marked section of `path` (or appends it)."""
-  old = ''
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-  pattern = re.compile(re.escape(BEGIN) + '.*?' + re.escape(END), re.S)
-  if pattern.search(old):
-    new = pattern.sub(lambda _: text, old)
-  else:
-    new = (old.rstrip('\n') + '\n\n' if old else '') + text + '\n'
-  with open(path, 'w') as f:
-    f.write(new)
-
-
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True,
@@ -257,9 +226,9 @@ def main(argv=None) -> int:
   invocation = ' '.join(['python scripts/fewshot_location.py'] + [
       a for a in (argv if argv is not None else sys.argv[1:])
       if not a.startswith('--report_only')])
-  runs = results(root, list(LOCATIONS), seeds)
+  runs = reproduce.final_metrics(root, list(LOCATIONS), seeds)
   text = section(runs, invocation, args.steps, seeds)
-  write_section(os.path.join(out, 'results.md'), text)
+  reproduce.write_section(os.path.join(out, 'results.md'), text)
   if any(accuracies(runs, n) for n in LOCATIONS):
     plot(runs, os.path.join(out, 'results_fewshot_location.png'))
   print(text)

@@ -282,18 +282,25 @@ def run_all(root: str, variants: Sequence[Variant], seeds: Sequence[int],
   return codes
 
 
+def final_metrics(root: str, names: Sequence[str],
+                  seeds: Sequence[int]) -> Dict[str, List[dict]]:
+  """The final metrics (with 'seed') of each finished run
+  `root/<name>_seed<s>`, by name."""
+  out: Dict[str, List[dict]] = {}
+  for name in names:
+    out[name] = []
+    for seed in seeds:
+      path = os.path.join(root, f'{name}_seed{seed}', 'final_metrics.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          out[name].append(dict(json.load(f), seed=seed))
+  return out
+
+
 def results(root: str, variants: Sequence[Variant],
             seeds: Sequence[int]) -> Dict[str, List[dict]]:
   """Each variant's finished runs' final metrics (with 'seed')."""
-  out = {}
-  for variant in variants:
-    out[variant.name] = []
-    for seed in seeds:
-      path = os.path.join(run_dir(root, variant, seed), 'final_metrics.json')
-      if os.path.exists(path):
-        with open(path) as f:
-          out[variant.name].append(dict(json.load(f), seed=seed))
-  return out
+  return final_metrics(root, [v.name for v in variants], seeds)
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -436,6 +443,24 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
     if any(runs.get(n) for n in study.variants):
       plot(study, runs, os.path.join(out, f'results_{study.name}.png'))
   return '\n'.join(lines + ['## Verdicts', ''] + summary + [''] + sections)
+
+
+def write_section(path: str, text: str) -> None:
+  """Replaces the section of `path` between the markers that start and end
+  `text` (`<!-- name -->` ... `<!-- /name -->`), or appends it; the rest of
+  the file stays."""
+  name = re.match(r'<!-- (\w+) -->', text).group(1)
+  old = ''
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+  pattern = re.compile(f'<!-- {name} -->.*?<!-- /{name} -->', re.S)
+  if pattern.search(old):
+    new = pattern.sub(lambda _: text, old)
+  else:
+    new = (old.rstrip('\n') + '\n\n' if old else '') + text + '\n'
+  with open(path, 'w') as f:
+    f.write(new)
 
 
 def kept_sections(path: str) -> str:

@@ -52,6 +52,20 @@ def load_script(name: str) -> types.ModuleType:
   return common.load_module(script_path(name))
 
 
+def parsed_config(command: Sequence[str]) -> ml_collections.ConfigDict:
+  """The config a `python -m tokenlearner_jax.train` command line (as the
+  study scripts build it) would run: its --config* flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = [command[0]] + list(command[3:])
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, '', flag_values=values)
+  values(argv)
+  return values.config
+
+
 def demo_config(name: str = 'demo_moving_digits',
                 **overrides: Any) -> ml_collections.ConfigDict:
   """`config_for(name)` of a demo config, reading DATA_DIR; `overrides` set

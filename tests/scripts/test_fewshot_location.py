@@ -4,26 +4,14 @@ results.md (kept by reproduce.py's rewrite), its verdicts."""
 import json
 import os
 
-from absl import flags
 from absl.testing import absltest
-from ml_collections import config_flags
 
 from tests.testing import load_script
+from tests.testing import parsed_config
 from tokenlearner_jax.models.config import ModelConfig
 
 study = load_script('fewshot_location')
 reproduce = load_script('reproduce')
-
-
-def parsed_config(command):
-  """The config a train command line would run (its --config* flags)."""
-  argv = [command[0]] + command[3:]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, flag_values=values,
-                                  lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, '', flag_values=values)
-  values(argv)
-  return values.config
 
 
 def write_run(root, name, seed, five_shot, gmacs):

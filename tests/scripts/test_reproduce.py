@@ -2,28 +2,16 @@
 
 import os
 
-from absl import flags
 from absl.testing import absltest
-from ml_collections import config_flags
 import pytest
 
 from tests.testing import DATA_DIR
 from tests.testing import load_script
+from tests.testing import parsed_config
 from tokenlearner_jax import flops
 
 reproduce = load_script('reproduce')
 CLIP = (8, 32, 32, 3)  # moving_digits.
-
-
-def parsed_config(command):
-  """The config a train command line would run (its --config* flags)."""
-  argv = [command[0]] + command[3:]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, flag_values=values,
-                                  lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, '', flag_values=values)
-  values(argv)
-  return values.config
 
 
 class StudiesTest(absltest.TestCase):
