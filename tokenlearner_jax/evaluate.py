@@ -1,7 +1,7 @@
 r"""Evaluates a trained checkpoint with the test protocol.
 
   python -m tokenlearner_jax.evaluate --config=configs/vivit_k400.py \
-      --workdir=/path/to/run [--split=test] [--step=N]
+      --workdir=/path/to/run [--split=test] [--step=N] [--out=PATH]
 
 Restores the parameters and the model state (BatchNorm's statistics, if the
 model has any; no optimizer) of the latest (or `--step`) checkpoint under
@@ -13,7 +13,11 @@ video with the logits averaged per video (`dataset_configs.test_pooling=
 images one view -- and writes `WORKDIR/eval_<split>.json`: for a multi-label
 head `mean_average_precision` (over the classes with a positive in the
 split), `prec@1` and `average_precision_per_class` (by class id, null where a
-class has no positive). Only the eval side of the data pipeline is built (the
+class has no positive); `--out` writes it elsewhere. The config may differ from
+the run's where the parameters allow: e.g. ToMe or ATS applied to a model
+trained without them (`--config.model.tokenizer.token_reduction=tome
+--config.model.tokenizer.tokenlearner_loc=0
+--config.model.tokenizer.tome_r=8`; docs/models.md). Only the eval side of the data pipeline is built (the
 number of classes, the input shape and the test split): the train split need
 not exist. A `--workdir` that does not exist
 (a mistyped path) stops it at once with one line naming it, and nothing is
@@ -34,6 +38,7 @@ from ml_collections import config_flags
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import errors
 from tokenlearner_jax import evaluation
+from tokenlearner_jax import flops
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
@@ -50,12 +55,16 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'The training run to evaluate.')
   flags.DEFINE_string('split', None, 'Split to evaluate.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_string('out', None, 'Where the metrics JSON goes (default: '
+                      'WORKDIR/eval_<split>.json).')
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         split: Optional[str] = None,
-                        step: Optional[int] = None) -> Dict[str, float]:
-  """Evaluates a checkpoint of `workdir`; writes and returns the metrics.
+                        step: Optional[int] = None,
+                        out: Optional[str] = None) -> Dict[str, float]:
+  """Evaluates a checkpoint of `workdir`; writes (to `out`, default
+  `workdir/eval_<split>.json`) and returns the metrics.
 
   Only the checkpoint's parameters and model state are read
   (`checkpoint.restore_variables`), onto the shardings the config's mesh
@@ -89,10 +98,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                         per_class=True)
   results = {'step': step, 'split': split,
              'views_per_example': data.num_test_views,
-             'view_pooling': pooling, **results}
+             'view_pooling': pooling, **results,
+             'gmacs_per_example': flops.gmacs(config, data.input_shape,
+                                              data.num_classes)}
   logging.info('%s', results)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'eval_{split}.json'), 'w') as f:
+    with open(out or os.path.join(workdir, f'eval_{split}.json'), 'w') as f:
       json.dump(results, f, indent=1)
   return results
 
@@ -104,7 +115,7 @@ def main(argv) -> None:
     raise app.UsageError('--workdir is required.')
   errors.exit_on_known_fault(evaluate_checkpoint, flags.FLAGS.config,
                              flags.FLAGS.workdir, flags.FLAGS.split,
-                             flags.FLAGS.step)
+                             flags.FLAGS.step, flags.FLAGS.out)
 
 
 if __name__ == '__main__':
