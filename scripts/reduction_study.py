@@ -32,6 +32,7 @@ against MMACs and against step time). Exits non-zero if a run failed.
 """
 
 import argparse
+import ast
 import dataclasses
 import json
 import math
@@ -101,21 +102,23 @@ def candidates(method: str, num_layers: int) -> List[Setting]:
           for loc in locs for s in (2, 4, 8, 12, 16, 24, 32, 48)]
 
 
-def base_config(runlocal: bool) -> ml_collections.ConfigDict:
-  """The plain model's config (the FIXED overrides applied)."""
+def base_config(runlocal: bool,
+                extra: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The plain model's config: FIXED (runlocal: the class token) and the
+  `extra` `key=value` overrides applied, as the train commands apply them."""
   config = reproduce.load_config(
       CONFIG, 'tokenlearner_loc=None' + (',runlocal' if runlocal else ''))
-  if not runlocal:
-    for item in FIXED:
-      key, value = item.split('=')
-      node = config
-      *parents, leaf = key.split('.')
-      for part in parents:
-        node = node[part]
-      node[leaf] = type(node[leaf])(value) if not isinstance(
-          node[leaf], str) else value
-  else:
-    config.model.classifier = 'token'
+  items = (('model.classifier=token',) if runlocal else FIXED) + tuple(extra)
+  for item in items:
+    key, value = item.split('=', 1)
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    try:
+      node[leaf] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[leaf] = value  # A string.
   return config
 
 
@@ -132,11 +135,11 @@ def gmacs_of(config: ml_collections.ConfigDict) -> float:
   return flops.gmacs(config, IMAGE, NUM_CLASSES)
 
 
-def matched_setting(method: str, fraction: float,
-                    runlocal: bool = False) -> Tuple[Setting, float]:
+def matched_setting(method: str, fraction: float, runlocal: bool = False,
+                    extra: Sequence[str] = ()) -> Tuple[Setting, float]:
   """`method`'s setting whose multiply-adds are closest to `fraction` of the
   plain model's, and its GMACs."""
-  base = base_config(runlocal)
+  base = base_config(runlocal, extra)
   target = fraction * gmacs_of(base)
   best = None
   for setting in candidates(method, base.model.num_layers):
@@ -147,12 +150,13 @@ def matched_setting(method: str, fraction: float,
 
 
 def variants(budgets: Sequence[int], runlocal: bool = False,
-             methods: Sequence[str] = METHODS) -> Dict[str, Variant]:
+             methods: Sequence[str] = METHODS,
+             extra: Sequence[str] = ()) -> Dict[str, Variant]:
   """The comparison's rows by name (`<method>_<pct>[_offshelf]`)."""
   out = {'plain': Variant()}
   for pct in budgets:
     for method in methods:
-      setting, _ = matched_setting(method, pct / 100, runlocal)
+      setting, _ = matched_setting(method, pct / 100, runlocal, extra)
       out[f'{method}_{pct}'] = Variant(method, setting, pct)
       if method in OFF_THE_SHELF:
         out[f'{method}_{pct}_offshelf'] = Variant(method, setting, pct, True)
@@ -173,17 +177,22 @@ def config_arg(setting: Setting, runlocal: bool) -> str:
   return f'tokenlearner_loc={loc}' + (',runlocal' if runlocal else '')
 
 
+def model_overrides(method, setting, seed: int, runlocal: bool,
+                    extra: Sequence[str]) -> List[str]:
+  """A variant's `key=value` overrides of the config file's model."""
+  fixed = ['model.classifier=token'] if runlocal else list(FIXED)
+  return [*fixed, f'rng_seed={seed}', *overrides(method, setting), *extra]
+
+
 def train_command(method, setting, seed: int, workdir: str, steps: int,
                   runlocal: bool, extra: Sequence[str] = ()) -> List[str]:
   """The train command of one trained variant's run."""
-  fixed = [f'rng_seed={seed}', *overrides(method, setting), *extra]
-  if runlocal:
-    fixed.append('model.classifier=token')
-  else:
-    fixed = [*FIXED, *fixed, f'num_training_steps={steps}',
-             f'log_eval_steps={steps}', f'checkpoint_steps={steps}',
-             f'fewshot.log_steps={steps}',
-             f'lr_configs.warmup_steps={max(1, steps // 10)}']
+  fixed = model_overrides(method, setting, seed, runlocal, extra)
+  if not runlocal:
+    fixed[len(FIXED):len(FIXED)] = [
+        f'num_training_steps={steps}', f'log_eval_steps={steps}',
+        f'checkpoint_steps={steps}', f'fewshot.log_steps={steps}',
+        f'lr_configs.warmup_steps={max(1, steps // 10)}']
   return sweep.train_command(
       os.path.join(sweep.ROOT, f'{CONFIG}:{config_arg(setting, runlocal)}'),
       workdir, {}, fixed)
@@ -191,9 +200,11 @@ def train_command(method, setting, seed: int, workdir: str, steps: int,
 
 def eval_command(method, setting, seed: int, plain_dir: str, out: str,
                  runlocal: bool, extra: Sequence[str] = ()) -> List[str]:
-  """Evaluates the `plain` run of `seed` with `method` (no retraining)."""
-  command = train_command(method, setting, seed, plain_dir, 0, runlocal,
-                          extra)
+  """Evaluates the `plain` run of `seed` with `method` (None: as trained)
+  and no retraining, writing `out`."""
+  command = sweep.train_command(
+      os.path.join(sweep.ROOT, f'{CONFIG}:{config_arg(setting, runlocal)}'),
+      plain_dir, {}, model_overrides(method, setting, seed, runlocal, extra))
   command[2] = 'tokenlearner_jax.evaluate'
   return command + [f'--out={out}']
 
@@ -204,11 +215,13 @@ def offshelf_path(root: str, name: str, seed: int) -> str:
 
 def run_offshelf(root: str, table, seeds, runlocal: bool,
                  extra: Sequence[str]) -> Dict[str, int]:
-  """Evaluates every finished plain run with each off-the-shelf variant."""
+  """Evaluates every finished plain run as trained (`plain`, the baseline
+  of the off-the-shelf verdicts: the same evaluation) and with each
+  off-the-shelf variant."""
   codes = {}
   os.makedirs(os.path.join(root, 'offshelf'), exist_ok=True)
   for name, v in table.items():
-    for seed in seeds if v.offshelf else ():
+    for seed in seeds if v.offshelf or v.method is None else ():
       out = offshelf_path(root, name, seed)
       plain = os.path.join(root, f'plain_seed{seed}')
       if os.path.exists(out) or not sweep.finished(plain):
@@ -223,11 +236,12 @@ def run_offshelf(root: str, table, seeds, runlocal: bool,
   return codes
 
 
-def time_steps(table, runlocal: bool, path: str, batch: int) -> None:
+def time_steps(table, runlocal: bool, path: str, batch: int,
+               extra: Sequence[str] = ()) -> None:
   """Median train-step seconds of every trained variant, in one process."""
   import benchmark  # pylint: disable=g-import-not-at-top
   times = {}
-  base = base_config(runlocal)
+  base = base_config(runlocal, extra)
   base.batch_size = batch
   for name, v in table.items():
     if v.offshelf:  # The same program as the trained variant's.
@@ -246,13 +260,14 @@ def results(root: str, table, seeds) -> Dict[str, List[dict]]:
   runs = reproduce.final_metrics(
       root, [n for n, v in table.items() if not v.offshelf], seeds)
   for name, v in table.items():
-    if v.offshelf:
-      runs[name] = []
+    if v.offshelf or v.method is None:
+      runs[f'{name}_evaluated' if v.method is None else name] = []
       for seed in seeds:
         path = offshelf_path(root, name, seed)
         if os.path.exists(path):
           with open(path) as f:
-            runs[name].append(dict(json.load(f), seed=seed))
+            runs[f'{name}_evaluated' if v.method is None else name].append(
+                dict(json.load(f), seed=seed))
   return runs
 
 
@@ -309,7 +324,7 @@ def plot(table, runs, times, path: str) -> None:
 
 
 def section(table, runs, times, invocation: str, steps: int,
-            seeds: Sequence[int], budgets: Sequence[int]) -> str:
+            seeds: Sequence[int], budgets: Sequence[int], batch: int) -> str:
   """The results.md section, markers included."""
   plain_time = times.get('plain')
   lines = [
@@ -318,15 +333,17 @@ def section(table, runs, times, invocation: str, steps: int,
       '![reduction_study](results_reduction_study.png)', '',
       'Every trained variant is the few-shot study\'s ViT (width 64, 4 '
       'blocks, 64 tokens of 64x64 `multi_digits` images) with a class '
-      f'token, trained from scratch for {steps} steps of 64 images per seed '
+      f'token, trained from scratch for {steps} steps of {batch} images per '
+      'seed '
       f'({", ".join(map(str, seeds))}; a seed fixes the initialisation and '
       'the data order) and tested by mAP over the 10 digit classes. Each '
       f'method takes its setting closest to {" and ".join(map(str, budgets))}'
       '% of the plain model\'s multiply-adds (the MMACs column shows how '
       'close). "Off the shelf" evaluates the same seed\'s plain run with '
-      'the method and no retraining. Step times are medians of 10 train '
-      'steps of every variant measured in one process; the ratio to the '
-      'plain model\'s is the figure that carries to other machines. '
+      'the method and no retraining, against the same evaluation of the '
+      'plain run as trained. Step times are medians of 10 train '
+      'steps of every variant measured in one process, with the ratio to '
+      'the plain model\'s. '
       'Differences are paired by seed with a 95% Student-t interval.', '',
       '| variant | setting | MMACs/image | step (ms) | vs plain | mAP (%) | '
       'per seed |', '|---|---|---|---|---|---|---|']
@@ -358,8 +375,8 @@ def section(table, runs, times, invocation: str, steps: int,
   for name, v in table.items():  # What skipping the retraining costs.
     if v.offshelf:
       verdict = reproduce.verdict(
-          reproduce.Claim('plain', name, 'similar', ''),
-          by_seed(runs, 'plain'), by_seed(runs, name))
+          reproduce.Claim('plain_evaluated', name, 'similar', ''),
+          by_seed(runs, 'plain_evaluated'), by_seed(runs, name))
       lines.append(f'* {v.label} keeps the plain model\'s mAP — {verdict}.')
   lines += ['', END]
   return '\n'.join(lines)
@@ -399,7 +416,7 @@ def main(argv=None) -> int:
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f'--methods: unknown {unknown}; known: {METHODS}.')
-  table = variants(budgets, args.runlocal, methods)
+  table = variants(budgets, args.runlocal, methods, args.set)
   codes: Dict[str, int] = {}
   times_path = os.path.join(root, 'step_times.json')
   if not args.report_only:
@@ -416,7 +433,7 @@ def main(argv=None) -> int:
     codes.update(run_offshelf(root, table, seeds, args.runlocal, args.set))
     if args.time_steps:
       time_steps(table, args.runlocal, times_path,
-                 base_config(args.runlocal).batch_size)
+                 base_config(args.runlocal, args.set).batch_size, args.set)
     print(f'Done in {time.time() - start:.0f} s.', flush=True)
   times = {}
   if os.path.exists(times_path):
@@ -426,7 +443,8 @@ def main(argv=None) -> int:
       a for a in (argv if argv is not None else sys.argv[1:])
       if not a.startswith('--report_only')])
   runs = results(root, table, seeds)
-  text = section(table, runs, times, invocation, args.steps, seeds, budgets)
+  text = section(table, runs, times, invocation, args.steps, seeds, budgets,
+                 base_config(args.runlocal, args.set).batch_size)
   reproduce.write_section(os.path.join(out, 'results.md'), text)
   if any(by_seed(runs, n) for n in table):
     plot(table, runs, times, os.path.join(out, 'results_reduction_study.png'))

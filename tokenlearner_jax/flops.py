@@ -68,7 +68,7 @@ def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
     return layers * block_macs(full, d, mlp)
   loc, s = m.tokenlearner_loc, m.num_tokens
   if m.token_reduction in ('tome', 'evit', 'ats'):
-    return block_reduction_macs(m, full, extra_tokens > 0)
+    return block_reduction_macs(m, full, m.classifier in ('token', '0'))
   if m.token_reduction == 'pooling':  # Averages: no multiply-adds.
     s = grid.per_slice // m.pooling_window**2
     learner = 0
@@ -97,7 +97,8 @@ def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
 
 def token_counts(m: ModelConfig, tokens: int, class_token: bool):
   """(tokens into the attention, tokens out of the reduction) of every block
-  of a ToMe, EViT or ATS encoder that starts with `tokens`."""
+  of a ToMe, EViT or ATS encoder that starts with `tokens` (`class_token`:
+  the first is never merged or dropped)."""
   loc, counts = m.tokenlearner_loc, []
   at = (range(loc, m.num_layers) if m.token_reduction == 'tome' else
         (loc, *m.pooling_locs))

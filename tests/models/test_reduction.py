@@ -297,9 +297,11 @@ class ReducedViTTest(parameterized.TestCase):
   @parameterized.parameters('tome', 'evit', 'ats')
   def test_plain_parameters_load(self, method):
     _, plain = init_params(vit_config(classifier='token'))
+    amount = {'tome': dict(tome_r=8), 'evit': dict(keep_rate=0.5),
+              'ats': dict(num_tokens=8)}[method]
     model, params = init_params(vit_config(
         classifier='token', tokenlearner_loc=1, token_reduction=method,
-        tome_r=8, keep_rate=0.5, num_tokens=8))
+        **amount))
     self.assertEqual(jax.tree_util.tree_structure(params),
                      jax.tree_util.tree_structure(plain))
     self.assertEqual({k: v.shape for k, v in flat(params).items()},
@@ -367,6 +369,11 @@ class ConfigTest(parameterized.TestCase):
       ('tome_fused_attention', dict(token_reduction='tome',
                                     attention_impl='fused'),
        'model.attention_impl'),
+      ('tome_r_without_tome', dict(token_reduction='tokenlearner', tome_r=8),
+       'model.tokenizer.tome_r'),
+      ('keep_rate_without_evit', dict(token_reduction='ats',
+                                      classifier='token', keep_rate=0.5),
+       'model.tokenizer.keep_rate'),
   )
   def test_rejected_naming_the_key(self, kwargs, key):
     config = vit_config(tokenlearner_loc=1, **kwargs)

@@ -10,6 +10,7 @@ from tests.testing import DATA_DIR
 from tests.testing import load_script
 from tests.testing import parsed_config
 from tokenlearner_jax import flops
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models.config import ModelConfig
 
 study = load_script('reduction_study')
@@ -51,6 +52,7 @@ class ReductionStudyTest(absltest.TestCase):
     self.assertIn('--workdir=/tmp/plain_seed2', command)
     self.assertEqual(command[-1], '--out=/tmp/out.json')
     config = parsed_config(command[:-1])
+    schema.check_config(schema.complete(config))  # What evaluate checks.
     self.assertEqual(config.model.tokenizer.token_reduction, 'tome')
     self.assertEqual(config.model.tokenizer.tome_r,
                      dict(variant.setting)['tome_r'])
@@ -69,6 +71,8 @@ class ReductionStudyTest(absltest.TestCase):
                 else os.path.join(root, f'{name}_seed{seed}',
                                   'final_metrics.json'))
         write_metrics(path, value, 0.01 if name == 'plain' else 0.005)
+        if name == 'plain':  # Its evaluation beside the off-the-shelf ones.
+          write_metrics(study.offshelf_path(root, name, seed), value, 0.01)
     with open(os.path.join(root, 'step_times.json'), 'w') as f:
       json.dump({'plain': 0.020, 'tokenlearner_50': 0.012}, f)
     argv = [f'--workdir={root}', f'--out={out}', '--seeds=0,1',
@@ -97,7 +101,7 @@ class ReductionStudyTest(absltest.TestCase):
             '--methods=ats', f'--set=dataset_configs.data_dir={DATA_DIR}']
     self.assertEqual(study.main(argv), 0)
     runs = study.results(root, study.variants([50], True, ['ats']), [0])
-    for name in ('plain', 'ats_50', 'ats_50_offshelf'):
+    for name in ('plain', 'plain_evaluated', 'ats_50', 'ats_50_offshelf'):
       self.assertLen(runs[name], 1, name)
       self.assertBetween(runs[name][0]['mean_average_precision'], 0.0, 1.0)
     self.assertLess(runs['ats_50_offshelf'][0]['gmacs_per_example'],

@@ -491,6 +491,12 @@ def _check_tokenlearner(c: ModelConfig) -> None:
            f'{c.token_reduction!r}.')
   if c.reduces_in_blocks:
     _check_block_reduction(c)
+  for key, value, default, method in (('tome_r', c.tome_r, 0, 'tome'),
+                                      ('keep_rate', c.keep_rate, 0.7, 'evit')):
+    _require(value == default or c.token_reduction == method,
+             f'model.tokenizer.{key}={value!r} is read by '
+             f"token_reduction={method!r} only (it is "
+             f'{c.token_reduction!r}).')
   locs = c.pooling_locs
   if locs:
     _require(c.token_reduction in ('pooling', 'evit', 'ats') and

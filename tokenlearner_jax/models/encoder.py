@@ -264,7 +264,7 @@ class TokenLearnerEncoder(nn.Module):
         x = make_block(cfg, self._depth_rate(lyr), name)(x, not train)
         continue
       reduction = Reduction(method if lyr in at else 'none', amount,
-                            self.has_cls_token)
+                            cfg.classifier in ('token', '0'))
       x, sizes = make_block(cfg, self._depth_rate(lyr), name, reduction)(
           x, sizes, not train)
     return x, sizes

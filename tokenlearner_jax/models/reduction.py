@@ -52,7 +52,8 @@ class Reduction:
   Attributes:
     method: 'tome', 'evit', 'ats' or 'none' (attention with sizes only).
     amount: ToMe's r (pairs merged), EViT's keep rate, ATS's sample count.
-    class_token: The first token is a class token (never merged or dropped).
+    class_token: The first token is never merged or dropped (a class token,
+      or the token `classifier='0'` reads out).
   """
   method: str = 'none'
   amount: float = 0
@@ -154,7 +155,8 @@ def ats_scores(attention: jax.Array, value: jax.Array) -> jax.Array:
   norms = jnp.linalg.norm(jnp.reshape(value, (b, n, -1)), axis=-1)  # [B, N]
   scores = attention[:, :, 0].sum(axis=1) * norms  # [B, N]
   scores = scores[:, 1:]  # [B, N - 1]
-  return scores / scores.sum(axis=-1, keepdims=True)
+  total = jnp.maximum(scores.sum(axis=-1, keepdims=True), 1e-30)
+  return scores / total
 
 
 def ats_sample(x: jax.Array, sizes: jax.Array, scores: jax.Array,
@@ -295,7 +297,10 @@ class ReducingBlock(nn.Module):
     return drop_path(y, deterministic, depth_rate) + x, sizes
 
   def _reduce(self, x, sizes, key, value, weights):
+    """Scores and similarities in float32 (bf16 would tie them)."""
     r = self.reduction
+    key, value, weights = (a.astype(jnp.float32) for a in (key, value,
+                                                            weights))
     if r.method == 'tome':
       return tome_merge(x, sizes, key.mean(axis=2), int(r.amount),
                         r.class_token)
@@ -304,9 +309,12 @@ class ReducingBlock(nn.Module):
       kept = evit_keep(x, cls_attention, r.amount)
       if kept.shape[1] == x.shape[1]:
         return x, sizes
+      # The fused token stands for many, but EViT weighs it as one.
       return kept, jnp.ones(kept.shape[:2], sizes.dtype)
     if r.method == 'ats':
-      return ats_sample(x, sizes, ats_scores(weights, value), int(r.amount))
+      scores = jax.lax.stop_gradient(ats_scores(weights, value))
+      return ats_sample(x, sizes, scores,
+                        min(int(r.amount), x.shape[1] - 1))
     return x, sizes
 
 
