@@ -21,7 +21,6 @@ orderings checked on differences paired by seed (`reproduce.verdict`) and
 failed.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -154,20 +153,8 @@ def section(runs: Dict[str, List[dict]], invocation: str, steps: int,
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True,
-                      help='Run directories (WORKDIR/<row>_seed<s>).')
-  parser.add_argument('--out', default='', help='Where results.md and the '
-                      'plot go (default: the workdir).')
+  parser = reproduce.study_arguments(__doc__, steps=400)
   parser.add_argument('--rows', default=','.join(ROWS))
-  parser.add_argument('--seeds', default='0,1,2')
-  parser.add_argument('--steps', type=int, default=400)
-  parser.add_argument('--parallel', type=int, default=1)
-  parser.add_argument('--set', action='append', default=[],
-                      help='key=value for every run.')
-  parser.add_argument('--report_only', action='store_true')
-  parser.add_argument('--runlocal', action='store_true',
-                      help="The config's runlocal form (tests).")
   return parser.parse_args(argv)
 
 
@@ -192,9 +179,7 @@ def main(argv=None) -> int:
                                       args.runlocal, args.set)))
     codes = sweep.run_all(jobs, max(args.parallel, 1))
     print(f'Trained in {time.time() - start:.0f} s.', flush=True)
-  invocation = ' '.join(['python scripts/event_study.py'] + [
-      a for a in (argv if argv is not None else sys.argv[1:])
-      if not a.startswith('--report_only')])
+  invocation = reproduce.invocation('event_study.py', argv)
   runs = reproduce.final_metrics(root, list(ROWS), seeds)
   text = section(runs, invocation, args.steps, seeds)
   reproduce.write_section(os.path.join(out, 'results.md'), text)

@@ -26,7 +26,6 @@ and `OUT/results_fewshot_location.png` (5-shot accuracy against the location
 and against MMACs). Exits non-zero if a run failed.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -187,20 +186,8 @@ def section(runs: Dict[str, List[dict]], invocation: str, steps: int,
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True,
-                      help='Run directories (WORKDIR/<variant>_seed<s>).')
-  parser.add_argument('--out', default='', help='Where results.md and the '
-                      'plot go (default: the workdir).')
+  parser = reproduce.study_arguments(__doc__, steps=500, seeds='0,1')
   parser.add_argument('--variants', default=','.join(LOCATIONS))
-  parser.add_argument('--seeds', default='0,1')
-  parser.add_argument('--steps', type=int, default=500)
-  parser.add_argument('--parallel', type=int, default=1)
-  parser.add_argument('--set', action='append', default=[],
-                      help='key=value for every run.')
-  parser.add_argument('--report_only', action='store_true')
-  parser.add_argument('--runlocal', action='store_true',
-                      help="The config's runlocal form (tests).")
   return parser.parse_args(argv)
 
 
@@ -223,9 +210,7 @@ def main(argv=None) -> int:
             for s in seeds for n in names]  # Every variant of a seed first.
     codes = sweep.run_all(jobs, max(args.parallel, 1))
     print(f'Trained in {time.time() - start:.0f} s.', flush=True)
-  invocation = ' '.join(['python scripts/fewshot_location.py'] + [
-      a for a in (argv if argv is not None else sys.argv[1:])
-      if not a.startswith('--report_only')])
+  invocation = reproduce.invocation('fewshot_location.py', argv)
   runs = reproduce.final_metrics(root, list(LOCATIONS), seeds)
   text = section(runs, invocation, args.steps, seeds)
   reproduce.write_section(os.path.join(out, 'results.md'), text)

@@ -383,25 +383,13 @@ def section(table, runs, times, invocation: str, steps: int,
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True,
-                      help='Run directories (WORKDIR/<variant>_seed<s>).')
-  parser.add_argument('--out', default='', help='Where results.md and the '
-                      'plot go (default: the workdir).')
+  parser = reproduce.study_arguments(__doc__, steps=500)
   parser.add_argument('--budgets', default='50,75',
                       help='Percentages of the plain model\'s MMACs.')
   parser.add_argument('--methods', default=','.join(METHODS),
                       help='Comma-separated, of ' + ', '.join(METHODS) + '.')
-  parser.add_argument('--seeds', default='0,1,2')
-  parser.add_argument('--steps', type=int, default=500)
-  parser.add_argument('--parallel', type=int, default=1)
   parser.add_argument('--time_steps', default=True,
                       action=argparse.BooleanOptionalAction)
-  parser.add_argument('--set', action='append', default=[],
-                      help='key=value for every run.')
-  parser.add_argument('--report_only', action='store_true')
-  parser.add_argument('--runlocal', action='store_true',
-                      help="The config's runlocal form (tests).")
   return parser.parse_args(argv)
 
 
@@ -439,9 +427,7 @@ def main(argv=None) -> int:
   if os.path.exists(times_path):
     with open(times_path) as f:
       times = json.load(f)
-  invocation = ' '.join(['python scripts/reduction_study.py'] + [
-      a for a in (argv if argv is not None else sys.argv[1:])
-      if not a.startswith('--report_only')])
+  invocation = reproduce.invocation('reduction_study.py', argv)
   runs = results(root, table, seeds)
   text = section(table, runs, times, invocation, args.steps, seeds, budgets,
                  base_config(args.runlocal, args.set).batch_size)

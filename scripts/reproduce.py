@@ -475,27 +475,40 @@ def kept_sections(path: str) -> str:
       r'<!-- (\w+) -->.*?<!-- /\1 -->', old, re.S))
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def study_arguments(doc: str, steps: int, seeds: str = '0,1,2',
+                    parallel: int = 1) -> argparse.ArgumentParser:
+  """The flags every miniature study script takes (add its own to it)."""
+  parser = argparse.ArgumentParser(description=doc.split('\n')[0])
   parser.add_argument('--workdir', required=True,
-                      help='Run directories (WORKDIR/<variant>_seed<s>).')
-  parser.add_argument('--out', default='',
-                      help='Where results.md and the plots go (default: '
-                      'the workdir).')
-  parser.add_argument('--studies', default=','.join(STUDIES),
-                      help=f'Comma-separated, of {list(STUDIES)}.')
-  parser.add_argument('--variants', default='',
-                      help='Comma-separated variant names: only these (and '
-                      'the claims between them) of the studies.')
-  parser.add_argument('--seeds', default='0,1,2')
-  parser.add_argument('--steps', type=int, default=1500)
-  parser.add_argument('--parallel', type=int, default=2)
+                      help='Run directories (WORKDIR/<name>_seed<s>).')
+  parser.add_argument('--out', default='', help='Where results.md and the '
+                      'plots go (default: the workdir).')
+  parser.add_argument('--seeds', default=seeds)
+  parser.add_argument('--steps', type=int, default=steps)
+  parser.add_argument('--parallel', type=int, default=parallel)
   parser.add_argument('--set', action='append', default=[],
                       help='key=value for every run.')
   parser.add_argument('--report_only', action='store_true',
                       help='Train nothing; report the finished runs.')
   parser.add_argument('--runlocal', action='store_true',
                       help="The configs' runlocal form (tests).")
+  return parser
+
+
+def invocation(script: str, argv: Optional[Sequence[str]]) -> str:
+  """The command that regenerates a report (without --report_only)."""
+  args = argv if argv is not None else sys.argv[1:]
+  return ' '.join([f'python scripts/{script}'] + [
+      a for a in args if not a.startswith('--report_only')])
+
+
+def parse_args(argv):
+  parser = study_arguments(__doc__, steps=1500, parallel=2)
+  parser.add_argument('--studies', default=','.join(STUDIES),
+                      help=f'Comma-separated, of {list(STUDIES)}.')
+  parser.add_argument('--variants', default='',
+                      help='Comma-separated variant names: only these (and '
+                      'the claims between them) of the studies.')
   return parser.parse_args(argv)
 
 
@@ -517,11 +530,8 @@ def main(argv=None) -> int:
     codes = run_all(root, variants, seeds, args.steps, max(args.parallel, 1),
                     args.runlocal, args.set)
     print(f'Trained in {time.time() - start:.0f} s.', flush=True)
-  invocation = ' '.join(['python scripts/reproduce.py'] + [
-      a for a in (argv if argv is not None else sys.argv[1:])
-      if not a.startswith('--report_only')])
-  text = report(studies, results(root, variants, seeds), out, invocation,
-                args.steps, seeds)
+  text = report(studies, results(root, variants, seeds), out,
+                invocation('reproduce.py', argv), args.steps, seeds)
   path = os.path.join(out, 'results.md')
   text += kept_sections(path)  # Other scripts' sections stay.
   with open(path, 'w') as f:
