@@ -23,7 +23,6 @@ failed.
 
 import os
 import sys
-import time
 from typing import Dict, List, Sequence
 
 import scipy.stats
@@ -164,29 +163,17 @@ def main(argv=None) -> int:
   unknown = [r for r in rows if r not in ROWS]
   if unknown:
     raise ValueError(f'--rows: unknown {unknown}; known: {list(ROWS)}.')
-  seeds = [int(s) for s in args.seeds.split(',')]
-  root = os.path.abspath(args.workdir)
-  out = args.out or root
-  os.makedirs(out, exist_ok=True)
-  codes: Dict[str, int] = {}
-  if not args.report_only:
-    start = time.time()
-    jobs = []
-    for seed in seeds:  # Every row of a seed first.
-      for row in rows:
-        workdir = os.path.join(root, f'{row}_seed{seed}')
-        jobs.append((workdir, command(row, seed, workdir, args.steps,
-                                      args.runlocal, args.set)))
-    codes = sweep.run_all(jobs, max(args.parallel, 1))
-    print(f'Trained in {time.time() - start:.0f} s.', flush=True)
-  invocation = reproduce.invocation('event_study.py', argv)
-  runs = reproduce.final_metrics(root, list(ROWS), seeds)
-  text = section(runs, invocation, args.steps, seeds)
-  reproduce.write_section(os.path.join(out, 'results.md'), text)
-  if any(by_seed(runs, r) for r in ROWS):
-    plot(runs, os.path.join(out, 'results_event_study.png'))
-  print(text)
-  return 1 if any(code != 0 for code in codes.values()) else 0
+
+  def report(root: str, seeds: List[int], out: str) -> str:
+    runs = reproduce.final_metrics(root, list(ROWS), seeds)
+    if any(by_seed(runs, r) for r in ROWS):
+      plot(runs, os.path.join(out, 'results_event_study.png'))
+    return section(runs, reproduce.invocation('event_study.py', argv),
+                   args.steps, seeds)
+
+  return reproduce.run_study(
+      args, rows, lambda row, seed, workdir: command(
+          row, seed, workdir, args.steps, args.runlocal, args.set), report)
 
 
 if __name__ == '__main__':

@@ -28,7 +28,6 @@ and against MMACs). Exits non-zero if a run failed.
 
 import os
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import scipy.stats
@@ -198,26 +197,16 @@ def main(argv=None) -> int:
   if unknown:
     raise ValueError(f'--variants: unknown {unknown}; known: '
                      f'{list(LOCATIONS)}.')
-  seeds = [int(s) for s in args.seeds.split(',')]
-  root = os.path.abspath(args.workdir)
-  out = args.out or root
-  os.makedirs(out, exist_ok=True)
-  codes: Dict[str, int] = {}
-  if not args.report_only:
-    start = time.time()
-    jobs = [(run_dir(root, n, s), command(n, s, run_dir(root, n, s),
-                                          args.steps, args.runlocal, args.set))
-            for s in seeds for n in names]  # Every variant of a seed first.
-    codes = sweep.run_all(jobs, max(args.parallel, 1))
-    print(f'Trained in {time.time() - start:.0f} s.', flush=True)
-  invocation = reproduce.invocation('fewshot_location.py', argv)
-  runs = reproduce.final_metrics(root, list(LOCATIONS), seeds)
-  text = section(runs, invocation, args.steps, seeds)
-  reproduce.write_section(os.path.join(out, 'results.md'), text)
-  if any(accuracies(runs, n) for n in LOCATIONS):
-    plot(runs, os.path.join(out, 'results_fewshot_location.png'))
-  print(text)
-  return 1 if any(code != 0 for code in codes.values()) else 0
+  def report(root: str, seeds: List[int], out: str) -> str:
+    runs = reproduce.final_metrics(root, list(LOCATIONS), seeds)
+    if any(accuracies(runs, n) for n in LOCATIONS):
+      plot(runs, os.path.join(out, 'results_fewshot_location.png'))
+    return section(runs, reproduce.invocation('fewshot_location.py', argv),
+                   args.steps, seeds)
+
+  return reproduce.run_study(
+      args, names, lambda name, seed, workdir: command(
+          name, seed, workdir, args.steps, args.runlocal, args.set), report)
 
 
 if __name__ == '__main__':

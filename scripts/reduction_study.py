@@ -39,7 +39,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
@@ -396,46 +395,40 @@ def parse_args(argv):
 def main(argv=None) -> int:
   args = parse_args(argv)
   budgets = [int(b) for b in args.budgets.split(',')]
-  seeds = [int(s) for s in args.seeds.split(',')]
-  root = os.path.abspath(args.workdir)
-  out = args.out or root
-  os.makedirs(out, exist_ok=True)
   methods = args.methods.split(',')
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f'--methods: unknown {unknown}; known: {METHODS}.')
   table = variants(budgets, args.runlocal, methods, args.set)
-  codes: Dict[str, int] = {}
-  times_path = os.path.join(root, 'step_times.json')
-  if not args.report_only:
-    start = time.time()
-    jobs = []
-    for seed in seeds:
-      for name, v in table.items():
-        if not v.offshelf:
-          workdir = os.path.join(root, f'{name}_seed{seed}')
-          jobs.append((workdir, train_command(v.method, v.setting, seed,
-                                              workdir, args.steps,
-                                              args.runlocal, args.set)))
-    codes = sweep.run_all(jobs, max(args.parallel, 1))
-    codes.update(run_offshelf(root, table, seeds, args.runlocal, args.set))
+  batch = base_config(args.runlocal, args.set).batch_size
+
+  def train(name: str, seed: int, workdir: str) -> List[str]:
+    v = table[name]
+    return train_command(v.method, v.setting, seed, workdir, args.steps,
+                         args.runlocal, args.set)
+
+  def after(root: str, seeds: List[int]) -> Dict[str, int]:
+    codes = run_offshelf(root, table, seeds, args.runlocal, args.set)
     if args.time_steps:
-      time_steps(table, args.runlocal, times_path,
-                 base_config(args.runlocal, args.set).batch_size, args.set)
-    print(f'Done in {time.time() - start:.0f} s.', flush=True)
-  times = {}
-  if os.path.exists(times_path):
-    with open(times_path) as f:
-      times = json.load(f)
-  invocation = reproduce.invocation('reduction_study.py', argv)
-  runs = results(root, table, seeds)
-  text = section(table, runs, times, invocation, args.steps, seeds, budgets,
-                 base_config(args.runlocal, args.set).batch_size)
-  reproduce.write_section(os.path.join(out, 'results.md'), text)
-  if any(by_seed(runs, n) for n in table):
-    plot(table, runs, times, os.path.join(out, 'results_reduction_study.png'))
-  print(text)
-  return 1 if any(code != 0 for code in codes.values()) else 0
+      time_steps(table, args.runlocal, os.path.join(root, 'step_times.json'),
+                 batch, args.set)
+    return codes
+
+  def report(root: str, seeds: List[int], out: str) -> str:
+    times = {}
+    if os.path.exists(os.path.join(root, 'step_times.json')):
+      with open(os.path.join(root, 'step_times.json')) as f:
+        times = json.load(f)
+    runs = results(root, table, seeds)
+    if any(by_seed(runs, n) for n in table):
+      plot(table, runs, times,
+           os.path.join(out, 'results_reduction_study.png'))
+    return section(table, runs, times,
+                   reproduce.invocation('reduction_study.py', argv),
+                   args.steps, seeds, budgets, batch)
+
+  trained = [name for name, v in table.items() if not v.offshelf]
+  return reproduce.run_study(args, trained, train, report, after)
 
 
 if __name__ == '__main__':

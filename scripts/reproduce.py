@@ -37,7 +37,7 @@ import re
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import scipy.stats
 
@@ -500,6 +500,42 @@ def invocation(script: str, argv: Optional[Sequence[str]]) -> str:
   args = argv if argv is not None else sys.argv[1:]
   return ' '.join([f'python scripts/{script}'] + [
       a for a in args if not a.startswith('--report_only')])
+
+
+def run_study(args: argparse.Namespace, names: Sequence[str],
+              command: Callable[[str, int, str], List[str]],
+              report: Callable[[str, List[int], str], str],
+              after: Optional[Callable[[str, List[int]], Dict[str, int]]] = None
+              ) -> int:
+  """A sibling study script's flow (`study_arguments`' flags in `args`).
+
+  Trains each of `names` for each seed in `WORKDIR/<name>_seed<s>` (every
+  name of a seed first; `command(name, seed, workdir)` is its train command)
+  unless --report_only, then runs `after(root, seeds)` (more work, returning
+  exit codes), then replaces its marked section of `OUT/results.md` with
+  `report(root, seeds, out)` (which may write plots to `out`) and prints it.
+  Returns 1 if a run failed, else 0.
+  """
+  seeds = [int(s) for s in args.seeds.split(',')]
+  root = os.path.abspath(args.workdir)
+  out = args.out or root
+  os.makedirs(out, exist_ok=True)
+  codes: Dict[str, int] = {}
+  if not args.report_only:
+    start = time.time()
+    jobs = []
+    for seed in seeds:
+      for name in names:
+        workdir = os.path.join(root, f'{name}_seed{seed}')
+        jobs.append((workdir, command(name, seed, workdir)))
+    codes = sweep.run_all(jobs, max(args.parallel, 1))
+    if after is not None:
+      codes.update(after(root, seeds))
+    print(f'Done in {time.time() - start:.0f} s.', flush=True)
+  text = report(root, seeds, out)
+  write_section(os.path.join(out, 'results.md'), text)
+  print(text)
+  return 1 if any(code != 0 for code in codes.values()) else 0
 
 
 def parse_args(argv):
