@@ -1,5 +1,6 @@
-"""scripts/reduction_study.py: matched budgets, its runs' configs, the
-off-the-shelf evaluations, its report, and one real (runlocal) pass."""
+"""scripts/reduction_study.py: matched budgets, its runs' configs (from
+scratch and fine-tuned, images and video), the off-the-shelf evaluations, its
+report, and one real (runlocal) pass."""
 
 import json
 import os
@@ -14,35 +15,54 @@ from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models.config import ModelConfig
 
 study = load_script('reduction_study')
+IMAGES, VIDEO = study.DATASETS['multi_digits'], study.DATASETS['moving_digits']
 
 
-def write_metrics(path, mean_ap, gmacs):
+def write_metrics(path, value, gmacs, metric='mean_average_precision'):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:
-    json.dump({'mean_average_precision': mean_ap, 'prec@1': 0.5,
-               'gmacs_per_example': gmacs}, f)
+    json.dump({metric: value, 'prec@1': 0.5, 'gmacs_per_example': gmacs}, f)
 
 
 class ReductionStudyTest(absltest.TestCase):
 
   def test_each_method_is_trained_within_eight_percent_of_its_budget(self):
-    table = study.variants([50, 75])
-    plain = study.gmacs_of(study.base_config(False))
-    self.assertLen(table, 1 + 2 * (len(study.METHODS) + 2))
-    for name, variant in table.items():
-      if variant.method is None:
-        continue
-      config = parsed_config(study.train_command(
-          variant.method, variant.setting, 1, '/tmp/x', 500, False))
-      model = ModelConfig.from_config(config, 10)
-      self.assertEqual(model.token_reduction, variant.method, name)
-      self.assertEqual(model.classifier, 'token')
-      self.assertEqual((model.hidden_size, model.num_layers), (64, 4))
-      for key, value in variant.setting:
-        self.assertEqual(getattr(model, key), value, name)
-      self.assertEqual((config.rng_seed, config.num_training_steps), (1, 500))
-      ratio = flops.gmacs(config, study.IMAGE, 10) / plain
-      self.assertAlmostEqual(ratio, variant.pct / 100, delta=0.08, msg=name)
+    for data in (IMAGES, VIDEO):
+      table = study.variants([50, 75], finetune=True, data=data)
+      plain = study.gmacs_of(study.base_config(False, data=data), data)
+      # plain, plain_ft; per budget: 5 methods from scratch and fine-tuned,
+      # ToMe and ATS off the shelf.
+      self.assertLen(table, 2 + 2 * (2 * len(study.METHODS) + 2))
+      for name, variant in table.items():
+        if variant.method is None or variant.offshelf:
+          continue
+        config = parsed_config(study.train_command(
+            variant.method, variant.setting, 1, '/tmp/x', 500, False,
+            data=data, init_from='/tmp/p' if variant.finetuned else None))
+        model = ModelConfig.from_config(config, data.num_classes)
+        self.assertEqual(model.token_reduction, variant.method, name)
+        self.assertEqual(model.classifier, 'token')
+        self.assertEqual((model.hidden_size, model.num_layers), (64, 4))
+        for key, value in variant.setting:
+          self.assertEqual(getattr(model, key), value, name)
+        self.assertEqual((config.rng_seed, config.num_training_steps),
+                         (1, 500))
+        self.assertEqual(config.init_from.get('checkpoint_path'),
+                         '/tmp/p' if variant.finetuned else None, name)
+        ratio = flops.gmacs(config, data.shape, data.num_classes) / plain
+        self.assertAlmostEqual(ratio, variant.pct / 100, delta=0.08,
+                               msg=f'{data.name} {name}')
+
+  def test_the_video_runs_train_the_demo_vivit_on_moving_digits(self):
+    table = study.variants([50], data=VIDEO)
+    command = study.train_command(None, (), 0, '/tmp/x', 1000, False,
+                                  data=VIDEO)
+    config = parsed_config(command)
+    self.assertEqual((config.dataset_name, config.model.tokenizer.type),
+                     ('moving_digits', 'video'))
+    self.assertEqual(config.lr_configs.warmup_steps, 100)
+    self.assertNotIn('fewshot', config)
+    self.assertEqual(table['tome_50'].setting[0], ('tokenlearner_loc', 0))
 
   def test_off_the_shelf_evaluates_the_plain_run_with_the_method(self):
     variant = study.variants([50])['tome_50_offshelf']
@@ -57,59 +77,92 @@ class ReductionStudyTest(absltest.TestCase):
     self.assertEqual(config.model.tokenizer.tome_r,
                      dict(variant.setting)['tome_r'])
 
+  def test_fine_tuning_waits_for_the_plain_run_of_its_seed(self):
+    root = self.create_tempdir().full_path
+    table = study.variants([50], methods=['tokenlearner'], finetune=True)
+    write_metrics(os.path.join(root, 'plain_seed1', 'final_metrics.json'),
+                  0.5, 0.01)
+    jobs = study.finetune_jobs(root, table, [0, 1], 30, False, (), IMAGES)
+    self.assertEqual([os.path.basename(w) for w, _ in jobs],
+                     ['plain_ft_seed1', 'tokenlearner_50_ft_seed1'])
+    config = parsed_config(jobs[1][1])
+    self.assertEqual(config.init_from.checkpoint_path,
+                     os.path.join(root, 'plain_seed1'))
+    self.assertTrue(config.init_from.init_missing_from_scratch)
+    self.assertEqual((config.num_training_steps, config.fewshot.log_steps),
+                     (30, 30))
+
   def test_report_verdicts(self):
     root = self.create_tempdir().full_path
     out = self.create_tempdir().full_path
-    table = study.variants([50])
+    table = study.variants([50], finetune=True)
+    folder = os.path.join(root, 'multi_digits')
     for seed in (0, 1):
       for name, variant in table.items():
-        # TokenLearner 0.50/0.52; ToMe trained 0.40/0.41; the rest 0.45ish.
-        value = {'plain': 0.55, 'tokenlearner_50': 0.50,
-                 'tome_50': 0.40}.get(name, 0.45) + seed * 0.01 * (
+        # TokenLearner 0.50/0.52; ToMe trained 0.40/0.41; fine-tuned ToMe
+        # 0.56/0.57; the rest 0.45ish.
+        value = {'plain': 0.55, 'tokenlearner_50': 0.50, 'tome_50': 0.40,
+                 'tome_50_ft': 0.56}.get(name, 0.45) + seed * 0.01 * (
                      2 if name == 'tokenlearner_50' else 1)
-        path = (study.offshelf_path(root, name, seed) if variant.offshelf
-                else os.path.join(root, f'{name}_seed{seed}',
+        path = (study.offshelf_path(folder, name, seed) if variant.offshelf
+                else os.path.join(folder, f'{name}_seed{seed}',
                                   'final_metrics.json'))
         write_metrics(path, value, 0.01 if name == 'plain' else 0.005)
         if name == 'plain':  # Its evaluation beside the off-the-shelf ones.
-          write_metrics(study.offshelf_path(root, name, seed), value, 0.01)
-    with open(os.path.join(root, 'step_times.json'), 'w') as f:
+          write_metrics(study.offshelf_path(folder, name, seed), value, 0.01)
+    with open(os.path.join(folder, 'step_times.json'), 'w') as f:
       json.dump({'plain': 0.020, 'tokenlearner_50': 0.012}, f)
     argv = [f'--workdir={root}', f'--out={out}', '--seeds=0,1',
-            '--budgets=50', '--report_only']
+            '--budgets=50', '--datasets=multi_digits', '--report_only']
     self.assertEqual(study.main(argv), 0)
     with open(os.path.join(out, 'results.md')) as f:
       text = f.read()
+    self.assertIn('trained from scratch for 500 steps of 64 and fine-tuned '
+                  'for 125 more, tested by mAP.', text)
     self.assertIn('| TokenLearner @ 50% | loc=1, num_tokens=16 | 5.00 | 12.0 '
                   '| 0.60x | 51.0 ± 1.4 | 50.0, 52.0 |', text)
     self.assertIn('| plain ViT | 64 tokens throughout | 10.00 | 20.0 | '
                   '1.00x | 55.5 ± 0.7 |', text)
+    # Fine-tuned: the program of the same method from scratch.
+    self.assertIn('| TokenLearner fine-tuned @ 50% | loc=1, num_tokens=16 | '
+                  '5.00 | 12.0 | 0.60x | 45.5 ± 0.7 |', text)
     # Two seeds: the t factor is 12.7; d = 10.5 +- 6.4.
     self.assertIn('* TokenLearner @ 50% beats ToMe @ 50% — agrees (d = +10.5 '
                   'points, 95% interval [+4.1, +16.9]', text)
+    self.assertIn('* TokenLearner fine-tuned @ 50% beats ToMe fine-tuned @ '
+                  '50% — disagrees (d = -11.0 points', text)
+    self.assertIn('* TokenLearner fine-tuned @ 50% beats ToMe off the shelf '
+                  '@ 50% — cannot tell (d = +0.0', text)
+    self.assertNotIn('* TokenLearner @ 50% beats ToMe fine-tuned', text)
     self.assertIn('* ToMe off the shelf @ 50% keeps the plain model\'s mAP — '
                   'disagrees (d = +10.0', text)
-    self.assertTrue(os.path.exists(
-        os.path.join(out, 'results_reduction_study.png')))
+    self.assertTrue(os.path.exists(os.path.join(out, IMAGES.plot)))
 
-  def test_a_runlocal_pass_trains_evaluates_off_the_shelf_and_times(self):
-    # ATS: a trained run and the off-the-shelf evaluation of the plain run
-    # (the other methods' runs are the same code path; their configs are
-    # checked above and their models in tests/models/test_reduction.py).
+  def test_a_runlocal_pass_trains_fine_tunes_evaluates_and_times(self):
+    # ATS on video: trained from scratch, fine-tuned from the plain run, and
+    # the plain run evaluated with it (the other methods' runs are the same
+    # code path; their configs are checked above and their models in
+    # tests/models/test_reduction.py).
     root = self.create_tempdir().full_path
     argv = [f'--workdir={root}', '--budgets=50', '--seeds=0', '--runlocal',
-            '--methods=ats', f'--set=dataset_configs.data_dir={DATA_DIR}']
+            '--methods=ats', '--datasets=moving_digits',
+            '--finetune_steps=2', f'--set=dataset_configs.data_dir={DATA_DIR}']
     self.assertEqual(study.main(argv), 0)
-    runs = study.results(root, study.variants([50], True, ['ats']), [0])
-    for name in ('plain', 'plain_evaluated', 'ats_50', 'ats_50_offshelf'):
+    folder = os.path.join(root, 'moving_digits')
+    table = study.variants([50], True, ['ats'], finetune=True, data=VIDEO)
+    runs = study.results(folder, table, [0])
+    for name in ('plain', 'plain_evaluated', 'plain_ft', 'ats_50',
+                 'ats_50_ft', 'ats_50_offshelf'):
       self.assertLen(runs[name], 1, name)
-      self.assertBetween(runs[name][0]['mean_average_precision'], 0.0, 1.0)
+      self.assertBetween(runs[name][0]['accuracy'], 0.0, 1.0)
     self.assertLess(runs['ats_50_offshelf'][0]['gmacs_per_example'],
                     runs['plain'][0]['gmacs_per_example'])
-    with open(os.path.join(root, 'step_times.json')) as f:
+    with open(os.path.join(folder, 'step_times.json')) as f:
       self.assertEqual(set(json.load(f)), {'plain', 'ats_50'})
     with open(os.path.join(root, 'results.md')) as f:
-      self.assertIn('| ATS off the shelf @ 50% |', f.read())
+      text = f.read()
+    self.assertIn('| ATS fine-tuned @ 50% |', text)
+    self.assertIn('### moving_digits', text)
 
 
 if __name__ == '__main__':
