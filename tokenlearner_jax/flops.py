@@ -68,7 +68,7 @@ def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
     return layers * block_macs(full, d, mlp)
   loc, s = m.tokenlearner_loc, m.num_tokens
   if m.token_reduction in ('tome', 'evit', 'ats'):
-    return block_reduction_macs(m, full, m.classifier in ('token', '0'))
+    return block_reduction_macs(m, full)
   if m.token_reduction == 'pooling':  # Averages: no multiply-adds.
     s = grid.per_slice // m.pooling_window**2
     learner = 0
@@ -95,17 +95,14 @@ def encoder_macs(m: ModelConfig, grid: grid_lib.TokenGrid,
           (layers - loc) * block_macs(learned, d, mlp))
 
 
-def token_counts(m: ModelConfig, tokens: int, class_token: bool):
+def token_counts(m: ModelConfig, tokens: int):
   """(tokens into the attention, tokens out of the reduction) of every block
-  of a ToMe, EViT or ATS encoder that starts with `tokens` (`class_token`:
-  the first is never merged or dropped)."""
-  loc, counts = m.tokenlearner_loc, []
-  at = (range(loc, m.num_layers) if m.token_reduction == 'tome' else
-        (loc, *m.pooling_locs))
+  of a ToMe, EViT or ATS encoder that starts with `tokens`."""
+  counts = []
   for lyr in range(m.num_layers):
     out = tokens
-    if lyr in at:
-      others = tokens - int(class_token)
+    if lyr in m.reduction_blocks:
+      others = tokens - int(m.protects_first_token)
       if m.token_reduction == 'tome':
         out = tokens - max(min(m.tome_r, others // 2), 0)
       elif m.token_reduction == 'evit':
@@ -118,15 +115,14 @@ def token_counts(m: ModelConfig, tokens: int, class_token: bool):
   return counts
 
 
-def block_reduction_macs(m: ModelConfig, tokens: int,
-                         class_token: bool) -> int:
+def block_reduction_macs(m: ModelConfig, tokens: int) -> int:
   """A ToMe, EViT or ATS encoder: attention on a block's input tokens, the
   MLP on what its reduction leaves, plus the reduction's own products
   (ToMe's similarities of the head-averaged keys, EViT's fused token, ATS's
   value norms); ATS counts its slots, empty or not, as they are computed."""
   d, mlp, head_dim = m.hidden_size, m.mlp_dim, m.hidden_size // m.num_heads
   macs = 0
-  for n, out in token_counts(m, tokens, class_token):
+  for n, out in token_counts(m, tokens):
     macs += 4 * n * d * d + 2 * n * n * d + 2 * out * d * mlp
     if out == n:
       continue

@@ -231,6 +231,22 @@ class ModelConfig:
         'tome', 'evit', 'ats')
 
   @property
+  def reduction_blocks(self) -> Tuple[int, ...]:
+    """The blocks whose tokens ToMe (each from `tokenlearner_loc` on), EViT
+    or ATS (`tokenlearner_loc` and `pooling_locs`) reduce; () otherwise."""
+    if not self.reduces_in_blocks:
+      return ()
+    if self.token_reduction == 'tome':
+      return tuple(range(self.tokenlearner_loc, self.num_layers))
+    return (self.tokenlearner_loc, *self.pooling_locs)
+
+  @property
+  def protects_first_token(self) -> bool:
+    """The first token is the classifier's ('token', '0'): ToMe, EViT and
+    ATS never merge, drop or resample it."""
+    return self.classifier in ('token', '0')
+
+  @property
   def has_cls_token(self) -> bool:
     return self.classifier == 'token'
 

@@ -253,8 +253,6 @@ class TokenLearnerEncoder(nn.Module):
     """
     cfg = self.config
     loc, method = cfg.tokenlearner_loc, cfg.token_reduction
-    at = (range(loc, cfg.num_layers) if method == 'tome' else
-          (loc, *cfg.pooling_locs))
     amount = {'tome': cfg.tome_r, 'evit': cfg.keep_rate,
               'ats': cfg.num_tokens}[method]
     sizes = jnp.ones(x.shape[:2], jnp.float32)  # [B, N]
@@ -263,8 +261,8 @@ class TokenLearnerEncoder(nn.Module):
       if lyr < loc:
         x = make_block(cfg, self._depth_rate(lyr), name)(x, not train)
         continue
-      reduction = Reduction(method if lyr in at else 'none', amount,
-                            cfg.classifier in ('token', '0'))
+      reduction = Reduction(method if lyr in cfg.reduction_blocks else 'none',
+                            amount, cfg.protects_first_token)
       x, sizes = make_block(cfg, self._depth_rate(lyr), name, reduction)(
           x, sizes, not train)
     return x, sizes
