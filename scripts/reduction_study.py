@@ -242,6 +242,12 @@ def config_arg(setting: Setting, runlocal: bool) -> str:
   return f'tokenlearner_loc={loc}' + (',runlocal' if runlocal else '')
 
 
+def config_path(data: Dataset, setting: Setting, runlocal: bool) -> str:
+  """The `--config` value of a variant's runs."""
+  return os.path.join(sweep.ROOT,
+                      f'{data.config}:{config_arg(setting, runlocal)}')
+
+
 def model_overrides(method, setting, seed: int, runlocal: bool,
                     extra: Sequence[str],
                     data: Dataset = DATASETS['multi_digits']) -> List[str]:
@@ -267,9 +273,8 @@ def train_command(method, setting, seed: int, workdir: str, steps: int,
   if init_from:
     fixed += [f'init_from.checkpoint_path={init_from}',
               'init_from.init_missing_from_scratch=True']
-  return sweep.train_command(
-      os.path.join(sweep.ROOT, f'{data.config}:{config_arg(setting, runlocal)}'),
-      workdir, {}, fixed)
+  return sweep.train_command(config_path(data, setting, runlocal), workdir,
+                             {}, fixed)
 
 
 def eval_command(method, setting, seed: int, plain_dir: str, out: str,
@@ -278,8 +283,7 @@ def eval_command(method, setting, seed: int, plain_dir: str, out: str,
   """Evaluates the `plain` run of `seed` with `method` (None: as trained)
   and no retraining, writing `out`."""
   command = sweep.train_command(
-      os.path.join(sweep.ROOT, f'{data.config}:{config_arg(setting, runlocal)}'),
-      plain_dir, {},
+      config_path(data, setting, runlocal), plain_dir, {},
       model_overrides(method, setting, seed, runlocal, extra, data))
   command[2] = 'tokenlearner_jax.evaluate'
   return command + [f'--out={out}']
