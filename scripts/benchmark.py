@@ -7,8 +7,8 @@ XLA's peak memory, achieved FLOP/s from the analytic count
 (`tokenlearner_jax.flops`; a train step = 3 forward passes = 6 FLOPs per
 multiply-add) and MFU against a matmul peak measured in the same run. Then
 TokenLearner's speedup over its baseline against its GMAC ratio, the compile
-and step times of a 24-layer model with and without `nn.scan`, and the demo input
-pipelines alone (clips/s, images/s) against what the demo's train step
+and step times of a 24-layer model with and without `nn.scan`, and the demo
+input pipelines alone (clips/s, images/s) against what the demo's train step
 consumes. `--max_batch` adds the largest batch that fits in device memory,
 per remat policy.
 
@@ -160,7 +160,8 @@ MODEL_SETS['reduction'] = reductions('B', IMAGE224)
 MODEL_SETS['reduction_small'] = reductions('Ti', IMAGE224)
 # 24 layers, unrolled vs nn.scan: compile time only.
 COMPILE_SETS = {
-    'default': Spec('vit_l16', 'L/16', IMAGE224, dict(tokenizer_type='dynamic')),
+    'default': Spec('vit_l16', 'L/16', IMAGE224,
+                    dict(tokenizer_type='dynamic')),
     'small': Spec('vit_s16_24layers', 'S/16', (112, 112, 3),
                   dict(tokenizer_type='dynamic'), num_layers=24),
 }
@@ -172,7 +173,8 @@ def load_config_file(name: str) -> ml_collections.ConfigDict:
   return config_lib.load_config(os.path.join(ROOT, 'configs', f'{name}.py'))
 
 
-def spec_config(spec: Spec, args: argparse.Namespace) -> ml_collections.ConfigDict:
+def spec_config(spec: Spec,
+                args: argparse.Namespace) -> ml_collections.ConfigDict:
   """A trainer config for `spec` with the speed options of `args` (the
   ViT/ViViT ones: `scan`, `remat`, `attention`)."""
   config = ml_collections.ConfigDict()
@@ -580,7 +582,8 @@ def parse_args(argv):
                       "'compile', 'input', 'demo'.")
   parser.add_argument('--input_batches', type=int, default=100)
   parser.add_argument('--max_batch', default='',
-                      help='Comma-separated models whose largest batch to find.')
+                      help='Comma-separated models whose largest batch to '
+                      'find.')
   parser.add_argument('--max_batch_remat', default='none,nothing_saveable',
                       help='The remat policies to find it for.')
   parser.add_argument('--max_batch_multiple', type=int, default=8,
@@ -606,7 +609,8 @@ def main(argv=None) -> Dict[str, Any]:
   for flag, given in (('--models', names), ('--max_batch', max_batch_names)):
     unknown = [m for m in given if m not in ALL_SPECS]
     if unknown:
-      raise ValueError(f'{flag}: unknown {unknown}; known: {sorted(ALL_SPECS)}.')
+      raise ValueError(
+          f'{flag}: unknown {unknown}; known: {sorted(ALL_SPECS)}.')
   unknown = [r for r in remats + [args.remat] if r not in REMAT_POLICIES]
   if unknown:
     raise ValueError(f'--remat/--max_batch_remat: unknown {unknown}; known: '

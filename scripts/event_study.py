@@ -127,7 +127,8 @@ def section(runs: Dict[str, List[dict]], invocation: str, steps: int,
       'as Charades\' official evaluation (classes without a positive '
       'skipped); each class is positive in about a tenth of the clips, so a '
       'random ranking scores about 10%. The runs are short: every model '
-      'ends far from what the task allows. Orderings are checked on per-seed differences of mAP with '
+      'ends far from what the task allows. Orderings are checked on '
+      'per-seed differences of mAP with '
       f'a 95% Student-t interval (with {len(seeds)} seeds its half-width is '
       f'{t:.1f} standard errors).', '',
       '| module | MMACs/clip (network) | MMACs/clip (module) | mAP (%) | '

@@ -403,8 +403,8 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
     sections += [f'## {study.title}', '',
                  f'![{study.title}](results_{study.name}.png)', '',
                  *([study.note, ''] if study.note else []),
-                 '| variant | overrides | MMACs/clip | accuracy (%) | top-5 (%) '
-                 '| per seed |', '|---|---|---|---|---|---|']
+                 '| variant | overrides | MMACs/clip | accuracy (%) '
+                 '| top-5 (%) | per seed |', '|---|---|---|---|---|---|']
     for name in study.variants:
       variant, done = VARIANTS[name], runs.get(name, [])
       where = ('no TokenLearner' if variant.loc is None
@@ -435,8 +435,9 @@ def report(studies: Sequence[Study], runs: Dict[str, List[dict]],
             f'{pm([100 * r["mean_average_precision"] for r in done])}%.', '']
     for claim in study.claims:
       relation = 'beats' if claim.relation == 'higher' else 'is similar to'
-      text = (f'{VARIANTS[claim.a].label} {relation} {VARIANTS[claim.b].label}'
-              f' — {verdict(claim, by_seed(runs, claim.a), by_seed(runs, claim.b))}')
+      text = (
+          f'{VARIANTS[claim.a].label} {relation} {VARIANTS[claim.b].label} — '
+          f'{verdict(claim, by_seed(runs, claim.a), by_seed(runs, claim.b))}')
       sections.append(f'* Paper: {claim.source}. Miniature: {text}.')
       summary.append(f'* {study.title}: {text}.')
     sections.append('')

@@ -261,7 +261,8 @@ def group(rows: List[Dict[str, Any]], keys: Sequence[str],
   groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = {}
   for row in rows:
     if row['status'] == 'done':
-      groups.setdefault(tuple(row[k] for k in keys if k != over), []).append(row)
+      groups.setdefault(tuple(row[k] for k in keys if k != over),
+                        []).append(row)
   out = []
   for values, members in groups.items():
     summary: Dict[str, Any] = dict(zip([k for k in keys if k != over], values))

@@ -1,4 +1,5 @@
-"""An independent float64 NumPy forward pass of the reference TokenLearner models.
+"""An independent float64 NumPy forward pass of the reference TokenLearner
+models.
 
 Written from the reference's formulas (scenic `projects/token_learner`, ViT
 `Encoder1DBlock`, ViViT `temporal_encode` / `SpaceTimeViViT`), reading a
@@ -116,7 +117,8 @@ def tokenfuser(tokens, original, p, use_normalization=True):
 
 def encoder(x, p, num_layers, temporal_dims=1, loc=None, use_v11=True,
             use_tokenfuse=False, n_cls=0):
-  """The reference's `EncoderMod`/`EncoderModFuser`, plus a leading class token."""
+  """The reference's `EncoderMod`/`EncoderModFuser`, plus a leading class
+  token."""
   x = x + p['posembed_input']['pos_embedding']
   n, _, c = x.shape
   t = temporal_dims

@@ -108,7 +108,8 @@ class MeshShapeTest(absltest.TestCase):
                      (4, 1, 2))
 
   def test_sizes_that_do_not_fit_the_devices_are_named(self):
-    with self.assertRaisesRegex(ValueError, r'config.mesh .* does not divide 8'):
+    with self.assertRaisesRegex(ValueError,
+                                r'config.mesh .* does not divide 8'):
       sharding.mesh_shape(self.mesh(data=-1, model=3), 8)
     with self.assertRaisesRegex(ValueError, r'config.mesh .* needs 6 devices'):
       sharding.mesh_shape(self.mesh(data=3, model=2), 8)

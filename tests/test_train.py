@@ -91,8 +91,8 @@ class ConfigsTrainTest(parameterized.TestCase):
     config = demo_config('demo_multi_digits')
     final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mean_average_precision', 'num_examples',
-                'gmacs_per_example', 'fewshot_digits_1shot',
+        final, ['step', 'loss', 'prec@1', 'mean_average_precision',
+                'num_examples', 'gmacs_per_example', 'fewshot_digits_1shot',
                 'fewshot_digits_5shot', 'fewshot_avg_1shot',
                 'fewshot_avg_5shot'])
     self.assertBetween(final['mean_average_precision'], 0.0, 1.0)
@@ -110,8 +110,8 @@ class ConfigsTrainTest(parameterized.TestCase):
     with tfds.testing.mock_data(num_examples=16):
       final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mean_average_precision', 'num_examples',
-                'gmacs_per_example'])
+        final, ['step', 'loss', 'prec@1', 'mean_average_precision',
+                'num_examples', 'gmacs_per_example'])
 
   def video_config(self, name: str, counts: Dict[str, int]):
     """`config_for(name)` reading generated videos of 5 classes, `counts`
@@ -211,8 +211,8 @@ class ConfigsTrainTest(parameterized.TestCase):
            for i in range(count)])
     final = self.run_config(config)
     self.assertSameElements(
-        final, ['step', 'loss', 'prec@1', 'mean_average_precision', 'num_examples',
-                'gmacs_per_example'])
+        final, ['step', 'loss', 'prec@1', 'mean_average_precision',
+                'num_examples', 'gmacs_per_example'])
     self.assertEqual(final['num_examples'], 5)
 
 

@@ -17,9 +17,9 @@ class has no positive); `--out` writes it elsewhere. The config may differ from
 the run's where the parameters allow: e.g. ToMe or ATS applied to a model
 trained without them (`--config.model.tokenizer.token_reduction=tome
 --config.model.tokenizer.tokenlearner_loc=0
---config.model.tokenizer.tome_r=8`; docs/models.md). Only the eval side of the data pipeline is built (the
-number of classes, the input shape and the test split): the train split need
-not exist. A `--workdir` that does not exist
+--config.model.tokenizer.tome_r=8`; docs/models.md). Only the eval side of the
+data pipeline is built (the number of classes, the input shape and the test
+split): the train split need not exist. A `--workdir` that does not exist
 (a mistyped path) stops it at once with one line naming it, and nothing is
 created.
 """

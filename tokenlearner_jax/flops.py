@@ -30,7 +30,8 @@ def tokenlearner_macs(hw: int, hidden: int, num_tokens: int,
   """One TokenLearner on one temporal slice of `hw` tokens."""
   pooling = num_tokens * hw * hidden
   if use_v11:
-    return hw * hidden * BOTTLENECK_DIM + hw * BOTTLENECK_DIM * num_tokens + pooling
+    return (hw * hidden * BOTTLENECK_DIM + hw * BOTTLENECK_DIM * num_tokens
+            + pooling)
   convs = hw * 9 * hidden * num_tokens + 3 * hw * 9 * num_tokens * num_tokens
   return convs + pooling
 

@@ -81,7 +81,8 @@ def param_specs(boxed_params: Any, config: ml_collections.ConfigDict) -> Any:
 def optimizer_copies(config: ml_collections.ConfigDict) -> int:
   """Parameter-shaped arrays per parameter in the train state: the parameter
   and the optimizer's moments (Adam: 2, momentum: 1, SGD: 0)."""
-  return {'adam': 3, 'adamw': 3, 'momentum': 2, 'nesterov': 2}.get(config.optimizer, 1)
+  return {'adam': 3, 'adamw': 3, 'momentum': 2, 'nesterov': 2}.get(
+      config.optimizer, 1)
 
 
 def bytes_per_device(params: Any, specs: Any,

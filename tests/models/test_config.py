@@ -306,7 +306,8 @@ class ConfigErrorTest(parameterized.TestCase):
       self.assertTrue(hasattr(jax.checkpoint_policies, policy), policy)
 
   @parameterized.named_parameters(
-      ('smaller_than_patch', 'dynamic', (1, 3, 16, 3), 'smaller than one patch'),
+      ('smaller_than_patch', 'dynamic', (1, 3, 16, 3),
+       'smaller than one patch'),
       ('fewer_frames_than_tubelet', 'video', (1, 1, 16, 16, 3),
        'smaller than one tubelet'),
       ('image_to_video_model', 'video', (1, 16, 16, 3), r'\(T, H, W, C\)'),
@@ -325,7 +326,8 @@ class ConfigErrorTest(parameterized.TestCase):
     model = build_model(model_only_config(tokenlearner_loc=1), NUM_CLASSES)
     with self.assertLogs('absl', 'WARNING') as logs:
       jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x,
-                                          train=False), jnp.ones((1, 18, 16, 3)))
+                                          train=False),
+                     jnp.ones((1, 18, 16, 3)))
     self.assertIn('2 bottom rows', '\n'.join(logs.output))
 
 

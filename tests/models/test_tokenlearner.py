@@ -1,4 +1,5 @@
-"""Tests of TokenLearner v1.0, v1.1 and TokenFuser against the reference math."""
+"""Tests of TokenLearner v1.0, v1.1 and TokenFuser against the reference
+math."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -117,8 +118,8 @@ class TokenLearnerV11Test(parameterized.TestCase):
     module = TokenLearnerModuleV11(num_tokens=4)
     variables = module.init(jax.random.PRNGKey(0), x, True)
     apply = lambda v, x: module.apply(v, x, True)
-    np.testing.assert_allclose(jax.jit(apply)(variables, x), apply(variables, x),
-                               atol=1e-6)
+    np.testing.assert_allclose(jax.jit(apply)(variables, x),
+                               apply(variables, x), atol=1e-6)
 
 
 class TokenFuserTest(parameterized.TestCase):
@@ -153,9 +154,10 @@ class TokenFuserTest(parameterized.TestCase):
     params = perturbed(
         module.init(jax.random.PRNGKey(0), tokens, original, True)['params'])
     out = module.apply({'params': params}, tokens, original, True)
-    expected = ref.tokenfuser(np.asarray(tokens, np.float64),
-                              np.asarray(original, np.float64).reshape(3, 24, 16),
-                              as_numpy(params), use_normalization)
+    expected = ref.tokenfuser(
+        np.asarray(tokens, np.float64),
+        np.asarray(original, np.float64).reshape(3, 24, 16),
+        as_numpy(params), use_normalization)
     np.testing.assert_allclose(out, expected.reshape(3, 4, 6, 16), atol=1e-5,
                                rtol=1e-5)
 
@@ -175,7 +177,8 @@ class TokenFuserTest(parameterized.TestCase):
 
     params = variables['params']
     normed = jax.grad(loss)(params, True)['Dense_0']['kernel']
-    plain_params = {k: v for k, v in params.items() if 'fuser_mix_norm' not in k}
+    plain_params = {k: v for k, v in params.items()
+                    if 'fuser_mix_norm' not in k}
     plain = jax.grad(loss)(plain_params, False)['Dense_0']['kernel']
     ratio = float(jnp.linalg.norm(normed) / jnp.linalg.norm(plain))
     self.assertGreater(ratio, 100.0)

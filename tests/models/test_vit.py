@@ -60,7 +60,8 @@ class BuildModelTest(parameterized.TestCase):
       ('v10', 'dynamic', dict(tokenlearner_loc=1, num_tokens=5,
                               use_v11=False), V10(5)),
       ('v11_fuser', 'dynamic', dict(tokenlearner_loc=1, num_tokens=5,
-                                    use_tokenfuse=True), 2 * (V11(5) + FUSER(5))),
+                                    use_tokenfuse=True),
+       2 * (V11(5) + FUSER(5))),
       ('v10_fuser', 'dynamic', dict(tokenlearner_loc=0, num_tokens=3,
                                     use_v11=False, use_tokenfuse=True),
        3 * (V10(3) + FUSER(3))),
@@ -126,7 +127,8 @@ class BuildModelTest(parameterized.TestCase):
       model, params, _ = init_and_apply(config, x)
       params = perturbed(params)
       run = jax.jit(lambda p, x, train, m=model: m.apply(
-          {'params': p}, x, train=train, rngs={'dropout': jax.random.PRNGKey(5)}),
+          {'params': p}, x, train=train,
+          rngs={'dropout': jax.random.PRNGKey(5)}),
                     static_argnums=2)
       outputs[rate] = (run(params, x, True), run(params, x, False))
     np.testing.assert_allclose(*outputs[0.0], atol=1e-6)

@@ -62,8 +62,9 @@ class EventStudyTest(absltest.TestCase):
     self.assertIn('| Conv2D + TokenLearner | 20.00 |', text)
     self.assertIn('| 51.0 ± 1.4 | 50.0, 52.0 | 61.0 ± 1.4 |', text)
     # Two seeds: the t factor is 12.7, the interval 10.5 +- 6.4.
-    self.assertIn('Conv2D + TokenLearner beats joint space-time MHSA — agrees '
-                  '(d = +10.5 points, 95% interval [+4.1, +16.9]', text)
+    self.assertIn('Conv2D + TokenLearner beats joint space-time MHSA — '
+                  'agrees (d = +10.5 points, 95% interval [+4.1, +16.9]',
+                  text)
     self.assertIn('TokenLearner beats joint space-time MHSA — cannot tell',
                   text)
     self.assertTrue(os.path.exists(

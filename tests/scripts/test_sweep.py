@@ -58,7 +58,8 @@ class GridTest(absltest.TestCase):
   def test_group_over_seeds(self):
     rows = [dict(run=f'a={a},s={s}', a=a, s=s, status='done', step=5,
                  accuracy=acc)
-            for a, s, acc in (('1', '0', 0.5), ('1', '1', 0.7), ('2', '0', 0.9))]
+            for a, s, acc in (('1', '0', 0.5), ('1', '1', 0.7),
+                              ('2', '0', 0.9))]
     grouped = sweep.group(rows, ['a', 's'], 's')
     self.assertEqual(grouped[0], {'a': '1', 'n (s)': 2,
                                   'accuracy': '0.6 ± 0.14'})

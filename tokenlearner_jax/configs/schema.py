@@ -454,7 +454,8 @@ def model_keys(cls: Any = model_lib.ModelConfig
   """`config.model`'s keys: (key, field, default, description) per field.
 
   From the fields of `cls` (`ModelConfig` or `models.X2Plus1DConfig`:
-  `metadata['key']`) and its `Attributes:` docstring; keys are under `config.model` unless they start with '/'.
+  `metadata['key']`) and its `Attributes:` docstring; keys are under
+  `config.model` unless they start with '/'.
   """
   docs = _attribute_docs(cls.__doc__ or '')
   rows = []

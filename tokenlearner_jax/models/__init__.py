@@ -20,7 +20,8 @@ from tokenlearner_jax.models.tokenlearner import TokenLearnerModuleV11
 from tokenlearner_jax.models.vit import TokenLearnerViT
 from tokenlearner_jax.models.vivit import FactorisedEncoderViViT
 from tokenlearner_jax.models.x2plus1d import X2Plus1D
-from tokenlearner_jax.models.x2plus1d_config import MODEL_NAMES as X2PLUS1D_NAMES
+from tokenlearner_jax.models.x2plus1d_config import (
+    MODEL_NAMES as X2PLUS1D_NAMES)
 from tokenlearner_jax.models.x2plus1d_config import X2Plus1DConfig
 
 MODELS = {'spacetime': TokenLearnerViT,

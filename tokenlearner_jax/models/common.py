@@ -1,8 +1,9 @@
 """Transformer building blocks with the reference's parameter names.
 
-These mirror the scenic layers that TokenLearner builds on (`vit.AddPositionEmbs`,
-`vit.Encoder1DBlock`, `attention_layers.MlpBlock`, `nn_layers.StochasticDepth`)
-so that a parameter tree written by the reference loads unchanged.
+These mirror the scenic layers that TokenLearner builds on
+(`vit.AddPositionEmbs`, `vit.Encoder1DBlock`, `attention_layers.MlpBlock`,
+`nn_layers.StochasticDepth`) so that a parameter tree written by the reference
+loads unchanged.
 """
 
 import functools
@@ -263,7 +264,8 @@ def pool(x: jax.Array, classifier: str,
 
 def classifier_head(x: jax.Array, representation_size: Optional[int],
                     num_classes: int) -> jax.Array:
-  """Pooled `[B, C]` -> optional tanh `pre_logits` -> zero-init `output_projection`.
+  """Pooled `[B, C]` -> optional tanh `pre_logits` -> zero-init
+  `output_projection`.
 
   Call inside a compact method: the layers join the caller's parameters, and
   the caller sows the head's input `[B, D]` as `intermediates/representation`

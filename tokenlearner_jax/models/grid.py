@@ -1,7 +1,8 @@
 """Token-grid geometry: which tokens a stem makes from an input shape.
 
 Shared by the models (checked at trace time, before any compile) and by
-`tokenlearner_jax.flops`, so both agree on every count and raise the same errors.
+`tokenlearner_jax.flops`, so both agree on every count and raise the same
+errors.
 """
 
 import dataclasses
@@ -80,8 +81,9 @@ def token_grid(input_shape: Sequence[int], patch_size: Sequence[int],
   ft = 1
   if video:
     if temporal_encoding not in TEMPORAL_ENCODINGS:
-      raise ValueError('model.tokenizer.temporal_encoding_config.method must be '
-                       f'one of {TEMPORAL_ENCODINGS}, got {temporal_encoding!r}.')
+      raise ValueError(
+          'model.tokenizer.temporal_encoding_config.method must be one of '
+          f'{TEMPORAL_ENCODINGS}, got {temporal_encoding!r}.')
     if temporal_encoding == '3d_conv':
       if len(patch_size) != 3:
         raise ValueError('model.tokenizer.patches.size must be (h, w, t) for '

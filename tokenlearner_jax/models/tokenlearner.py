@@ -51,8 +51,8 @@ class TokenLearnerModule(nn.Module):
       h = math.isqrt(hw)
       if h * h != hw:
         raise ValueError(
-            f'TokenLearnerModule (v1.0) needs a square grid: a [B, HW, C] input '
-            f'of shape {inputs.shape} has HW={hw}, not a square. Pass '
+            f'TokenLearnerModule (v1.0) needs a square grid: a [B, HW, C] '
+            f'input of shape {inputs.shape} has HW={hw}, not a square. Pass '
             f'[B, H, W, C] or use TokenLearnerModuleV11.')
       inputs = jnp.reshape(inputs, (n, h, h, c))  # [B, H, W, C]
     if inputs.ndim != 4:

@@ -77,7 +77,8 @@ class SpaceTimeAttention(nn.Module):
     elif self.axes == 'spatial':
       seq = x.reshape(b * t, h * w, d)  # [BT, HW, D]
     else:
-      seq = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b * h * w, t, d)  # [BHW, T, D]
+      # [BHW, T, D]
+      seq = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b * h * w, t, d)
     y = nn.LayerNorm(name='norm')(seq)
     q, k, v = (_heads(dense(self.attention_dim, IN_AXES, n)(y), self.num_heads)
                for n in ('query', 'key', 'value'))  # [G, N, h, d/h]
@@ -162,8 +163,9 @@ class FrameTokens(nn.Module):
                      name='attention_conv')(x)
       maps = nn.sigmoid(maps.reshape(n, h * w, self.num_tokens))  # [N, HW, S]
     elif self.maker == 'fixed':
+      # [1, HW, S]
       maps = nn.sigmoid(self.param('maps', nn.initializers.normal(1.0),
-                                   (h * w, self.num_tokens)))[None]  # [1, HW, S]
+                                   (h * w, self.num_tokens)))[None]
     else:  # 'dense'
       maps = self.param('kernel', nn.initializers.lecun_normal(),
                         (h * w, self.num_tokens))[None]  # [1, HW, S]

@@ -65,7 +65,8 @@ class ChannelwiseConv(nn.Module):
     for tap in itertools.product(*(range(k) for k in self.kernel_size)):
       window = tuple(slice(i, i + (n - 1) * s + 1, s) for i, n, s in zip(
           tap, out_size, self.strides))
-      out = out + padded[(slice(None),) + window] * kernel[tap][0]  # [B, t, h, w, C]
+      # [B, t, h, w, C]
+      out = out + padded[(slice(None),) + window] * kernel[tap][0]
     return out
 
 
