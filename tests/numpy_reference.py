@@ -1,5 +1,4 @@
-"""An independent float64 NumPy forward pass of the reference TokenLearner
-models.
+"""A float64 NumPy forward pass of the reference TokenLearner models.
 
 Written from the reference's formulas (scenic `projects/token_learner`, ViT
 `Encoder1DBlock`, ViViT `temporal_encode` / `SpaceTimeViViT`), reading a
@@ -117,8 +116,7 @@ def tokenfuser(tokens, original, p, use_normalization=True):
 
 def encoder(x, p, num_layers, temporal_dims=1, loc=None, use_v11=True,
             use_tokenfuse=False, n_cls=0):
-  """The reference's `EncoderMod`/`EncoderModFuser`, plus a leading class
-  token."""
+  """The reference's `EncoderMod`/`EncoderModFuser` and a class token."""
   x = x + p['posembed_input']['pos_embedding']
   n, _, c = x.shape
   t = temporal_dims

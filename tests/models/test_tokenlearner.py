@@ -1,5 +1,4 @@
-"""Tests of TokenLearner v1.0, v1.1 and TokenFuser against the reference
-math."""
+"""TokenLearner v1.0, v1.1 and TokenFuser against the reference math."""
 
 from absl.testing import absltest
 from absl.testing import parameterized

@@ -264,10 +264,9 @@ def pool(x: jax.Array, classifier: str,
 
 def classifier_head(x: jax.Array, representation_size: Optional[int],
                     num_classes: int) -> jax.Array:
-  """Pooled `[B, C]` -> optional tanh `pre_logits` -> zero-init
-  `output_projection`.
+  """Pooled `[B, C]` -> tanh `pre_logits` (optional) -> `output_projection`.
 
-  Call inside a compact method: the layers join the caller's parameters, and
+  The output projection starts at zero, as the reference's. Call inside a compact method: the layers join the caller's parameters, and
   the caller sows the head's input `[B, D]` as `intermediates/representation`
   (the frozen features of `tokenlearner_jax.fewshot`).
   """

@@ -17,8 +17,7 @@ from tokenlearner_jax.models.vivit import embed_video
 
 
 class TokenLearnerViT(nn.Module):
-  """ViT / ViViT classifier with TokenLearner, the reference's
-  `TokenLearnerViT`.
+  """ViT / ViViT classifier with TokenLearner (the reference's TokenLearnerViT).
 
   `config.tokenizer_type` picks the stem: 'patch' (plain ViT), 'dynamic' (ViT +
   TokenLearner) or 'video' (joint space-time ViViT + TokenLearner per temporal

@@ -46,8 +46,7 @@ def tubelet_kernel_init(method: Optional[str]):
 
 
 def embed_video(x: jax.Array, config: ModelConfig) -> jax.Array:
-  """Video `[B, T, H, W, 3]` -> tokens `[B, t, h, w, C]` via an `embedding`
-  conv.
+  """Video `[B, T, H, W, 3]` -> tokens `[B, t, h, w, C]` (`embedding` conv).
 
   Call inside a compact method: `embedding` joins the caller's parameters.
   """
