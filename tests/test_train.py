@@ -41,6 +41,7 @@ from tokenlearner_jax import evaluate
 from tokenlearner_jax import optim
 from tokenlearner_jax import run_config
 from tokenlearner_jax import train
+from tokenlearner_jax import workdir_lock
 from tokenlearner_jax.configs import schema
 
 
@@ -657,7 +658,7 @@ class StaleLockTest(absltest.TestCase):
 
   def test_the_lock_of_a_dead_trainer_is_taken_over_and_released(self):
     workdir = self.create_tempdir().full_path
-    lock = os.path.join(workdir, checkpoint.LOCK_FILE)
+    lock = os.path.join(workdir, workdir_lock.LOCK_FILE)
     dead = subprocess.Popen(['true'])
     dead.wait()
     with open(lock, 'w') as f:
@@ -703,7 +704,7 @@ class ExitPathsTest(absltest.TestCase):
     self.assertEqual(steps_being_written(workdir), [])
     self.assertNotIn('cannot schedule new futures', result.stderr)
     self.assertFalse(os.path.exists(os.path.join(workdir,
-                                                 checkpoint.LOCK_FILE)))
+                                                 workdir_lock.LOCK_FILE)))
 
   def test_a_second_trainer_on_a_workdir_is_refused_naming_the_first(self):
     workdir = self.create_tempdir().full_path
@@ -719,7 +720,7 @@ class ExitPathsTest(absltest.TestCase):
       while not read_jsonl(workdir) and time.time() < deadline:
         self.assertIsNone(first.poll())
         time.sleep(0.1)
-      with open(os.path.join(workdir, checkpoint.LOCK_FILE)) as f:
+      with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
         self.assertEqual(json.load(f)['pid'], first.pid)
       second = subprocess.run(train_command(workdir), cwd=ROOT,
                               env=train_env(), capture_output=True, text=True,
@@ -739,7 +740,7 @@ class ExitPathsTest(absltest.TestCase):
     with open(log) as f:
       self.assertEqual(first.returncode, 0, f.read()[-3000:])
     self.assertFalse(os.path.exists(os.path.join(workdir,
-                                                 checkpoint.LOCK_FILE)))
+                                                 workdir_lock.LOCK_FILE)))
 
 
 def slurm_job_id() -> int:

@@ -12,6 +12,7 @@ from tests.testing import demo_config
 from tests.testing import save_fresh_checkpoint
 from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
+from tokenlearner_jax import layer_layout
 from tokenlearner_jax import train
 from tokenlearner_jax import visualize
 from tokenlearner_jax.models import build_model
@@ -55,7 +56,7 @@ class VisualizeTest(absltest.TestCase):
     # The maps are v1.1's softmax over each slice's 4x4 grid.
     _, maps = visualize.attention_maps(
         build_model(config, 40),
-        {'params': checkpoint.per_layer(checkpoint.restore_params(workdir))},
+        {'params': layer_layout.per_layer(checkpoint.restore_params(workdir))},
         np.zeros((1, 8, 32, 32, 3), np.float32), config)
     self.assertEqual(maps.shape, (1, 4, tokens, 4, 4))
     np.testing.assert_allclose(maps.sum((3, 4)), 1.0, rtol=1e-5)

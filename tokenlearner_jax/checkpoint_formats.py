@@ -1,7 +1,7 @@
 """Checkpoint formats: pretrained parameters read into our layout.
 
 `load_params(config.init_from)` reads a checkpoint into our parameter layout
-(a nested dict of numpy arrays, per-layer: `checkpoint.unstack_layers`):
+(a nested dict of numpy arrays, per-layer: `layer_layout.unstack_layers`):
   * 'tokenlearner_jax': a workdir of this trainer (`checkpoint.restore_params`
     of its latest checkpoint, parameters only; `load_variables` also reads
     its model state, such as BatchNorm's `batch_stats`, which
@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from tokenlearner_jax import checkpoint
+from tokenlearner_jax import layer_layout
 from tokenlearner_jax.models.config import ModelConfig
 
 Params = Dict[str, Any]
@@ -102,8 +103,8 @@ def load_workdir(workdir: str) -> Params:
   Only the parameters are read (not the optimizer state), as numpy arrays in
   the per-layer layout.
   """
-  return checkpoint.per_layer(_read_workdir(workdir,
-                                            checkpoint.restore_params))
+  return layer_layout.per_layer(_read_workdir(workdir,
+                                              checkpoint.restore_params))
 
 
 def load_workdir_variables(workdir: str) -> Dict[str, Params]:
@@ -111,7 +112,7 @@ def load_workdir_variables(workdir: str) -> Dict[str, Params]:
   `{'params': ..., **model_state}` (`checkpoint.restore_variables`)."""
   variables = _read_workdir(workdir, checkpoint.restore_variables)
   params = variables.pop('params')
-  return {'params': checkpoint.per_layer(params), **variables}
+  return {'params': layer_layout.per_layer(params), **variables}
 
 
 def _read_workdir(workdir: str, restore: Callable[[str], Params]) -> Params:
@@ -219,7 +220,7 @@ def from_big_vision(flat: Mapping[str, np.ndarray]) -> Params:
     and anything outside it (optimizer state) dropped.
   * Scanned blocks `Transformer/encoderblock/...` `[depth, ...]` are unstacked
     into `Transformer/encoderblock_{i}/...` (`scanned_as_ours`, then
-    `checkpoint.unstack_layers`).
+    `layer_layout.unstack_layers`).
   * Pre-linen block children (`MultiHeadDotProductAttention_1`, `LayerNorm_2`,
     `MlpBlock_3`, in the vision_transformer weights) get their linen names.
   * big_vision's top-level `pos_embedding` (and the older
@@ -235,7 +236,7 @@ def from_big_vision(flat: Mapping[str, np.ndarray]) -> Params:
   if any(name.startswith('params/') for name in flat):
     flat = {name[len('params/'):]: value for name, value in flat.items()
             if name.startswith('params/')}
-  flat = checkpoint.unstack_layers(scanned_as_ours(flat))
+  flat = layer_layout.unstack_layers(scanned_as_ours(flat))
   renamed: Dict[str, np.ndarray] = {}
   cls_row_missing = False
   for name, value in flat.items():
@@ -256,7 +257,7 @@ def from_big_vision(flat: Mapping[str, np.ndarray]) -> Params:
 def scanned_as_ours(flat: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """big_vision's `Transformer/encoderblock/X` `[depth, ...]` renamed to our
   scanned segment `Transformer/encoderblock_0_to_{depth - 1}/X`, which
-  `checkpoint.unstack_layers` splits (and checks) like our own."""
+  `layer_layout.unstack_layers` splits (and checks) like our own."""
   depths = {np.shape(value)[0] if np.ndim(value) else 0
             for name, value in flat.items()
             if name.startswith(BIG_VISION_SCANNED)}

@@ -14,7 +14,7 @@ Against the reference: every target parameter must be found with its shape
 (no silent half-initialised model), unknown source parameters are ignored
 (the reference copied them into the target), and errors name the config field
 and the shapes. Checkpoints of models with and without `model.scan_layers`
-load into either (`checkpoint.stack_layers`).
+load into either (`layer_layout.stack_layers`).
 """
 
 import math
@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import scipy.ndimage
 
-from tokenlearner_jax import checkpoint
+from tokenlearner_jax import layer_layout
 from tokenlearner_jax.checkpoint_formats import POSEMB
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.config import ModelConfig
@@ -289,7 +289,7 @@ def init_params(new_params: Params, pretrained: Params,
   old = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained),
                                         sep='/')
   # Either layout in, the target's out (model.scan_layers stacks layers).
-  old = checkpoint.stack_layers(checkpoint.unstack_layers(old), new)
+  old = layer_layout.stack_layers(layer_layout.unstack_layers(old), new)
   init_from = config.get('init_from') or ml_collections.ConfigDict()
   merged: Params = {}
   kept: List[str] = []

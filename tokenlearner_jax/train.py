@@ -25,7 +25,7 @@ position.
 
 Every way out of a run (its end, SIGTERM, a non-finite loss, any error) waits
 for the checkpoint writes in flight to be committed. Process 0 holds
-`WORKDIR/train.lock` (`checkpoint.WorkdirLock`) while it runs: a second
+`WORKDIR/train.lock` (`workdir_lock.WorkdirLock`) while it runs: a second
 trainer on the same workdir exits at once with one line naming the holder.
 
 Process 0 records the run's completed config in `WORKDIR/config.json`
@@ -70,6 +70,7 @@ from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
 from tokenlearner_jax import surgery
 from tokenlearner_jax import train_steps
+from tokenlearner_jax import workdir_lock
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
 from tokenlearner_jax.models import build_model
@@ -267,7 +268,7 @@ def log_start(config, state, data, recorder: Recorder, total_steps: int,
 
 def log_summary(step: int, total_steps: int, metrics: StepMetrics,
                 rates: _Rates, config, recorder: Recorder,
-                lock: Optional[checkpoint.WorkdirLock]) -> None:
+                lock: Optional[workdir_lock.WorkdirLock]) -> None:
   """The train summary of the steps since the last one, with the rate that
   `ReportProgress` measured over them (it logs the ETA); refreshes the
   workdir lock's heartbeat."""
@@ -330,11 +331,11 @@ def record_config(config: ml_collections.ConfigDict, workdir: str,
 
 def hold_workdir(workdir: str, config: ml_collections.ConfigDict
                  ) -> contextlib.AbstractContextManager:
-  """Process 0's `checkpoint.WorkdirLock` on `workdir`; nothing on the
+  """Process 0's `workdir_lock.WorkdirLock` on `workdir`; nothing on the
   others."""
   if jax.process_index() != 0:
     return contextlib.nullcontext()
-  return checkpoint.WorkdirLock(workdir, config.workdir_lock_stale_seconds)
+  return workdir_lock.WorkdirLock(workdir, config.workdir_lock_stale_seconds)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -350,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     run_config.ConfigChangeError: a ValueError naming the changed keys that
       the checkpoint resumed cannot take (parameter or optimizer state
       shapes, `batch_size`), before anything compiles.
-    checkpoint.WorkdirLockedError: naming the trainer that holds `workdir`.
+    workdir_lock.WorkdirLockedError: naming the trainer that holds `workdir`.
   """
   config = schema.complete(config)
   with contextlib.ExitStack() as stack:

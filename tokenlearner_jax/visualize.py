@@ -33,6 +33,7 @@ from PIL import Image
 
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import errors
+from tokenlearner_jax import layer_layout
 from tokenlearner_jax import runtime
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
@@ -147,7 +148,7 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
   data = input_pipeline.get_data(config, train=False)
   model = build_model(config, data.num_classes)
   variables = checkpoint.restore_variables(workdir)
-  variables['params'] = checkpoint.per_layer(variables['params'])
+  variables['params'] = layer_layout.per_layer(variables['params'])
   batch = next(iter(data.eval_batches()))
   inputs = batch['inputs'][:num_clips]
   labels = batch['label'][:num_clips].argmax(-1)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.testing import model_only_config
 from tests.testing import perturbed
-from tokenlearner_jax import checkpoint
+from tokenlearner_jax import layer_layout
 from tokenlearner_jax import surgery
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import build_model
@@ -42,9 +42,9 @@ def init(config, x):
 def to_layout(params, target):
   """`params` moved into `target`'s layout (stacked or per layer)."""
   flat = flax.traverse_util.flatten_dict(params, sep='/')
-  flat = checkpoint.stack_layers(checkpoint.unstack_layers(flat),
-                                     flax.traverse_util.flatten_dict(
-                                         target, sep='/'))
+  flat = layer_layout.stack_layers(layer_layout.unstack_layers(flat),
+                                   flax.traverse_util.flatten_dict(
+                                       target, sep='/'))
   return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
@@ -147,17 +147,17 @@ class ScanRematTest(parameterized.TestCase):
     _, stacked = init(video_config(tokenlearner_loc=2, use_tokenfuse=True,
                                    scan_layers=True), x)
     flat = flax.traverse_util.flatten_dict(stacked, sep='/')
-    per_layer = checkpoint.unstack_layers(flat)
+    per_layer = layer_layout.unstack_layers(flat)
     self.assertIn('Transformer/TokenFuser_1/Dense_0/kernel', per_layer)
     self.assertIn('Transformer/encoderblock_3/LayerNorm_0/scale', per_layer)
-    again = checkpoint.stack_layers(per_layer, flat)
+    again = layer_layout.stack_layers(per_layer, flat)
     self.assertEqual(sorted(again), sorted(flat))
     for name in flat:
       np.testing.assert_array_equal(again[name], flat[name])
     bad = {'Transformer/encoderblock_0_to_1/LayerNorm_0/scale': np.zeros(
         (3, 32))}
     with self.assertRaisesRegex(ValueError, 'encoderblock_0_to_1.*3, 32'):
-      checkpoint.unstack_layers(bad)
+      layer_layout.unstack_layers(bad)
 
   def test_init_from_per_layer_checkpoint_into_scanned_model(self):
     x = jnp.zeros(VIDEO)
