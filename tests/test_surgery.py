@@ -105,6 +105,20 @@ class InitParamsTest(parameterized.TestCase):
       else:
         np.testing.assert_array_equal(out[name], source[name], err_msg=name)
 
+  def test_restore_output_proj_copies_the_head_of_the_same_classes(self):
+    source = self.source()
+    config = make_config('patch')
+    config.init_from.restore_output_proj = True
+    _, new = init(config, IMAGE, seed=3)
+    out = flat(surgery.init_params(new, unflat(source), config, IMAGE))
+    self.assertEqual(set(out), set(source))
+    for name, value in source.items():
+      np.testing.assert_array_equal(out[name], value, err_msg=name)
+    _, other = init(config, IMAGE, seed=3, num_classes=7)
+    with self.assertRaisesRegex(ValueError, r'output_projection/\w+ \(.*7.*\) '
+                                'is .* in the pretrained checkpoint'):
+      surgery.init_params(other, unflat(source), config, IMAGE)
+
   @parameterized.parameters(
       ('restore_positional_embedding', 'Transformer/posembed_input/'),
       ('restore_input_embedding', 'embedding/'))

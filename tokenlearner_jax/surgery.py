@@ -4,8 +4,9 @@
 in our layout (from `checkpoint_formats.load_params`) into freshly initialised
 ones as scenic's `init_token_learner_from_train_state` (with ViViT's
 `init_posemb` and `init_embedding`) does:
-  * `output_projection` stays new; `pre_logits` and `cls` are copied where
-    both models have them.
+  * `output_projection` stays new (`init_from.restore_output_proj=True`, as
+    the reference ViViT trainer's key: copied, for the same classes);
+    `pre_logits` and `cls` are copied where both models have them.
   * A 2-D patch kernel `[ph, pw, c, d]` is inflated into a tubelet kernel
     `[pt, ph, pw, c, d]` (`INFLATION_METHODS`).
   * The position embedding is resized (bilinear) and/or tiled over time to the
@@ -220,8 +221,9 @@ def _keeps_new(name: str, value: Any, old: Mapping[str, Any],
   """Whether target parameter `name` keeps its new `value`; raises when the
   pretrained checkpoint should have it but does not."""
   top = name.split('/')[0]
-  if top == 'output_projection':
-    return True
+  if top == 'output_projection' and not init_from.get('restore_output_proj',
+                                                      False):
+    return True  # The reference's default: a new head for the new task.
   # The reference ViViT's switches (both default True): keep the new position
   # embedding or patch embedding instead of the pretrained one.
   if name == POSEMB and not init_from.get('restore_positional_embedding',
@@ -277,7 +279,8 @@ def init_params(new_params: Params, pretrained: Params,
       lacks, such as a TokenLearner added to a plain ViT, newly initialised;
       `restore_positional_embedding` / `restore_input_embedding`, default
       True: False keeps the new position / patch embedding, as the
-      reference ViViT's `initialise_from_train_state`).
+      reference ViViT's `initialise_from_train_state`;
+      `restore_output_proj`, default False: True copies the head too).
     input_shape: One example's shape, `(H, W, C)` or `(T, H, W, C)`.
 
   Raises:

@@ -405,6 +405,9 @@ KEYS += (
                  **_REF),
     _implemented(_INIT + 'restore_input_embedding', 'surgery', 'Copy (and '
                  'inflate) the patch embedding; False keeps it new.', **_REF),
+    _implemented(_INIT + 'restore_output_proj', 'surgery', 'Copy the head '
+                 '(`output_projection`) too: fine-tuning on the same classes '
+                 '(read by the reference ViViT trainer).', default=False),
     _no_op(_INIT + 'model_config', "the checkpoint's layout (class token, "
            'grid) is read from its parameters', "The restored model's "
            'config.', **_REF),
