@@ -18,9 +18,9 @@ runner: finished runs are skipped):
   `tokenlearner_jax.flops`).
 * `<method>_<pct>_ft` and `plain_ft` (`--finetune_steps`, default a quarter
   of the steps; 0: none): the same seed's `plain` run fine-tuned for that
-  many steps with the method (`init_from`, the new head and any new module
-  initialised as the fine-tuning surgery does); `plain_ft` is the plain
-  model under the same protocol.
+  many steps with the method and the same schedule (`init_from`, the head
+  copied too, any new module initialised); `plain_ft` is the plain model
+  under the same protocol.
 * `<method>_<pct>_offshelf` (ToMe and ATS, whose selling point this is):
   each seed's `plain` run evaluated with the method at that budget, without
   retraining (`python -m tokenlearner_jax.evaluate` with the method's
@@ -57,7 +57,7 @@ import reproduce  # pylint: disable=g-import-not-at-top
 import sweep  # pylint: disable=g-import-not-at-top
 
 BEGIN, END = '<!-- reduction_study -->', '<!-- /reduction_study -->'
-LABELS = {'plain': 'plain ViT', 'tokenlearner': 'TokenLearner',
+LABELS = {'plain': 'no reduction', 'tokenlearner': 'TokenLearner',
           'patchmerger': 'PatchMerger', 'tome': 'ToMe', 'evit': 'EViT',
           'ats': 'ATS'}
 METHODS = ('tokenlearner', 'patchmerger', 'tome', 'evit', 'ats')
@@ -272,7 +272,8 @@ def train_command(method, setting, seed: int, workdir: str, steps: int,
     fixed[len(data.fixed):len(data.fixed)] = schedule
   if init_from:
     fixed += [f'init_from.checkpoint_path={init_from}',
-              'init_from.init_missing_from_scratch=True']
+              'init_from.init_missing_from_scratch=True',
+              'init_from.restore_output_proj=True']
   return sweep.train_command(config_path(data, setting, runlocal), workdir,
                              {}, fixed)
 
@@ -494,9 +495,10 @@ def section(parts, invocation: str, seeds: Sequence[int],
       'takes its setting closest to '
       f'{" and ".join(map(str, budgets))}% of the plain model\'s '
       'multiply-adds (the MMACs column shows how close). "Fine-tuned" starts '
-      'from the same seed\'s plain run (a new head and any new module '
-      'initialised, as the fine-tuning surgery does) and trains with the '
-      'method; "plain ViT fine-tuned" is the plain model under the same '
+      'from the same seed\'s plain run (every parameter copied, the head '
+      'too; a new module, TokenLearner\'s or PatchMerger\'s, initialised) '
+      'and trains with the method on the same schedule, warm-up included; '
+      '"no reduction fine-tuned" is the plain model under the same '
       'protocol. "Off the shelf" evaluates the same seed\'s plain run with '
       'the method and no retraining, against the same evaluation of the '
       'plain run as trained. Step times are medians of 10 train steps of '

@@ -89,6 +89,7 @@ class ReductionStudyTest(absltest.TestCase):
     self.assertEqual(config.init_from.checkpoint_path,
                      os.path.join(root, 'plain_seed1'))
     self.assertTrue(config.init_from.init_missing_from_scratch)
+    self.assertTrue(config.init_from.restore_output_proj)  # The same classes.
     self.assertEqual((config.num_training_steps, config.fewshot.log_steps),
                      (30, 30))
 
@@ -121,7 +122,7 @@ class ReductionStudyTest(absltest.TestCase):
                   'for 125 more, tested by mAP.', text)
     self.assertIn('| TokenLearner @ 50% | loc=1, num_tokens=16 | 5.00 | 12.0 '
                   '| 0.60x | 51.0 ± 1.4 | 50.0, 52.0 |', text)
-    self.assertIn('| plain ViT | 64 tokens throughout | 10.00 | 20.0 | '
+    self.assertIn('| no reduction | 64 tokens throughout | 10.00 | 20.0 | '
                   '1.00x | 55.5 ± 0.7 |', text)
     # Fine-tuned: the program of the same method from scratch.
     self.assertIn('| TokenLearner fine-tuned @ 50% | loc=1, num_tokens=16 | '
