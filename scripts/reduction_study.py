@@ -394,7 +394,7 @@ def plot(table, runs, times, path: str, data: Dataset) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  figure, (by_macs, by_time) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+  figure, (by_macs, by_time) = pyplot.subplots(1, 2, figsize=(13, 4.2))
   colors = dict(zip(['plain', *METHODS], pyplot.rcParams[
       'axes.prop_cycle'].by_key()['color']))
   labelled = set()
@@ -420,15 +420,14 @@ def plot(table, runs, times, path: str, data: Dataset) -> None:
       by_time.errorbar(1000 * times[timed_name(name)], mean, yerr=error,
                        **style)
   by_macs.set_xlabel(f'MMACs per {"clip" if len(data.shape) == 4 else "image"}')
-  by_time.set_xlabel('train step (ms, this machine; off the shelf and '
-                     'fine-tuned: the same program)')
+  by_time.set_xlabel('train step (ms, this machine)')
   for axes in (by_macs, by_time):
     axes.set_ylabel(f'test {data.metric_label} (%), mean ± std over seeds')
     axes.grid(alpha=0.3)
-  by_macs.legend(fontsize=6)
+  figure.legend(fontsize=7, loc='center right')
   figure.suptitle('TokenLearner and the later token-reduction methods on '
                   f'{data.name}')
-  figure.tight_layout()
+  figure.tight_layout(rect=(0, 0, 0.82, 1))
   figure.savefig(path, dpi=100)
   pyplot.close(figure)
 
@@ -499,7 +498,8 @@ def section(parts, invocation: str, seeds: Sequence[int],
       'too; a new module, TokenLearner\'s or PatchMerger\'s, initialised) '
       'and trains with the method on the same schedule, warm-up included; '
       '"no reduction fine-tuned" is the plain model under the same '
-      'protocol. "Off the shelf" evaluates the same seed\'s plain run with '
+      'protocol (fine-tuned rows have had those steps more than the others: '
+      'compare them with it). "Off the shelf" evaluates the same seed\'s plain run with '
       'the method and no retraining, against the same evaluation of the '
       'plain run as trained. Step times are medians of 10 train steps of '
       'every variant measured in one process, with the ratio to the plain '
