@@ -294,6 +294,29 @@ class ReducedViTTest(parameterized.TestCase):
     np.testing.assert_array_equal(logits_of(model, plain),
                                   logits_of(plain_model, plain))
 
+  def test_tome_merging_duplicates_is_exact_with_proportional_attention(self):
+    # Without position embeddings, an image of two colours makes tokens of
+    # two kinds, 48 and 16 copies (then 32 and 32). ToMe merges copies with
+    # copies; with proportional attention and size-weighted pooling a merged
+    # token stands exactly for the copies it replaced, so the logits are the
+    # plain model's. Without it the kinds' attention weights change.
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    images[0, :16, :16] = 1.0  # 16 of the 64 4x4 patches.
+    images[1, :, 16:] = 0.5  # 32 of them.
+    plain_model, params = init_params(vit_config(classifier='gap'))
+    params = perturbed(params, scale=0.2)
+    params['Transformer']['posembed_input']['pos_embedding'] *= 0.0
+    want = plain_model.apply({'params': params}, images, train=False)
+    for prop_attn in (True, False):
+      model = build_model(vit_config(
+          classifier='gap', tokenlearner_loc=0, token_reduction='tome',
+          tome_r=8, tome_prop_attn=prop_attn), NUM_CLASSES)
+      got = model.apply({'params': params}, images, train=False)
+      if prop_attn:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+      else:
+        self.assertGreater(np.abs(np.asarray(got - want))[0].max(), 1e-3)
+
   @parameterized.parameters('tome', 'evit', 'ats')
   def test_plain_parameters_load(self, method):
     _, plain = init_params(vit_config(classifier='token'))
