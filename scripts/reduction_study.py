@@ -38,8 +38,8 @@ against step time). Exits non-zero if a run failed.
 """
 
 import argparse
-import ast
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -162,20 +162,11 @@ def base_config(runlocal: bool, extra: Sequence[str] = (),
                 data: Dataset = DATASETS['multi_digits']
                 ) -> ml_collections.ConfigDict:
   """The plain model's config: the fixed and the `extra` `key=value`
-  overrides applied, as the train commands apply them."""
-  config = reproduce.load_config(
-      data.config, 'tokenlearner_loc=None' + (',runlocal' if runlocal else ''))
-  for item in fixed_overrides(data, runlocal) + tuple(extra):
-    key, value = item.split('=', 1)
-    *parents, leaf = key.split('.')
-    node = config
-    for part in parents:
-      node = node[part]
-    try:
-      node[leaf] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[leaf] = value  # A string.
-  return config
+  overrides applied by the trainer's config flag (`sweep.resolved_config`)."""
+  arg = 'tokenlearner_loc=None' + (',runlocal' if runlocal else '')
+  items = fixed_overrides(data, runlocal) + tuple(extra)
+  return ml_collections.ConfigDict(sweep.resolved_config(
+      f'{data.config}:{arg}', [f'--config.{item}' for item in items]))
 
 
 def with_setting(config: ml_collections.ConfigDict, method: str,
@@ -256,6 +247,14 @@ def model_overrides(method, setting, seed: int, runlocal: bool,
           *overrides(method, setting), *extra]
 
 
+@functools.lru_cache(maxsize=None)
+def evaluates_fewshot(data: Dataset) -> bool:
+  """Whether `data`'s config evaluates few-shot (then on the runs' schedule
+  too); read once per dataset."""
+  return 'fewshot' in reproduce.load_config(data.config,
+                                            'tokenlearner_loc=None')
+
+
 def train_command(method, setting, seed: int, workdir: str, steps: int,
                   runlocal: bool, extra: Sequence[str] = (),
                   data: Dataset = DATASETS['multi_digits'],
@@ -266,7 +265,7 @@ def train_command(method, setting, seed: int, workdir: str, steps: int,
   if not runlocal:
     schedule = [f'num_training_steps={steps}', f'log_eval_steps={steps}',
                 f'checkpoint_steps={steps}']
-    if 'fewshot' in base_config(runlocal, (), data):
+    if evaluates_fewshot(data):
       schedule.append(f'fewshot.log_steps={steps}')
     schedule.append(f'lr_configs.warmup_steps={max(1, steps // 10)}')
     fixed[len(data.fixed):len(data.fixed)] = schedule
