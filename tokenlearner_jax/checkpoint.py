@@ -41,17 +41,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tokenlearner_jax import errors
+from tokenlearner_jax import workdir_lock
 
 Params = Dict[str, Any]
 
 
-def _is_remote(path: str) -> bool:
-  return '://' in path
-
-
 def checkpoint_dir(workdir: str) -> epath.Path:
   """`WORKDIR/checkpoints` (local paths made absolute, as orbax needs)."""
-  workdir = workdir if _is_remote(workdir) else os.path.abspath(workdir)
+  if not workdir_lock.is_remote(workdir):
+    workdir = os.path.abspath(workdir)
   return epath.Path(workdir) / 'checkpoints'
 
 
@@ -220,7 +218,7 @@ def _files_fault(step_dir: epath.Path) -> Optional[str]:
 
 def _stamp(path: epath.Path) -> Tuple[int, float]:
   """Size and modification time (ns when local)."""
-  if _is_remote(str(path)):
+  if workdir_lock.is_remote(str(path)):
     return path.stat().length, path.stat().mtime
   stat = os.stat(path)
   return stat.st_size, stat.st_mtime_ns

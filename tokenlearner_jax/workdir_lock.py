@@ -17,7 +17,8 @@ from etils import epath
 from tokenlearner_jax import errors
 
 
-def _is_remote(path: str) -> bool:
+def is_remote(path: str) -> bool:
+  """A path on a remote file system ('scheme://...'), not made absolute."""
   return '://' in path
 
 
@@ -60,7 +61,7 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str, stale_seconds: float):
-    self.remote = _is_remote(workdir)
+    self.remote = is_remote(workdir)
     workdir = workdir if self.remote else os.path.abspath(workdir)
     self.path: epath.Path = epath.Path(workdir) / LOCK_FILE
     self.stale_seconds: float = float(stale_seconds)
