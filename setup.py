@@ -36,7 +36,8 @@ setuptools.setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist', 'av'],
+        'test': ['pytest>=8', 'pytest-xdist', 'pytest-timeout', 'filelock',
+                 'av'],
         # libtpu: the TPU compiler for `tokenlearner_jax.aot` and
         # tests/test_aot.py (compile-only TPU devices; no TPU needed). jax's
         # own extra pins the libtpu built for the installed jax (jax 0.10.2:

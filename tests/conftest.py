@@ -1,39 +1,96 @@
-"""Test-wide settings: compile fast (the tests compile many tiny models), let
-absltest helpers (`create_tempdir`) run under pytest, run `slow` tests (more
-cases of what CI already covers in a small form) only with
-`TOKENLEARNER_SLOW_TESTS=1`, and start the `processes` tests (minutes each)
-first, so that pytest-xdist's workers do not end with one of them alone."""
+"""Test-wide settings, made once before jax is imported so that every process
+a test starts (trainers, 8-device interpreters, xdist workers) inherits them:
+
+* `JAX_DISABLE_MOST_OPTIMIZATIONS=1` and XLA:CPU's quicker emitters: the
+  tests compile many tiny programs, whose optimisation costs more than
+  running them. `test_aot.py`, which measures compiled TPU programs, opts
+  back in.
+* One persistent compilation cache for the whole run, shared by the
+  processes the tests start: a command the tests run twice, and the
+  processes of one job, compile once. A size limit makes jax lock it
+  (`filelock`), so that no process reads an entry another is still writing.
+  (The pytest processes themselves do not use it: they compile thousands of
+  small programs once each.)
+* `JAX_PLATFORMS=cpu`: no search for accelerators in each process (libtpu,
+  installed for `aot`, is still found by `jax.experimental.topologies`).
+* Quiet TensorFlow C++ logs.
+* `TOKENLEARNER_TEST_DIR`: where the compilation cache and the demo datasets
+  (built once, by whichever process needs them first) go; new for each run,
+  and removed after it, unless set (set it to keep both between runs).
+* `TOKENLEARNER_TEST_RUN_DIR`: this run's own scratch directory (the trained
+  runs several tests read, `testing.shared_run`), always new.
+
+Markers: `integration` (every test under tests/integration/: they start
+processes; run them with one pytest worker), `slow` (more cases of what CI
+covers in a small form; run with `TOKENLEARNER_SLOW_TESTS=1`).
+"""
 
 import os
+import shutil
+import tempfile
 
-from absl import flags
-
+# Made by the first process (pytest's, or xdist's controller); its workers
+# and every process a test starts inherit the variables.
+_MADE = []
+if not os.environ.get('TOKENLEARNER_TEST_DIR'):
+  os.environ['TOKENLEARNER_TEST_DIR'] = tempfile.mkdtemp(
+      prefix='tokenlearner_jax_tests_')
+  _MADE.append(os.environ['TOKENLEARNER_TEST_DIR'])
+if not os.environ.get('TOKENLEARNER_TEST_RUN_DIR'):
+  os.environ['TOKENLEARNER_TEST_RUN_DIR'] = tempfile.mkdtemp(
+      prefix='run_', dir=os.environ['TOKENLEARNER_TEST_DIR'])
+  _MADE.append(os.environ['TOKENLEARNER_TEST_RUN_DIR'])
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+# XLA:CPU's older elemental emitters compile a small program in about half
+# the time of its fusion emitters (the same arithmetic).
+if '--xla_cpu_use_fusion_emitters' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = ' '.join(
+      filter(None, [os.environ.get('XLA_FLAGS'),
+                    '--xla_cpu_use_fusion_emitters=false']))
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.environ['TOKENLEARNER_TEST_DIR'], 'compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(16 * 2**30))
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # With libtpu installed (the `tpu` extra) every process that starts jax loads
 # it; without this, one process holding its lockfile fails test_aot elsewhere.
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest
 
-jax.config.update('jax_disable_most_optimizations', True)
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 flags.FLAGS.mark_as_parsed()
+# The test processes themselves compile thousands of small programs, each
+# once: caching those costs more than it saves.
+jax.config.update('jax_enable_compilation_cache', False)
+
+INTEGRATION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               'integration')
 
 
 def pytest_configure(config):
   config.addinivalue_line(
+      'markers', 'integration: starts processes (trainers, jobs, entry '
+      'points); every test under tests/integration/. Run with one worker.')
+  config.addinivalue_line(
       'markers', 'slow: more cases of a tested behaviour; run with '
       'TOKENLEARNER_SLOW_TESTS=1.')
-  config.addinivalue_line(
-      'markers', 'processes: starts several training processes (a minute or '
-      'more on 2 cores); collected first.')
+
+
+def pytest_unconfigure(config):
+  del config
+  for directory in reversed(_MADE):
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
   del config
-  # A stable sort: the same order in every xdist worker, as xdist requires.
-  items.sort(key=lambda item: 'processes' not in item.keywords)
-  if os.environ.get('TOKENLEARNER_SLOW_TESTS') == '1':
-    return
+  slow = os.environ.get('TOKENLEARNER_SLOW_TESTS') == '1'
   skip = pytest.mark.skip(reason='slow: set TOKENLEARNER_SLOW_TESTS=1')
   for item in items:
-    if 'slow' in item.keywords:
+    if str(item.path).startswith(INTEGRATION_DIR + os.sep):
+      item.add_marker(pytest.mark.integration)
+    if 'slow' in item.keywords and not slow:
       item.add_marker(skip)

@@ -3,10 +3,6 @@ solutions, its few-shot sets, and its runs during training and standalone."""
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 from absl.testing import absltest
 import flax.linen as nn
@@ -15,14 +11,13 @@ import numpy as np
 from sklearn import linear_model
 import tensorflow as tf
 
+from tests import testing
 from tests.testing import config_for
-from tests.testing import DATA_DIR
 from tests.testing import demo_config
+from tests.testing import final_metrics
 from tests.testing import read_jsonl
-from tests.testing import ROOT
 from tokenlearner_jax import errors
 from tokenlearner_jax import fewshot
-from tokenlearner_jax import train
 from tokenlearner_jax.models import build_model
 
 
@@ -183,19 +178,14 @@ class SettingsTest(absltest.TestCase):
 
 class RunsTest(absltest.TestCase):
   """One tiny multi_digits run with the few-shot hook at every step, then
-  the standalone entry point on its checkpoint."""
+  the standalone evaluation on its checkpoint (its command line: the
+  entry-point test in tests/integration/)."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.workdir = tempfile.mkdtemp()
-    cls.config = demo_config('demo_multi_digits')
-    cls.final = train.train_and_evaluate(cls.config, cls.workdir)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.workdir)
-    super().tearDownClass()
+    cls.config, cls.workdir = testing.shared_run('demo_multi_digits')
+    cls.final = final_metrics(cls.workdir)
 
   def test_the_hook_records_each_step_and_the_final_metrics(self):
     rows = [r for r in read_jsonl(self.workdir) if r['kind'] == 'fewshot']
@@ -217,13 +207,12 @@ class RunsTest(absltest.TestCase):
                                'fewshot_avg_5shot'}, tags)
 
   def test_standalone_writes_fewshot_json_matching_the_hook(self):
-    command = [sys.executable, '-m', 'tokenlearner_jax.fewshot',
-               '--config=configs/demo_multi_digits.py:runlocal',
-               f'--workdir={self.workdir}',
-               f'--config.dataset_configs.data_dir={DATA_DIR}']
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    with open(os.path.join(self.workdir, 'fewshot.json')) as f:
+    _, workdir = testing.copied_run('demo_multi_digits',
+                                    self.create_tempdir().full_path)
+    returned = fewshot.evaluate_checkpoint(self.config, workdir)
+    with open(os.path.join(workdir, 'fewshot.json')) as f:
       results = json.load(f)
+    self.assertEqual(results, json.loads(json.dumps(returned)))
     self.assertEqual(results['step'], 2)
     self.assertEqual(results['shots'], [1, 5])
     self.assertEqual(results['l2_reg'], 2.0**10)

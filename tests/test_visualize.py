@@ -7,13 +7,12 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
+from tests import testing
 from tests.testing import config_for
-from tests.testing import demo_config
 from tests.testing import save_fresh_checkpoint
 from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import layer_layout
-from tokenlearner_jax import train
 from tokenlearner_jax import visualize
 from tokenlearner_jax.models import build_model
 
@@ -36,9 +35,8 @@ class OverlayTest(absltest.TestCase):
 class VisualizeTest(absltest.TestCase):
 
   def test_renders_every_token_and_frame_of_a_trained_run(self):
-    config = demo_config()
-    workdir = self.create_tempdir().full_path
-    train.train_and_evaluate(config, workdir)
+    config, workdir = testing.copied_run('demo_moving_digits',
+                                         self.create_tempdir().full_path)
     entries = visualize.visualize(config, workdir, num_clips=2)
     self.assertLen(entries, 2)
     out = os.path.join(workdir, 'visualizations')

@@ -2,17 +2,23 @@
 directory, run outputs, generated TFRecords, fresh train states and
 checkpoints, and tiny models with their parameter trees."""
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import types
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+import zlib
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Sequence,
+                    Tuple)
 
 import flax
 import jax
@@ -30,10 +36,13 @@ from tokenlearner_jax.configs import common
 from tokenlearner_jax.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One directory per pytest-xdist worker: two processes preparing the same tfds
-# dataset at once would race.
-DATA_DIR = os.path.join(tempfile.gettempdir(), 'tokenlearner_jax_test_tfds',
-                        os.environ.get('PYTEST_XDIST_WORKER', 'main'))
+# Set by tests/conftest.py for the whole test run (every worker and process).
+TEST_DIR = os.environ.get('TOKENLEARNER_TEST_DIR') or os.path.join(
+    tempfile.gettempdir(), 'tokenlearner_jax_tests')
+RUN_DIR = os.environ.get('TOKENLEARNER_TEST_RUN_DIR') or os.path.join(
+    TEST_DIR, 'run')
+# The demo datasets, each built once (`prepare_datasets`) and read by all.
+DATA_DIR = os.path.join(TEST_DIR, 'tfds')
 NUM_CLASSES = 5
 
 
@@ -66,12 +75,75 @@ def parsed_config(command: Sequence[str]) -> ml_collections.ConfigDict:
   return values.config
 
 
+@contextlib.contextmanager
+def exclusive(name: str) -> Iterator[None]:
+  """Holds the file lock `name` of this test run (TEST_DIR/locks/NAME): one
+  process of the run at a time, xdist workers and test subprocesses alike."""
+  directory = os.path.join(TEST_DIR, 'locks')
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, name), 'w') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def once(path: str, make: Callable[[str], Any]) -> str:
+  """`path`, made by `make(path)` in the first process of the test run that
+  asks for it; the others wait for it, then share it."""
+  done = path + '.done'
+  if not os.path.exists(done):
+    with exclusive(path.replace(os.sep, '_')):
+      if not os.path.exists(done):
+        shutil.rmtree(path, ignore_errors=True)
+        make(path)
+        open(done, 'w').close()
+  return path
+
+
+def prepare_datasets(*names: str) -> None:
+  """Builds the demo tfds datasets `names` ('moving_digits/small', ...) in
+  DATA_DIR, each once per test run."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tokenlearner_jax.data import datasets as _  # pylint: disable=g-import-not-at-top,unused-import
+  for name in names:
+    once(os.path.join(TEST_DIR, 'prepared', name.replace('/', '_')),
+         lambda marker, name=name: (
+             tfds.builder(name, data_dir=DATA_DIR).download_and_prepare(),
+             os.makedirs(marker)))
+
+
+TYPO = 'config.lr_configs.warmup_stepz is not a known config key; did you ' \
+       'mean config.lr_configs.warmup_steps?'
+
+
+def typo_config_file(directory: str) -> str:
+  """A config file: the demo's runlocal config with a misspelt key."""
+  path = os.path.join(directory, 'typo_config.py')
+  demo = os.path.join(ROOT, 'configs', 'demo_moving_digits.py')
+  with open(path, 'w') as f:
+    f.write(textwrap.dedent(f'''\
+        from tokenlearner_jax.configs import common
+
+        def get_config():
+          config = common.load_config({demo!r}, 'runlocal')
+          config.lr_configs.warmup_stepz = 5
+          return config
+        '''))
+  return path
+
+
 def demo_config(name: str = 'demo_moving_digits',
                 **overrides: Any) -> ml_collections.ConfigDict:
-  """`config_for(name)` of a demo config, reading DATA_DIR; `overrides` set
-  top-level fields."""
+  """`config_for(name)` of a demo config, reading DATA_DIR (its datasets
+  built); `overrides` set top-level fields."""
   config = config_for(name)
   config.dataset_configs.data_dir = DATA_DIR
+  names = [f'{config.dataset_name}/{config.dataset_configs.builder_config}']
+  if 'fewshot' in config:
+    names += [dataset for dataset, *_ in config.fewshot.datasets.values()]
+  prepare_datasets(*names)
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -150,6 +222,15 @@ def assert_trees_equal(test, actual, expected) -> None:
   test.assertEqual(sorted(actual), sorted(expected))
   for name, value in expected.items():
     np.testing.assert_array_equal(actual[name], value, err_msg=name)
+
+
+def host_devices_env(count: int, **variables: str) -> Dict[str, str]:
+  """The environment of a process with `count` host CPU devices (the test
+  run's XLA flags kept), with `variables` added."""
+  flags = ' '.join(filter(None, [
+      os.environ.get('XLA_FLAGS'),
+      f'--xla_force_host_platform_device_count={count}']))
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=flags, **variables)
 
 
 def free_port() -> int:
@@ -304,6 +385,249 @@ def save_fresh_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   manager.close()
 
 
+def vivit_tfrecords_config() -> ml_collections.ConfigDict:
+  """`configs/vivit_k400.py:runlocal` on generated Kinetics-style TFRecords
+  of 5 classes (written once per test run): 8 train videos, 3 validation
+  and 5 test of 10-12 frames, test batches of 2."""
+
+  def write(base_dir):
+    os.makedirs(base_dir)
+    write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5, num_frames=10)
+    write_video_tfrecords(base_dir, 'validation', 3, 5, num_frames=10)
+    write_video_tfrecords(base_dir, 'test', 5, 5, num_frames=12)
+
+  config = config_for('vivit_k400')
+  config.dataset_configs.base_dir = once(
+      os.path.join(RUN_DIR, 'vivit_tfrecords_data'), write)
+  config.dataset_configs.num_classes = 5
+  config.dataset_configs.test_batch_size = 2
+  return config
+
+
+# The trained runs that several tests read: name -> its config.
+SHARED_RUNS = {
+    'demo_moving_digits': demo_config,
+    'demo_multi_digits': lambda: demo_config('demo_multi_digits'),
+    'vivit_tfrecords': vivit_tfrecords_config,
+}
+
+
+def shared_run(name: str) -> Tuple[ml_collections.ConfigDict, str]:
+  """(config, workdir) of `SHARED_RUNS[name]` trained to its end (runlocal:
+  2 steps), once per test run by the first test that asks. Read it; to
+  change it, work on a `copied_run`."""
+  from tokenlearner_jax import train  # pylint: disable=g-import-not-at-top
+  config = SHARED_RUNS[name]()
+  workdir = once(os.path.join(RUN_DIR, 'shared_runs', name),
+                 lambda w: train.train_and_evaluate(SHARED_RUNS[name](), w))
+  return config, workdir
+
+
+def copied_run(name: str, directory: str) -> Tuple[ml_collections.ConfigDict,
+                                                   str]:
+  """(config, a copy of `shared_run(name)`'s workdir in DIRECTORY/workdir)."""
+  config, workdir = shared_run(name)
+  copy = os.path.join(directory, 'workdir')
+  shutil.copytree(workdir, copy)
+  return config, copy
+
+
+def train_command(workdir: str, *overrides: str) -> List[str]:
+  """`python -m tokenlearner_jax.train` of the demo config (runlocal) on
+  DATA_DIR, in WORKDIR, with `--config.` overrides."""
+  return [sys.executable, '-m', 'tokenlearner_jax.train',
+          f'--config={ROOT}/configs/demo_moving_digits.py:runlocal',
+          f'--workdir={workdir}',
+          f'--config.dataset_configs.data_dir={DATA_DIR}', *overrides]
+
+
+def committed_steps(workdir: str) -> List[int]:
+  """Checkpoint steps orbax has finished writing (no temporary suffix)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def steps_being_written(workdir: str) -> List[int]:
+  """Checkpoint steps whose write has started but not been committed."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return [int(name.split('.')[0]) for name in os.listdir(directory)
+          if '.orbax-checkpoint-tmp' in name]
+
+
+# ---------------------------------------------------------------- studies
+
+
+class FakeTrainer:
+  """A trainer or evaluator process of the study scripts, faked (see
+  `fake_runs`): the command's config is read by its --config flags and
+  checked as the trainer checks it (schema, model, an `init_from` run that
+  has finished); then the files a finished run leaves are written:
+  WORKDIR/final_metrics.json (evaluate: its --out) with the config's real
+  GMACs per example and scores drawn from the run's name. Exit code 1, with
+  the reason in its log, where the trainer would stop."""
+
+  def __init__(self, command: Sequence[str], stdout: Any = None, **kwargs):
+    del kwargs
+    self.args = list(command)
+    self.returncode = self._run(stdout)
+
+  def poll(self) -> int:
+    return self.returncode
+
+  def wait(self, timeout: float = None) -> int:
+    del timeout
+    return self.returncode
+
+  def _flag(self, name: str) -> str:
+    return next((a.split('=', 1)[1] for a in self.args
+                 if a.startswith(f'--{name}=')), None)
+
+  def _run(self, log) -> int:
+    from tokenlearner_jax import flops  # pylint: disable=g-import-not-at-top
+    from tokenlearner_jax import models  # pylint: disable=g-import-not-at-top
+    from tokenlearner_jax import summary  # pylint: disable=g-import-not-at-top
+    from tokenlearner_jax.configs import schema  # pylint: disable=g-import-not-at-top
+    try:
+      config = schema.complete(parsed_config(
+          self.args[:3] + [a for a in self.args if a.startswith('--config')]))
+      schema.check_config(config)
+      source = (config.get('init_from') or {}).get('checkpoint_path')
+      if source and not os.path.exists(os.path.join(source,
+                                                    'final_metrics.json')):
+        raise ValueError(f'init_from.checkpoint_path={source}: no finished '
+                         'run there.')
+      shape = summary.example_input_shape(config)
+      num_classes = summary.example_num_classes(config)
+      models.model_config(config, num_classes)
+      gmacs = flops.gmacs(config, shape, num_classes)
+    except Exception as e:  # pylint: disable=broad-except
+      if hasattr(log, 'write'):
+        log.write(f'Error: {e}\n')
+      return 1
+    if self.args[2] == 'tokenlearner_jax.train':
+      path = os.path.join(self._flag('workdir'), 'final_metrics.json')
+    else:
+      path = self._flag('out')
+    score = 0.2 + 0.6 * (zlib.crc32(path.encode()) % 1000) / 1000
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump({'step': config.num_training_steps, 'loss': 1 - score,
+                 'accuracy': score, 'accuracy_top_5': (1 + score) / 2,
+                 'mean_average_precision': score, 'prec@1': score,
+                 'gmacs_per_example': gmacs}, f)
+    return 0
+
+
+@contextlib.contextmanager
+def fake_runs() -> Iterator[List[List[str]]]:
+  """Within: every `python -m tokenlearner_jax.train|evaluate` process started
+  through `subprocess.Popen` or `subprocess.call` is a `FakeTrainer`. Yields
+  the list their commands are appended to, in the order they started."""
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  started, popen, call = [], subprocess.Popen, subprocess.call
+
+  def ours(command) -> bool:
+    return list(command[1:2]) == ['-m'] and command[2] in (
+        'tokenlearner_jax.train', 'tokenlearner_jax.evaluate')
+
+  def fake_popen(command, *args, **kwargs):
+    if not ours(command):
+      return popen(command, *args, **kwargs)
+    started.append(list(command))
+    return FakeTrainer(command, **kwargs)
+
+  def fake_call(command, *args, **kwargs):
+    if not ours(command):
+      return call(command, *args, **kwargs)
+    return fake_popen(command, **kwargs).returncode
+
+  with mock.patch.object(subprocess, 'Popen', fake_popen), \
+       mock.patch.object(subprocess, 'call', fake_call):
+    yield started
+
+
+SWEPT_DEMO = 'configs/demo_moving_digits.py:runlocal'
+
+
+def sweep_record(point: Dict[str, str], *fixed: str) -> Dict[str, Any]:
+  """The record `scripts/sweep.py` keeps of `point` of a sweep of the demo
+  config (runlocal) with `--set`s `fixed`."""
+  sweep = load_script('sweep')
+  return sweep.point_record(sweep.train_command(SWEPT_DEMO, '/run', point,
+                                                fixed))
+
+
+def fake_finished_run(workdir: str, point_record: Dict[str, Any],
+                      metrics: Dict[str, Any]) -> None:
+  """A finished run's files, as a sweep would have left them."""
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, 'train.log'), 'w') as f:
+    f.write('finished earlier\n')
+  with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+    json.dump(metrics, f)
+  if point_record is not None:
+    with open(os.path.join(workdir, load_script('sweep').RECORD), 'w') as f:
+      json.dump(point_record, f)
+
+
+# ---------------------------------------------------------------- steps
+
+
+class Linear(flax.linen.Module):
+  """logits = x @ kernel + bias: gradients with a closed form."""
+
+  @flax.linen.compact
+  def __call__(self, x, train: bool):
+    del train
+    return flax.linen.Dense(3)(x)
+
+
+def example_data(num_examples: int = 16):
+  """Parameters and a batch whose 2-example slices have growing scales."""
+  rng = np.random.default_rng(0)
+  params = {'Dense_0': {
+      'kernel': rng.normal(size=(4, 3)).astype(np.float32),
+      'bias': rng.normal(size=3).astype(np.float32)}}
+  scale = np.repeat(np.linspace(0.1, 2.0, num_examples // 2), 2)[:, None]
+  x = (rng.normal(size=(num_examples, 4)) * scale).astype(np.float32)
+  y = np.eye(3, dtype=np.float32)[np.arange(num_examples) % 3]
+  return params, x, y
+
+
+def softmax_ce_grads(kernel, bias, x, y):
+  """The gradient of the mean softmax cross-entropy of `x @ kernel + bias`."""
+  z = x @ kernel + bias
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  dz = (p - y) / len(x)
+  return x.T @ dz, dz.sum(0)
+
+
+def clipped(grads, max_norm):
+  norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+  return [g * min(1.0, max_norm / norm) for g in grads], norm
+
+
+def batchnorm_steps(config, devices, batches):
+  """(losses, batch_stats as nested lists) of one `TinyBatchNormNet` train
+  step per batch of `batches`, on a mesh of `devices`."""
+  fresh = batchnorm_state(config, devices)
+  batch_sharding = sharding.batch_sharding(fresh.mesh)
+  step = train_steps.make_train_step(config, fresh.model, fresh.tx,
+                                     fresh.schedule, fresh.shardings,
+                                     batch_sharding, multilabel=False)
+  state, losses = fresh.state, []
+  for batch in batches:
+    state, step_metrics = step(state, jax.device_put(batch, batch_sharding))
+    losses.append(float(step_metrics['loss']))
+  stats = state.model_state['batch_stats']['BatchNorm_0']
+  return losses, {k: np.asarray(v).tolist() for k, v in stats.items()}
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -416,16 +740,3 @@ def tiny_x2plus1d(**fields):
                 widths=(8, 8, 16, 16), stem_width=8, head_width=32,
                 attention_dim=16, num_heads=2, num_tokens=4)
   return X2Plus1DConfig(**{**values, **fields})
-
-
-def on_eight_devices(test, code: str, stdin: str = None) -> Any:
-  """Runs Python `code` in a process with 8 host CPU devices (from the
-  repository root), asserts that it succeeds and returns the JSON of its
-  last line of output."""
-  result = subprocess.run(
-      [sys.executable, '-c', code], cwd=ROOT, text=True, input=stdin,
-      capture_output=True, check=False, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
-  test.assertEqual(result.returncode, 0, result.stderr[-3000:])
-  return json.loads(result.stdout.strip().splitlines()[-1])

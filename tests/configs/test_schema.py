@@ -14,8 +14,6 @@ import importlib.util
 import io
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from typing import Dict, Iterator, Optional, Set
 
@@ -24,9 +22,11 @@ from absl.testing import parameterized
 import ml_collections
 
 from tests.testing import ROOT
+from tests.testing import TYPO
 from tests.testing import config_for
 from tests.testing import model_only_config
 from tests.testing import mu_config
+from tests.testing import typo_config_file
 from tokenlearner_jax import evaluate
 from tokenlearner_jax import summary
 from tokenlearner_jax import train
@@ -40,26 +40,6 @@ config_keys = common.load_module(
 REFERENCE_DIR = os.path.join(ROOT, 'tests', 'testdata', 'reference_configs')
 REFERENCE_CONFIGS = sorted(
     glob.glob(os.path.join(REFERENCE_DIR, '**', '*.py'), recursive=True))
-TYPO = 'config.lr_configs.warmup_stepz is not a known config key; did you ' \
-       'mean config.lr_configs.warmup_steps?'
-
-
-def typo_config_file(directory: str) -> str:
-  """A config file: the demo's runlocal config with a misspelt key."""
-  path = os.path.join(directory, 'typo_config.py')
-  demo = os.path.join(ROOT, 'configs', 'demo_moving_digits.py')
-  with open(path, 'w') as f:
-    f.write(textwrap.dedent(f'''\
-        from tokenlearner_jax.configs import common
-
-        def get_config():
-          config = common.load_config({demo!r}, 'runlocal')
-          config.lr_configs.warmup_stepz = 5
-          return config
-        '''))
-  return path
-
-
 def leaf_keys(node, prefix: str = '') -> Iterator[str]:
   """Every key path of `node` outside `model`, down to the table's leaves."""
   for name in node.keys():
@@ -69,22 +49,6 @@ def leaf_keys(node, prefix: str = '') -> Iterator[str]:
     if (entry is not None and entry.section and path != 'model' and
         isinstance(node[name], (dict, ml_collections.ConfigDict))):
       yield from leaf_keys(node[name], path + '.')
-
-
-class EntryPointErrorTest(parameterized.TestCase):
-
-  @parameterized.parameters('summary', 'train')
-  def test_a_config_error_is_one_line_without_a_traceback(self, module):
-    directory = self.create_tempdir().full_path
-    workdir = ([f'--workdir={os.path.join(directory, "run")}']
-               if module == 'train' else [])
-    result = subprocess.run(
-        [sys.executable, '-m', f'tokenlearner_jax.{module}',
-         f'--config={typo_config_file(directory)}', *workdir],
-        capture_output=True, text=True, check=False, cwd=ROOT)
-    self.assertEqual(result.returncode, 1)
-    self.assertNotIn('Traceback', result.stderr)
-    self.assertEqual(result.stderr.strip().splitlines()[-1], f'Error: {TYPO}')
 
 
 class CheckConfigTest(parameterized.TestCase):

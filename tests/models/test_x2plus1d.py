@@ -1,5 +1,8 @@
 """The X(2+1)D network: X3D-M's size, every module row builds and trains,
-its config errors, and its train step on a 2x2x2 mesh of 8 CPU devices."""
+its config errors (its train step on 8 CPU devices:
+tests/integration/test_eight_devices.py)."""
+
+import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -13,6 +16,7 @@ from tokenlearner_jax import errors
 from tokenlearner_jax import paper
 from tokenlearner_jax.models import X2Plus1D
 from tokenlearner_jax.models import X2Plus1DConfig
+from tokenlearner_jax.models.x2plus1d import ChannelwiseConv
 
 CLIP = (4, 64, 64, 3)  # res5 on a 2 x 2 grid.
 
@@ -69,27 +73,43 @@ class X2Plus1DTest(parameterized.TestCase):
       self.assertTrue(np.isfinite(g).all(), name)
       self.assertGreater(np.abs(g).max(), 1e-9, name)
 
-  @parameterized.parameters('2plus1d', '3d')
-  def test_shifted_sums_equal_the_grouped_convolutions(self, conv_type):
-    x = np.random.default_rng(0).normal(size=(2, 3, 17, 14, 3)).astype(
-        np.float32)  # Odd sizes: every stride-2 edge case.
-    models = [X2Plus1D(testing.tiny_x2plus1d(conv_type=conv_type,
-                                             channelwise_impl=impl,
-                                             dropout_rate=0.0))
-              for impl in ('conv', 'shifts')]
-    variables = models[0].init(jax.random.PRNGKey(0), x, train=False)
-    variables = {**variables,
-                 'params': testing.perturbed(variables['params'])}
-    for train in (False, True):
-      outs = [m.apply(variables, x, train=train, mutable=['batch_stats'])[0]
-              for m in models]
-      np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
-    grads = [jax.grad(lambda p, m=m: m.apply(
-        {**variables, 'params': p}, x, train=False).sum())(
-            variables['params']) for m in models]
-    for name, g in testing.flat(grads[0]).items():
-      np.testing.assert_allclose(testing.flat(grads[1])[name], g, rtol=1e-3,
-                                 atol=1e-4, err_msg=name)
+  @parameterized.parameters(((5, 1, 1), 1), ((3, 3, 3), 1), ((3, 3, 3), 2),
+                            ((1, 3, 3), 1), ((1, 3, 3), 2), ((3, 1, 1), 1))
+  def test_shifted_sums_equal_the_grouped_convolution(self, kernel, stride):
+    # Every kernel and stride the network uses (the stem's temporal conv;
+    # the blocks' 3-D, or spatial then temporal, middles); odd sizes: every
+    # stride-2 edge case.
+    x = np.random.default_rng(0).normal(size=(2, 3, 17, 14, 6)).astype(
+        np.float32)
+    strides = (1, stride, stride)
+    convs = [ChannelwiseConv(kernel, strides, impl) for impl in
+             ('conv', 'shifts')]
+    variables = testing.perturbed(convs[0].init(jax.random.PRNGKey(0), x))
+    for impl, conv in zip(('conv', 'shifts'), convs):  # The same parameters.
+      self.assertEqual(testing.param_shapes(variables),
+                       testing.param_shapes(conv.init(jax.random.PRNGKey(0),
+                                                      x)), impl)
+    outs = [jax.jit(conv.apply)(variables, x) for conv in convs]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    cotangent = np.random.default_rng(1).normal(size=outs[0].shape)
+    grads = [jax.jit(jax.grad(lambda v, x, conv=conv: jnp.sum(
+        conv.apply(v, x) * cotangent), (0, 1)))(variables, x)
+             for conv in convs]
+    for name, g in testing.flat({'params': grads[0][0], 'x': grads[0][1]}
+                                ).items():
+      np.testing.assert_allclose(
+          testing.flat({'params': grads[1][0], 'x': grads[1][1]})[name], g,
+          rtol=1e-3, atol=1e-4, err_msg=name)
+
+  def test_the_network_uses_the_chosen_channelwise_impl(self):
+    for impl, grouped in (('conv', True), ('shifts', False)):
+      c = testing.tiny_x2plus1d(channelwise_impl=impl)
+      hlo = jax.jit(lambda x, c=c: X2Plus1D(c).init_with_output(
+          jax.random.PRNGKey(0), x, train=False)[0]).lower(
+              jnp.zeros((1,) + CLIP)).as_text()
+      groups = {int(g) for g in re.findall(r'feature_group_count = (\d+)',
+                                           hlo)}
+      self.assertEqual(max(groups) > 1, grouped, (impl, groups))
 
   def test_backbone_has_no_module(self):
     c = testing.tiny_x2plus1d()
@@ -112,80 +132,6 @@ class X2Plus1DTest(parameterized.TestCase):
   def test_bad_settings_name_their_key(self, fields, message):
     with self.assertRaisesRegex(errors.ConfigError, message):
       testing.tiny_x2plus1d(**fields)
-
-  def test_a_two_step_train_on_1_and_on_8_devices_gives_the_same_losses(self):
-    eight = testing.on_eight_devices(self, EIGHT_DEVICES)
-    # Every parameter of 64 or more values is split over fsdp or model as
-    # the rules say, and lies on the devices so.
-    self.assertEqual(eight['unsharded'], [])
-    self.assertEqual(eight['misplaced'], [])
-    self.assertGreater(eight['sharded'], 40)
-    losses = train_two_steps((1, 1, 1), jax.devices()[:1])
-    np.testing.assert_allclose(eight['losses'], losses, rtol=2e-5)
-
-
-def train_two_steps(mesh_shape, devices, report=None):
-  """Losses of two SGD steps of a tiny Conv2D + TokenLearner network (batch
-  8); `report(state, shardings, boxed)` sees the fresh state."""
-  from tokenlearner_jax import optim  # pylint: disable=g-import-not-at-top
-  from tokenlearner_jax import sharding  # pylint: disable=g-import-not-at-top
-  from tokenlearner_jax import train_steps  # pylint: disable=g-import-not-at-top
-  config = testing.batchnorm_config(mesh_shape, batch_size=8)
-  model = X2Plus1D(testing.tiny_x2plus1d(parts=('conv2d', 'tokenlearner'),
-                                         dropout_rate=0.0))
-  tx, schedule = optim.make_optimizer(config, 10)
-  mesh = jax.sharding.Mesh(np.asarray(devices).reshape(mesh_shape),
-                           sharding.MESH_AXES)
-  state, shardings = train_steps.create_train_state(config, model, tx, CLIP,
-                                                    mesh)
-  if report:
-    report(state, shardings, config, model)
-  batch_sharding = sharding.batch_sharding(mesh)
-  step = train_steps.make_train_step(config, model, tx, schedule, shardings,
-                                     batch_sharding, multilabel=True)
-  losses = []
-  for seed in (0, 1):
-    rng = np.random.default_rng(seed)
-    batch = {'inputs': rng.normal(size=(8,) + CLIP).astype(np.float32),
-             'label': (rng.random((8, testing.NUM_CLASSES)) < 0.3).astype(
-                 np.float32)}
-    state, metrics = step(state, jax.device_put(batch, batch_sharding))
-    losses.append(float(metrics['loss']))
-  return losses
-
-
-EIGHT_DEVICES = '''
-import json
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-from tests.models import test_x2plus1d as t
-from tokenlearner_jax import sharding
-
-out = {}
-def report(state, shardings, config, model):
-  boxed = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + t.CLIP), train=False))['params']
-  specs = sharding.param_specs(boxed, config)
-  flat_specs = jax.tree_util.tree_flatten_with_path(
-      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
-  params = jax.tree_util.tree_leaves(state.params)
-  unsharded, misplaced, sharded = [], [], 0
-  for (path, spec), leaf in zip(flat_specs, params):
-    name = jax.tree_util.keystr(path)
-    axes = {a for part in spec for a in (part if isinstance(part, tuple)
-                                          else (part,)) if a}
-    if leaf.size >= 64 and not axes & {'fsdp', 'model'}:
-      unsharded.append(name)
-    if axes:
-      sharded += 1
-    if leaf.sharding.spec != spec and tuple(leaf.sharding.spec) != tuple(
-        spec):
-      misplaced.append(name)
-  out.update(unsharded=unsharded, misplaced=misplaced, sharded=sharded)
-out['losses'] = t.train_two_steps((2, 2, 2), jax.devices(), report)
-print(json.dumps(out))
-'''
 
 
 if __name__ == '__main__':

@@ -1,11 +1,12 @@
 """scripts/event_study.py: its runs' configs, its report section and
-verdicts, and one real (runlocal) run through it."""
+verdicts, and a run through it with its trainer faked."""
 
 import json
 import os
 
 from absl.testing import absltest
 
+from tests import testing
 from tests.testing import DATA_DIR
 from tests.testing import load_script
 from tests.testing import parsed_config
@@ -70,17 +71,19 @@ class EventStudyTest(absltest.TestCase):
     self.assertTrue(os.path.exists(
         os.path.join(out, 'results_event_study.png')))
 
-  def test_a_runlocal_run_reaches_the_report(self):
+  def test_a_run_reaches_the_report(self):
     root = self.create_tempdir().full_path
     argv = [f'--workdir={root}', '--rows=tokenlearner', '--seeds=0',
             '--runlocal', f'--set=dataset_configs.data_dir={DATA_DIR}']
-    self.assertEqual(study.main(argv), 0)
+    with testing.fake_runs() as started:
+      self.assertEqual(study.main(argv), 0)
+    self.assertEqual([parsed_config(c).model.module.parts for c in started],
+                     [('tokenlearner',)])
     with open(os.path.join(root, 'results.md')) as f:
       text = f.read()
     self.assertRegex(text, r'\| TokenLearner \| [0-9.]+ \| [0-9.]+ \| '
                      r'[0-9.]+ \| [0-9.]+ \|')
     self.assertIn('not enough seeds', text)
-
 
 if __name__ == '__main__':
   absltest.main()
