@@ -64,11 +64,13 @@ def demo(fsdp: int):
 
 
 def vit_l(fsdp: int):
-  """ViT-L/16 + 16-TL at 12 (`nn.scan`: two runs of 12 layers) on 64x64
-  images, batch 8."""
+  """ViT-L/16 + 16-TL, 6 layers of its 24 (the sharding of a layer does not
+  depend on the depth), TokenLearner at 3 (`nn.scan`: two runs of 3 layers)
+  on 64x64 images, batch 8."""
   config = testing.config_for(
-      'vit_imagenet', 'variant=L/16,num_tokens=16,tokenlearner_loc=12,'
+      'vit_imagenet', 'variant=L/16,num_tokens=16,tokenlearner_loc=3,'
       'image_size=64')
+  config.model.num_layers = 6
   config.model.scan_layers = True
   config.batch_size = 8
   config.mesh.data, config.mesh.fsdp = -1, fsdp
@@ -135,12 +137,17 @@ def test_demo_state_bytes_fall_as_fsdp_grows_and_the_batch_stays_split(tpu):
 def test_vit_l_fsdp_shards_the_state_and_gathers_no_stacked_kernel(tpu):
   s, compiled = compiled_train(vit_l(4), tpu)
   full = _full_state_bytes(s)
-  assert full > 2**30 * 2  # ViT-L with momentum: 2 x 4 bytes x ~300M.
-  assert compiled.state_bytes < full / 4 * 1.02
-  assert compiled.argument_bytes < full / 4 * 1.05
+  assert full > 2**30 * 0.5  # With momentum: 2 x 4 bytes x ~77M.
+  # Every leaf but the few that stay whole (norms, biases, the head's, ...)
+  # is split over the 4 devices.
+  whole = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(
+      (s.state.params, s.state.opt_state)) if x.sharding.is_fully_replicated)
+  assert whole < 0.05 * full
+  assert compiled.state_bytes < (full - whole) / 4 * 1.02 + whole
+  assert compiled.argument_bytes < (full - whole) / 4 * 1.05 + whole
   stacked = [x.shape for x in jax.tree_util.tree_leaves(s.state.params)
-             if x.ndim >= 3 and x.shape[0] == 12]
-  assert stacked  # The two scanned runs of 12 layers.
+             if x.ndim >= 3 and x.shape[0] == 3]
+  assert stacked  # The two scanned runs of 3 layers.
   limit = _largest_layer_param_bytes(s)
   for dtype, shape in all_gathers(compiled.hlo):
     assert nbytes(dtype, shape) <= limit, (dtype, shape)
