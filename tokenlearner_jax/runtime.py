@@ -66,21 +66,28 @@ def in_cluster() -> bool:
 
 def initialize_runtime(coordinator_address: Optional[str] = None,
                        num_processes: Optional[int] = None,
-                       process_id: Optional[int] = None) -> None:
+                       process_id: Optional[int] = None,
+                       heartbeat_timeout_seconds: int = 30) -> None:
   """Process-wide setup shared by the command-line entry points.
 
   Joins a multi-process job when given its coordinator (or when running on a
   TPU pod or SLURM job, which `jax.distributed` detects); a dead peer then
-  stops this process within `heartbeat_timeout_seconds` instead of a hang.
+  stops this process within about twice `heartbeat_timeout_seconds` instead
+  of a hang.
   """
   jax.config.update('jax_threefry_partitionable', True)
+  if heartbeat_timeout_seconds <= 0:
+    raise app.UsageError(f'--heartbeat_timeout_seconds='
+                         f'{heartbeat_timeout_seconds}: must be > 0.')
   if coordinator_address:
     if num_processes is None or process_id is None:
       raise app.UsageError('--coordinator_address needs --num_processes and '
                            '--process_id.')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               heartbeat_timeout_seconds=30)
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds)
   elif in_cluster():
-    jax.distributed.initialize(heartbeat_timeout_seconds=30)
+    jax.distributed.initialize(
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # Keep TensorFlow off the GPUs.

@@ -89,6 +89,9 @@ def define_flags() -> None:
                       'SLURM).')
   flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
   flags.DEFINE_integer('process_id', None, 'This process, 0 to N-1.')
+  flags.DEFINE_integer('heartbeat_timeout_seconds', 30, 'A multi-process '
+                       'job whose peer stops answering for this long stops '
+                       '(jax.distributed\'s heartbeat).')
 
 
 def num_train_steps(config: ml_collections.ConfigDict,
@@ -446,7 +449,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def main(argv) -> None:
   del argv
   runtime.initialize_runtime(flags.FLAGS.coordinator_address,
-                             flags.FLAGS.num_processes, flags.FLAGS.process_id)
+                             flags.FLAGS.num_processes, flags.FLAGS.process_id,
+                             flags.FLAGS.heartbeat_timeout_seconds)
   workdir = flags.FLAGS.workdir
   if not workdir:
     raise app.UsageError('--workdir is required.')
