@@ -15,7 +15,6 @@ import threading
 from typing import Dict
 
 from absl.testing import absltest
-from absl.testing import parameterized
 
 from tests.testing import ROOT
 from tests.testing import free_port
@@ -50,7 +49,7 @@ def serve_metadata(attributes: Dict[str, str]) -> http.server.HTTPServer:
   return server
 
 
-class TpuPodTest(parameterized.TestCase):
+class TpuPodTest(absltest.TestCase):
 
   JOIN = (
       'import os, jax\n'
@@ -66,8 +65,10 @@ class TpuPodTest(parameterized.TestCase):
       '  print(jax.process_count(), jax.process_index(), jax.device_count(),\n'
       '        peers.tolist(), file=f)\n')
 
-  @parameterized.named_parameters(('_gce', 'gce'), ('_gke', 'gke'))
-  def test_hosts_of_a_tpu_pod_join_one_job(self, platform):
+  def start_pod(self, platform: str):
+    """The two hosts of a pod slice on `platform` ('gce' or 'gke'), started:
+    (their processes, their metadata servers, where each writes what it
+    joined)."""
     port = free_port()
     joined = self.create_tempdir().full_path
     processes, servers = [], []
@@ -89,19 +90,27 @@ class TpuPodTest(parameterized.TestCase):
       processes.append(subprocess.Popen(
           [sys.executable, '-c', self.JOIN], env=env, cwd=ROOT,
           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    try:
-      outcomes = [p.communicate(timeout=120)[1] for p in processes]
-    finally:
-      for process in processes:
-        process.kill()
-      for server in servers:
-        server.shutdown()
-    for worker, (process, stderr) in enumerate(zip(processes, outcomes)):
-      self.assertEqual(process.returncode, 0, stderr[-3000:])
-      # 2 processes, this one's index, 8 devices in all, both peers seen.
-      with open(os.path.join(joined, str(worker))) as f:
-        self.assertEqual(f.read(), f'2 {worker} 8 [0, 1]\n')
+    return processes, servers, joined
 
+  def test_the_hosts_of_a_pod_on_gce_and_on_gke_join_one_job_each(self):
+    pods = {platform: self.start_pod(platform) for platform in ('gce', 'gke')}
+    try:
+      outcomes = {platform: [p.communicate(timeout=300)[1] for p in processes]
+                  for platform, (processes, _, _) in pods.items()}
+    finally:
+      for processes, servers, _ in pods.values():
+        for process in processes:
+          process.kill()
+        for server in servers:
+          server.shutdown()
+    for platform, (processes, _, joined) in pods.items():
+      for worker, (process, stderr) in enumerate(zip(processes,
+                                                     outcomes[platform])):
+        self.assertEqual(process.returncode, 0, f'{platform}: '
+                         f'{stderr[-3000:]}')
+        # 2 processes, this one's index, 8 devices in all, both peers seen.
+        with open(os.path.join(joined, str(worker))) as f:
+          self.assertEqual(f.read(), f'2 {worker} 8 [0, 1]\n', platform)
 
 if __name__ == '__main__':
   absltest.main()
