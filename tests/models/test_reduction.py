@@ -16,6 +16,7 @@ import numpy as np
 from tests import numpy_reference as ref
 from tests.testing import as_numpy
 from tests.testing import flat
+from tests.testing import init
 from tests.testing import model_only_config
 from tests.testing import perturbed
 from tokenlearner_jax import errors
@@ -43,10 +44,16 @@ def vit_config(**kwargs):
 
 
 def init_params(config, seed=0):
-  """`config`'s model and its initial parameters (unboxed)."""
+  """`config`'s model and its initial parameters (unboxed; a fresh tree of
+  the arrays initialised once per config and seed)."""
+  return init(config, IMAGES.shape[1:], seed, NUM_CLASSES)
+
+
+def abstract_params(config):
+  """`config`'s model and the shapes of its parameters (nothing compiled)."""
   model = build_model(config, NUM_CLASSES)
-  params = jax.jit(lambda r: model.init(r, IMAGES, train=False))(
-      jax.random.PRNGKey(seed))['params']
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), IMAGES,
+                                             train=False))['params']
   return model, flax.core.unfreeze(flax.linen.meta.unbox(params))
 
 
@@ -287,7 +294,7 @@ class ReducedViTTest(parameterized.TestCase):
   def test_no_reduction_is_the_plain_model(self, kwargs):
     plain_model, plain = init_params(vit_config(classifier='token'))
     plain = perturbed(plain, scale=0.2)
-    model, params = init_params(
+    model, params = abstract_params(
         vit_config(classifier='token', tokenlearner_loc=1, **kwargs))
     self.assertEqual(jax.tree_util.tree_structure(params),
                      jax.tree_util.tree_structure(plain))
@@ -306,12 +313,13 @@ class ReducedViTTest(parameterized.TestCase):
     plain_model, params = init_params(vit_config(classifier='gap'))
     params = perturbed(params, scale=0.2)
     params['Transformer']['posembed_input']['pos_embedding'] *= 0.0
-    want = plain_model.apply({'params': params}, images, train=False)
+    apply = lambda model: jax.jit(lambda p: model.apply(  # pylint: disable=g-long-lambda
+        {'params': p}, images, train=False))(params)
+    want = apply(plain_model)
     for prop_attn in (True, False):
-      model = build_model(vit_config(
+      got = apply(build_model(vit_config(
           classifier='gap', tokenlearner_loc=0, token_reduction='tome',
-          tome_r=8, tome_prop_attn=prop_attn), NUM_CLASSES)
-      got = model.apply({'params': params}, images, train=False)
+          tome_r=8, tome_prop_attn=prop_attn), NUM_CLASSES))
       if prop_attn:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
       else:
@@ -322,7 +330,7 @@ class ReducedViTTest(parameterized.TestCase):
     _, plain = init_params(vit_config(classifier='token'))
     amount = {'tome': dict(tome_r=8), 'evit': dict(keep_rate=0.5),
               'ats': dict(num_tokens=8)}[method]
-    model, params = init_params(vit_config(
+    model, params = abstract_params(vit_config(
         classifier='token', tokenlearner_loc=1, token_reduction=method,
         **amount))
     self.assertEqual(jax.tree_util.tree_structure(params),
