@@ -6,6 +6,7 @@ config has its exact parameter count here (`python -m tokenlearner_jax.summary
 when a row is added without one.
 """
 
+import functools
 import os
 
 from absl.testing import absltest
@@ -147,10 +148,17 @@ class PaperModelSizesTest(parameterized.TestCase):
       *[(f'{i}_{row.config}', row) for i, row in enumerate(
           rows_with_config())])
   def test_parameter_count(self, row):
-    config = common.load_config(
-        os.path.join(ROOT, 'configs', f'{row.config}.py'), row.config_arg)
-    self.assertEqual(summary.summarize(config)['num_params'],
+    self.assertEqual(num_params(row.config, row.config_arg),
                      PARAMS[row.table, row.name])
+
+
+@functools.lru_cache(maxsize=None)
+def num_params(config_name: str, config_arg: str) -> int:
+  """What `summary` prints for `configs/<config_name>.py:<config_arg>` (rows
+  of several tables share a config)."""
+  return summary.summarize(common.load_config(
+      os.path.join(ROOT, 'configs', f'{config_name}.py'), config_arg)
+                          )['num_params']
 
 
 if __name__ == '__main__':
