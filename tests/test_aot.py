@@ -58,7 +58,8 @@ def nbytes(dtype: str, shape: Tuple[int, ...]) -> int:
 
 
 def demo(fsdp: int):
-  config = testing.config_for('demo_moving_digits', None)
+  """The demo as `runlocal` sets it: 2 layers, TokenLearner at 1, batch 8."""
+  config = testing.config_for('demo_moving_digits')
   config.mesh.data, config.mesh.fsdp = -1, fsdp
   return config
 

@@ -1,6 +1,7 @@
 """The reference's own config files, unchanged: their models' exact sizes
 through `summary` (no data read), and the ViViT-B Kinetics-400 file trains on
-Kinetics-format TFRecords with only data paths and sizes overridden."""
+Kinetics-format TFRecords with only data paths and sizes (and its depth)
+overridden."""
 
 import os
 
@@ -52,6 +53,10 @@ class ReferenceConfigFilesTest(parameterized.TestCase):
     data.test_batch_size = 2
     config.batch_size = 2
     config.num_training_epochs = 1
+    # 2 of its 12 layers: what runs (the reference's keys, its data and
+    # evaluation schedule) does not depend on the depth; the 12-layer model's
+    # size is test_summary_without_data's.
+    config.model.num_layers = 2
     config.init_from.checkpoint_path = None
     workdir = self.create_tempdir().full_path
     final = train.train_and_evaluate(config, workdir)

@@ -48,7 +48,8 @@ def to_layout(params, target):
   return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
-def loss_and_grads(model, params, x):
+def outputs(model, params, x):
+  """(eval logits, training loss, its gradients) of one compiled program."""
   labels = jax.nn.one_hot(jnp.arange(x.shape[0]) % NUM_CLASSES, NUM_CLASSES)
 
   def loss_fn(p):
@@ -56,7 +57,11 @@ def loss_and_grads(model, params, x):
                          rngs={'dropout': jax.random.PRNGKey(1)})
     return optax.softmax_cross_entropy(logits, labels).mean()
 
-  return jax.jit(jax.value_and_grad(loss_fn))(params)
+  def run(p):
+    return (model.apply({'params': p}, x, train=False),
+            *jax.value_and_grad(loss_fn)(p))
+
+  return jax.jit(run)(params)
 
 
 def assert_trees_close(test, a, b, rtol, atol):
@@ -66,10 +71,6 @@ def assert_trees_close(test, a, b, rtol, atol):
   for name in flat_a:
     np.testing.assert_allclose(flat_a[name], flat_b[name], rtol=rtol,
                                atol=atol, err_msg=name)
-
-
-def forward(model, params, x):
-  return jax.jit(lambda p: model.apply({'params': p}, x, train=False))(params)
 
 
 SCAN = dict(scan_layers=True)
@@ -111,10 +112,9 @@ class ScanRematTest(parameterized.TestCase):
     model, params = init(video_config(**layout), x)
     fast, fast_params = init(video_config(**layout, **options), x)
     fast_params = to_layout(params, fast_params)
-    np.testing.assert_allclose(forward(fast, fast_params, x),
-                               forward(model, params, x), rtol=1e-5, atol=1e-6)
-    loss, grads = loss_and_grads(model, params, x)
-    fast_loss, fast_grads = loss_and_grads(fast, fast_params, x)
+    logits, loss, grads = outputs(model, params, x)
+    fast_logits, fast_loss, fast_grads = outputs(fast, fast_params, x)
+    np.testing.assert_allclose(fast_logits, logits, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fast_loss, loss, rtol=1e-5)
     # Gradients, compared in the per-layer layout.
     assert_trees_close(self, to_layout(fast_grads, grads), grads, rtol=2e-4,
@@ -206,11 +206,9 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
     model, params = init(config, x)
     config.model.attention_impl = attention_impl
     other = build_model(config, NUM_CLASSES)
-    np.testing.assert_allclose(
-        other.apply({'params': params}, x, train=False),
-        model.apply({'params': params}, x, train=False), rtol=rtol, atol=atol)
-    loss, grads = loss_and_grads(model, params, x)
-    other_loss, other_grads = loss_and_grads(other, params, x)
+    logits, loss, grads = outputs(model, params, x)
+    other_logits, other_loss, other_grads = outputs(other, params, x)
+    np.testing.assert_allclose(other_logits, logits, rtol=rtol, atol=atol)
     np.testing.assert_allclose(other_loss, loss, rtol=rtol)
     if grads_rtol:
       assert_trees_close(self, other_grads, grads, rtol=grads_rtol, atol=atol)

@@ -102,8 +102,10 @@ class BuildModelTest(parameterized.TestCase):
     config = make_config('video', tokenlearner_loc=1, num_tokens=3,
                          use_tokenfuse=True)
     x = jnp.ones((2, 2 * temporal_dims, 12, 16, 3))
-    _, params, apply = init_and_apply(config, x)
-    logits, state = apply(params, x)
+    model = build_model(config, NUM_CLASSES)
+    logits, state = jax.eval_shape(lambda: model.apply(  # Traced, not run.
+        model.init(jax.random.PRNGKey(0), x, train=False), x, train=False,
+        mutable=['intermediates']))
     self.assertEqual(logits.shape, (2, NUM_CLASSES))
     maps = state['intermediates']['Transformer']
     self.assertEqual(sorted(maps),
