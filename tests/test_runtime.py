@@ -5,6 +5,7 @@ tests/integration/test_tpu_pod.py)."""
 import os
 from unittest import mock
 
+from absl import app
 from absl.testing import absltest
 
 from tokenlearner_jax import runtime
@@ -63,6 +64,15 @@ class TpuPodDetectionTest(absltest.TestCase):
           if value is not None:
             os.environ[name] = value
         self.assertEqual(runtime.in_cluster(), joins, (tpu_vm, environment))
+
+
+  def test_bad_job_flags_are_usage_errors_naming_the_flag(self):
+    with self.assertRaisesRegex(app.UsageError,
+                                '--heartbeat_timeout_seconds=0: must be > 0'):
+      runtime.initialize_runtime(heartbeat_timeout_seconds=0)
+    with self.assertRaisesRegex(app.UsageError,
+                                '--coordinator_address needs --num_processes'):
+      runtime.initialize_runtime('localhost:1234', num_processes=2)
 
 
 if __name__ == '__main__':
