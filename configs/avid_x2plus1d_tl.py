@@ -35,8 +35,7 @@ num_tokens=8, runlocal (a tiny network on 4x64x64 clips for a CPU smoke run;
 tables 'train@1' and 'test@1').
 """
 
-import os
-
+from tokenlearner_jax.configs import charades
 from tokenlearner_jax.configs import common
 
 AVID_SIZES = dict(train=410_000, test=40_000)  # About; set your copy's.
@@ -47,9 +46,7 @@ def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
   arg = common.parse_arg(arg, row='tokenlearner', token_maker='tokenlearner',
                          num_tokens=8, runlocal=False)
-  charades = common.load_module(os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), 'charades_x2plus1d_tl.py'))
-  config = charades.get_config(
+  config = charades.charades_config(
       f'row={arg.row},token_maker={arg.token_maker},'
       f'num_tokens={arg.num_tokens},runlocal={arg.runlocal}')
   config.experiment_name = f'avid_x2plus1d_{arg.row}_12fps'

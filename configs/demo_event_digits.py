@@ -25,18 +25,15 @@ conv2d_tokenlearner (default), ...), runlocal (the 'small' dataset, 2
 steps).
 """
 
-import os
-
 import ml_collections
 
+from tokenlearner_jax.configs import charades
 from tokenlearner_jax.configs import common
 
 
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
   arg = common.parse_arg(arg, row='conv2d_tokenlearner', runlocal=False)
-  charades = common.load_module(os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), 'charades_x2plus1d_tl.py'))
   if arg.row not in charades.ROWS:
     raise ValueError(f'Unknown row={arg.row!r}; known: '
                      f'{sorted(charades.ROWS)}.')

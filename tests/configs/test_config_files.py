@@ -60,6 +60,15 @@ def config_path(name: str) -> str:
 
 class ConfigFilesTest(parameterized.TestCase):
 
+  def test_config_files_import_the_package_not_each_other(self):
+    # Shared config code lives in tokenlearner_jax/configs/ (big_vision's
+    # configs/common.py manner): no config file loads another by path.
+    for path in CONFIGS:
+      with open(path) as f:
+        text = f.read()
+      self.assertIsNone(re.search(r'load_module\(|load_config\(|sys\.path',
+                                  text), os.path.basename(path))
+
   def test_every_config_file_has_sizes(self):
     names = {os.path.basename(path)[:-3] for path in CONFIGS}
     self.assertEqual({name for name, _ in SIZES}, names)

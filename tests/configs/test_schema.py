@@ -28,6 +28,7 @@ from tests.testing import model_only_config
 from tests.testing import mu_config
 from tests.testing import typo_config_file
 from tokenlearner_jax import evaluate
+from tokenlearner_jax import models
 from tokenlearner_jax import summary
 from tokenlearner_jax import train
 from tokenlearner_jax import visualize
@@ -288,8 +289,11 @@ def config_reads(path: str) -> Set[str]:
 
 
 def _model_keys() -> Set[str]:
+  """Keys under `config.model` of both model families (and their parents)."""
   keys = set()
-  for key, *_ in schema.model_keys():
+  rows = (schema.model_keys() +
+          schema.model_keys(models.X2Plus1DConfig))
+  for key, *_ in rows:
     if not key.startswith('/'):
       parts = key.split('.')
       keys |= {'.'.join(parts[:i]) for i in range(1, len(parts) + 1)}
