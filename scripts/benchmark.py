@@ -261,7 +261,7 @@ def train_step_program(config, input_shape, num_classes: int) -> StepProgram:
   model = build_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config, total_steps=1000)
   mesh = sharding.make_mesh(config)
-  train_steps.check_batch_sizes(config, mesh)
+  train_steps.check_batch_size(config.batch_size, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   input_shape = tuple(input_shape)
   abstract_state, shardings = train_steps.create_train_state(
@@ -358,7 +358,8 @@ def bench_model(name: str, config, input_shape, num_classes: int,
                                           args.steps)
   step_s = statistics.median(times)
   gmacs = flops.gmacs(config, input_shape, num_classes)
-  flop_per_s = 6 * gmacs * 1e9 * config.batch_size / step_s
+  flop_per_s = (flops.TRAIN_FLOPS_PER_MAC * gmacs * 1e9 * config.batch_size /
+                step_s)
   row = dict(model=name, batch=config.batch_size, gmacs=gmacs,
              compile_s=compile_s, step_s=step_s,
              step_s_spread=[min(times), max(times)],
@@ -489,7 +490,7 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
                 over_batch=over_batch, over_peak_memory_mib=over_peak / 2**20,
                 step_s=step_s, examples_per_s=batch / step_s,
                 # Model FLOPs: a rematerialised forward pass is not counted.
-                mfu=6 * gmacs * 1e9 * batch / step_s /
+                mfu=flops.TRAIN_FLOPS_PER_MAC * gmacs * 1e9 * batch / step_s /
                 (peak * jax.device_count()))
   print(f'  {spec.name} remat={remat}: largest batch {batch} '
         f'({peak_bytes / 2**20:.0f} of {limit / 2**20:.0f} MiB; {over_batch} '

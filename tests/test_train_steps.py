@@ -15,6 +15,7 @@ from tests.testing import config_for
 from tests.testing import example_data
 from tests.testing import fresh_state
 from tests.testing import softmax_ce_grads
+from tokenlearner_jax import errors
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train
@@ -27,12 +28,12 @@ class TrainStepsTest(absltest.TestCase):
     config = config_for('demo_moving_digits')
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
                              ('data', 'fsdp', 'model'))
-    train_steps.check_batch_sizes(config, mesh)  # Any batch splits over 1.
+    train_steps.check_batch_size(config.batch_size, mesh)  # Any splits over 1.
     mesh = ml_collections.ConfigDict(dict(shape=dict(data=4, fsdp=2)))
     config.batch_size = 12
-    with self.assertRaisesRegex(ValueError,
+    with self.assertRaisesRegex(errors.ConfigError,
                                 r'batch_size=12 .* data-parallel size 8'):
-      train_steps.check_batch_sizes(config, mesh)
+      train_steps.check_batch_size(config.batch_size, mesh)
 
   def test_jitted_steps_and_the_parameters_without_an_optimizer(self):
     config = config_for('demo_moving_digits')

@@ -54,10 +54,6 @@ from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models import build_model
 
 GiB = 2**30
-# Train step FLOPs per multiply-add per example: forward + backward (3 passes
-# of 2 FLOPs), as scripts/benchmark.py counts.
-TRAIN_FLOPS_PER_MAC = 6
-EVAL_FLOPS_PER_MAC = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +262,8 @@ def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
   usable = (optimal is not None and math.isfinite(optimal) and optimal > 0
             and optimal >= roofline)
   seconds = float(optimal) if usable else roofline
-  per_mac = TRAIN_FLOPS_PER_MAC if name == 'train' else EVAL_FLOPS_PER_MAC
+  per_mac = (flops.TRAIN_FLOPS_PER_MAC if name == 'train' else
+             flops.EVAL_FLOPS_PER_MAC)
   model_flops = per_mac * gmacs * 1e9 * batch_size / len(the_slice.devices)
   return Compiled(
       name=name, batch_size=batch_size, compile_s=compile_s,
@@ -335,18 +332,10 @@ def setup(config: ml_collections.ConfigDict, the_slice: Slice) -> Setup:
                _with_shardings(state, shardings), shardings, tx, schedule)
 
 
-def _check_batch(s: Setup, batch_size: int, key: str) -> None:
-  if batch_size % s.data_parallel:
-    raise errors.ConfigError(
-        f'config.{key}={batch_size} is not divisible by the data-parallel '
-        f"size {s.data_parallel} (config.mesh data x fsdp = "
-        f"{s.mesh.shape['data']} x {s.mesh.shape['fsdp']}).")
-
-
 def compile_train(s: Setup, the_slice: Slice, batch_size: int,
                   keep_hlo: bool = False) -> Compiled:
   """The train step of `train` at global `batch_size`, compiled."""
-  _check_batch(s, batch_size, 'batch_size')
+  train_steps.check_batch_size(batch_size, s.mesh)
   batch_sharding = sharding.batch_sharding(s.mesh)
   step = train_steps.make_train_step(s.config, s.model, s.tx, s.schedule,
                                      s.shardings, batch_sharding,

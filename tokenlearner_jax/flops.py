@@ -17,6 +17,11 @@ from tokenlearner_jax.models.config import ModelConfig
 from tokenlearner_jax.models.x2plus1d import round_width
 
 BOTTLENECK_DIM = 64  # TokenLearner v1.1 / TokenFuser MLP width (reference).
+# FLOPs per multiply-add per example, for model FLOPs and MFU: a forward pass
+# is 2 (a multiply and an add); a train step 6 (forward, and a backward pass
+# of twice the forward's work). Rematerialised forwards are not counted.
+EVAL_FLOPS_PER_MAC = 2
+TRAIN_FLOPS_PER_MAC = 6
 
 
 def block_macs(tokens: int, hidden: int, mlp_dim: int) -> int:

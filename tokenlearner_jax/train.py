@@ -369,7 +369,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The loss and metrics of `config.model_name`'s head (module docstring).
   multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
-  train_steps.check_batch_sizes(config, mesh)
+  train_steps.check_batch_size(config.batch_size, mesh)
   resume_step = checkpoint.latest_step(workdir)
   data = input_pipeline.get_data(config, start_step=resume_step or 0)
   record_config(config, workdir, resume_step, data, mesh)

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 import ml_collections
 import optax
 
+from tokenlearner_jax import errors
 from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import sharding
 
@@ -301,13 +302,14 @@ def eval_step(variables, batch, *, model, multilabel: bool,
   return sums, logits
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
-  """Batch sizes must split evenly over the data-parallel devices."""
+def check_batch_size(batch_size: int, mesh, key: str = 'batch_size') -> None:
+  """A global batch (`config.<key>`) must split evenly over the data-parallel
+  devices; the one check of it (train, aot, the benchmark)."""
   parallel = mesh.shape['data'] * mesh.shape['fsdp']
-  if config.batch_size % parallel:
-    raise ValueError(
-        f'config.batch_size={config.batch_size} is not divisible by the '
-        f'data-parallel size {parallel} (config.mesh data x fsdp = '
+  if batch_size % parallel:
+    raise errors.ConfigError(
+        f'config.{key}={batch_size} is not divisible by the data-parallel '
+        f'size {parallel} (config.mesh data x fsdp = '
         f"{mesh.shape['data']} x {mesh.shape['fsdp']}).")
 
 
