@@ -40,7 +40,6 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 from jax.sharding import Mesh
 
 from tokenlearner_jax import errors
@@ -139,15 +138,6 @@ def tpu_slice(name: str) -> Slice:
   devices = tuple(topology.devices)
   chips = {tuple(d.coords) for d in devices}
   return Slice(name, CHIPS[generation], devices, len(devices) // len(chips))
-
-
-def make_mesh(config: ml_collections.ConfigDict, devices) -> Mesh:
-  """`config.mesh` over `devices`, as `sharding.make_mesh` over jax's."""
-  try:
-    shape = sharding.mesh_shape(config.mesh, len(devices))
-  except ValueError as e:
-    raise errors.ConfigError(str(e)) from None
-  return Mesh(np.asarray(devices).reshape(shape), sharding.MESH_AXES)
 
 
 def _num_steps(config: ml_collections.ConfigDict) -> int:
@@ -320,7 +310,7 @@ def setup(config: ml_collections.ConfigDict, the_slice: Slice) -> Setup:
   """`train`'s model, state and shardings for `config` on `the_slice`."""
   config = schema.complete(config)
   multilabel = metrics_lib.is_multilabel(config.model_name)
-  mesh = make_mesh(config, the_slice.devices)
+  mesh = sharding.make_mesh(config, the_slice.devices)
   num_classes = summary.example_num_classes(config)
   input_shape = tuple(summary.example_input_shape(config))
   model = build_model(config, num_classes)

@@ -8,7 +8,7 @@ maps onto mesh axes; the batch is split over `data` x `fsdp`. FSDP is the rule
 """
 
 import math
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +17,8 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from tokenlearner_jax import errors
 
 MESH_AXES = ('data', 'fsdp', 'model')
 DEFAULT_RULES = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'),
@@ -43,9 +45,16 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict,
   return tuple(sizes)
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
-  devices = jax.devices()
-  shape = mesh_shape(config.mesh, len(devices))
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """`config.mesh` over `devices` (jax's, unless given: `aot` passes a TPU
+  slice's compile-only devices); a mesh that does not fit them is a
+  `ConfigError`."""
+  devices = jax.devices() if devices is None else devices
+  try:
+    shape = mesh_shape(config.mesh, len(devices))
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from None
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
