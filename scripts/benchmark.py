@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from tokenlearner_jax.configs import common as config_lib
+from tokenlearner_jax import aot
 from tokenlearner_jax import flops
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
@@ -402,9 +403,9 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
 
   By XLA's peak estimate, which is about linear in the batch: two compiles (at
   2 and 8 times `--max_batch_multiple`) fit the line; the batch where it meets
-  `limit` is compiled first, then batches further out (doubling the distance)
-  until one fits and one does not, then bisection until they are at most 5%
-  (or one multiple) apart. One real step then runs at the batch that fits
+  `limit` is compiled first, then `aot.largest_batch`'s search (out in
+  doubling steps, then bisection) until a fitting and a failing batch are at
+  most 5% (or one multiple) apart. One real step then runs at the batch that fits
   (10% less and again if the device runs out of memory all the same).
   """
   multiple = args.max_batch_multiple
@@ -434,40 +435,21 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
                 per_example_mib=per_example / 2**20, fixed_mib=fixed / 2**20,
                 predicted_batch=predicted)
 
-  def bracket():
-    fits = [b for b, m in memory.items() if m <= limit]
-    over = [b for b, m in memory.items() if m > limit]
-    return max(fits, default=None), min(over, default=None)
+  def fits(batch):
+    programs[batch] = compiled_at(batch)
+    memory[batch] = programs[batch][2]
+    return memory[batch] <= limit
 
-  # Out from the prediction in doubling steps (the fit points bound them),
-  # then bisection.
-  probe, distance, probed = predicted, tolerance(predicted), set()
-  while True:
-    if probe not in memory:
-      programs[probe] = compiled_at(probe)
-      memory[probe] = programs[probe][2]
-    probed.add(probe)
-    fit, over_batch = bracket()
-    if fit is None:
-      if probe == multiple:
-        raise ValueError(f'--max_batch: {spec.name} (remat={remat}) does not '
-                         f'fit in {limit / 2**20:.0f} MiB at batch {probe}.')
-      probe = rounded(probe - distance)
-    elif over_batch is None:
-      probe = probe + distance
-    elif over_batch - fit <= tolerance(fit):
-      break
-    else:
-      middle = rounded((fit + over_batch) / 2)
-      if fit not in probed:
-        probe = max(middle, rounded(over_batch - distance))
-      elif over_batch not in probed:
-        probe = min(middle, fit + distance)
-      else:
-        probe = middle
-      if probe in memory:
-        break
-    distance *= 2
+  fit, tried = aot.largest_batch(
+      fits, multiple, predicted, limit=2**62, tolerance=tolerance,
+      tried={b: m <= limit for b, m in memory.items()})
+  over_batch = min((b for b, ok in tried.items() if not ok), default=None)
+  if not fit:
+    raise ValueError(f'--max_batch: {spec.name} (remat={remat}) does not '
+                     f'fit in {limit / 2**20:.0f} MiB at batch {multiple}.')
+  if over_batch is None:
+    raise ValueError(f'--max_batch: {spec.name} (remat={remat}) fits at '
+                     f'every batch tried, up to {fit}.')
   batch, over_peak = fit, memory[over_batch]
   program, compiled, _ = programs[batch]
   peak_bytes = memory[batch]

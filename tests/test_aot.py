@@ -191,3 +191,26 @@ def test_max_batch_bisects_over_multiples_of_the_data_parallel_size(
   monkeypatch.setattr(aot, 'compile_train', lambda *_: types.SimpleNamespace(
       fits=False))
   assert aot.max_batch(setup, None, start=8)[0] == 0
+
+
+def test_largest_batch_stops_within_the_tolerance_and_reuses_known_sizes():
+  calls = []
+
+  def fits(batch):
+    calls.append(batch)
+    return batch <= 203
+
+  # Known: 8 fits, 32 fits, 512 does not (as the benchmark's two line-fit
+  # compiles and a third would give); 5% tolerance, in multiples of 4.
+  tolerance = lambda b: max(4, int(b * 0.05) // 4 * 4)
+  largest, tried = aot.largest_batch(
+      fits, 4, start=180, tolerance=tolerance,
+      tried={8: True, 32: True, 512: False})
+  over = min(b for b, ok in tried.items() if not ok)
+  assert largest <= 203 < over
+  assert over - largest <= tolerance(largest)
+  assert not {8, 32, 512} & set(calls) and len(set(calls)) == len(calls)
+  assert all(b % 4 == 0 for b in calls)
+  # The exact answer with the default tolerance (one unit), and the limit.
+  assert aot.largest_batch(fits, 4, start=8)[0] == 200
+  assert aot.largest_batch(lambda b: True, 4, start=8, limit=50)[0] == 48

@@ -16,7 +16,7 @@ whether it fits; the compile time; the compiler's flops and time estimate
 bound from the compiled flops and bytes against the chip's published peaks)
 and, from them, an MFU and examples/s per chip. These are the compiler's
 estimates: nothing here ran on a TPU. `--max_batch`: the largest global batch
-that fits, by bisection over multiples of the data-parallel size.
+that fits, searched over multiples of the data-parallel size.
 
 A device is what jax sees: one TensorCore on v3 and v4 (two per chip, each
 with half the chip's HBM), one chip on v5e and v5p (v5p's two cores as one
@@ -354,39 +354,71 @@ def compile_eval(s: Setup, the_slice: Slice, batch_size: int,
                  _shard_bytes(variables), s.gmacs, the_slice, keep_hlo)
 
 
+def largest_batch(fits: Callable[[int], bool], unit: int, start: int,
+                  limit: int = 1 << 16,
+                  tolerance: Optional[Callable[[int], int]] = None,
+                  tried: Optional[Dict[int, bool]] = None
+                  ) -> Tuple[int, Dict[int, bool]]:
+  """The largest batch, a multiple of `unit`, for which `fits` holds.
+
+  The one largest-batch search (`max_batch` here, `scripts/benchmark.py`'s
+  `--max_batch`). `fits` is assumed monotone and is called at most once per
+  batch. From `start`, batches further out (the distance doubling from one
+  `tolerance`) until one fits and a larger one does not, then bisection until
+  the two are at most `tolerance(fit)` apart (default: one `unit`, i.e. the
+  exact answer).
+
+  Args:
+    fits: batch -> whether it fits.
+    unit: The step between batches (the data-parallel size).
+    start: The first batch tried (rounded to a multiple of `unit`).
+    limit: The largest batch tried.
+    tolerance: fitting batch -> how far above it the search may stop.
+    tried: batch -> fits, already known (counted as tried, not called).
+
+  Returns:
+    The largest fitting batch found (0: not even `unit` fits), and each
+    batch tried -> fits.
+  """
+  tolerance = tolerance or (lambda batch: unit)
+  tried = dict(tried or {})
+  top = max(unit, limit // unit * unit)
+
+  def rounded(batch: int) -> int:
+    return min(top, max(unit, int(batch) // unit * unit))
+
+  probe = rounded(start)
+  distance = tolerance(probe)
+  while True:
+    if probe not in tried:
+      tried[probe] = fits(probe)
+    fit = max((b for b, ok in tried.items() if ok), default=None)
+    over = min((b for b, ok in tried.items() if not ok), default=None)
+    if fit is None:
+      if probe == unit:
+        return 0, tried
+      probe = rounded(probe - distance)
+    elif over is None:
+      if fit == top:
+        return fit, tried
+      probe = rounded(fit + distance)
+    elif over - fit <= tolerance(fit):
+      return fit, tried
+    else:
+      probe = rounded((fit + over) // 2)
+      if probe == fit:
+        return fit, tried
+    distance *= 2
+
+
 def max_batch(s: Setup, the_slice: Slice, start: int,
               limit: int = 1 << 16) -> Tuple[int, Dict[int, bool]]:
   """The largest global train batch (a multiple of the data-parallel size)
-  whose peak fits the device's HBM: doubling from `start`, then bisection.
-  Returns it (0: not even one example per data shard) and each size tried
-  -> fits."""
-  unit = s.data_parallel
-  tried: Dict[int, bool] = {}
-
-  def fits(k: int) -> bool:
-    if k * unit not in tried:
-      tried[k * unit] = compile_train(s, the_slice, k * unit).fits
-    return tried[k * unit]
-
-  k = max(start // unit, 1)
-  if fits(k):
-    low, high = k, None
-    while high is None and (2 * low) * unit <= limit:
-      if fits(2 * low):
-        low *= 2
-      else:
-        high = 2 * low
-    if high is None:
-      return low * unit, tried
-  else:
-    low, high = 0, k
-  while high - low > 1:
-    mid = (low + high) // 2
-    if fits(mid):
-      low = mid
-    else:
-      high = mid
-  return low * unit, tried
+  whose peak fits the device's HBM (`largest_batch` from `start`). Returns it
+  (0: not even one example per data shard) and each size tried -> fits."""
+  return largest_batch(
+      lambda batch: compile_train(s, the_slice, batch).fits,
+      s.data_parallel, start, limit)
 
 
 def _gib(x: float) -> str:
