@@ -388,10 +388,11 @@ def largest_batch(fits: Callable[[int], bool], unit: int, start: int,
     return min(top, max(unit, int(batch) // unit * unit))
 
   probe = rounded(start)
-  distance = tolerance(probe)
+  distance, probed = tolerance(probe), set()
   while True:
     if probe not in tried:
       tried[probe] = fits(probe)
+    probed.add(probe)
     fit = max((b for b, ok in tried.items() if ok), default=None)
     over = min((b for b, ok in tried.items() if not ok), default=None)
     if fit is None:
@@ -401,12 +402,20 @@ def largest_batch(fits: Callable[[int], bool], unit: int, start: int,
     elif over is None:
       if fit == top:
         return fit, tried
-      probe = rounded(fit + distance)
+      probe = rounded(probe + distance)
     elif over - fit <= tolerance(fit):
       return fit, tried
     else:
-      probe = rounded((fit + over) // 2)
-      if probe == fit:
+      # Bisection; a bound known beforehand (not probed here) is approached
+      # in the doubling steps from the probed side instead.
+      middle = rounded((fit + over) // 2)
+      if fit not in probed:
+        probe = max(middle, rounded(over - distance))
+      elif over not in probed:
+        probe = min(middle, fit + distance)
+      else:
+        probe = middle
+      if probe in tried:
         return fit, tried
     distance *= 2
 
