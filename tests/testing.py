@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import types
 import zlib
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Sequence,
@@ -439,6 +440,19 @@ def train_command(workdir: str, *overrides: str) -> List[str]:
           f'--config={ROOT}/configs/demo_moving_digits.py:runlocal',
           f'--workdir={workdir}',
           f'--config.dataset_configs.data_dir={DATA_DIR}', *overrides]
+
+
+def wait_until(condition: Callable[[], Any], process=None,
+               timeout: float = 300) -> bool:
+  """Polls `condition` until it holds, `process` (a Popen) has ended, or
+  `timeout` seconds (a guard against a hang, not a time limit) have passed;
+  returns whether it holds."""
+  deadline = time.time() + timeout
+  while not condition() and time.time() < deadline:
+    if process is not None and process.poll() is not None:
+      break
+    time.sleep(0.02)
+  return bool(condition())
 
 
 def committed_steps(workdir: str) -> List[int]:

@@ -303,7 +303,7 @@ class Setup:
 
   @property
   def data_parallel(self) -> int:
-    return self.mesh.shape['data'] * self.mesh.shape['fsdp']
+    return sharding.data_parallel_size(self.mesh)
 
 
 def setup(config: ml_collections.ConfigDict, the_slice: Slice) -> Setup:

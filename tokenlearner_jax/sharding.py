@@ -45,6 +45,11 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict,
   return tuple(sizes)
 
 
+def data_parallel_size(mesh: Mesh) -> int:
+  """Devices a batch is split over: `data` x `fsdp`."""
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
 def make_mesh(config: ml_collections.ConfigDict,
               devices: Optional[Sequence[Any]] = None) -> Mesh:
   """`config.mesh` over `devices` (jax's, unless given: `aot` passes a TPU

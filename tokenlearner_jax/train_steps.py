@@ -302,14 +302,14 @@ def eval_step(variables, batch, *, model, multilabel: bool,
   return sums, logits
 
 
-def check_batch_size(batch_size: int, mesh, key: str = 'batch_size') -> None:
-  """A global batch (`config.<key>`) must split evenly over the data-parallel
-  devices; the one check of it (train, aot, the benchmark)."""
-  parallel = mesh.shape['data'] * mesh.shape['fsdp']
+def check_batch_size(batch_size: int, mesh) -> None:
+  """A global batch (`config.batch_size`) must split evenly over the
+  data-parallel devices; the one check of it (train, aot, the benchmark)."""
+  parallel = sharding.data_parallel_size(mesh)
   if batch_size % parallel:
     raise errors.ConfigError(
-        f'config.{key}={batch_size} is not divisible by the data-parallel '
-        f'size {parallel} (config.mesh data x fsdp = '
+        f'config.batch_size={batch_size} is not divisible by the '
+        f'data-parallel size {parallel} (config.mesh data x fsdp = '
         f"{mesh.shape['data']} x {mesh.shape['fsdp']}).")
 
 

@@ -83,11 +83,7 @@ class FaultToleranceTest(absltest.TestCase):
     its exit code and stderr."""
     process, log = self.start(workdir, *overrides)
     self.last_pid = process.pid
-    deadline = time.time() + 300
-    while not condition() and time.time() < deadline:
-      if process.poll() is not None:
-        break
-      time.sleep(0.02)
+    testing.wait_until(condition, process)
     process.send_signal(sig)
     process.wait(timeout=300)
     with open(log) as f:
@@ -308,9 +304,7 @@ class MultiProcessTest(absltest.TestCase):
         '--config.checkpoint_steps=1000000', '--config.log_eval_steps=1000000',
         '--heartbeat_timeout_seconds=10')
     results = os.path.join(workdir, 'metrics.jsonl')
-    deadline = time.time() + 300
-    while not os.path.exists(results) and time.time() < deadline:
-      time.sleep(0.1)
+    testing.wait_until(lambda: os.path.exists(results), first)
     second.kill()
     second.wait()
     try:  # It stops (the timeout only guards against a hang).
@@ -327,9 +321,7 @@ class MultiProcessTest(absltest.TestCase):
         '--config.checkpoint_steps=1000000', '--config.log_eval_steps=1000000',
         '--config.log_summary_steps=5')
     results = os.path.join(workdir, 'metrics.jsonl')
-    deadline = time.time() + 300
-    while not os.path.exists(results) and time.time() < deadline:
-      time.sleep(0.1)
+    testing.wait_until(lambda: os.path.exists(results), processes[0])
     for process in processes:  # What a scheduler's preemption notice does.
       process.send_signal(signal.SIGTERM)
     try:
