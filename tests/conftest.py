@@ -21,8 +21,11 @@ a test starts (trainers, 8-device interpreters, xdist workers) inherits them:
   runs several tests read, `testing.shared_run`), always new.
 
 Markers: `integration` (every test under tests/integration/: they start
-processes; run them with one pytest worker), `slow` (more cases of what CI
-covers in a small form; run with `TOKENLEARNER_SLOW_TESTS=1`).
+processes; run them with one pytest worker), `e2e` (in-process tests of a
+whole program: a config trained or evaluated end to end, a script's whole
+pass, a TPU compile; CI runs them, the contributors' inner loop
+`-m 'not integration and not e2e'` leaves them out), `slow` (more cases of
+what CI covers in a small form; run with `TOKENLEARNER_SLOW_TESTS=1`).
 """
 
 import os
@@ -74,6 +77,10 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'integration: starts processes (trainers, jobs, entry '
       'points); every test under tests/integration/. Run with one worker.')
+  config.addinivalue_line(
+      'markers', 'e2e: runs a whole program in-process (a config trained or '
+      'evaluated end to end, a script\'s whole pass, a TPU compile); left '
+      'out of the inner loop, run by CI.')
   config.addinivalue_line(
       'markers', 'slow: more cases of a tested behaviour; run with '
       'TOKENLEARNER_SLOW_TESTS=1.')

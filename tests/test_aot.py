@@ -108,6 +108,7 @@ def _largest_layer_param_bytes(s) -> int:
 
 # One test per compiled model: pytest-xdist would compile a shared fixture
 # once in each worker.
+@pytest.mark.e2e
 def test_demo_state_bytes_fall_as_fsdp_grows_and_the_batch_stays_split(tpu):
   (s, data_only), (_, fsdp) = [compiled_train(demo(n), tpu) for n in (1, 4)]
   full = _full_state_bytes(s)
@@ -135,6 +136,7 @@ def test_demo_state_bytes_fall_as_fsdp_grows_and_the_batch_stays_split(tpu):
   assert all(nbytes(*g) <= limit for g in gathers), gathers
 
 
+@pytest.mark.e2e
 def test_vit_l_fsdp_shards_the_state_and_gathers_no_stacked_kernel(tpu):
   s, compiled = compiled_train(vit_l(4), tpu)
   full = _full_state_bytes(s)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from tests import testing
@@ -37,6 +38,7 @@ from tokenlearner_jax import train
 from tokenlearner_jax.configs import schema
 
 
+@pytest.mark.e2e
 class ConfigsTrainTest(parameterized.TestCase):
   """Every config in configs/ runs 2 train steps and an eval (runlocal);
   vivit_k600 is vivit_k400 with other dataset constants."""
@@ -203,6 +205,7 @@ class ConfigsTrainTest(parameterized.TestCase):
     self.assertEqual(final['num_examples'], 5)
 
 
+@pytest.mark.e2e
 class ResumeTest(absltest.TestCase):
   """What a resume restores (that it then continues: ResumeChangedConfigTest
   and the processes killed and resumed in tests/integration/)."""
@@ -224,6 +227,7 @@ class ResumeTest(absltest.TestCase):
     manager.close()
 
 
+@pytest.mark.e2e
 class ResumeChangedConfigTest(absltest.TestCase):
   """Resuming a workdir with a config other than the one it recorded."""
 
@@ -355,6 +359,7 @@ class ResumeChangedConfigTest(absltest.TestCase):
         os.path.join(workdir, 'metrics.jsonl.tmp')))
 
 
+@pytest.mark.e2e
 class InitFromTest(absltest.TestCase):
 
   def test_fine_tune_from_a_batchnorm_run_takes_its_statistics(self):

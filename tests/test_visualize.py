@@ -5,6 +5,7 @@ import os
 
 from absl.testing import absltest
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests import testing
@@ -34,6 +35,7 @@ class OverlayTest(absltest.TestCase):
 
 class VisualizeTest(absltest.TestCase):
 
+  @pytest.mark.e2e
   def test_renders_every_token_and_frame_of_a_trained_run(self):
     config, workdir = testing.copied_run('demo_moving_digits',
                                          self.create_tempdir().full_path)
@@ -59,6 +61,7 @@ class VisualizeTest(absltest.TestCase):
     self.assertEqual(maps.shape, (1, 4, tokens, 4, 4))
     np.testing.assert_allclose(maps.sum((3, 4)), 1.0, rtol=1e-5)
 
+  @pytest.mark.e2e
   def test_a_video_run_whose_data_has_no_train_split(self):
     config = config_for('vivit_k400')
     base_dir = self.create_tempdir().full_path

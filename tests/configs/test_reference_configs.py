@@ -7,6 +7,7 @@ import os
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 
 from tests import testing
 from tokenlearner_jax import summary
@@ -37,6 +38,7 @@ class ReferenceConfigFilesTest(parameterized.TestCase):
     info = summary.summarize(config)
     self.assertEqual((info['num_params'], info['input_shape']), SIZES[name])
 
+  @pytest.mark.e2e
   def test_vivit_base_k400_trains_with_data_paths_and_sizes_overridden(self):
     data_dir = self.create_tempdir().full_path
     sizes = {'train': 8, 'validation': 4, 'test': 4}

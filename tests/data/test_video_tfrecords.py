@@ -10,6 +10,7 @@ from absl.testing import parameterized
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import testing
@@ -349,6 +350,7 @@ class ClipLabelsTest(parameterized.TestCase):
       video_tfrecords.get_data(config)
 
 
+@pytest.mark.e2e
 class EvaluateCheckpointTest(absltest.TestCase):
 
   def test_multi_view_eval_of_a_trained_run(self):

@@ -10,6 +10,7 @@ from unittest import mock
 from absl.testing import absltest
 import jax
 import numpy as np
+import pytest
 
 from tests.testing import load_script
 
@@ -26,6 +27,7 @@ TINY_COMPILE = benchmark.Spec('mu_vit_4layers', 'mu/8', (32, 32, 3),
 
 class BenchmarkTest(absltest.TestCase):
 
+  @pytest.mark.e2e
   def test_models_speedup_and_compile_parts(self):
     out = os.path.join(tempfile.mkdtemp(), 'bench.json')
     argv = ['--small', '--steps=2', '--warmup=1', '--batch=4',
@@ -109,6 +111,7 @@ class BenchmarkTest(absltest.TestCase):
                       '--skip=models,demo,input'])
 
 
+  @pytest.mark.e2e
   def test_x2plus1d_set_times_the_module_against_the_backbone(self):
     tiny = dict(depths=(1, 1, 1, 2), widths=(8, 8, 16, 16), stem_width=8,
                 head_width=32, num_tokens=4)

@@ -6,6 +6,7 @@ import json
 import os
 
 from absl.testing import absltest
+import pytest
 
 from tests import testing
 from tests.testing import DATA_DIR
@@ -140,6 +141,7 @@ class ReductionStudyTest(absltest.TestCase):
                   'disagrees (d = +10.0', text)
     self.assertTrue(os.path.exists(os.path.join(out, IMAGES.plot)))
 
+  @pytest.mark.e2e
   def test_a_pass_trains_fine_tunes_evaluates_and_times(self):
     # ATS on video: trained from scratch, fine-tuned from the plain run, and
     # the plain run evaluated with it (the other methods' runs are the same
