@@ -45,10 +45,8 @@ import ml_collections
 from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax import aot
 from tokenlearner_jax import flops
-from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
-from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models.config import REMAT_POLICIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,6 +183,7 @@ def spec_config(spec: Spec,
         'dropout_rate': 0.0, 'channelwise_impl': args.channelwise,
         **spec.kwargs})
   else:
+    config.model_name = 'token_learner_classification'
     config.model = config_lib.model_config(
         spec.variant, scan_layers=args.scan, remat_policy=args.remat,
         attention_impl=args.attention, dropout_rate=0.0,
@@ -248,55 +247,33 @@ def peak_memory_bytes(compiled) -> Optional[int]:
     return None
 
 
-class StepProgram(NamedTuple):
-  """The jitted train step of a config and what builds its arguments."""
-  config: ml_collections.ConfigDict
-  step: Any  # `train_steps.make_train_step`'s jitted step.
-  make_state: Any  # () -> the initialised train state on the mesh.
-  make_batch: Any  # () -> a random batch on the mesh.
-  abstract_args: Tuple[Any, Any]  # (state, batch) shapes, to compile alone.
-
-
-def train_step_program(config, input_shape, num_classes: int) -> StepProgram:
+def train_step_program(config, input_shape,
+                       num_classes: int) -> train_steps.StepProgram:
   """The real train step of `config` (AdamW, jit over the mesh)."""
-  model = build_model(config, num_classes)
-  tx, schedule = optim.make_optimizer(config, total_steps=1000)
   mesh = sharding.make_mesh(config)
   train_steps.check_batch_size(config.batch_size, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  input_shape = tuple(input_shape)
-  abstract_state, shardings = train_steps.create_train_state(
-      config, model, tx, input_shape, mesh, abstract=True)
-  abstract_batch = {
-      'inputs': jax.ShapeDtypeStruct((config.batch_size,) + input_shape,
-                                     jnp.float32),
-      'label': jax.ShapeDtypeStruct((config.batch_size, num_classes),
-                                    jnp.float32)}
+  return train_steps.build_program(config, mesh, input_shape, num_classes,
+                                   total_steps=1000)
 
-  def make_batch():
-    return jax.device_put({
-        'inputs': jax.random.normal(jax.random.PRNGKey(0),
-                                    (config.batch_size,) + input_shape),
-        'label': jax.nn.one_hot(jnp.arange(config.batch_size) % num_classes,
-                                num_classes)}, batch_sharding)
 
-  step = train_steps.make_train_step(config, model, tx, schedule, shardings,
-                                     batch_sharding, multilabel=False)
-  return StepProgram(
-      config, step,
-      lambda: train_steps.create_train_state(config, model, tx, input_shape,
-                                             mesh)[0],
-      make_batch, (abstract_state, abstract_batch))
+def random_batch(program: train_steps.StepProgram) -> Dict[str, jax.Array]:
+  """`config.batch_size` normal inputs and one-hot labels on the mesh."""
+  batch_size, num_classes = program.config.batch_size, program.num_classes
+  return jax.device_put({
+      'inputs': jax.random.normal(jax.random.PRNGKey(0),
+                                  (batch_size,) + program.input_shape),
+      'label': jax.nn.one_hot(jnp.arange(batch_size) % num_classes,
+                              num_classes)}, program.batch_sharding)
 
 
 def compiled_train_step(config, input_shape, num_classes: int):
   """(compiled step, state, batch, compile seconds) for `config`."""
   program = train_step_program(config, input_shape, num_classes)
-  state, batch = program.make_state(), program.make_batch()
+  state, batch = program.init_state(), random_batch(program)
   # Initialisation runs asynchronously: let it finish before timing compiles.
   jax.block_until_ready((state, batch))
   start = time.perf_counter()
-  compiled = program.step.lower(state, batch).compile()
+  compiled = program.train_step.lower(state, batch).compile()
   return compiled, state, batch, time.perf_counter() - start
 
 
@@ -419,7 +396,9 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
   def compiled_at(batch):
     config = spec_config(spec, with_options(args, remat=remat, batch=batch))
     program = train_step_program(config, spec.input_shape, NUM_CLASSES)
-    executable = program.step.lower(*program.abstract_args).compile()
+    executable = program.train_step.lower(
+        program.abstract_state(),
+        program.abstract_batch(program.config.batch_size)).compile()
     needs = peak_memory_bytes(executable)
     print(f'    batch {batch}: {needs / 2**20:.0f} MiB', file=sys.stderr,
           flush=True)
@@ -455,8 +434,8 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
   peak_bytes = memory[batch]
   for _ in range(3):
     try:
-      times, *_ = time_steps(compiled, program.make_state(),
-                             program.make_batch(), 1, 2)
+      times, *_ = time_steps(compiled, program.init_state(),
+                             random_batch(program), 1, 2)
       break
     except Exception as e:  # pylint: disable=broad-except
       if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e):

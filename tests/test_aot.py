@@ -80,7 +80,7 @@ def vit_l(fsdp: int):
 
 def compiled_train(config, the_slice):
   s = aot.setup(config, the_slice)
-  return s, aot.compile_train(s, the_slice, s.config.batch_size,
+  return s, aot.compile_train(s, the_slice, s.program.config.batch_size,
                               keep_hlo=True)
 
 
@@ -120,7 +120,7 @@ def test_demo_state_bytes_fall_as_fsdp_grows_and_the_batch_stays_split(tpu):
   assert fsdp.state_bytes < 0.5 * full
   assert fsdp.argument_bytes < data_only.argument_bytes - 0.4 * full
   # The batch arrives split over the 4 data shards (data x fsdp) ...
-  batch, shape = s.config.batch_size, s.input_shape
+  batch, shape = s.program.config.batch_size, s.program.input_shape
   split = f'f32[{batch // 4},{",".join(map(str, shape))}]'
   for compiled in (data_only, fsdp):
     assert split in compiled.hlo
@@ -183,7 +183,8 @@ def test_max_batch_bisects_over_multiples_of_the_data_parallel_size(
     return types.SimpleNamespace(fits=batch_size <= 44)
 
   monkeypatch.setattr(aot, 'compile_train', fake_compile)
-  setup = types.SimpleNamespace(data_parallel=4)
+  setup = types.SimpleNamespace(
+      program=types.SimpleNamespace(data_parallel=4))
   largest, tried = aot.max_batch(setup, None, start=8)
   assert largest == 44
   assert all(b % 4 == 0 for b in compiled) and len(set(compiled)) == len(

@@ -6,6 +6,7 @@ fallback to the newest good step."""
 import json
 import os
 import shutil
+import tempfile
 
 from absl.testing import absltest
 import jax
@@ -161,7 +162,8 @@ class ModelStateTest(absltest.TestCase):
         self.fresh.state.model_state)
     self.state = self.fresh.state.replace(
         step=jnp.asarray(3, jnp.int32),
-        model_state=jax.device_put(stats, self.fresh.shardings.model_state))
+        model_state=jax.device_put(
+            stats, self.fresh.program.shardings.model_state))
     self.workdir = self.create_tempdir().full_path
 
   def save(self, state, step: int = 3) -> None:
@@ -175,7 +177,7 @@ class ModelStateTest(absltest.TestCase):
                      ['model_state', 'opt_state', 'params', 'rng', 'step'])
     manager = checkpoint.make_manager(self.workdir, self.config)
     restored = checkpoint.restore_state(manager, self.fresh.state,
-                                        self.fresh.shardings)
+                                        self.fresh.program.shardings)
     manager.close()
     assert_trees_equal(restored, self.state)
     variables = checkpoint.restore_variables(self.workdir)
@@ -186,8 +188,8 @@ class ModelStateTest(absltest.TestCase):
                                            self.state.model_state)
     assert_trees_equal(variables, expected)
     target, shardings = train_steps.abstract_variables(
-        self.config, self.fresh.model, testing.BATCHNORM_INPUT_SHAPE,
-        self.fresh.mesh)
+        self.config, self.fresh.program.model, testing.BATCHNORM_INPUT_SHAPE,
+        self.fresh.program.mesh)
     on_device = checkpoint.restore_variables(self.workdir, 3, target)
     assert_trees_equal(on_device, expected)
     self.assertEqual(on_device['batch_stats']['BatchNorm_0']['var'].sharding,
@@ -208,7 +210,7 @@ class ModelStateTest(absltest.TestCase):
         r'^The checkpoint at step 3 in \S+ does not fit this run: it lacks '
         r'model_state/batch_stats/BatchNorm_0/mean '):
       checkpoint.restore_state(manager, self.fresh.state,
-                               self.fresh.shardings)
+                               self.fresh.program.shardings)
     manager.close()
 
 
@@ -237,13 +239,17 @@ class IntegrityTest(absltest.TestCase):
     super().setUpClass()
     cls.config = testing.demo_config()
     cls.fresh = testing.fresh_state(cls.config, (8, 32, 32, 3), 40)
-    cls.template = os.path.join(absltest.get_default_test_tmpdir(),
-                                'integrity_template')
-    shutil.rmtree(cls.template, ignore_errors=True)
+    # Its own directory: pytest-xdist workers may each set up this class.
+    cls.template = os.path.join(tempfile.mkdtemp(prefix='integrity_'), 'run')
     manager = checkpoint.make_manager(cls.template, cls.config)
     for step in (2, 4):
       checkpoint.save(manager, step, cls.state(step), force=True)
     manager.close()
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(os.path.dirname(cls.template), ignore_errors=True)
+    super().tearDownClass()
 
   @classmethod
   def state(cls, step: int):
@@ -269,7 +275,7 @@ class IntegrityTest(absltest.TestCase):
     manager = checkpoint.make_manager(self.workdir, config)
     try:
       return checkpoint.restore_state(manager, self.fresh.state,
-                                      self.fresh.shardings)
+                                      self.fresh.program.shardings)
     finally:
       manager.close()
 
@@ -393,7 +399,8 @@ class IntegrityTest(absltest.TestCase):
         r'^The checkpoint at step 4 in \S+ does not fit this run: '
         r'params/Transformer/\S+ is \(64,\) there, \(32,\) here \(a config '
         r'changed since it was written\?\)\.$'):
-      checkpoint.restore_state(manager, other.state, other.shardings)
+      checkpoint.restore_state(manager, other.state,
+                               other.program.shardings)
     manager.close()
     self.assertTrue(os.path.isdir(self.step_dir(4)))  # Not a fallback.
     target = jax.tree_util.tree_map(

@@ -215,7 +215,8 @@ class ResumeTest(absltest.TestCase):
     fresh = fresh_state(config, (8, 32, 32, 3), 40)
     manager = checkpoint.make_manager(workdir, config)
     self.assertEqual(manager.latest_step(), 2)
-    restored = checkpoint.restore_state(manager, fresh.state, fresh.shardings)
+    restored = checkpoint.restore_state(manager, fresh.state,
+                                        fresh.program.shardings)
     self.assertEqual(int(restored.step), 2)
     changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)),
                                      restored.params, fresh.state.params)
@@ -382,8 +383,8 @@ class InitFromTest(absltest.TestCase):
     config.rng_seed = 7
     fresh = testing.batchnorm_state(config, jax.devices()[:1])
     manager = checkpoint.make_manager(self.create_tempdir().full_path, config)
-    state = train.initial_state(config, fresh.state, fresh.shardings, manager,
-                                testing.BATCHNORM_INPUT_SHAPE)
+    state = train.initial_state(config, fresh.state, fresh.program.shardings,
+                                manager, testing.BATCHNORM_INPUT_SHAPE)
     manager.close()
     testing.assert_trees_equal(self, state.model_state,
                                pretrained.model_state)
@@ -393,7 +394,8 @@ class InitFromTest(absltest.TestCase):
                                fresh.state.params['output_projection'])
     self.assertEqual(
         state.model_state['batch_stats']['BatchNorm_0']['mean'].sharding,
-        fresh.shardings.model_state['batch_stats']['BatchNorm_0']['mean'])
+        fresh.program.shardings.model_state['batch_stats']['BatchNorm_0'][
+            'mean'])
 
   def test_fine_tune_from_a_run_keeps_the_new_head(self):
     config, pretrained_dir = testing.shared_run('demo_moving_digits')

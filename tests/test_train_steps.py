@@ -17,7 +17,6 @@ from tests.testing import fresh_state
 from tests.testing import softmax_ce_grads
 from tokenlearner_jax import errors
 from tokenlearner_jax import optim
-from tokenlearner_jax import sharding
 from tokenlearner_jax import train
 from tokenlearner_jax import train_steps
 
@@ -40,31 +39,35 @@ class TrainStepsTest(absltest.TestCase):
     config.model.num_layers = 2
     input_shape = (8, 32, 32, 3)
     fresh = fresh_state(config, input_shape, 4, total_steps=10)
-    model, mesh, state, shardings = (fresh.model, fresh.mesh, fresh.state,
-                                     fresh.shardings)
-    target, params_shardings = train_steps.abstract_params(config, model,
-                                                           input_shape, mesh)
-    self.assertEqual(params_shardings, shardings.params)
+    program, state = fresh.program, fresh.state
+    target, params_shardings = train_steps.abstract_params(
+        config, program.model, input_shape, program.mesh)
+    self.assertEqual(params_shardings, program.shardings.params)
     self.assertEqual(
         jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), target),
         jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state.params))
-    batch_sharding = sharding.batch_sharding(mesh)
+    self.assertEqual(
+        jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding),
+                               program.abstract_state()),
+        jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding),
+                               state))
     batch = jax.device_put({
         'inputs': np.zeros((config.batch_size,) + input_shape, np.float32),
         'label': np.eye(4, dtype=np.float32)[
             np.arange(config.batch_size) % 4],
-        'batch_mask': np.ones(config.batch_size, np.float32)}, batch_sharding)
+        'batch_mask': np.ones(config.batch_size, np.float32),
+    }, program.batch_sharding)
+    self.assertEqual(
+        jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding),
+                               program.abstract_batch(config.batch_size,
+                                                      mask=True)),
+        jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding),
+                               batch))
     self.assertEqual(state.model_state, {})  # A ViT: `params` only.
-    eval_step = train_steps.make_eval_step(
-        model, train_steps.model_variables(shardings.params,
-                                           shardings.model_state),
-        batch_sharding, multilabel=False)
-    sums, _ = eval_step(
+    sums, _ = program.eval_step(
         train_steps.model_variables(state.params, state.model_state), batch)
     self.assertEqual(float(sums['num_examples']), config.batch_size)
-    train_step = train_steps.make_train_step(
-        config, model, fresh.tx, fresh.schedule, shardings, batch_sharding,
-        multilabel=False)
+    train_step = program.train_step
     new_state, step_metrics = train_step(
         state, {k: batch[k] for k in ('inputs', 'label')})
     self.assertEqual(int(new_state.step), 1)
@@ -144,15 +147,14 @@ class BatchNormStateTest(absltest.TestCase):
     np.testing.assert_array_equal(stats['BatchNorm_0']['mean'], np.zeros(4))
     np.testing.assert_array_equal(stats['BatchNorm_0']['var'], np.ones(4))
     # Leaves without logical axis names are replicated.
+    shardings = fresh.program.shardings
     self.assertEqual(
-        fresh.shardings.model_state['batch_stats']['BatchNorm_0']['mean'].spec,
+        shardings.model_state['batch_stats']['BatchNorm_0']['mean'].spec,
         jax.sharding.PartitionSpec())
-    self.assertEqual(fresh.shardings.params['Conv_0']['kernel'].spec,
+    self.assertEqual(shardings.params['Conv_0']['kernel'].spec,
                      jax.sharding.PartitionSpec(None, None, None, 'model'))
-    batch_sharding = sharding.batch_sharding(fresh.mesh)
-    step = train_steps.make_train_step(config, fresh.model, fresh.tx,
-                                       fresh.schedule, fresh.shardings,
-                                       batch_sharding, multilabel=False)
+    batch_sharding = fresh.program.batch_sharding
+    step = fresh.program.train_step
     batch = testing.batchnorm_batch(0)
     params = jax.device_get(fresh.state.params)
     state, _ = step(fresh.state, jax.device_put(batch, batch_sharding))
@@ -164,10 +166,7 @@ class BatchNormStateTest(absltest.TestCase):
     np.testing.assert_allclose(stats['var'], 0.5 + 0.5 * y.var((0, 1, 2)),
                                rtol=1e-5, atol=1e-6)
 
-    eval_step = train_steps.make_eval_step(
-        fresh.model, train_steps.model_variables(
-            fresh.shardings.params, fresh.shardings.model_state),
-        batch_sharding, multilabel=False)
+    eval_step = fresh.program.eval_step
     batch = {**testing.batchnorm_batch(1),
              'batch_mask': np.ones(16, np.float32)}
     _, logits = eval_step(

@@ -30,7 +30,6 @@ from PIL import Image
 import tensorflow as tf
 
 from tokenlearner_jax import checkpoint
-from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import common
@@ -344,34 +343,23 @@ def write_charades_folder(directory: str,
 
 @dataclasses.dataclass
 class FreshState:
-  """A config's model, optimizer and newly initialised train state.
+  """A config's step program and newly initialised train state.
 
   Attributes:
-    model: The model (`build_model`).
-    tx: Its optimizer.
-    schedule: The learning-rate schedule.
-    mesh: The config's mesh.
-    state: The train state, placed on `shardings`.
-    shardings: Where each leaf of `state` is.
+    program: The step program (`train_steps.build_program`).
+    state: Its step-0 train state, placed on `program.shardings`.
   """
-  model: Any
-  tx: Any
-  schedule: Any
-  mesh: Any
+  program: train_steps.StepProgram
   state: Any
-  shardings: Any
 
 
 def fresh_state(config: ml_collections.ConfigDict,
                 input_shape: Tuple[int, ...], num_classes: int,
                 total_steps: int = 2) -> FreshState:
   """What a run of `config` starts from (before any checkpoint)."""
-  model = build_model(config, num_classes)
-  tx, schedule = optim.make_optimizer(config, total_steps)
-  mesh = sharding.make_mesh(config)
-  state, shardings = train_steps.create_train_state(config, model, tx,
-                                                    input_shape, mesh)
-  return FreshState(model, tx, schedule, mesh, state, shardings)
+  program = train_steps.build_program(config, sharding.make_mesh(config),
+                                      input_shape, num_classes, total_steps)
+  return FreshState(program, program.init_state())
 
 
 def save_fresh_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -630,13 +618,11 @@ def batchnorm_steps(config, devices, batches):
   """(losses, batch_stats as nested lists) of one `TinyBatchNormNet` train
   step per batch of `batches`, on a mesh of `devices`."""
   fresh = batchnorm_state(config, devices)
-  batch_sharding = sharding.batch_sharding(fresh.mesh)
-  step = train_steps.make_train_step(config, fresh.model, fresh.tx,
-                                     fresh.schedule, fresh.shardings,
-                                     batch_sharding, multilabel=False)
+  batch_sharding = fresh.program.batch_sharding
   state, losses = fresh.state, []
   for batch in batches:
-    state, step_metrics = step(state, jax.device_put(batch, batch_sharding))
+    state, step_metrics = fresh.program.train_step(
+        state, jax.device_put(batch, batch_sharding))
     losses.append(float(step_metrics['loss']))
   stats = state.model_state['batch_stats']['BatchNorm_0']
   return losses, {k: np.asarray(v).tolist() for k, v in stats.items()}
@@ -712,7 +698,8 @@ def batchnorm_config(mesh: Tuple[int, int, int] = (1, 1, 1),
   """A train config for `TinyBatchNormNet`: SGD at rate 0.1, batch 16, on a
   (data, fsdp, model) `mesh`; `overrides` set top-level keys."""
   config = ml_collections.ConfigDict(dict(
-      optimizer='sgd', rng_seed=0, batch_size=16,
+      model_name='token_learner_classification', optimizer='sgd',
+      rng_seed=0, batch_size=16,
       lr_configs=dict(learning_rate_schedule='compound', factors='constant',
                       base_learning_rate=0.1),
       mesh=dict(zip(sharding.MESH_AXES, mesh)),
@@ -726,14 +713,12 @@ def batchnorm_state(config: ml_collections.ConfigDict,
                     devices: Sequence[Any]) -> FreshState:
   """A fresh `TinyBatchNormNet` train state of `config` on a mesh of
   `devices` (which `config.mesh` must fit)."""
-  model = TinyBatchNormNet()
-  tx, schedule = optim.make_optimizer(config, 10)
   shape = sharding.mesh_shape(config.mesh, len(devices))
   mesh = jax.sharding.Mesh(np.asarray(devices).reshape(shape),
                            sharding.MESH_AXES)
-  state, shardings = train_steps.create_train_state(
-      config, model, tx, BATCHNORM_INPUT_SHAPE, mesh)
-  return FreshState(model, tx, schedule, mesh, state, shardings)
+  program = train_steps.build_program(config, mesh, BATCHNORM_INPUT_SHAPE, 3,
+                                      10, model=TinyBatchNormNet())
+  return FreshState(program, program.init_state())
 
 
 def batchnorm_batch(seed: int, batch_size: int = 16) -> Dict[str, np.ndarray]:

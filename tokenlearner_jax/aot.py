@@ -8,8 +8,8 @@ Needs libtpu (`pip install -e '.[tpu]'`), no TPU: `jax.experimental.
 topologies.get_topology_desc` gives compile-only devices of the slice, and
 the real TPU compiler compiles for them. The train step, its state shardings
 and the batch sharding are the ones `tokenlearner_jax.train` builds
-(`train_steps.create_train_state`, `make_train_step`, `make_eval_step`), on
-the mesh of `config.mesh` over the slice's devices. Printed per device:
+(`train_steps.build_program`), on the mesh of `config.mesh` over the slice's
+devices. Printed per device:
 parameter + optimizer bytes, temporaries, peak against the device's HBM, and
 whether it fits; the compile time; the compiler's flops and time estimate
 (`cost_analysis()['optimal_seconds']` when it is usable, else a roofline
@@ -37,20 +37,15 @@ from absl import flags
 # otherwise; compile-only use needs no TPU to itself.
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-from jax.sharding import Mesh
 
 from tokenlearner_jax import errors
 from tokenlearner_jax import flops
-from tokenlearner_jax import metrics as metrics_lib
-from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import summary
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
-from tokenlearner_jax.models import build_model
 
 GiB = 2**30
 
@@ -154,25 +149,6 @@ def _shard_bytes(tree) -> int:
              for x in jax.tree_util.tree_leaves(tree))
 
 
-def _with_shardings(tree, shardings):
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree, shardings)
-
-
-def _batch(batch_size: int, input_shape, num_classes: int, batch_sharding,
-           mask: bool) -> Dict[str, jax.ShapeDtypeStruct]:
-  """The abstract batch the input pipeline gives: float32 inputs, one-hot
-  (or multi-hot) float32 labels, and for eval a mask."""
-  s = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32,
-                                         sharding=batch_sharding)
-  batch = {'inputs': s((batch_size,) + tuple(input_shape)),
-           'label': s((batch_size, num_classes))}
-  if mask:
-    batch['batch_mask'] = s((batch_size,))
-  return batch
-
-
 @dataclasses.dataclass
 class Compiled:
   """One compiled step's figures, per device.
@@ -272,68 +248,40 @@ def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
       hlo=compiled.as_text() if keep_hlo else '')
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
   """What `train` builds for `config` on a slice's mesh (all abstract).
 
   Attributes:
-    config: The completed config.
-    mesh: The mesh over the slice's devices.
-    model: The model.
-    input_shape: One example's input shape.
-    num_classes: Classes of the head.
+    program: The step program (`train_steps.build_program`).
+    state: Its abstract train state, carrying its shardings.
     gmacs: Multiply-adds per example (`flops.gmacs`).
-    multilabel: Whether the head is multi-label.
-    state: The abstract train state, carrying its shardings.
-    shardings: The state's shardings.
-    tx: The optimizer.
-    schedule: The learning-rate schedule.
   """
-  config: ml_collections.ConfigDict
-  mesh: Mesh
-  model: Any
-  input_shape: Tuple[int, ...]
-  num_classes: int
+  program: train_steps.StepProgram
+  state: train_steps.TrainState
   gmacs: float
-  multilabel: bool
-  state: Any
-  shardings: Any
-  tx: Any
-  schedule: Any
-
-  @property
-  def data_parallel(self) -> int:
-    return sharding.data_parallel_size(self.mesh)
 
 
 def setup(config: ml_collections.ConfigDict, the_slice: Slice) -> Setup:
-  """`train`'s model, state and shardings for `config` on `the_slice`."""
+  """`train`'s step program for `config` on `the_slice`."""
   config = schema.complete(config)
-  multilabel = metrics_lib.is_multilabel(config.model_name)
-  mesh = sharding.make_mesh(config, the_slice.devices)
   num_classes = summary.example_num_classes(config)
   input_shape = tuple(summary.example_input_shape(config))
-  model = build_model(config, num_classes)
-  tx, schedule = optim.make_optimizer(config, _num_steps(config))
-  state, shardings = train_steps.create_train_state(
-      config, model, tx, input_shape, mesh, abstract=True)
-  return Setup(config, mesh, model, input_shape, num_classes,
-               flops.gmacs(config, input_shape, num_classes), multilabel,
-               _with_shardings(state, shardings), shardings, tx, schedule)
+  program = train_steps.build_program(
+      config, sharding.make_mesh(config, the_slice.devices), input_shape,
+      num_classes, _num_steps(config))
+  return Setup(program, program.abstract_state(),
+               flops.gmacs(config, input_shape, num_classes))
 
 
 def compile_train(s: Setup, the_slice: Slice, batch_size: int,
                   keep_hlo: bool = False) -> Compiled:
   """The train step of `train` at global `batch_size`, compiled."""
-  train_steps.check_batch_size(batch_size, s.mesh)
-  batch_sharding = sharding.batch_sharding(s.mesh)
-  step = train_steps.make_train_step(s.config, s.model, s.tx, s.schedule,
-                                     s.shardings, batch_sharding,
-                                     s.multilabel)
-  batch = _batch(batch_size, s.input_shape, s.num_classes, batch_sharding,
-                 mask=False)
-  return analyse('train', lambda: step.lower(s.state, batch), batch_size,
-                 _shard_bytes(s.state.params) + _shard_bytes(
+  train_steps.check_batch_size(batch_size, s.program.mesh)
+  batch = s.program.abstract_batch(batch_size)
+  return analyse('train',
+                 lambda: s.program.train_step.lower(s.state, batch),
+                 batch_size, _shard_bytes(s.state.params) + _shard_bytes(
                      s.state.opt_state), s.gmacs, the_slice, keep_hlo)
 
 
@@ -341,17 +289,13 @@ def compile_eval(s: Setup, the_slice: Slice, batch_size: int,
                  keep_hlo: bool = False) -> Compiled:
   """The eval step of `train` (one view per example), compiled;
   `batch_size` a multiple of the devices (the padded eval batch)."""
-  batch_sharding = sharding.batch_sharding(s.mesh)
   variables = train_steps.model_variables(s.state.params,
                                           s.state.model_state)
-  step = train_steps.make_eval_step(
-      s.model, train_steps.model_variables(s.shardings.params,
-                                           s.shardings.model_state),
-      batch_sharding, s.multilabel)
-  batch = _batch(batch_size, s.input_shape, s.num_classes, batch_sharding,
-                 mask=True)
-  return analyse('eval', lambda: step.lower(variables, batch), batch_size,
-                 _shard_bytes(variables), s.gmacs, the_slice, keep_hlo)
+  batch = s.program.abstract_batch(batch_size, mask=True)
+  return analyse('eval',
+                 lambda: s.program.eval_step.lower(variables, batch),
+                 batch_size, _shard_bytes(variables), s.gmacs, the_slice,
+                 keep_hlo)
 
 
 def largest_batch(fits: Callable[[int], bool], unit: int, start: int,
@@ -427,7 +371,7 @@ def max_batch(s: Setup, the_slice: Slice, start: int,
   (0: not even one example per data shard) and each size tried -> fits."""
   return largest_batch(
       lambda batch: compile_train(s, the_slice, batch).fits,
-      s.data_parallel, start, limit)
+      s.program.data_parallel, start, limit)
 
 
 def _gib(x: float) -> str:
@@ -475,27 +419,29 @@ def plan(config: ml_collections.ConfigDict, topology: str,
   text there (`train.hlo`, `eval.hlo`)."""
   the_slice = tpu_slice(topology)
   s = setup(config, the_slice)
+  program = s.program
+  config = program.config  # Completed.
   print(f'{topology}: {len(the_slice.devices)} devices on '
         f'{the_slice.num_chips} chips ({the_slice.devices_per_chip} per chip, '
         f'{_gib(the_slice.device_hbm)} HBM and '
         f'{the_slice.device_flops / 1e12:.1f} bf16 TFLOP/s each); mesh '
-        f'{dict(s.mesh.shape)}; rules {sharding.rules(s.config)}')
-  print(f'model {s.config.model_name}, input {s.input_shape}, '
-        f'{s.num_classes} classes, {s.gmacs:.4g} GMACs per example, '
-        f'optimizer {s.config.optimizer}, dtype {s.config.model_dtype_str}')
+        f'{dict(program.mesh.shape)}; rules {sharding.rules(config)}')
+  print(f'model {config.model_name}, input {program.input_shape}, '
+        f'{program.num_classes} classes, {s.gmacs:.4g} GMACs per example, '
+        f'optimizer {config.optimizer}, dtype {config.model_dtype_str}')
   out: Dict[str, Any] = dict(
       topology=topology, devices=len(the_slice.devices),
       chips=the_slice.num_chips, device_hbm=the_slice.device_hbm,
-      mesh=dict(s.mesh.shape), gmacs=s.gmacs, input_shape=s.input_shape,
-      jax=jax.__version__)
+      mesh=dict(program.mesh.shape), gmacs=s.gmacs,
+      input_shape=program.input_shape, jax=jax.__version__)
   keep = hlo_dir is not None
-  train = compile_train(s, the_slice, s.config.batch_size, keep)
+  train = compile_train(s, the_slice, config.batch_size, keep)
   print(report(train, the_slice))
   out['train'] = train.as_dict()
   _write_hlo(hlo_dir, train)
   if eval_step:
     # As the input pipeline pads it (`batching.padded_eval_batch_size`).
-    eval_batch = s.config.get('eval_batch_size') or s.config.batch_size
+    eval_batch = config.get('eval_batch_size') or config.batch_size
     eval_batch = -(-eval_batch // len(the_slice.devices)) * len(
         the_slice.devices)
     evaluated = compile_eval(s, the_slice, eval_batch, keep)
@@ -503,7 +449,7 @@ def plan(config: ml_collections.ConfigDict, topology: str,
     out['eval'] = evaluated.as_dict()
     _write_hlo(hlo_dir, evaluated)
   if find_max_batch:
-    largest, tried = max_batch(s, the_slice, s.config.batch_size)
+    largest, tried = max_batch(s, the_slice, config.batch_size)
     print(f'largest global train batch that fits: {largest} (tried: '
           + ', '.join(f"{k} {'fits' if v else 'no'}"
                       for k, v in sorted(tried.items())) + ')')

@@ -39,13 +39,11 @@ from tokenlearner_jax import checkpoint
 from tokenlearner_jax import errors
 from tokenlearner_jax import evaluation
 from tokenlearner_jax import flops
-from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
-from tokenlearner_jax.models import build_model
 
 
 def define_flags() -> None:
@@ -68,34 +66,32 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   Only the checkpoint's parameters and model state are read
   (`checkpoint.restore_variables`), onto the shardings the config's mesh
-  gives them (no optimizer is built). `config.model_name` picks the
-  metrics (`metrics.is_multilabel`: mAP for the multi-label head).
+  gives them (the step program's, without the optimizer state).
+  `config.model_name` picks the metrics (`metrics.is_multilabel`: mAP for the
+  multi-label head).
   """
   errors.require_workdir(workdir, 'evaluate')
   config = schema.complete(config)
   split = split or config.dataset_configs.get('test_split') or 'test'
-  multilabel = metrics_lib.is_multilabel(config.model_name)
   if step is None:
     step = checkpoint.latest_step(workdir)
     if step is None:
       raise FileNotFoundError(f'--workdir: no checkpoint under '
                               f'{checkpoint.checkpoint_dir(workdir)}.')
   data = input_pipeline.get_data(config, train=False)
-  model = build_model(config, data.num_classes)
-  mesh = sharding.make_mesh(config)
-  target, shardings = train_steps.abstract_variables(config, model,
-                                                     data.input_shape, mesh)
-  variables = checkpoint.restore_variables(workdir, step, target)
-  batch_sharding = sharding.batch_sharding(mesh)
+  program = train_steps.build_program(config, sharding.make_mesh(config),
+                                      data.input_shape, data.num_classes,
+                                      total_steps=1)
+  variables = checkpoint.restore_variables(workdir, step,
+                                           program.abstract_variables())
+  batch_sharding = program.batch_sharding
   pooling = config.dataset_configs.get('test_pooling', 'mean')
-  eval_step = train_steps.make_eval_step(model, shardings, batch_sharding,
-                                         multilabel, multiview=True,
-                                         pooling=pooling)
+  eval_step = program.make_eval_step(multiview=True, pooling=pooling)
   logging.info('Evaluating step %d on %r with %d views per example.', step,
                split, data.num_test_views)
   results = evaluation.evaluate_batches(variables, data.test_batches(split),
-                                        eval_step, batch_sharding, multilabel,
-                                        per_class=True)
+                                        eval_step, batch_sharding,
+                                        program.multilabel, per_class=True)
   results = {'step': step, 'split': split,
              'views_per_example': data.num_test_views,
              'view_pooling': pooling, **results,

@@ -37,10 +37,8 @@ import jax
 import ml_collections
 
 from tokenlearner_jax import errors
-from tokenlearner_jax import optim
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
-from tokenlearner_jax.models import build_model
 
 CONFIG_FILE = 'config.json'
 # Keys whose change alters only when things happen, never a train step.
@@ -129,18 +127,16 @@ def state_shapes(record: Record, input_shape: Tuple[int, ...],
                  num_classes: int, mesh: jax.sharding.Mesh) -> Shapes:
   """The train state's leaves -> shapes under config `record`.
 
-  `train_steps.create_train_state` is traced only (under `jax.eval_shape`):
-  nothing runs or compiles. The run length does not shape the state, so the
-  optimizer is made for 1 step.
+  The step program's state is traced only (under `jax.eval_shape`): nothing
+  runs or compiles. The run length does not shape the state, so the schedule
+  is made for 1 step.
   """
   config = ml_collections.ConfigDict(record)
-  model = build_model(config, num_classes)
-  tx, _ = optim.make_optimizer(config, 1)
   traced = {}
 
   def trace():
-    traced['state'], _ = train_steps.create_train_state(
-        config, model, tx, input_shape, mesh, abstract=True)
+    traced['state'] = train_steps.build_program(
+        config, mesh, input_shape, num_classes, 1).abstract_state()
     return ()
 
   jax.eval_shape(trace)

@@ -4,7 +4,7 @@ r"""Training and evaluation of TokenLearner ViT / ViViT models.
       --workdir=/tmp/run [--config.batch_size=64 ...]
 
 One `jax.jit`-ed train step over a device mesh (`tokenlearner_jax.sharding`,
-`train_steps.make_train_step`), orbax checkpoints under `WORKDIR/checkpoints`
+`train_steps.build_program`), orbax checkpoints under `WORKDIR/checkpoints`
 (`tokenlearner_jax.checkpoint`; re-running the same command resumes), clu
 writers (TensorBoard events in WORKDIR), one JSON object per logged summary in
 `WORKDIR/metrics.jsonl`, and the final eval metrics in
@@ -63,7 +63,6 @@ from tokenlearner_jax import errors
 from tokenlearner_jax import evaluation
 from tokenlearner_jax import fewshot
 from tokenlearner_jax import flops
-from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
 from tokenlearner_jax import run_config
 from tokenlearner_jax import runtime
@@ -73,7 +72,6 @@ from tokenlearner_jax import train_steps
 from tokenlearner_jax import workdir_lock
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import input_pipeline
-from tokenlearner_jax.models import build_model
 
 Metrics = Dict[str, float]
 
@@ -366,8 +364,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """`train_and_evaluate` of a completed config; `stack` closes the workdir
   lock and the checkpoint manager on the way out."""
   lock = stack.enter_context(hold_workdir(workdir, config))
-  # The loss and metrics of `config.model_name`'s head (module docstring).
-  multilabel = metrics_lib.is_multilabel(config.model_name)
   mesh = sharding.make_mesh(config)
   train_steps.check_batch_size(config.batch_size, mesh)
   resume_step = checkpoint.latest_step(workdir)
@@ -376,24 +372,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   set_intervals(config, data.num_train_examples)
   manager = checkpoint.make_manager(workdir, config)
   stack.callback(manager.close)  # Waits for the checkpoint writes in flight.
-  model = build_model(config, data.num_classes)
-  fewshot_eval = (fewshot.FewShotEvaluator(config, model, mesh,
+  total_steps = num_train_steps(config, data.num_train_examples)
+  program = train_steps.build_program(config, mesh, data.input_shape,
+                                      data.num_classes, total_steps)
+  fewshot_eval = (fewshot.FewShotEvaluator(config, program.model, mesh,
                                             data.input_shape)
                   if fewshot.enabled(config) else None)
   fewshot_steps = fewshot_eval and fewshot_eval.settings.log_steps
-  total_steps = num_train_steps(config, data.num_train_examples)
-  tx, schedule = optim.make_optimizer(config, total_steps)
-  state, shardings = train_steps.create_train_state(
-      config, model, tx, data.input_shape, mesh)
-  state = initial_state(config, state, shardings, manager, data.input_shape)
-  batch_sharding = sharding.batch_sharding(mesh)
-  train_step = train_steps.make_train_step(config, model, tx, schedule,
-                                           shardings, batch_sharding,
-                                           multilabel)
-  eval_step = train_steps.make_eval_step(
-      model, train_steps.model_variables(shardings.params,
-                                         shardings.model_state),
-      batch_sharding, multilabel)
+  state = initial_state(config, program.init_state(), program.shardings,
+                        manager, data.input_shape)
+  batch_sharding = program.batch_sharding
   start_step = int(state.step)
   recorder = Recorder(workdir, start_step)
   gmacs = log_start(config, state, data, recorder, total_steps, mesh)
@@ -408,14 +396,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                             current.model_state)
     with report.timed('eval', wait_jax_async_dispatch=False):
       return evaluation.evaluate_batches(variables, data.eval_batches(),
-                                         eval_step, batch_sharding, multilabel)
+                                         program.eval_step, batch_sharding,
+                                         program.multilabel)
 
   eval_results: Optional[Metrics] = None
   fewshot_results: Metrics = {}  # The latest, for final_metrics.json.
   for step in range(start_step + 1, total_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = sharding.global_batch(next(data.train_iter), batch_sharding)
-      state, step_metrics = train_step(state, batch)
+      state, step_metrics = program.train_step(state, batch)
     metrics.add(step, step_metrics)
     report(step)
     last = step == total_steps

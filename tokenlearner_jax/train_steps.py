@@ -1,9 +1,12 @@
 """The jit-compiled parts of training: the state, the train and eval steps.
 
-No input pipeline, checkpointing or TensorFlow here: `tokenlearner_jax.train`
-runs these in its loop, `tokenlearner_jax.evaluate` restores the model's
-variables onto `abstract_variables`' shardings, and `scripts/benchmark.py`
-times the same `make_train_step` on machines without TensorFlow.
+No input pipeline, checkpointing or TensorFlow here. `build_program` makes
+a config's `StepProgram` (model, optimizer, state shardings, jitted train and
+eval steps) once, for everything that runs or inspects those steps:
+`tokenlearner_jax.train` runs it in its loop, `tokenlearner_jax.evaluate`
+restores the model's variables onto its shardings, `tokenlearner_jax.aot`
+compiles it for a TPU slice, and `scripts/benchmark.py` times it on machines
+without TensorFlow.
 
 Model state: besides `params`, a model may have variable collections that a
 train step updates without differentiating them, such as BatchNorm's
@@ -16,8 +19,9 @@ shard normalises by its own slice of the batch, and the updated running
 averages are the mean over the shards (`per_shard_loss_and_grads`).
 """
 
+import dataclasses
 import functools
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
@@ -29,7 +33,9 @@ import optax
 
 from tokenlearner_jax import errors
 from tokenlearner_jax import metrics as metrics_lib
+from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
+from tokenlearner_jax.models import build_model
 
 
 # Collections that `model.init` returns but that are no state: what modules
@@ -79,13 +85,9 @@ def _initial_variables(config, model, input_shape, rng):
   return params, model_state
 
 
-def create_train_state(config, model, tx, input_shape, mesh,
-                       abstract: bool = False):
-  """Initialises the state directly sharded on `mesh`; returns it, shardings.
-
-  With `abstract`, the state's leaves are `jax.ShapeDtypeStruct`s (nothing is
-  computed), as a restore target.
-  """
+def _state_init(config, model, tx, input_shape) -> Callable:
+  """`rng -> TrainState` at step 0, its parameters boxed with their logical
+  axis names."""
 
   def init(rng):
     params_rng, rng = jax.random.split(rng)
@@ -95,12 +97,7 @@ def create_train_state(config, model, tx, input_shape, mesh,
                       opt_state=tx.init(params), rng=rng,
                       model_state=model_state)
 
-  rng = jax.random.PRNGKey(config.rng_seed)
-  shardings = sharding.tree_sharding(jax.eval_shape(init, rng), mesh, config)
-  if abstract:
-    return jax.eval_shape(lambda r: nn.unbox(init(r)), rng), shardings
-  state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
-  return state, shardings
+  return init
 
 
 def abstract_variables(config, model, input_shape,
@@ -340,3 +337,120 @@ def make_eval_step(model, variables_shardings: Any, batch_sharding: Any,
       functools.partial(eval_step, model=model, multilabel=multilabel,
                         multiview=multiview, pooling=pooling),
       in_shardings=(variables_shardings, batch_sharding))
+
+
+def with_shardings(tree: Any, shardings: Any) -> Any:
+  """`jax.ShapeDtypeStruct`s of `tree`'s leaves carrying `shardings`."""
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepProgram:
+  """A config's train and eval steps on a mesh and what they take, built
+  once (`build_program`) for train, evaluate, aot, the benchmark and tests.
+
+  Attributes:
+    config: The completed config.
+    mesh: The device mesh (`sharding.make_mesh`).
+    model: The model (`models.build_model`).
+    tx: The optimizer (`optim.make_optimizer`).
+    schedule: Its learning-rate schedule.
+    input_shape: One example's input shape.
+    num_classes: Classes of the head.
+    multilabel: Whether the head is multi-label (`metrics.is_multilabel`).
+    shardings: The train state's shardings (a `TrainState` of them).
+    batch_sharding: A batch's: split over `data` x `fsdp`.
+    train_step: `make_train_step`: `(state, batch) -> (state, metrics)`.
+    eval_step: `make_eval_step`, one view per example: `(variables, batch)
+      -> (metric sums, logits)`.
+    init: `rng -> TrainState` at step 0 (parameters boxed).
+  """
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: Callable
+  input_shape: Tuple[int, ...]
+  num_classes: int
+  multilabel: bool
+  shardings: TrainState
+  batch_sharding: jax.sharding.NamedSharding
+  train_step: Callable
+  eval_step: Callable
+  init: Callable
+
+  @property
+  def data_parallel(self) -> int:
+    """Devices a batch is split over (`sharding.data_parallel_size`)."""
+    return sharding.data_parallel_size(self.mesh)
+
+  def init_state(self) -> TrainState:
+    """The step-0 state of `config.rng_seed`, made directly on the mesh."""
+    return jax.jit(lambda r: nn.unbox(self.init(r)),
+                   out_shardings=self.shardings)(
+                       jax.random.PRNGKey(self.config.rng_seed))
+
+  def abstract_state(self) -> TrainState:
+    """`init_state`'s `jax.ShapeDtypeStruct`s, carrying their shardings
+    (nothing is computed): a restore target, or what `lower` takes."""
+    return with_shardings(
+        jax.eval_shape(lambda r: nn.unbox(self.init(r)),
+                       jax.random.PRNGKey(self.config.rng_seed)),
+        self.shardings)
+
+  def abstract_variables(self) -> Dict[str, Any]:
+    """`model_variables` of `abstract_state`: a restore target for the
+    parameters and model state alone."""
+    state = self.abstract_state()
+    return model_variables(state.params, state.model_state)
+
+  def variables_shardings(self) -> Dict[str, Any]:
+    """The shardings of `model_variables(params, model_state)`."""
+    return model_variables(self.shardings.params, self.shardings.model_state)
+
+  def abstract_batch(self, batch_size: int, mask: bool = False
+                     ) -> Dict[str, jax.ShapeDtypeStruct]:
+    """A global batch as the input pipeline gives it, abstract and sharded:
+    float32 inputs, one-hot (or multi-hot) float32 labels, and with `mask`
+    an eval batch's `batch_mask`."""
+    s = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32,
+                                           sharding=self.batch_sharding)
+    batch = {'inputs': s((batch_size,) + self.input_shape),
+             'label': s((batch_size, self.num_classes))}
+    if mask:
+      batch['batch_mask'] = s((batch_size,))
+    return batch
+
+  def make_eval_step(self, multiview: bool = False,
+                     pooling: str = 'mean') -> Callable:
+    """`make_eval_step` on the program's shardings (`evaluate`'s views)."""
+    return make_eval_step(self.model, self.variables_shardings(),
+                          self.batch_sharding, self.multilabel, multiview,
+                          pooling)
+
+
+def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  input_shape: Sequence[int], num_classes: int,
+                  total_steps: int, model: Optional[nn.Module] = None
+                  ) -> StepProgram:
+  """The `StepProgram` of a completed `config` on `mesh` (nothing compiled,
+  nothing initialised); `total_steps` sets the schedule's length, `model`
+  replaces `build_model`'s."""
+  input_shape = tuple(input_shape)
+  model = model if model is not None else build_model(config, num_classes)
+  multilabel = metrics_lib.is_multilabel(config.model_name)
+  tx, schedule = optim.make_optimizer(config, total_steps)
+  init = _state_init(config, model, tx, input_shape)
+  shardings = sharding.tree_sharding(
+      jax.eval_shape(init, jax.random.PRNGKey(config.rng_seed)), mesh, config)
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_step = make_train_step(config, model, tx, schedule, shardings,
+                               batch_sharding, multilabel)
+  eval_step = make_eval_step(
+      model, model_variables(shardings.params, shardings.model_state),
+      batch_sharding, multilabel)
+  return StepProgram(config, mesh, model, tx, schedule, input_shape,
+                     num_classes, multilabel, shardings, batch_sharding,
+                     train_step, eval_step, init)

@@ -23,7 +23,6 @@ from tests.testing import ROOT
 from tests.testing import clipped
 from tests.testing import example_data
 from tests.testing import softmax_ce_grads
-from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.models import X2Plus1D
@@ -42,17 +41,16 @@ def clipping_steps(params, x, y) -> Dict[str, Any]:
         lr_configs=dict(learning_rate_schedule='compound', factors='constant',
                         base_learning_rate=1.0),
         mesh=dict(data=4, fsdp=2, model=1), rng_seed=0, batch_size=16,
-        logical_axis_rules=sharding.DEFAULT_RULES))
-    tx, schedule = optim.make_optimizer(config, 1)
-    mesh = sharding.make_mesh(config)
-    state, shardings = train_steps.create_train_state(
-        config, testing.Linear(), tx, (4,), mesh)
-    state = state.replace(params=jax.device_put(params, shardings.params))
-    batch_sharding = sharding.batch_sharding(mesh)
-    step = train_steps.make_train_step(config, testing.Linear(), tx, schedule,
-                                       shardings, batch_sharding, False)
-    state, metrics = step(state, jax.device_put({'inputs': x, 'label': y},
-                                                batch_sharding))
+        logical_axis_rules=sharding.DEFAULT_RULES,
+        model_name='token_learner_classification'))
+    program = train_steps.build_program(config, sharding.make_mesh(config),
+                                        (4,), 3, 1, model=testing.Linear())
+    state = program.init_state()
+    state = state.replace(
+        params=jax.device_put(params, program.shardings.params))
+    state, metrics = program.train_step(
+        state, jax.device_put({'inputs': x, 'label': y},
+                              program.batch_sharding))
     results['per_shard' if per_shard else 'global'] = dict(
         params=jax.tree_util.tree_map(lambda v: np.asarray(v).tolist(),
                                       state.params),
@@ -63,19 +61,19 @@ def clipping_steps(params, x, y) -> Dict[str, Any]:
 def x2plus1d_steps(mesh_shape, devices, report=None):
   """Losses of two SGD steps of a tiny Conv2D + TokenLearner X(2+1)D (batch
   8); `report(state, config, model)` sees the fresh state."""
-  config = testing.batchnorm_config(mesh_shape, batch_size=8)
+  config = testing.batchnorm_config(
+      mesh_shape, batch_size=8,
+      model_name='token_learner_multilabel_classification')
   model = X2Plus1D(testing.tiny_x2plus1d(parts=('conv2d', 'tokenlearner'),
                                          dropout_rate=0.0))
-  tx, schedule = optim.make_optimizer(config, 10)
   mesh = jax.sharding.Mesh(np.asarray(devices).reshape(mesh_shape),
                            sharding.MESH_AXES)
-  state, shardings = train_steps.create_train_state(config, model, tx, CLIP,
-                                                    mesh)
+  program = train_steps.build_program(config, mesh, CLIP,
+                                      testing.NUM_CLASSES, 10, model=model)
+  state = program.init_state()
   if report:
     report(state, config, model)
-  batch_sharding = sharding.batch_sharding(mesh)
-  step = train_steps.make_train_step(config, model, tx, schedule, shardings,
-                                     batch_sharding, multilabel=True)
+  batch_sharding, step = program.batch_sharding, program.train_step
   losses = []
   for seed in (0, 1):
     rng = np.random.default_rng(seed)
