@@ -33,6 +33,7 @@ from tokenlearner_jax import checkpoint
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import common
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -706,7 +707,7 @@ def batchnorm_config(mesh: Tuple[int, int, int] = (1, 1, 1),
       logical_axis_rules=sharding.DEFAULT_RULES))
   for key, value in overrides.items():
     config[key] = value
-  return config
+  return schema.complete(config)
 
 
 def batchnorm_state(config: ml_collections.ConfigDict,

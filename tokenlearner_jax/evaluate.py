@@ -85,7 +85,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   variables = checkpoint.restore_variables(workdir, step,
                                            program.abstract_variables())
   batch_sharding = program.batch_sharding
-  pooling = config.dataset_configs.get('test_pooling', 'mean')
+  pooling = config.dataset_configs.test_pooling
   eval_step = program.make_eval_step(multiview=True, pooling=pooling)
   logging.info('Evaluating step %d on %r with %d views per example.', step,
                split, data.num_test_views)

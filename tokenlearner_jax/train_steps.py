@@ -316,15 +316,16 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
   """`train_step` jit-compiled over the mesh: `(state, batch) -> (state,
   metrics)`, the state on `shardings`, the batch on `batch_sharding`.
 
-  With `config.donate_train_state` (default True) the old state's buffers
-  become the new one's: one copy of the state in memory.
+  With `config.donate_train_state` (a completed config's: `schema.complete`)
+  the old state's buffers become the new one's: one copy of the state in
+  memory.
   """
   return jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                         config=config, multilabel=multilabel,
                         mesh=batch_sharding.mesh),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-      donate_argnums=0 if config.get('donate_train_state', True) else ())
+      donate_argnums=0 if config.donate_train_state else ())
 
 
 def make_eval_step(model, variables_shardings: Any, batch_sharding: Any,

@@ -25,6 +25,7 @@ from tests.testing import example_data
 from tests.testing import softmax_ce_grads
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models import X2Plus1D
 
 CLIP = (4, 64, 64, 3)  # X(2+1)D's res5 on a 2 x 2 grid.
@@ -43,6 +44,7 @@ def clipping_steps(params, x, y) -> Dict[str, Any]:
         mesh=dict(data=4, fsdp=2, model=1), rng_seed=0, batch_size=16,
         logical_axis_rules=sharding.DEFAULT_RULES,
         model_name='token_learner_classification'))
+    config = schema.complete(config)
     program = train_steps.build_program(config, sharding.make_mesh(config),
                                         (4,), 3, 1, model=testing.Linear())
     state = program.init_state()
