@@ -62,7 +62,7 @@ class OldWorkdirTest(absltest.TestCase):
 
   def test_the_train_state_restores(self):
     manager = checkpoint.make_manager(
-        self.workdir, ml_collections.ConfigDict(dict(checkpoint_steps=2)))
+        self.workdir, testing.manager_config(2))
     self.assertEqual(manager.latest_step(), 4)
     zeros = jax.tree_util.tree_map(np.zeros_like, old_params())
     target = old_state(zeros).replace(step=jnp.asarray(0, jnp.int32))
@@ -109,7 +109,7 @@ class SaveRestoreTest(absltest.TestCase):
   def test_round_trip_and_the_step_chosen(self):
     workdir = self.create_tempdir().full_path
     manager = checkpoint.make_manager(
-        workdir, ml_collections.ConfigDict(dict(checkpoint_steps=1)))
+        workdir, testing.manager_config(1))
     state = old_state()
     self.assertIs(checkpoint.restore_state(manager, state,
                                            single_device(state)), state)

@@ -18,6 +18,7 @@ from tests.testing import batchnorm_config
 from tests.testing import batchnorm_state
 from tests.testing import flat
 from tests.testing import init
+from tests.testing import manager_config
 from tests.testing import mu_config as make_config
 from tests.testing import randomized
 from tokenlearner_jax import checkpoint
@@ -87,7 +88,7 @@ class LoadParamsTest(parameterized.TestCase):
   def test_our_workdir_latest_checkpoint_params_only(self):
     workdir = self.create_tempdir().full_path
     manager = checkpoint.make_manager(
-        workdir, ml_collections.ConfigDict(dict(checkpoint_steps=1)))
+        workdir, manager_config(1))
     tx = optax.adam(1e-3)
     for step, params in ((1, jax.tree_util.tree_map(np.zeros_like,
                                                     self.params)),
@@ -114,7 +115,7 @@ class LoadParamsTest(parameterized.TestCase):
     stats = {'BatchNorm_0': {'mean': np.arange(4, dtype=np.float32),
                              'var': np.arange(1, 5, dtype=np.float32)}}
     manager = checkpoint.make_manager(
-        workdir, ml_collections.ConfigDict(dict(checkpoint_steps=1)))
+        workdir, manager_config(1))
     checkpoint.save(manager, 1, fresh.state.replace(
         model_state={'batch_stats': stats}))
     manager.close()

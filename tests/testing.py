@@ -710,6 +710,13 @@ def batchnorm_config(mesh: Tuple[int, int, int] = (1, 1, 1),
   return schema.complete(config)
 
 
+def manager_config(checkpoint_steps: int) -> ml_collections.ConfigDict:
+  """A completed config whose only set key is `checkpoint_steps`: what
+  `checkpoint.make_manager` reads, the rest defaults."""
+  return schema.complete(ml_collections.ConfigDict(
+      dict(checkpoint_steps=checkpoint_steps)))
+
+
 def batchnorm_state(config: ml_collections.ConfigDict,
                     devices: Sequence[Any]) -> FreshState:
   """A fresh `TinyBatchNormNet` train state of `config` on a mesh of

@@ -99,14 +99,15 @@ class Manager(ocp.CheckpointManager):
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> Manager:
   """The run's manager: every `checkpoint_steps`, the last
-  `max_checkpoints_to_keep` (default 3) kept, written asynchronously."""
+  `max_checkpoints_to_keep` kept, written asynchronously (`config`
+  completed: `schema.complete`)."""
   return Manager(
       checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.get('max_checkpoints_to_keep', 3),
+          max_to_keep=config.max_checkpoints_to_keep,
           save_interval_steps=config.checkpoint_steps,
           enable_async_checkpointing=True),
-      fallback=config.get('checkpoint_fallback', True))
+      fallback=config.checkpoint_fallback)
 
 
 MODEL_STATE = 'model_state'

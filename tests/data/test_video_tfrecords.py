@@ -22,6 +22,7 @@ from tests.testing import write_records
 from tokenlearner_jax import errors
 from tokenlearner_jax import evaluate
 from tokenlearner_jax import visualize
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import video_tfrecords
 
 HEIGHT, WIDTH = 24, 40
@@ -66,9 +67,9 @@ def dataset_config(base_dir: str, **overrides) -> ml_collections.ConfigDict:
 def data_config(dc: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """What the input pipeline reads of a config, with `dc` as its
   `dataset_configs`."""
-  return ml_collections.ConfigDict(dict(
+  return schema.complete(ml_collections.ConfigDict(dict(
       dataset_name='video_tfrecord_dataset', dataset_configs=dc,
-      batch_size=2, eval_batch_size=2, rng_seed=0))
+      batch_size=2, eval_batch_size=2, rng_seed=0)))
 
 
 class VideoTfrecordsTest(parameterized.TestCase):

@@ -251,7 +251,7 @@ def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor,
   if dc.get('zero_centering', True):
     video = video * 2.0 - 1.0
   index = (segment_labels(example, start[0], span, length)
-           if dc.get('clip_labels', 'video') == 'segments' else None)
+           if dc.clip_labels == 'segments' else None)
   return {'inputs': tf.ensure_shape(video, crop),
           'label': labels(example, dc, allow_empty, index)}
 
@@ -388,7 +388,7 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
   dc = config.dataset_configs
   _check_augmentations(dc)
   _check_choices(dc)
-  skip = dc.get('skip_corrupt_examples', False)
+  skip = dc.skip_corrupt_examples
   # A multi-label (sigmoid) head takes videos without a label (all zeros).
   allow_empty = metrics.MODEL_NAMES.get(config.get('model_name'), False)
 
