@@ -137,7 +137,7 @@ def test_demo_state_bytes_fall_as_fsdp_grows_and_the_batch_stays_split(tpu):
 
 
 @pytest.mark.e2e
-def test_vit_l_fsdp_shards_the_state_and_gathers_no_stacked_kernel(tpu):
+def test_vit_l_fsdp_shards_the_state_and_the_batch_and_gathers_by_layer(tpu):
   s, compiled = compiled_train(vit_l(4), tpu)
   full = _full_state_bytes(s)
   assert full > 2**30 * 0.5  # With momentum: 2 x 4 bytes x ~77M.
@@ -148,13 +148,17 @@ def test_vit_l_fsdp_shards_the_state_and_gathers_no_stacked_kernel(tpu):
   assert whole < 0.05 * full
   assert compiled.state_bytes < (full - whole) / 4 * 1.02 + whole
   assert compiled.argument_bytes < (full - whole) / 4 * 1.05 + whole
-  stacked = [x.shape for x in jax.tree_util.tree_leaves(s.state.params)
-             if x.ndim >= 3 and x.shape[0] == 3]
-  assert stacked  # The two scanned runs of 3 layers.
+  stacked = [x.shape for path, x in jax.tree_util.tree_flatten_with_path(
+      s.state.params)[0] if '_to_' in jax.tree_util.keystr(path)]
+  assert {shape[0] for shape in stacked} == {3}  # Two scanned runs of 3.
+  # FSDP: kernels are gathered one layer at a time, never a stacked run ...
   limit = _largest_layer_param_bytes(s)
   for dtype, shape in all_gathers(compiled.hlo):
     assert nbytes(dtype, shape) <= limit, (dtype, shape)
     assert shape not in stacked, shape
+  # ... and the batch stays split over the 4 devices: no activation is
+  # gathered whole (`models.common.batch_split`).
+  assert not _batch_gathers(compiled.hlo, s.program.config.batch_size)
 
 
 def test_bad_topology_and_mesh_are_one_line_errors(tpu):

@@ -36,6 +36,7 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models import common
 
 
 # Collections that `model.init` returns but that are no state: what modules
@@ -310,6 +311,20 @@ def check_batch_size(batch_size: int, mesh) -> None:
         f"{mesh.shape['data']} x {mesh.shape['fsdp']}).")
 
 
+def traced_under_mesh(fn: Callable, mesh: jax.sharding.Mesh,
+                      rules: Sequence[Tuple[str, Any]]) -> Callable:
+  """`fn`, traced with `mesh` and the logical axis `rules` in context, so
+  that the models' activation constraints (`models.common.batch_split`)
+  take effect."""
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with common.activation_sharding(mesh, rules):
+      return fn(*args, **kwargs)
+
+  return traced
+
+
 def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
                     shardings: Any, batch_sharding: Any,
                     multilabel: bool) -> Callable:
@@ -320,23 +335,29 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, schedule,
   the old state's buffers become the new one's: one copy of the state in
   memory.
   """
+  mesh = batch_sharding.mesh
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        config=config, multilabel=multilabel,
-                        mesh=batch_sharding.mesh),
+      traced_under_mesh(
+          functools.partial(train_step, model=model, tx=tx,
+                            schedule=schedule, config=config,
+                            multilabel=multilabel, mesh=mesh),
+          mesh, sharding.rules(config)),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
       donate_argnums=0 if config.donate_train_state else ())
 
 
 def make_eval_step(model, variables_shardings: Any, batch_sharding: Any,
-                   multilabel: bool, multiview: bool = False,
+                   multilabel: bool, rules: Sequence[Tuple[str, Any]],
+                   multiview: bool = False,
                    pooling: str = 'mean') -> Callable:
   """`eval_step` jit-compiled over the mesh: `(variables, batch) -> (metric
   sums, logits)`, the variables (`model_variables`) on
-  `variables_shardings`."""
+  `variables_shardings`, traced under the logical axis `rules`."""
   return jax.jit(
-      functools.partial(eval_step, model=model, multilabel=multilabel,
-                        multiview=multiview, pooling=pooling),
+      traced_under_mesh(
+          functools.partial(eval_step, model=model, multilabel=multilabel,
+                            multiview=multiview, pooling=pooling),
+          batch_sharding.mesh, rules),
       in_shardings=(variables_shardings, batch_sharding))
 
 
@@ -428,8 +449,8 @@ class StepProgram:
                      pooling: str = 'mean') -> Callable:
     """`make_eval_step` on the program's shardings (`evaluate`'s views)."""
     return make_eval_step(self.model, self.variables_shardings(),
-                          self.batch_sharding, self.multilabel, multiview,
-                          pooling)
+                          self.batch_sharding, self.multilabel,
+                          sharding.rules(self.config), multiview, pooling)
 
 
 def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -451,7 +472,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                                batch_sharding, multilabel)
   eval_step = make_eval_step(
       model, model_variables(shardings.params, shardings.model_state),
-      batch_sharding, multilabel)
+      batch_sharding, multilabel, sharding.rules(config))
   return StepProgram(config, mesh, model, tx, schedule, input_shape,
                      num_classes, multilabel, shardings, batch_sharding,
                      train_step, eval_step, init)

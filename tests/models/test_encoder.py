@@ -4,6 +4,7 @@ the stacked and per-layer layouts), `remat_policy`, `attention_impl='fused'`
 train state."""
 
 import functools
+import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -264,6 +265,34 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
     reference = model.apply({'params': params}, x, train=False)
     scale = float(jnp.max(jnp.abs(reference)))
     np.testing.assert_allclose(logits, reference, atol=0.03 * scale)
+
+
+class ActivationShardingTest(absltest.TestCase):
+  """`common.batch_split` constrains the residual stream (and TokenLearner /
+  TokenFuser outputs) only inside `activation_sharding` with a 'batch' rule."""
+
+  def constraints(self, rules=None):
+    x = jnp.zeros(VIDEO)
+    model, params = init(video_config(tokenlearner_loc=1, use_tokenfuse=True),
+                         x)
+    apply = lambda p, x: model.apply({'params': p}, x, train=False)
+    if rules is not None:
+      mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                               ('data', 'fsdp', 'model'))
+      apply = train_steps.traced_under_mesh(apply, mesh, rules)
+    text = jax.jit(apply).lower(params, x).as_text()
+    # Shardy's `sdy.sharding_constraint %x <@mesh, [dims]>`: the dims.
+    return re.findall(r'sharding_constraint \S+ <@\w+, (\[.*?\])>', text)
+
+  def test_each_block_and_the_token_learner_and_fuser_outputs(self):
+    found = self.constraints((('batch', ('data', 'fsdp')),))
+    # The encoder's input, 4 blocks, TokenLearner and TokenFuser at blocks
+    # 1-3: 1 + 4 + 3 + 3.
+    self.assertEqual(found, ['[{"data", "fsdp"}, {}, {}]'] * 11)
+
+  def test_none_outside_the_steps_or_without_a_batch_rule(self):
+    self.assertEqual(self.constraints(), [])
+    self.assertEqual(self.constraints((('embed', 'fsdp'),)), [])
 
 
 class DonationTest(absltest.TestCase):

@@ -6,9 +6,11 @@ These mirror the scenic layers that TokenLearner builds on
 loads unchanged.
 """
 
+import contextlib
+import contextvars
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -27,6 +29,39 @@ def logical(init: Initializer, axes: Optional[Sequence[Optional[str]]]):
   if axes is None:
     return init
   return nn.with_logical_partitioning(init, tuple(axes))
+
+
+# (mesh, logical axis rules) of the step being traced (`activation_sharding`).
+_ACTIVATION_SHARDING: contextvars.ContextVar[
+    Optional[Tuple[jax.sharding.Mesh, Sequence[Tuple[str, Any]]]]] = (
+        contextvars.ContextVar('activation_sharding', default=None))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: jax.sharding.Mesh,
+                        rules: Sequence[Tuple[str, Any]]) -> Iterator[None]:
+  """Within it, `batch_split` constrains activations on `mesh` by `rules`
+  (`train_steps` traces its steps inside it). Parameters are not
+  constrained: the step's input shardings already place them."""
+  token = _ACTIVATION_SHARDING.set((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_SHARDING.reset(token)
+
+
+def batch_split(x: jax.Array) -> jax.Array:
+  """`x` split over its leading (batch) dimension as the logical axis rules
+  place 'batch' (`data` x `fsdp`), whole along the others: what keeps FSDP
+  sharding the batch, not the embedding. A no-op outside
+  `activation_sharding`, or when its rules do not name 'batch'."""
+  context = _ACTIVATION_SHARDING.get()
+  if context is None:
+    return x
+  mesh, rules = context
+  return nn.with_logical_constraint(
+      x, ('batch',) + (None,) * (x.ndim - 1), rules=rules, mesh=mesh,
+      fallback=nn.spmd.RulesFallback.NO_CONSTRAINT)
 
 
 class MlpBlock(nn.Module):
@@ -238,7 +273,7 @@ class Encoder1DBlock(nn.Module):
                  kernel_axes=(('embed', 'mlp'), ('mlp', 'embed')),
                  dtype=self.dtype)(y, deterministic=deterministic)
     drop_path = StochasticDepth(self.stochastic_depth, self.rescale_kept)
-    return drop_path(y, deterministic, depth_rate) + x
+    return batch_split(drop_path(y, deterministic, depth_rate) + x)
 
 
 def pool(x: jax.Array, classifier: str,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenlearner_jax.models.common import add_position_embedding
+from tokenlearner_jax.models.common import batch_split
 from tokenlearner_jax.models.common import Encoder1DBlock
 from tokenlearner_jax.models.config import ModelConfig
 from tokenlearner_jax.models.reduction import PatchMerger
@@ -120,7 +121,8 @@ def learn_tokens(x: jax.Array, learner: nn.Module, *, temporal_dims: int,
   if return_weights:
     learned, weights = learned  # [B*T, S, C], [B*T, S, HW]
   learned = jnp.reshape(learned, (n, -1, c))  # [B, T*S, C]
-  return jnp.concatenate([cls, learned], axis=1), tokens, weights
+  return (batch_split(jnp.concatenate([cls, learned], axis=1)), tokens,
+          weights)
 
 
 def fuse_tokens(y: jax.Array, tokens: jax.Array, fuser: Optional[nn.Module],
@@ -140,7 +142,7 @@ def fuse_tokens(y: jax.Array, tokens: jax.Array, fuser: Optional[nn.Module],
   else:
     fused = fuser(learned, tokens, deterministic=not train)  # [B*T, HW, C]
   fused = jnp.reshape(fused + tokens, (n, (nt // n) * hw, c))  # [B, T*HW, C]
-  return jnp.concatenate([y[:, :n_cls], fused], axis=1)
+  return batch_split(jnp.concatenate([y[:, :n_cls], fused], axis=1))
 
 
 def make_block(config: ModelConfig, stochastic_depth: float, name: str,
@@ -308,7 +310,8 @@ class TokenLearnerEncoder(nn.Module):
     cfg = self.config
     x = add_position_embedding(inputs, cfg.positional_embedding,
                                self.temporal_dims)
-    x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=not train)
+    x = nn.Dropout(rate=cfg.dropout_rate)(batch_split(x),
+                                          deterministic=not train)
     sizes = None
     if cfg.reduces_in_blocks:
       x, sizes = self._reducing(x, train)
