@@ -161,6 +161,23 @@ def test_vit_l_fsdp_shards_the_state_and_the_batch_and_gathers_by_layer(tpu):
   assert not _batch_gathers(compiled.hlo, s.program.config.batch_size)
 
 
+@pytest.mark.e2e
+def test_a_step_too_large_for_hbm_does_not_fit_and_says_what_it_needs(tpu):
+  # ViT-L/16 at 224, 16 images a chip: the compiler refuses it for HBM.
+  config = testing.config_for(
+      'vit_imagenet', 'variant=L/16,num_tokens=16,tokenlearner_loc=12')
+  config.model.scan_layers = True
+  config.mesh.data, config.mesh.fsdp = 1, 4
+  config.batch_size = 64
+  s = aot.setup(config, tpu)
+  compiled = aot.compile_train(s, tpu, 64)
+  assert not compiled.fits and 'RESOURCE_EXHAUSTED' in compiled.exhausted
+  assert compiled.temp_bytes > tpu.device_hbm
+  assert compiled.peak_bytes == compiled.state_bytes + compiled.temp_bytes
+  text = aot.report(compiled, tpu)
+  assert 'DOES NOT FIT' in text and aot._gib(compiled.temp_bytes) in text
+
+
 def test_bad_topology_and_mesh_are_one_line_errors(tpu):
   with pytest.raises(aot.TopologyError, match='v9'):
     aot.tpu_slice('v9:2x2')

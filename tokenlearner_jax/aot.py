@@ -15,8 +15,10 @@ whether it fits; the compile time; the compiler's flops and time estimate
 (`cost_analysis()['optimal_seconds']` when it is usable, else a roofline
 bound from the compiled flops and bytes against the chip's published peaks)
 and, from them, an MFU and examples/s per chip. These are the compiler's
-estimates: nothing here ran on a TPU. `--max_batch`: the largest global batch
-that fits, searched over multiples of the data-parallel size.
+estimates: nothing here ran on a TPU. A step the compiler refuses for HBM
+(RESOURCE_EXHAUSTED) is reported as not fitting, with the temporaries it
+asked for. `--max_batch`: the largest global batch that fits, searched over
+multiples of the data-parallel size.
 
 A device is what jax sees: one TensorCore on v3 and v4 (two per chip, each
 with half the chip's HBM), one chip on v5e and v5p (v5p's two cores as one
@@ -27,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -175,6 +178,9 @@ class Compiled:
     mfu: model_flops / (seconds x the device's peak bf16 FLOP/s).
     examples_per_s_per_chip: batch / chips / seconds.
     hlo: The compiled program's text (kept for tests, not printed).
+    exhausted: The compiler's RESOURCE_EXHAUSTED line when it refused the
+      program for HBM ('' when it compiled): then `temp_bytes` is what it
+      asked for and there are no estimates.
   """
   name: str
   batch_size: int
@@ -195,6 +201,7 @@ class Compiled:
   mfu: float
   examples_per_s_per_chip: float
   hlo: str = dataclasses.field(default='', repr=False)
+  exhausted: str = ''
 
   def as_dict(self) -> Dict[str, Any]:
     out = dataclasses.asdict(self)
@@ -212,9 +219,18 @@ def _cost(compiled) -> Dict[str, float]:
 def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
             state_bytes: int, gmacs: float, the_slice: Slice,
             keep_hlo: bool = False) -> Compiled:
-  """Compiles `lowered_fn()` and reads its memory and cost analyses."""
+  """Compiles `lowered_fn()` and reads its memory and cost analyses; a
+  program the compiler finds too large for the device's HBM comes back as
+  not fitting, with the temporaries it asked for (`_exhausted`)."""
   start = time.perf_counter()
-  compiled = lowered_fn().compile()
+  lowered = lowered_fn()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    return _exhausted(name, batch_size, time.perf_counter() - start,
+                      state_bytes, str(e), the_slice)
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes -
@@ -380,10 +396,39 @@ def _gib(x: float) -> str:
   return f'{x / GiB:,.2f} GiB'
 
 
+_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def _exhausted(name: str, batch_size: int, compile_s: float, state_bytes: int,
+               message: str, the_slice: Slice) -> Compiled:
+  """A program the compiler refused for HBM: the temporaries it needed
+  (from its message, 0 where the message gives none), no estimates."""
+  needed = re.search(r'required for HLO temporaries \(([\d.]+)([KMGT])\)',
+                     message) or re.search(r'Used ([\d.]+)([KMGT]) of',
+                                           message)
+  temp = int(float(needed.group(1)) * _UNITS[needed.group(2)]) if needed else 0
+  return Compiled(
+      name=name, batch_size=batch_size, compile_s=compile_s,
+      state_bytes=state_bytes, argument_bytes=state_bytes, output_bytes=0,
+      temp_bytes=temp, peak_bytes=state_bytes + temp, fits=False, flops=0.,
+      bytes_accessed=0., optimal_seconds=None, roofline_seconds=0.,
+      seconds=0., estimate='none: does not fit', model_flops=0., mfu=0.,
+      examples_per_s_per_chip=0.,
+      exhausted=message.strip().splitlines()[0])
+
+
 def report(c: Compiled, the_slice: Slice) -> str:
   """`c` as printed lines."""
   optimal = ('none' if c.optimal_seconds is None
              else f'{c.optimal_seconds:.4g} s')
+  if c.exhausted:
+    return '\n'.join([
+        f'{c.name} step, global batch {c.batch_size}: DOES NOT FIT (the '
+        f'compiler ran out of HBM after {c.compile_s:.1f} s)',
+        f'  per device: state (parameters + optimizer) {_gib(c.state_bytes)},'
+        f' temporaries {_gib(c.temp_bytes)}: at least {_gib(c.peak_bytes)} '
+        f'of {_gib(the_slice.device_hbm)} HBM',
+        f'  compiler: {c.exhausted}'])
   lines = [
       f'{c.name} step, global batch {c.batch_size}: compiled in '
       f'{c.compile_s:.1f} s',
