@@ -162,6 +162,18 @@ def test_vit_l_fsdp_shards_the_state_and_the_batch_and_gathers_by_layer(tpu):
 
 
 @pytest.mark.e2e
+def test_pallas_attention_compiles_on_each_shard_under_fsdp(tpu):
+  config = demo(4)
+  config.model.attention_impl = 'pallas'
+  s, compiled = compiled_train(config, tpu)
+  assert compiled.fits
+  # The kernel (a TPU custom call) runs on each device's quarter of the
+  # batch, which is never gathered.
+  assert 'tpu_custom_call' in compiled.hlo
+  assert not _batch_gathers(compiled.hlo, s.program.config.batch_size)
+
+
+@pytest.mark.e2e
 def test_a_step_too_large_for_hbm_does_not_fit_and_says_what_it_needs(tpu):
   # ViT-L/16 at 224, 16 images a chip: the compiler refuses it for HBM.
   config = testing.config_for(

@@ -453,6 +453,18 @@ class StepProgram:
                           sharding.rules(self.config), multiview, pooling)
 
 
+def _check_platform(model: nn.Module, mesh: jax.sharding.Mesh) -> None:
+  """Pallas's TPU kernel needs TPU devices (real, or `aot`'s compile-only
+  ones)."""
+  impl = getattr(getattr(model, 'config', None), 'attention_impl', None)
+  platform = mesh.devices.flat[0].platform
+  if impl == 'pallas' and platform != 'tpu':
+    raise errors.ConfigError(
+        "model.attention_impl='pallas' (Pallas TPU flash attention) needs TPU "
+        f"devices; this mesh has {platform} devices: use 'einsum' or 'fused' "
+        'here.')
+
+
 def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                   input_shape: Sequence[int], num_classes: int,
                   total_steps: int, model: Optional[nn.Module] = None
@@ -462,6 +474,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   replaces `build_model`'s."""
   input_shape = tuple(input_shape)
   model = model if model is not None else build_model(config, num_classes)
+  _check_platform(model, mesh)
   multilabel = metrics_lib.is_multilabel(config.model_name)
   tx, schedule = optim.make_optimizer(config, total_steps)
   init = _state_init(config, model, tx, input_shape)

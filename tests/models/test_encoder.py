@@ -11,18 +11,24 @@ from absl.testing import parameterized
 import flax
 import flax.linen as nn
 import jax
+from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from tests import testing
 from tests.testing import model_only_config
 from tests.testing import perturbed
+from tokenlearner_jax import errors
 from tokenlearner_jax import layer_layout
 from tokenlearner_jax import surgery
+from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models import common
 from tokenlearner_jax.models.encoder import scan_segments
 
 NUM_CLASSES = 5
@@ -217,6 +223,51 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
   def test_fused_attention_matches_einsum(self):
     self.assert_matches_einsum('fused', 'float32', rtol=1e-5, atol=1e-6,
                                grads_rtol=2e-4)
+
+  @parameterized.parameters((jnp.float32, 20, 1e-5), (jnp.bfloat16, 128, 2e-2))
+  def test_pallas_attention_matches_einsum(self, dtype, length, tol):
+    # Pallas's TPU kernel in its interpret mode; 20 tokens are padded to the
+    # kernel's block of 128 and masked, 128 are not padded.
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, length, 2, 16),
+                                 dtype) for i in range(3))
+    weights = jnp.arange(16, dtype=dtype)
+
+    def loss(attention, q, k, v):
+      return jnp.sum(attention(q, k, v).astype(jnp.float32) * weights)
+
+    with pltpu.force_tpu_interpret_mode():
+      got = jax.jit(common.pallas_attention)(q, k, v)
+      got_grads = jax.grad(functools.partial(loss, common.pallas_attention),
+                           argnums=(0, 1, 2))(q, k, v)
+    want = nn.dot_product_attention(q, k, v)
+    want_grads = jax.grad(functools.partial(loss, nn.dot_product_attention),
+                          argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=tol,
+                               atol=tol)
+    for g, w in zip(got_grads, want_grads):
+      np.testing.assert_allclose(np.float32(g), np.float32(w), rtol=tol,
+                                 atol=tol * np.abs(np.float32(w)).max())
+
+  def test_pallas_attention_with_a_class_token_matches_einsum(self):
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 12, 12, 3))
+    config = model_only_config('dynamic', tokenlearner_loc=1,
+                               classifier='token')  # 1 + 9 tokens, then 1 + 8.
+    model, params = init(config, x)
+    config.model.attention_impl = 'pallas'
+    with pltpu.force_tpu_interpret_mode():
+      other = outputs(build_model(config, NUM_CLASSES), params, x)
+    logits, loss, grads = outputs(model, params, x)
+    np.testing.assert_allclose(other[0], logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(other[1], loss, rtol=1e-5)
+    assert_trees_close(self, other[2], grads, rtol=2e-4, atol=1e-6)
+
+  def test_pallas_attention_needs_tpu_devices(self):
+    config = schema.complete(testing.config_for('demo_moving_digits'))
+    config.model.attention_impl = 'pallas'
+    with self.assertRaisesRegex(errors.ConfigError,
+                                "attention_impl='pallas'.*cpu devices"):
+      train_steps.build_program(config, sharding.make_mesh(config),
+                                (8, 32, 32, 3), 10, 1)
 
   def test_fused_attention_with_attention_dropout_is_refused(self):
     config = video_config(tokenlearner_loc=1, attention_impl='fused',

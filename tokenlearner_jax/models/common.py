@@ -128,6 +128,67 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                                       implementation=implementation)
 
 
+# The sequence block of `pallas_attention`'s kernel: sequences are padded to
+# a multiple of it.
+PALLAS_BLOCK = 128
+
+
+def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                     mask: Optional[jax.Array] = None,
+                     dropout_rate: float = 0., deterministic: bool = True,
+                     **unused) -> jax.Array:
+  """Pallas's TPU flash attention as a flax `attention_fn`
+  (`jax.experimental.pallas.ops.tpu.flash_attention`).
+
+  `[B, L, N, H]` queries, keys and values -> `[B, L, N, H]`, the same
+  softmax(QK^T / sqrt(H))V as the einsum. The kernel takes sequences in
+  blocks of `PALLAS_BLOCK`: L is padded up to a multiple of it and the padding
+  masked by segment ids (no real query attends to a padded key; the padded
+  queries' rows are dropped). No mask and no attention dropout. Inside a
+  train or eval step (`activation_sharding`) it runs on each device's shard
+  (`jax.shard_map`: the batch split as 'batch', the heads as 'heads'). TPU
+  devices only, or Pallas's TPU interpret mode
+  (`pltpu.force_tpu_interpret_mode`).
+  """
+  del unused
+  from jax.experimental.pallas.ops.tpu import flash_attention as fa  # pylint: disable=g-import-not-at-top
+  if mask is not None or (dropout_rate > 0. and not deterministic):
+    raise ValueError("model.attention_impl='pallas' takes no attention mask "
+                     'and no attention dropout.')
+  b, n, _, h = query.shape
+  pad = -n % PALLAS_BLOCK
+
+  def heads_first(x):  # [B, L, N, H] -> [B, N, L + pad, H]
+    return jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, pad), (0, 0)))
+
+  # 1 for the real tokens, 0 for the padding: [B, L + pad].
+  ids = jnp.broadcast_to(jnp.arange(n + pad) < n, (b, n + pad)).astype(
+      jnp.int32)
+  blocks = fa.BlockSizes(
+      block_q=PALLAS_BLOCK, block_k_major=PALLAS_BLOCK, block_k=PALLAS_BLOCK,
+      block_b=1, block_q_major_dkv=PALLAS_BLOCK,
+      block_k_major_dkv=PALLAS_BLOCK, block_k_dkv=PALLAS_BLOCK,
+      block_q_dkv=PALLAS_BLOCK, block_k_major_dq=PALLAS_BLOCK,
+      block_k_dq=PALLAS_BLOCK, block_q_dq=PALLAS_BLOCK)
+
+  def attend(q, k, v):  # One shard: [b, L, n, H] each.
+    out = fa.flash_attention(
+        heads_first(q), heads_first(k), heads_first(v),
+        segment_ids=fa.SegmentIds(ids[:q.shape[0]], ids[:q.shape[0]]),
+        sm_scale=h**-0.5, block_sizes=blocks)  # [b, n, L + pad, H]
+    return jnp.swapaxes(out[:, :, :n], 1, 2)  # [b, L, n, H]
+
+  context = _ACTIVATION_SHARDING.get()
+  if context is None:
+    return attend(query, key, value)
+  # A Mosaic kernel is not partitioned by XLA: run it on each device's
+  # shard, the batch split as 'batch' and the heads as 'heads' are.
+  mesh, rules = context
+  spec = nn.logical_to_mesh_axes(('batch', None, 'heads', None), rules)
+  return jax.shard_map(attend, mesh=mesh, in_specs=(spec,) * 3,
+                       out_specs=spec, check_vma=False)(query, key, value)
+
+
 class StochasticDepth(nn.Module):
   """Drops the whole residual branch per example.
 
@@ -230,8 +291,9 @@ class Encoder1DBlock(nn.Module):
     stochastic_depth: Probability of dropping each residual branch (training).
     rescale_kept: Scale kept branches by 1/(1-rate) (see `StochasticDepth`).
     attention_impl: 'einsum' (the reference's softmax(QK^T)V), 'fused'
-      (`jax.nn.dot_product_attention`, XLA's) or 'cudnn' (cuDNN's flash
-      attention: CUDA GPUs, bf16/fp16).
+      (`jax.nn.dot_product_attention`, XLA's), 'cudnn' (cuDNN's flash
+      attention: CUDA GPUs, bf16/fp16) or 'pallas' (`pallas_attention`:
+      TPUs).
     dtype: Computation dtype.
   """
   mlp_dim: int
@@ -254,6 +316,7 @@ class Encoder1DBlock(nn.Module):
         'einsum': nn.dot_product_attention,
         'fused': fused_attention,
         'cudnn': functools.partial(fused_attention, implementation='cudnn'),
+        'pallas': pallas_attention,
     }[self.attention_impl]
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,

@@ -48,8 +48,9 @@ VIVIT_MODEL_NAMES = ('vivit_classification', 'vivit_multilabel_classification')
 VIVIT_KEYS = ('patches', 'temporal_encoding_config')
 ATTENTION_TYPES = ('spacetime', 'factorized_encoder')
 # The reference's einsum softmax(QK^T)V; `jax.nn.dot_product_attention` with
-# XLA's implementation; or the same with cuDNN's flash attention (CUDA, bf16).
-ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn')
+# XLA's implementation; the same with cuDNN's flash attention (CUDA, bf16); or
+# Pallas's TPU flash attention (`common.pallas_attention`).
+ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn', 'pallas')
 # TokenLearner, the paper's baselines (k x k pooling, a dense layer), or the
 # methods that came after it (`models.reduction`): Token Merging, EViT,
 # Adaptive Token Sampling, PatchMerger.
