@@ -174,6 +174,23 @@ def test_pallas_attention_compiles_on_each_shard_under_fsdp(tpu):
 
 
 @pytest.mark.e2e
+def test_a_scanned_steps_costs_come_from_its_unrolled_twin(tpu):
+  config = demo(1)
+  config.model.num_layers, config.model.tokenizer.tokenlearner_loc = 4, 2
+  config.model.scan_layers = True  # Two runs of 2 layers.
+  s = aot.setup(config, tpu)
+  scanned = aot.compile_train(s, tpu, 8)
+  twin = aot.compile_train(s, tpu, 8, costs_from=aot.unrolled_twin(s, tpu))
+  # XLA counts each scanned body once; the twin counts every layer, as the
+  # analytic count does.
+  assert scanned.flops < 0.8 * scanned.model_flops
+  assert 0.95 * twin.model_flops < twin.flops < 1.5 * twin.model_flops
+  assert twin.estimate.endswith('(costs of the unrolled twin)')
+  assert twin.temp_bytes == scanned.temp_bytes  # Memory: the scanned step's.
+  assert aot.unrolled_twin(aot.setup(demo(1), tpu), tpu) is None
+
+
+@pytest.mark.e2e
 def test_a_step_too_large_for_hbm_does_not_fit_and_says_what_it_needs(tpu):
   # ViT-L/16 at 224, 16 images a chip: the compiler refuses it for HBM.
   config = testing.config_for(

@@ -2,7 +2,7 @@ r"""Ahead-of-time compiles of the train and eval steps for a TPU slice.
 
   python -m tokenlearner_jax.aot --config=configs/vivit_k400.py \
       --topology=v4:2x2x2 [--config.mesh.fsdp=4 ...] [--max_batch] \
-      [--json=PATH] [--hlo_dir=DIR]
+      [--json=PATH] [--hlo_dir=DIR] [--unrolled_costs]
 
 Needs libtpu (`pip install -e '.[tpu]'`), no TPU: `jax.experimental.
 topologies.get_topology_desc` gives compile-only devices of the slice, and
@@ -220,10 +220,13 @@ def _cost(compiled) -> Dict[str, float]:
 
 def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
             state_bytes: int, gmacs: float, the_slice: Slice,
-            keep_hlo: bool = False) -> Compiled:
+            keep_hlo: bool = False,
+            cost_fn: Optional[Callable[[], Any]] = None) -> Compiled:
   """Compiles `lowered_fn()` and reads its memory and cost analyses; a
   program the compiler finds too large for the device's HBM comes back as
-  not fitting, with the temporaries it asked for (`_exhausted`)."""
+  not fitting, with the temporaries it asked for (`_exhausted`). With
+  `cost_fn`, the flops, bytes and time estimate are those of the program it
+  lowers (compiled for them alone: `compile_train`'s unrolled twin)."""
   start = time.perf_counter()
   lowered = lowered_fn()
   try:
@@ -237,7 +240,7 @@ def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes -
           mem.alias_size_in_bytes + mem.temp_size_in_bytes)
-  cost = _cost(compiled)
+  cost = _cost(cost_fn().compile() if cost_fn else compiled)
   flops_ = float(cost.get('flops', 0.0))
   bytes_ = float(cost.get('bytes accessed', 0.0))
   optimal = cost.get('optimal_seconds')
@@ -261,7 +264,8 @@ def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
       bytes_accessed=bytes_,
       optimal_seconds=None if optimal is None else float(optimal),
       roofline_seconds=roofline, seconds=seconds,
-      estimate='xla optimal_seconds' if usable else 'roofline',
+      estimate=('xla optimal_seconds' if usable else 'roofline') + (
+          ' (costs of the unrolled twin)' if cost_fn else ''),
       model_flops=model_flops,
       mfu=model_flops / (seconds * the_slice.device_flops) if seconds else 0.,
       examples_per_s_per_chip=(batch_size / the_slice.num_chips / seconds
@@ -295,15 +299,31 @@ def setup(config: ml_collections.ConfigDict, the_slice: Slice) -> Setup:
                flops.gmacs(config, input_shape, num_classes))
 
 
+def unrolled_twin(s: Setup, the_slice: Slice) -> Optional[Setup]:
+  """`s`'s program with `model.scan_layers=False`, when it scans: XLA
+  counts a scanned body's flops and bytes once, the twin's every layer's."""
+  if not getattr(s.program.model.config, 'scan_layers', False):
+    return None
+  twin = ml_collections.ConfigDict(s.program.config.to_dict())
+  twin.model.scan_layers = False
+  return setup(twin, the_slice)
+
+
 def compile_train(s: Setup, the_slice: Slice, batch_size: int,
-                  keep_hlo: bool = False) -> Compiled:
-  """The train step of `train` at global `batch_size`, compiled."""
+                  keep_hlo: bool = False,
+                  costs_from: Optional[Setup] = None) -> Compiled:
+  """The train step of `train` at global `batch_size`, compiled; with
+  `costs_from` (`unrolled_twin`), its flops, bytes and time are that
+  program's."""
   train_steps.check_batch_size(batch_size, s.program.mesh)
   batch = s.program.abstract_batch(batch_size)
+  cost_fn = costs_from and (
+      lambda: costs_from.program.train_step.lower(costs_from.state, batch))
   return analyse('train',
                  lambda: s.program.train_step.lower(s.state, batch),
                  batch_size, _shard_bytes(s.state.params) + _shard_bytes(
-                     s.state.opt_state), s.gmacs, the_slice, keep_hlo)
+                     s.state.opt_state), s.gmacs, the_slice, keep_hlo,
+                 cost_fn)
 
 
 def compile_eval(s: Setup, the_slice: Slice, batch_size: int,
@@ -463,10 +483,13 @@ def _write_hlo(hlo_dir: Optional[str], c: Compiled) -> None:
 
 def plan(config: ml_collections.ConfigDict, topology: str,
          find_max_batch: bool = False, eval_step: bool = True,
-         hlo_dir: Optional[str] = None) -> Dict[str, Any]:
+         hlo_dir: Optional[str] = None,
+         unrolled_costs: bool = False) -> Dict[str, Any]:
   """Compiles `config`'s train (and eval) step for `topology`; returns the
   figures and prints them. With `hlo_dir`, writes each compiled program's
-  text there (`train.hlo`, `eval.hlo`)."""
+  text there (`train.hlo`, `eval.hlo`). With `unrolled_costs`, a scanned
+  model's train-step flops, bytes and time come from its unrolled twin
+  (compiled for them alone)."""
   the_slice = tpu_slice(topology)
   s = setup(config, the_slice)
   program = s.program
@@ -485,7 +508,12 @@ def plan(config: ml_collections.ConfigDict, topology: str,
       mesh=dict(program.mesh.shape), gmacs=s.gmacs,
       input_shape=program.input_shape, jax=jax.__version__)
   keep = hlo_dir is not None
-  train = compile_train(s, the_slice, config.batch_size, keep)
+  twin = unrolled_twin(s, the_slice) if unrolled_costs else None
+  if getattr(program.model.config, 'scan_layers', False) and not twin:
+    print('model.scan_layers: the compiler counts each scanned body once, '
+          'so the flops, bytes and time below are too low '
+          '(--unrolled_costs takes them from the unrolled twin).')
+  train = compile_train(s, the_slice, config.batch_size, keep, twin)
   print(report(train, the_slice))
   out['train'] = train.as_dict()
   _write_hlo(hlo_dir, train)
@@ -520,13 +548,16 @@ def define_flags() -> None:
   flags.DEFINE_string('json', None, 'Write the figures to this JSON file.')
   flags.DEFINE_string('hlo_dir', None, 'Write the compiled programs\' text '
                       'here (train.hlo, eval.hlo).')
+  flags.DEFINE_bool('unrolled_costs', False, 'With model.scan_layers: take '
+                    "the train step's flops, bytes and time from the "
+                    'unrolled twin (one more, slower, compile).')
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
   out = errors.exit_on_known_fault(plan, f.config, f.topology, f.max_batch,
-                                   f.eval, f.hlo_dir)
+                                   f.eval, f.hlo_dir, f.unrolled_costs)
   if f.json:
     with open(f.json, 'w') as file:
       json.dump(out, file, indent=1)
