@@ -6,7 +6,6 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from tests.testing import NUM_CLASSES
@@ -372,8 +371,7 @@ class InitParamsTest(parameterized.TestCase):
     _, new = init(config, IMAGE)
     with self.assertRaisesRegex(ValueError, 'TokenLearnerModuleV11_0.*missing'):
       surgery.init_params(new, unflat(self.source()), config, IMAGE)
-    config.init_from = ml_collections.ConfigDict(
-        dict(init_missing_from_scratch=True))
+    config.init_from.init_missing_from_scratch = True
     out = flat(surgery.init_params(new, unflat(self.source()), config,
                                       IMAGE))
     source = self.source()

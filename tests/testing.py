@@ -178,7 +178,8 @@ def mu_config(tokenizer_type: str = 'patch', *, patch: int = 4,
   config.model.mlp_dim = 32
   config.init_from = ml_collections.ConfigDict(dict(
       checkpoint_path='', checkpoint_format='tokenlearner_jax',
-      positional_embed_size_change='', kernel_init_method=''))
+      positional_embed_size_change='', kernel_init_method='',
+      restore_output_proj=False))
   return config
 
 

@@ -221,8 +221,7 @@ def _keeps_new(name: str, value: Any, old: Mapping[str, Any],
   """Whether target parameter `name` keeps its new `value`; raises when the
   pretrained checkpoint should have it but does not."""
   top = name.split('/')[0]
-  if top == 'output_projection' and not init_from.get('restore_output_proj',
-                                                      False):
+  if top == 'output_projection' and not init_from.restore_output_proj:
     return True  # The reference's default: a new head for the new task.
   # The reference ViViT's switches (both default True): keep the new position
   # embedding or patch embedding instead of the pretrained one.

@@ -379,5 +379,28 @@ class DocsTest(absltest.TestCase):
                   '`model.patches.size`)', text)
 
 
+class DefaultsDeclaredOnceTest(absltest.TestCase):
+
+  def test_library_code_passes_no_default_of_a_key_the_schema_defaults(self):
+    # `schema.complete` fills `schema.KEYS`' defaults once; a reader that
+    # passes its own (`config.get('key', default)`) declares it twice.
+    leaves = {entry.key.split('.')[-1] for entry in schema.KEYS
+              if entry.default is not schema.NO_DEFAULT}
+    found = []
+    for path in sorted(glob.glob(os.path.join(ROOT, 'tokenlearner_jax', '**',
+                                              '*.py'), recursive=True)):
+      with open(path) as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and
+            isinstance(node.func, ast.Attribute) and
+            node.func.attr == 'get' and len(node.args) == 2 and
+            isinstance(node.args[0], ast.Constant) and
+            node.args[0].value in leaves):
+          found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno} '
+                       f'get({node.args[0].value!r}, ...)')
+    self.assertEqual(found, [])
+
+
 if __name__ == '__main__':
   absltest.main()
