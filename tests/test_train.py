@@ -378,8 +378,7 @@ class InitFromTest(absltest.TestCase):
     manager = checkpoint.make_manager(pretrained_dir, config)
     checkpoint.save(manager, 1, pretrained, force=True)
     manager.close()
-    config.init_from = ml_collections.ConfigDict(dict(
-        checkpoint_path=pretrained_dir))
+    config.init_from.checkpoint_path = pretrained_dir
     config.rng_seed = 7
     fresh = testing.batchnorm_state(config, jax.devices()[:1])
     manager = checkpoint.make_manager(self.create_tempdir().full_path, config)

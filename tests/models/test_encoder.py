@@ -172,7 +172,8 @@ class ScanRematTest(parameterized.TestCase):
     model, params = init(config, x)
     scanned_config = video_config(tokenlearner_loc=2, scan_layers=True)
     scanned, new = init(scanned_config, x)
-    scanned_config.init_from = ml_collections.ConfigDict()
+    scanned_config.init_from = schema.complete(
+        ml_collections.ConfigDict()).init_from  # Every default.
     loaded = surgery.init_params(new, params, scanned_config, VIDEO[1:])
     xr = jax.random.normal(jax.random.PRNGKey(3), VIDEO)
     out = scanned.apply({'params': loaded}, xr, train=False)
