@@ -397,7 +397,7 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
     config = spec_config(spec, with_options(args, remat=remat, batch=batch))
     program = train_step_program(config, spec.input_shape, NUM_CLASSES)
     executable = program.train_step.lower(
-        program.abstract_state(),
+        program.abstract_state,
         program.abstract_batch(program.config.batch_size)).compile()
     needs = peak_memory_bytes(executable)
     print(f'    batch {batch}: {needs / 2**20:.0f} MiB', file=sys.stderr,

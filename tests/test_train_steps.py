@@ -48,7 +48,7 @@ class TrainStepsTest(absltest.TestCase):
         jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state.params))
     self.assertEqual(
         jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding),
-                               program.abstract_state()),
+                               program.abstract_state),
         jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding),
                                state))
     batch = jax.device_put({

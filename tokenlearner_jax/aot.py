@@ -295,7 +295,7 @@ def setup(config: ml_collections.ConfigDict, the_slice: Slice) -> Setup:
   program = train_steps.build_program(
       config, sharding.make_mesh(config, the_slice.devices), input_shape,
       num_classes, _num_steps(config))
-  return Setup(program, program.abstract_state(),
+  return Setup(program, program.abstract_state,
                flops.gmacs(config, input_shape, num_classes))
 
 

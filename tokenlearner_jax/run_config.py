@@ -136,7 +136,7 @@ def state_shapes(record: Record, input_shape: Tuple[int, ...],
 
   def trace():
     traced['state'] = train_steps.build_program(
-        config, mesh, input_shape, num_classes, 1).abstract_state()
+        config, mesh, input_shape, num_classes, 1).abstract_state
     return ()
 
   jax.eval_shape(trace)

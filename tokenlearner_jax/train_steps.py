@@ -112,10 +112,7 @@ def abstract_variables(config, model, input_shape,
       jax.random.PRNGKey(0))
   boxed = model_variables(params, model_state)
   shardings = sharding.tree_sharding(boxed, mesh, config)
-  target = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.unbox(boxed), shardings)
-  return target, shardings
+  return with_shardings(nn.unbox(boxed), shardings), shardings
 
 
 def abstract_params(config, model, input_shape, mesh) -> Tuple[Any, Any]:
@@ -388,6 +385,8 @@ class StepProgram:
     eval_step: `make_eval_step`, one view per example: `(variables, batch)
       -> (metric sums, logits)`.
     init: `rng -> TrainState` at step 0 (parameters boxed).
+    abstract_state: `init_state`'s `jax.ShapeDtypeStruct`s, carrying their
+      shardings (nothing computed): a restore target, or what `lower` takes.
   """
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
@@ -402,6 +401,7 @@ class StepProgram:
   train_step: Callable
   eval_step: Callable
   init: Callable
+  abstract_state: TrainState
 
   @property
   def data_parallel(self) -> int:
@@ -414,19 +414,11 @@ class StepProgram:
                    out_shardings=self.shardings)(
                        jax.random.PRNGKey(self.config.rng_seed))
 
-  def abstract_state(self) -> TrainState:
-    """`init_state`'s `jax.ShapeDtypeStruct`s, carrying their shardings
-    (nothing is computed): a restore target, or what `lower` takes."""
-    return with_shardings(
-        jax.eval_shape(lambda r: nn.unbox(self.init(r)),
-                       jax.random.PRNGKey(self.config.rng_seed)),
-        self.shardings)
-
   def abstract_variables(self) -> Dict[str, Any]:
     """`model_variables` of `abstract_state`: a restore target for the
     parameters and model state alone."""
-    state = self.abstract_state()
-    return model_variables(state.params, state.model_state)
+    return model_variables(self.abstract_state.params,
+                           self.abstract_state.model_state)
 
   def variables_shardings(self) -> Dict[str, Any]:
     """The shardings of `model_variables(params, model_state)`."""
@@ -478,8 +470,8 @@ def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   multilabel = metrics_lib.is_multilabel(config.model_name)
   tx, schedule = optim.make_optimizer(config, total_steps)
   init = _state_init(config, model, tx, input_shape)
-  shardings = sharding.tree_sharding(
-      jax.eval_shape(init, jax.random.PRNGKey(config.rng_seed)), mesh, config)
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(config.rng_seed))
+  shardings = sharding.tree_sharding(boxed, mesh, config)
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = make_train_step(config, model, tx, schedule, shardings,
                                batch_sharding, multilabel)
@@ -488,4 +480,5 @@ def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       batch_sharding, multilabel, sharding.rules(config))
   return StepProgram(config, mesh, model, tx, schedule, input_shape,
                      num_classes, multilabel, shardings, batch_sharding,
-                     train_step, eval_step, init)
+                     train_step, eval_step, init,
+                     with_shardings(nn.unbox(boxed), shardings))

@@ -67,7 +67,7 @@ class BenchmarkTest(absltest.TestCase):
       argument_bytes = sum(
           np.prod(x.shape, dtype=int) * np.dtype(x.dtype).itemsize
           for x in jax.tree_util.tree_leaves(
-              (program.abstract_state(), program.abstract_batch(4))))
+              (program.abstract_state, program.abstract_batch(4))))
       self.assertGreaterEqual(row['peak_memory_mib'] * 2**20, argument_bytes)
     self.assertLess(tl['gmacs'], base['gmacs'])
     (speedup,) = results['speedups']

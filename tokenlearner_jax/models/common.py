@@ -155,15 +155,12 @@ def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   if mask is not None or (dropout_rate > 0. and not deterministic):
     raise ValueError("model.attention_impl='pallas' takes no attention mask "
                      'and no attention dropout.')
-  b, n, _, h = query.shape
+  _, n, _, h = query.shape
   pad = -n % PALLAS_BLOCK
 
   def heads_first(x):  # [B, L, N, H] -> [B, N, L + pad, H]
     return jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, pad), (0, 0)))
 
-  # 1 for the real tokens, 0 for the padding: [B, L + pad].
-  ids = jnp.broadcast_to(jnp.arange(n + pad) < n, (b, n + pad)).astype(
-      jnp.int32)
   blocks = fa.BlockSizes(
       block_q=PALLAS_BLOCK, block_k_major=PALLAS_BLOCK, block_k=PALLAS_BLOCK,
       block_b=1, block_q_major_dkv=PALLAS_BLOCK,
@@ -172,10 +169,13 @@ def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       block_k_dq=PALLAS_BLOCK, block_q_dq=PALLAS_BLOCK)
 
   def attend(q, k, v):  # One shard: [b, L, n, H] each.
+    # 1 for the real tokens, 0 for the padding: [b, L + pad].
+    ids = jnp.broadcast_to(jnp.arange(n + pad) < n,
+                           (q.shape[0], n + pad)).astype(jnp.int32)
     out = fa.flash_attention(
         heads_first(q), heads_first(k), heads_first(v),
-        segment_ids=fa.SegmentIds(ids[:q.shape[0]], ids[:q.shape[0]]),
-        sm_scale=h**-0.5, block_sizes=blocks)  # [b, n, L + pad, H]
+        segment_ids=fa.SegmentIds(ids, ids), sm_scale=h**-0.5,
+        block_sizes=blocks)  # [b, n, L + pad, H]
     return jnp.swapaxes(out[:, :, :n], 1, 2)  # [b, L, n, H]
 
   context = _ACTIVATION_SHARDING.get()
