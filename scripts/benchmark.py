@@ -45,8 +45,7 @@ import ml_collections
 from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax import aot
 from tokenlearner_jax import flops
-from tokenlearner_jax import sharding
-from tokenlearner_jax import train_steps
+from tokenlearner_jax import step_timing
 from tokenlearner_jax.models.config import REMAT_POLICIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,58 +236,6 @@ def matmul_peak(dtype: str, sizes: Optional[Sequence[int]] = None) -> float:
   return best
 
 
-def peak_memory_bytes(compiled) -> Optional[int]:
-  """XLA's peak estimate: arguments + outputs + temporaries - donated."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes +
-               m.temp_size_in_bytes - m.alias_size_in_bytes)
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def train_step_program(config, input_shape,
-                       num_classes: int) -> train_steps.StepProgram:
-  """The real train step of `config` (AdamW, jit over the mesh)."""
-  mesh = sharding.make_mesh(config)
-  train_steps.check_batch_size(config.batch_size, mesh)
-  return train_steps.build_program(config, mesh, input_shape, num_classes,
-                                   total_steps=1000)
-
-
-def random_batch(program: train_steps.StepProgram) -> Dict[str, jax.Array]:
-  """`config.batch_size` normal inputs and one-hot labels on the mesh."""
-  batch_size, num_classes = program.config.batch_size, program.num_classes
-  return jax.device_put({
-      'inputs': jax.random.normal(jax.random.PRNGKey(0),
-                                  (batch_size,) + program.input_shape),
-      'label': jax.nn.one_hot(jnp.arange(batch_size) % num_classes,
-                              num_classes)}, program.batch_sharding)
-
-
-def compiled_train_step(config, input_shape, num_classes: int):
-  """(compiled step, state, batch, compile seconds) for `config`."""
-  program = train_step_program(config, input_shape, num_classes)
-  state, batch = program.init_state(), random_batch(program)
-  # Initialisation runs asynchronously: let it finish before timing compiles.
-  jax.block_until_ready((state, batch))
-  start = time.perf_counter()
-  compiled = program.train_step.lower(state, batch).compile()
-  return compiled, state, batch, time.perf_counter() - start
-
-
-def time_steps(compiled, state, batch, warmup: int, steps: int):
-  """(step seconds of the `steps` timed steps, last state, last metrics)."""
-  times = []
-  for i in range(warmup + steps):
-    start = time.perf_counter()
-    state, step_metrics = compiled(state, batch)
-    jax.block_until_ready((state, step_metrics))
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  return times, state, step_metrics
-
-
 def trace_summary(trace_dir: str, steps: int, top: int = 15
                   ) -> List[Dict[str, Any]]:
   """The kinds of op that took the most time in a `jax.profiler` trace.
@@ -330,10 +277,10 @@ def trace_summary(trace_dir: str, steps: int, top: int = 15
 def bench_model(name: str, config, input_shape, num_classes: int,
                 args, peak: float) -> Dict[str, Any]:
   """Compile time, step time, examples/s, FLOP/s, MFU, memory of one model."""
-  compiled, state, batch, compile_s = compiled_train_step(config, input_shape,
-                                                          num_classes)
-  times, state, step_metrics = time_steps(compiled, state, batch, args.warmup,
-                                          args.steps)
+  compiled, state, batch, compile_s = step_timing.compiled_train_step(
+      config, input_shape, num_classes)
+  times, state, step_metrics = step_timing.time_steps(
+      compiled, state, batch, args.warmup, args.steps)
   step_s = statistics.median(times)
   gmacs = flops.gmacs(config, input_shape, num_classes)
   flop_per_s = (flops.TRAIN_FLOPS_PER_MAC * gmacs * 1e9 * config.batch_size /
@@ -344,7 +291,8 @@ def bench_model(name: str, config, input_shape, num_classes: int,
              examples_per_s=config.batch_size / step_s,
              tflop_per_s=flop_per_s / 1e12,
              mfu=flop_per_s / (peak * jax.device_count()),
-             peak_memory_mib=(peak_memory_bytes(compiled) or 0) / 2**20,
+             peak_memory_mib=(
+                 step_timing.peak_memory_bytes(compiled) or 0) / 2**20,
              loss=float(step_metrics['loss']))
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
@@ -355,7 +303,7 @@ def bench_model(name: str, config, input_shape, num_classes: int,
   if args.profile_dir:
     trace_dir = os.path.join(args.profile_dir, name)
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      time_steps(compiled, state, batch, 0, PROFILED_STEPS)
+      step_timing.time_steps(compiled, state, batch, 0, PROFILED_STEPS)
     row['profile'] = trace_summary(trace_dir, PROFILED_STEPS)
     print(markdown(row['profile'], [('op', f'{name}: ops'),
                                     ('ms_per_step', 'ms/step'),
@@ -395,11 +343,12 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
 
   def compiled_at(batch):
     config = spec_config(spec, with_options(args, remat=remat, batch=batch))
-    program = train_step_program(config, spec.input_shape, NUM_CLASSES)
+    program = step_timing.train_step_program(config, spec.input_shape,
+                                             NUM_CLASSES)
     executable = program.train_step.lower(
         program.abstract_state,
         program.abstract_batch(program.config.batch_size)).compile()
-    needs = peak_memory_bytes(executable)
+    needs = step_timing.peak_memory_bytes(executable)
     print(f'    batch {batch}: {needs / 2**20:.0f} MiB', file=sys.stderr,
           flush=True)
     return program, executable, needs
@@ -434,8 +383,9 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
   peak_bytes = memory[batch]
   for _ in range(3):
     try:
-      times, *_ = time_steps(compiled, program.init_state(),
-                             random_batch(program), 1, 2)
+      times, *_ = step_timing.time_steps(
+          compiled, program.init_state(), step_timing.random_batch(program),
+          1, 2)
       break
     except Exception as e:  # pylint: disable=broad-except
       if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e):
@@ -466,9 +416,10 @@ def bench_compile(spec: Spec, args) -> Dict[str, Any]:
   result = dict(model=spec.name)
   for scan in (False, True):
     config = spec_config(spec, with_options(args, scan=scan))
-    compiled, state, batch, seconds = compiled_train_step(
+    compiled, state, batch, seconds = step_timing.compiled_train_step(
         config, spec.input_shape, NUM_CLASSES)
-    times, *_ = time_steps(compiled, state, batch, args.warmup, args.steps)
+    times, *_ = step_timing.time_steps(compiled, state, batch, args.warmup,
+                                       args.steps)
     kind = 'scan' if scan else 'unrolled'
     result[f'{kind}_compile_s'] = seconds
     result[f'{kind}_step_s'] = statistics.median(times)

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -60,20 +59,6 @@ def script_path(name: str) -> str:
 def load_script(name: str) -> types.ModuleType:
   """Imports `scripts/<name>.py` (files, not a package) as a module."""
   return common.load_module(script_path(name))
-
-
-def parsed_config(command: Sequence[str]) -> ml_collections.ConfigDict:
-  """The config a `python -m tokenlearner_jax.train` command line (as the
-  study scripts build it) would run: its --config* flags."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  argv = [command[0]] + list(command[3:])
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, flag_values=values,
-                                  lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, '', flag_values=values)
-  values(argv)
-  return values.config
 
 
 @contextlib.contextmanager
@@ -466,18 +451,17 @@ def steps_being_written(workdir: str) -> List[int]:
 
 
 class FakeTrainer:
-  """A trainer or evaluator process of the study scripts, faked (see
-  `fake_runs`): the command's config is read by its --config flags and
-  checked as the trainer checks it (schema, model, an `init_from` run that
-  has finished); then the files a finished run leaves are written:
-  WORKDIR/final_metrics.json (evaluate: its --out) with the config's real
-  GMACs per example and scores drawn from the run's name. Exit code 1, with
-  the reason in its log, where the trainer would stop."""
+  """A study's trainer or evaluator process, faked (see `fake_runs`): the
+  run's config is resolved as the trainer resolves it and checked as the
+  trainer checks it (schema, model, an `init_from` run that has finished);
+  then the files a finished run leaves are written: its `result`
+  (final_metrics.json, or evaluate's --out) with the config's real GMACs per
+  example and scores drawn from the file's name. Exit code 1, with the
+  reason in its log, where the trainer would stop."""
 
-  def __init__(self, command: Sequence[str], stdout: Any = None, **kwargs):
-    del kwargs
-    self.args = list(command)
-    self.returncode = self._run(stdout)
+  def __init__(self, run, log: Any = None):
+    self.run = run
+    self.returncode = self._run(log)
 
   def poll(self) -> int:
     return self.returncode
@@ -486,18 +470,12 @@ class FakeTrainer:
     del timeout
     return self.returncode
 
-  def _flag(self, name: str) -> str:
-    return next((a.split('=', 1)[1] for a in self.args
-                 if a.startswith(f'--{name}=')), None)
-
   def _run(self, log) -> int:
     from tokenlearner_jax import flops  # pylint: disable=g-import-not-at-top
     from tokenlearner_jax import models  # pylint: disable=g-import-not-at-top
     from tokenlearner_jax import summary  # pylint: disable=g-import-not-at-top
-    from tokenlearner_jax.configs import schema  # pylint: disable=g-import-not-at-top
     try:
-      config = schema.complete(parsed_config(
-          self.args[:3] + [a for a in self.args if a.startswith('--config')]))
+      config = schema.complete(self.run.resolved())
       schema.check_config(config)
       source = (config.get('init_from') or {}).get('checkpoint_path')
       if source and not os.path.exists(os.path.join(source,
@@ -512,10 +490,7 @@ class FakeTrainer:
       if hasattr(log, 'write'):
         log.write(f'Error: {e}\n')
       return 1
-    if self.args[2] == 'tokenlearner_jax.train':
-      path = os.path.join(self._flag('workdir'), 'final_metrics.json')
-    else:
-      path = self._flag('out')
+    path = self.run.result
     score = 0.2 + 0.6 * (zlib.crc32(path.encode()) % 1000) / 1000
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
@@ -527,30 +502,19 @@ class FakeTrainer:
 
 
 @contextlib.contextmanager
-def fake_runs() -> Iterator[List[List[str]]]:
-  """Within: every `python -m tokenlearner_jax.train|evaluate` process started
-  through `subprocess.Popen` or `subprocess.call` is a `FakeTrainer`. Yields
-  the list their commands are appended to, in the order they started."""
+def fake_runs() -> Iterator[List[Any]]:
+  """Within: every run the study runner starts (`studies.runs.start`) is a
+  `FakeTrainer`. Yields the list the `Run`s are appended to, in the order
+  they started."""
   from unittest import mock  # pylint: disable=g-import-not-at-top
-  started, popen, call = [], subprocess.Popen, subprocess.call
+  from tokenlearner_jax.studies import runs  # pylint: disable=g-import-not-at-top
+  started = []
 
-  def ours(command) -> bool:
-    return list(command[1:2]) == ['-m'] and command[2] in (
-        'tokenlearner_jax.train', 'tokenlearner_jax.evaluate')
+  def fake_start(run, log):
+    started.append(run)
+    return FakeTrainer(run, log)
 
-  def fake_popen(command, *args, **kwargs):
-    if not ours(command):
-      return popen(command, *args, **kwargs)
-    started.append(list(command))
-    return FakeTrainer(command, **kwargs)
-
-  def fake_call(command, *args, **kwargs):
-    if not ours(command):
-      return call(command, *args, **kwargs)
-    return fake_popen(command, **kwargs).returncode
-
-  with mock.patch.object(subprocess, 'Popen', fake_popen), \
-       mock.patch.object(subprocess, 'call', fake_call):
+  with mock.patch.object(runs, 'start', fake_start):
     yield started
 
 
@@ -558,11 +522,12 @@ SWEPT_DEMO = 'configs/demo_moving_digits.py:runlocal'
 
 
 def sweep_record(point: Dict[str, str], *fixed: str) -> Dict[str, Any]:
-  """The record `scripts/sweep.py` keeps of `point` of a sweep of the demo
-  config (runlocal) with `--set`s `fixed`."""
-  sweep = load_script('sweep')
-  return sweep.point_record(sweep.train_command(SWEPT_DEMO, '/run', point,
-                                                fixed))
+  """The record the study runner keeps of `point` of a sweep of the demo
+  config (runlocal) with `--set`s `fixed` ('key=value')."""
+  from tokenlearner_jax.studies import study  # pylint: disable=g-import-not-at-top
+  from tokenlearner_jax.studies import sweep  # pylint: disable=g-import-not-at-top
+  return sweep.point_run('/run', SWEPT_DEMO, point,
+                         study.set_overrides(fixed)).record()
 
 
 def fake_finished_run(workdir: str, point_record: Dict[str, Any],
@@ -574,7 +539,8 @@ def fake_finished_run(workdir: str, point_record: Dict[str, Any],
   with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
     json.dump(metrics, f)
   if point_record is not None:
-    with open(os.path.join(workdir, load_script('sweep').RECORD), 'w') as f:
+    from tokenlearner_jax.studies import runs  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(workdir, runs.RECORD), 'w') as f:
       json.dump(point_record, f)
 
 

@@ -1,6 +1,6 @@
-"""One real sweep: scripts/sweep.py runs trainer processes, skips a finished
+"""One real sweep: studies.sweep runs trainer processes, skips a finished
 point, sets aside and reruns a stale one, and tables the results (the rest of
-the sweep with faked runs: tests/scripts/test_sweep.py)."""
+the sweep with faked runs: tests/studies/test_sweep.py)."""
 
 import csv
 import json
@@ -14,12 +14,11 @@ from tests.testing import SWEPT_DEMO
 from tests.testing import config_for
 from tests.testing import fake_finished_run
 from tests.testing import final_metrics
-from tests.testing import load_script
 from tests.testing import prepare_datasets
 from tests.testing import sweep_record as record
 from tokenlearner_jax import flops
-
-sweep = load_script('sweep')
+from tokenlearner_jax.studies import runs
+from tokenlearner_jax.studies import sweep
 
 
 class SweepRunTest(absltest.TestCase):
@@ -61,7 +60,7 @@ class SweepRunTest(absltest.TestCase):
     self.assertEqual((row['status'], row['step']), ('done', '2'))
     stale = os.path.join(root, 'stale', 'rng_seed=1.1')
     self.assertEqual(final_metrics(stale)['loss'], 7.5)
-    with open(os.path.join(root, row['run'], sweep.RECORD)) as f:
+    with open(os.path.join(root, row['run'], runs.RECORD)) as f:
       self.assertEqual(json.load(f)['resolved'],
                        record({'rng_seed': '1'}, data_dir)['resolved'])
     final = final_metrics(os.path.join(root, row['run']))

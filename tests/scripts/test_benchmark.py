@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.testing import load_script
+from tokenlearner_jax import step_timing
 
 benchmark = load_script('benchmark')
 
@@ -61,7 +62,7 @@ class BenchmarkTest(absltest.TestCase):
           places=6)
       # XLA's peak holds at least the step's arguments: the parameters, the
       # optimizer state and the batch.
-      program = benchmark.train_step_program(
+      program = step_timing.train_step_program(
           benchmark.spec_config(spec, args), spec.input_shape,
           benchmark.NUM_CLASSES)
       argument_bytes = sum(

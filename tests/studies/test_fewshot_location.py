@@ -1,21 +1,19 @@
-"""scripts/fewshot_location.py: its runs' configs, its report section in
-results.md (kept by reproduce.py's rewrite), its verdicts."""
+"""studies.fewshot_location: its runs' configs, its report section in
+results.md, its verdicts."""
 
 import json
 import os
 
 from absl.testing import absltest
 
-from tests.testing import load_script
-from tests.testing import parsed_config
 from tokenlearner_jax.models.config import ModelConfig
-
-study = load_script('fewshot_location')
-reproduce = load_script('reproduce')
+from tokenlearner_jax.studies import ablations
+from tokenlearner_jax.studies import fewshot_location as study
+from tokenlearner_jax.studies import report
 
 
 def write_run(root, name, seed, five_shot, gmacs):
-  workdir = study.run_dir(root, name, seed)
+  workdir = report.run_dir(root, name, seed)
   os.makedirs(workdir)
   with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
     json.dump({'step': 500, 'mean_average_precision': 0.5,
@@ -29,8 +27,11 @@ def write_run(root, name, seed, five_shot, gmacs):
 class FewshotLocationTest(absltest.TestCase):
 
   def test_each_variant_pretrains_with_its_location_and_a_fewshot_end(self):
-    for name, loc in study.LOCATIONS.items():
-      config = parsed_config(study.command(name, 1, '/tmp/x', 500, False))
+    for name in study.NAMES:
+      loc = ablations.VARIANTS[name].loc
+      run = study.run(name, 1, '/tmp/x', 500, False)
+      self.assertEqual(run.overrides['fewshot.log_steps'], 500)
+      config = run.resolved()
       model = ModelConfig.from_config(config, num_classes=10)
       self.assertEqual(config.dataset_name, 'multi_digits')
       self.assertEqual(model.num_layers, 4)
@@ -44,7 +45,7 @@ class FewshotLocationTest(absltest.TestCase):
       self.assertEqual(config.fewshot.log_steps, 500)
       self.assertIn(5, config.fewshot.shots)
 
-  def test_report_section_verdicts_and_reproduce_keeps_it(self):
+  def test_report_section_and_verdicts(self):
     root = self.create_tempdir().full_path
     out = self.create_tempdir().full_path
     with open(os.path.join(out, 'results.md'), 'w') as f:
@@ -62,7 +63,7 @@ class FewshotLocationTest(absltest.TestCase):
     with open(os.path.join(out, 'results.md')) as f:
       text = f.read()
     self.assertTrue(text.startswith('# Other studies\n\nkept text\n'))
-    self.assertEqual(text.count(study.BEGIN), 1)
+    self.assertEqual(text.count(f'<!-- {study.SECTION} -->'), 1)
     self.assertIn('| TL 8 at 0.75 | 3 of 4 | 5.00 | 62.0 ± 2.8 | 60.0, 64.0 |',
                   text)
     self.assertIn('| no TokenLearner | none | 10.00 | 51.0 ± 1.4 |', text)
@@ -75,10 +76,6 @@ class FewshotLocationTest(absltest.TestCase):
                   f'--out={out}`', text)
     self.assertTrue(os.path.exists(
         os.path.join(out, 'results_fewshot_location.png')))
-    section = text[text.index(study.BEGIN):]
-    # reproduce.py rewrites results.md and carries the section over.
-    self.assertEqual(reproduce.kept_sections(os.path.join(out, 'results.md')),
-                     f'\n{section.rstrip()}\n')
 
 
 if __name__ == '__main__':

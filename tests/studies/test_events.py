@@ -1,5 +1,5 @@
-"""scripts/event_study.py: its runs' configs, its report section and
-verdicts, and a run through it with its trainer faked."""
+"""studies.events: its runs' configs, its report section and verdicts, and a
+run through it with its trainer faked."""
 
 import json
 import os
@@ -8,11 +8,9 @@ from absl.testing import absltest
 
 from tests import testing
 from tests.testing import DATA_DIR
-from tests.testing import load_script
-from tests.testing import parsed_config
 from tokenlearner_jax import models
-
-study = load_script('event_study')
+from tokenlearner_jax.studies import ablations
+from tokenlearner_jax.studies import events as study
 
 
 def write_run(root, row, seed, mean_ap, gmacs):
@@ -27,10 +25,13 @@ class EventStudyTest(absltest.TestCase):
 
   def test_each_row_trains_its_module_on_event_digits(self):
     for row in study.ROWS:
-      config = parsed_config(study.command(row, 2, '/tmp/x', 300, False))
+      run = study.run(row, 2, '/tmp/x', 300, False)
+      self.assertEqual(run.workdir, f'/tmp/x/{row}_seed2')
+      self.assertEqual(run.overrides['rng_seed'], 2)
+      config = run.resolved()
       model = models.model_config(config, 20)
       self.assertEqual(config.dataset_name, 'event_digits')
-      self.assertEqual(model.parts, study.reproduce.load_config(
+      self.assertEqual(model.parts, ablations.load_config(
           'configs/charades_x2plus1d_tl.py', f'row={row}').model.module.parts)
       self.assertEqual(model.stage, 3)
       self.assertEqual(config.rng_seed, 2)
@@ -59,7 +60,7 @@ class EventStudyTest(absltest.TestCase):
     with open(os.path.join(out, 'results.md')) as f:
       text = f.read()
     self.assertTrue(text.startswith('# Other studies\n\nkept text\n'))
-    self.assertEqual(text.count(study.BEGIN), 1)
+    self.assertEqual(text.count(f'<!-- {study.SECTION} -->'), 1)
     self.assertIn('| Conv2D + TokenLearner | 20.00 |', text)
     self.assertIn('| 51.0 ± 1.4 | 50.0, 52.0 | 61.0 ± 1.4 |', text)
     # Two seeds: the t factor is 12.7, the interval 10.5 +- 6.4.
@@ -77,7 +78,7 @@ class EventStudyTest(absltest.TestCase):
             '--runlocal', f'--set=dataset_configs.data_dir={DATA_DIR}']
     with testing.fake_runs() as started:
       self.assertEqual(study.main(argv), 0)
-    self.assertEqual([parsed_config(c).model.module.parts for c in started],
+    self.assertEqual([r.resolved().model.module.parts for r in started],
                      [('tokenlearner',)])
     with open(os.path.join(root, 'results.md')) as f:
       text = f.read()

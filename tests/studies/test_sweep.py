@@ -1,5 +1,6 @@
-"""scripts/sweep.py: grids, real runs, skipping finished runs, rerunning
-stale ones, the tables."""
+"""studies.sweep and the runner (studies.runs): grids, runs as data, skipping
+finished runs, setting stale ones aside, the tables (a real sweep of trainer
+processes: tests/integration/test_sweep_run.py)."""
 
 import csv
 import json
@@ -12,10 +13,9 @@ from tests.testing import DATA_DIR
 from tests.testing import ROOT
 from tests.testing import fake_finished_run
 from tests.testing import final_metrics
-from tests.testing import load_script
 from tests.testing import sweep_record as record
-
-sweep = load_script('sweep')
+from tokenlearner_jax.studies import runs
+from tokenlearner_jax.studies import sweep
 
 
 class GridTest(absltest.TestCase):
@@ -52,31 +52,31 @@ class StaleTest(absltest.TestCase):
   def test_a_changed_setting_is_a_difference(self):
     four = record({'rng_seed': '0'}, 'num_training_steps=4')
     self.assertEqual(four['resolved']['num_training_steps'], 4)
-    self.assertEqual(sweep.differences(four, four), [])
+    self.assertEqual(runs.differences(four, four), [])
     self.assertEqual(
-        sweep.differences(four, record({'rng_seed': '0'},
+        runs.differences(four, record({'rng_seed': '0'},
                                        'num_training_steps=8')),
         ['num_training_steps: 4 -> 8'])
-    self.assertEqual(sweep.differences(four, record({'rng_seed': '1'},
+    self.assertEqual(runs.differences(four, record({'rng_seed': '1'},
                                                     'num_training_steps=4')),
                      ['rng_seed: 0 -> 1'])
-    self.assertRegex(sweep.differences(None, four)[0], 'unknown')
+    self.assertRegex(runs.differences(None, four)[0], 'unknown')
 
   def test_a_default_added_since_is_no_difference(self):
     now = record({'rng_seed': '0'})
     before = json.loads(json.dumps(now))
     del before['resolved']['max_checkpoints_to_keep']  # A schema default.
-    self.assertEqual(sweep.differences(before, now), [])
+    self.assertEqual(runs.differences(before, now), [])
     del before['resolved']['dataset_configs']['shuffle_buffer_size']
-    self.assertEqual(sweep.differences(before, now),
+    self.assertEqual(runs.differences(before, now),
                      ['dataset_configs.shuffle_buffer_size: (unset) -> 4096'])
 
   def test_unresolvable_overrides_are_compared_as_written(self):
     typo = record({'rng_seed': '0'}, 'num_trainin_steps=4')
     self.assertIsNone(typo['resolved'])
     self.assertIn('num_trainin_steps', typo['error'])
-    self.assertEqual(sweep.differences(typo, typo), [])
-    self.assertLen(sweep.differences(typo, record({'rng_seed': '0'})), 1)
+    self.assertEqual(runs.differences(typo, typo), [])
+    self.assertLen(runs.differences(typo, record({'rng_seed': '0'})), 1)
 
   def test_a_finished_run_of_another_config_is_not_tabled(self):
     root = self.create_tempdir().full_path
@@ -85,16 +85,42 @@ class StaleTest(absltest.TestCase):
     fake_finished_run(workdir, record(point, 'num_training_steps=4'),
                       dict(step=4, loss=7.5))
     requested = {workdir: record(point, 'num_training_steps=8')}
-    (row,) = sweep.collect(root, [point], {}, requested)
+    run = runs.Run(workdir, testing.SWEPT_DEMO)
+    (row,) = sweep.collect([point], [run], {}, requested)
     self.assertEqual(row['status'], 'stale')
     self.assertNotIn('loss', row)
     # The sweep moves it aside (kept) before running the point again.
-    sweep.set_aside_stale([(workdir, [])], requested)
+    runs.set_aside_stale([run], requested)
     self.assertFalse(os.path.exists(workdir))
     moved = os.path.join(root, 'stale', 'rng_seed=0.1')
     self.assertEqual(final_metrics(moved), dict(step=4, loss=7.5))
-    (row,) = sweep.collect(root, [point], {}, requested)
+    (row,) = sweep.collect([point], [run], {}, requested)
     self.assertEqual(row['status'], 'missing')
+
+
+class RunTest(absltest.TestCase):
+
+  def test_a_run_is_its_command_and_the_config_it_resolves_to(self):
+    run = sweep.point_run('/w', testing.SWEPT_DEMO, {'rng_seed': '3'},
+                          {'num_training_steps': '4'})
+    self.assertEqual(run.workdir, '/w/rng_seed=3')
+    self.assertEqual(run.overrides, {'num_training_steps': '4',
+                                     'rng_seed': '3'})
+    self.assertEqual(run.command()[1:], [
+        '-m', 'tokenlearner_jax.train',
+        f'--config={ROOT}/{testing.SWEPT_DEMO}', '--workdir=/w/rng_seed=3',
+        '--config.num_training_steps=4', '--config.rng_seed=3'])
+    config = run.resolved()
+    self.assertEqual((config.rng_seed, config.num_training_steps), (3, 4))
+    self.assertEqual(run.record()['resolved'], json.loads(
+        config.to_json_best_effort(sort_keys=True)))
+    evaluation = runs.Run('/w/plain', testing.SWEPT_DEMO, entry='evaluate',
+                          out='/w/e.json')
+    self.assertEqual(evaluation.command()[-1], '--out=/w/e.json')
+    self.assertEqual((evaluation.result, evaluation.log),
+                     ('/w/e.json', '/w/e.json.log'))
+    with self.assertRaisesRegex(ValueError, 'Run.out'):
+      runs.Run('/w', testing.SWEPT_DEMO, entry='evaluate')
 
 
 class FailedRunTest(absltest.TestCase):

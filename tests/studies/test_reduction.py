@@ -1,4 +1,4 @@
-"""scripts/reduction_study.py: matched budgets, its runs' configs (from
+"""studies.reduction: matched budgets, its runs' configs (from
 scratch and fine-tuned, images and video), the off-the-shelf evaluations, its
 report, and a pass with its runs faked."""
 
@@ -10,13 +10,10 @@ import pytest
 
 from tests import testing
 from tests.testing import DATA_DIR
-from tests.testing import load_script
-from tests.testing import parsed_config
 from tokenlearner_jax import flops
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models.config import ModelConfig
-
-study = load_script('reduction_study')
+from tokenlearner_jax.studies import reduction as study
 IMAGES, VIDEO = study.DATASETS['multi_digits'], study.DATASETS['moving_digits']
 
 
@@ -38,9 +35,8 @@ class ReductionStudyTest(absltest.TestCase):
       for name, variant in table.items():
         if variant.method is None or variant.offshelf:
           continue
-        config = parsed_config(study.train_command(
-            variant.method, variant.setting, 1, '/tmp/x', 500, False,
-            data=data, init_from='/tmp/p' if variant.finetuned else None))
+        config = study.train_run(name, variant, 1, '/tmp/x', 500, False,
+                                 data=data).resolved()
         model = ModelConfig.from_config(config, data.num_classes)
         self.assertEqual(model.token_reduction, variant.method, name)
         self.assertEqual(model.classifier, 'token')
@@ -50,16 +46,16 @@ class ReductionStudyTest(absltest.TestCase):
         self.assertEqual((config.rng_seed, config.num_training_steps),
                          (1, 500))
         self.assertEqual(config.init_from.get('checkpoint_path'),
-                         '/tmp/p' if variant.finetuned else None, name)
+                         '/tmp/x/plain_seed1' if variant.finetuned else None,
+                         name)
         ratio = flops.gmacs(config, data.shape, data.num_classes) / plain
         self.assertAlmostEqual(ratio, variant.pct / 100, delta=0.08,
                                msg=f'{data.name} {name}')
 
   def test_the_video_runs_train_the_demo_vivit_on_moving_digits(self):
     table = study.variants([50], data=VIDEO)
-    command = study.train_command(None, (), 0, '/tmp/x', 1000, False,
-                                  data=VIDEO)
-    config = parsed_config(command)
+    config = study.train_run('plain', study.Variant(), 0, '/tmp/x', 1000,
+                             False, data=VIDEO).resolved()
     self.assertEqual((config.dataset_name, config.model.tokenizer.type),
                      ('moving_digits', 'video'))
     self.assertEqual(config.lr_configs.warmup_steps, 100)
@@ -68,12 +64,11 @@ class ReductionStudyTest(absltest.TestCase):
 
   def test_off_the_shelf_evaluates_the_plain_run_with_the_method(self):
     variant = study.variants([50])['tome_50_offshelf']
-    command = study.eval_command(variant.method, variant.setting, 2,
-                                 '/tmp/plain_seed2', '/tmp/out.json', False)
-    self.assertEqual(command[1:3], ['-m', 'tokenlearner_jax.evaluate'])
-    self.assertIn('--workdir=/tmp/plain_seed2', command)
-    self.assertEqual(command[-1], '--out=/tmp/out.json')
-    config = parsed_config(command[:-1])
+    run = study.eval_run('tome_50_offshelf', variant, 2, '/tmp', False)
+    self.assertEqual((run.entry, run.workdir, run.out),
+                     ('evaluate', '/tmp/plain_seed2',
+                      '/tmp/offshelf/tome_50_offshelf_seed2.json'))
+    config = run.resolved()
     schema.check_config(schema.complete(config))  # What evaluate checks.
     self.assertEqual(config.model.tokenizer.token_reduction, 'tome')
     self.assertEqual(config.model.tokenizer.tome_r,
@@ -84,10 +79,10 @@ class ReductionStudyTest(absltest.TestCase):
     table = study.variants([50], methods=['tokenlearner'], finetune=True)
     write_metrics(os.path.join(root, 'plain_seed1', 'final_metrics.json'),
                   0.5, 0.01)
-    jobs = study.finetune_jobs(root, table, [0, 1], 30, False, (), IMAGES)
-    self.assertEqual([os.path.basename(w) for w, _ in jobs],
+    runs = study.finetune_runs(root, table, [0, 1], 30, False, {}, IMAGES)
+    self.assertEqual([os.path.basename(r.workdir) for r in runs],
                      ['plain_ft_seed1', 'tokenlearner_50_ft_seed1'])
-    config = parsed_config(jobs[1][1])
+    config = runs[1].resolved()
     self.assertEqual(config.init_from.checkpoint_path,
                      os.path.join(root, 'plain_seed1'))
     self.assertTrue(config.init_from.init_missing_from_scratch)
@@ -120,7 +115,7 @@ class ReductionStudyTest(absltest.TestCase):
     self.assertEqual(study.main(argv), 0)
     with open(os.path.join(out, 'results.md')) as f:
       text = f.read()
-    self.assertIn('trained from scratch for 500 steps of 64 and fine-tuned '
+    self.assertIn('Trained from scratch for 500 steps of 64 and fine-tuned '
                   'for 125 more, tested by mAP.', text)
     self.assertIn('| TokenLearner @ 50% | loc=1, num_tokens=16 | 5.00 | 12.0 '
                   '| 0.60x | 51.0 ± 1.4 | 50.0, 52.0 |', text)
@@ -157,8 +152,7 @@ class ReductionStudyTest(absltest.TestCase):
       self.assertEqual(study.main(argv), 0)
     folder = os.path.join(root, 'moving_digits')
     self.assertEqual(
-        [(c[2].split('.')[1], os.path.basename(c[4].split('=')[1]))
-         for c in started],
+        [(r.entry, os.path.basename(r.workdir)) for r in started],
         [('train', 'plain_seed0'), ('train', 'ats_50_seed0'),
          ('train', 'plain_ft_seed0'), ('train', 'ats_50_ft_seed0'),
          ('evaluate', 'plain_seed0'), ('evaluate', 'plain_seed0')])

@@ -1,0 +1,1 @@
+"""Tests of `tokenlearner_jax.studies`."""
