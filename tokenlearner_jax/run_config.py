@@ -66,13 +66,17 @@ def to_record(config: ml_collections.ConfigDict) -> Record:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def read(workdir: str) -> Optional[Record]:
-  """`WORKDIR/config.json`, None when the run recorded none."""
-  path = os.path.join(workdir, CONFIG_FILE)
+def read_json(path: str) -> Optional[Record]:
+  """The JSON file at `path`, None where there is none."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def read(workdir: str) -> Optional[Record]:
+  """`WORKDIR/config.json`, None when the run recorded none."""
+  return read_json(os.path.join(workdir, CONFIG_FILE))
 
 
 def write(workdir: str, record: Record) -> None:

@@ -10,7 +10,7 @@ seed, and the plot go between `<!-- event_study -->` markers in
 `OUT/results.md`.
 """
 
-from typing import List, Sequence
+from typing import Sequence
 
 from tokenlearner_jax import flops
 from tokenlearner_jax import models
@@ -84,13 +84,11 @@ def plot(runs: report.Runs, path: str) -> None:
 def section(runs: report.Runs, invocation: str, steps: int,
             seeds: Sequence[int]) -> str:
   """The results.md section, markers included."""
-  lines = [
-      '## X(2+1)D modules on multi-label events (Table 11 in miniature)', '',
-      f'Regenerate: `{invocation}`', '',
-      '![event_study](results_event_study.png)', '',
-      f'{steps} steps per seed ({", ".join(map(str, seeds))}); with '
-      f'{len(seeds)} seeds the 95% interval\'s half-width is '
-      f'{stats.t_factor(len(seeds)):.1f} standard errors.', '',
+  lines = report.heading(
+      'X(2+1)D modules on multi-label events (Table 11 in miniature)',
+      invocation,
+      f'{steps} steps per {report.seeds_and_interval(seeds)}',
+      ('event_study', 'results_event_study.png')) + [
       '| module | MMACs/clip (network) | MMACs/clip (module) | mAP (%) | '
       'per seed | prec@1 (%) |', '|---|---|---|---|---|---|']
   for row, label in ROWS.items():
@@ -111,27 +109,11 @@ def section(runs: report.Runs, invocation: str, steps: int,
   return report.section(SECTION, lines)
 
 
-def parse_args(argv):
-  parser = study_lib.arguments(__doc__, steps=400)
-  parser.add_argument('--rows', default=','.join(ROWS))
-  return parser.parse_args(argv)
+GRID = study_lib.Grid(
+    script='event_study.py', doc=__doc__, flag='rows', names=tuple(ROWS),
+    metric=METRIC, steps=400, seeds='0,1,2', run=run, plot=plot,
+    plot_file='results_event_study.png', section=section)
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  rows = args.rows.split(',')
-  study_lib.check_choices('rows', rows, ROWS)
-  extra = study_lib.set_overrides(args.set)
-
-  def stage(root: str, seeds: List[int]) -> List[runs_lib.Run]:
-    return [run(row, seed, root, args.steps, args.runlocal, extra)
-            for seed in seeds for row in rows]
-
-  def write(root: str, seeds: List[int], out: str) -> List[str]:
-    runs = report.final_metrics(root, list(ROWS), seeds)
-    if any(report.by_seed(runs, r, METRIC) for r in ROWS):
-      plot(runs, f'{out}/results_event_study.png')
-    return [section(runs, study_lib.invocation('event_study.py', argv),
-                    args.steps, seeds)]
-
-  return study_lib.run(args, [stage], write)
+  return study_lib.grid_main(GRID, argv)

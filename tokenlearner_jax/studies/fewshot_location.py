@@ -10,7 +10,7 @@ table, the location figure's claims checked on 5-shot accuracy and the plot
 go between `<!-- fewshot_location -->` markers in `OUT/results.md`.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from tokenlearner_jax.studies import ablations
 from tokenlearner_jax.studies import report
@@ -77,13 +77,10 @@ def plot(runs: report.Runs, path: str) -> None:
 def section(runs: report.Runs, invocation: str, steps: int,
             seeds: Sequence[int]) -> str:
   """The results.md section, markers included."""
-  lines = [
-      '## Where to put TokenLearner, measured by few-shot accuracy', '',
-      f'Regenerate: `{invocation}`', '',
-      '![Location, 5-shot](results_fewshot_location.png)', '',
-      f'Pre-trained {steps} steps per seed ({", ".join(map(str, seeds))}); '
-      f'with {len(seeds)} seeds the 95% interval\'s half-width is '
-      f'{stats.t_factor(len(seeds)):.1f} standard errors.', '',
+  lines = report.heading(
+      'Where to put TokenLearner, measured by few-shot accuracy', invocation,
+      f'Pre-trained {steps} steps per {report.seeds_and_interval(seeds)}',
+      ('Location, 5-shot', 'results_fewshot_location.png')) + [
       '| variant | block | MMACs/image | 5-shot (%) | per seed | 1-shot | '
       '10-shot | 25-shot | pre-training mAP (%) |',
       '|---|---|---|---|---|---|---|---|---|']
@@ -111,27 +108,11 @@ def section(runs: report.Runs, invocation: str, steps: int,
   return report.section(SECTION, lines)
 
 
-def parse_args(argv):
-  parser = study_lib.arguments(__doc__, steps=500, seeds='0,1')
-  parser.add_argument('--variants', default=','.join(NAMES))
-  return parser.parse_args(argv)
+GRID = study_lib.Grid(
+    script='fewshot_location.py', doc=__doc__, flag='variants', names=NAMES,
+    metric=METRIC, steps=500, seeds='0,1', run=run, plot=plot,
+    plot_file='results_fewshot_location.png', section=section)
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  names = args.variants.split(',')
-  study_lib.check_choices('variants', names, NAMES)
-  extra = study_lib.set_overrides(args.set)
-
-  def stage(root: str, seeds: List[int]) -> List[runs_lib.Run]:
-    return [run(name, seed, root, args.steps, args.runlocal, extra)
-            for seed in seeds for name in names]
-
-  def write(root: str, seeds: List[int], out: str) -> List[str]:
-    runs = report.final_metrics(root, NAMES, seeds)
-    if any(report.by_seed(runs, n, METRIC) for n in NAMES):
-      plot(runs, f'{out}/results_fewshot_location.png')
-    return [section(runs, study_lib.invocation('fewshot_location.py', argv),
-                    args.steps, seeds)]
-
-  return study_lib.run(args, [stage], write)
+  return study_lib.grid_main(GRID, argv)

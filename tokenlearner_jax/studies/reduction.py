@@ -441,12 +441,11 @@ class Part:
 def section(parts: Sequence[Part], root: str, out: str, invocation: str,
             seeds: Sequence[int], budgets: Sequence[int], batches) -> str:
   """The results.md section, markers included (plots written to `out`)."""
-  lines = [
-      '## TokenLearner against ToMe, EViT, ATS and PatchMerger', '',
-      f'Regenerate: `{invocation}`', '',
+  lines = report.heading(
+      'TokenLearner against ToMe, EViT, ATS and PatchMerger', invocation,
       f'Seeds {", ".join(map(str, seeds))}; budgets '
       f'{" and ".join(map(str, budgets))}% of the plain model\'s '
-      'multiply-adds.']
+      'multiply-adds.')[:-1]
   for part, batch in zip(parts, batches):
     data, table = part.data, part.table
     folder = os.path.join(root, data.name)

@@ -73,6 +73,22 @@ def claim_line(claim: stats.Claim, label_a: str, label_b: str,
   return f'{prefix}{label_a} {relation} {label_b} — {verdict}'
 
 
+def heading(title: str, invocation: str, setting: str,
+            plot: Optional[Tuple[str, str]] = None) -> List[str]:
+  """A section's first lines: its title, the command that regenerates it,
+  its plot ((alt text, file)) and its setting in one sentence."""
+  return [f'## {title}', '', f'Regenerate: `{invocation}`', '',
+          *([f'![{plot[0]}]({plot[1]})', ''] if plot else []), setting, '']
+
+
+def seeds_and_interval(seeds: Sequence[int]) -> str:
+  """'seed (0, 1, 2); with 3 seeds the 95% interval's half-width is 4.3
+  standard errors.'"""
+  return (f'seed ({", ".join(map(str, seeds))}); with {len(seeds)} seeds the '
+          f'95% interval\'s half-width is {stats.t_factor(len(seeds)):.1f} '
+          'standard errors.')
+
+
 def section(name: str, lines: Sequence[str]) -> str:
   """`lines` between the markers of section `name`."""
   return '\n'.join([f'<!-- {name} -->', *lines, f'<!-- /{name} -->'])

@@ -124,11 +124,8 @@ class Run:
 
 
 def read_record(workdir: str) -> Optional[Record]:
-  path = os.path.join(workdir, RECORD)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """The config `workdir`'s run was started with by the runner, if any."""
+  return run_config.read_json(os.path.join(workdir, RECORD))
 
 
 def differences(recorded: Optional[Record], requested: Record) -> List[str]:

@@ -7,10 +7,11 @@ stage's finished runs: fine-tuning after pre-training), unless
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from tokenlearner_jax.studies import report
 from tokenlearner_jax.studies import runs as runs_lib
@@ -85,3 +86,57 @@ def run(args: argparse.Namespace, stages: Sequence[Stage],
     report.write_section(os.path.join(out, 'results.md'), text)
     print(text)
   return 1 if any(code != 0 for code in codes.values()) else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """A study of named variants, each trained once per seed in one stage.
+
+  Attributes:
+    script: Its `scripts/` file (for the regenerate line).
+    doc: Its description (`--help`).
+    flag: The flag that picks some of `names` (e.g. 'rows').
+    names: Its variants, in table order.
+    metric: The final-metrics key it compares.
+    steps: Default `--steps`.
+    seeds: Default `--seeds`.
+    run: (name, seed, root, steps, runlocal, `--set` overrides) -> its run.
+    plot: (runs, path) -> None; `plot_file` under `--out`.
+    plot_file: The plot's file name.
+    section: (runs, regenerate command, steps, seeds) -> its section.
+  """
+  script: str
+  doc: str
+  flag: str
+  names: Sequence[str]
+  metric: str
+  steps: int
+  seeds: str
+  run: Callable[..., runs_lib.Run]
+  plot: Callable[[Mapping[str, Any], str], None]
+  plot_file: str
+  section: Callable[..., str]
+
+
+def grid_main(grid: Grid, argv: Optional[Sequence[str]] = None) -> int:
+  """The command line of `grid`: trains the picked variants for each seed,
+  then writes its section and plot."""
+  parser = arguments(grid.doc, steps=grid.steps, seeds=grid.seeds)
+  parser.add_argument(f'--{grid.flag}', default=','.join(grid.names))
+  args = parser.parse_args(argv)
+  names = getattr(args, grid.flag).split(',')
+  check_choices(grid.flag, names, grid.names)
+  extra = set_overrides(args.set)
+
+  def stage(root: str, seeds: List[int]) -> List[runs_lib.Run]:
+    return [grid.run(name, seed, root, args.steps, args.runlocal, extra)
+            for seed in seeds for name in names]
+
+  def write(root: str, seeds: List[int], out: str) -> List[str]:
+    runs = report.final_metrics(root, grid.names, seeds)
+    if any(report.by_seed(runs, n, grid.metric) for n in grid.names):
+      grid.plot(runs, os.path.join(out, grid.plot_file))
+    return [grid.section(runs, invocation(grid.script, argv), args.steps,
+                         seeds)]
+
+  return run(args, [stage], write)
