@@ -148,34 +148,6 @@ class RepresentationTest(absltest.TestCase):
                                logits, rtol=1e-5, atol=1e-5)
 
 
-class SettingsTest(absltest.TestCase):
-
-  def test_malformed_datasets_and_shots_name_the_key(self):
-    config = demo_config('demo_multi_digits')
-    config.fewshot.datasets = {'digits': ('fewshot_digits', 'train')}
-    with self.assertRaisesRegex(errors.ConfigError,
-                                r'config\.fewshot\.datasets\.digits'):
-      fewshot._settings(config)  # pylint: disable=protected-access
-    config = demo_config('demo_multi_digits')
-    config.fewshot.shots = (1, 0)
-    with self.assertRaisesRegex(errors.ConfigError, r'config\.fewshot\.shots'):
-      fewshot._settings(config)  # pylint: disable=protected-access
-
-  def test_jft_pretrain_lists_the_papers_nine_datasets(self):
-    config = config_for('jft_pretrain', '')
-    settings = fewshot._settings(config)  # pylint: disable=protected-access
-    self.assertSameElements(
-        [tfds_name for tfds_name, _, _ in settings.datasets.values()],
-        ['caltech101', 'caltech_birds2011', 'cars196', 'cifar100',
-         'colorectal_histology', 'dtd', 'imagenet2012', 'oxford_iiit_pet',
-         'uc_merced'])
-    # Disjoint few-shot pools and test splits where a dataset has one split.
-    self.assertEqual(settings.datasets['uc_merced'],
-                     ('uc_merced', 'train[:1000]', 'train[1000:]'))
-    self.assertEqual(settings.shots, (1, 5, 10, 25))
-    self.assertEqual(settings.l2_reg, 2.0**10)
-
-
 class RunsTest(absltest.TestCase):
   """One tiny multi_digits run with the few-shot hook at every step, then
   the standalone evaluation on its checkpoint (its command line: the

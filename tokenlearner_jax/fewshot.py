@@ -30,7 +30,8 @@ held-out split big enough to choose it without adding more noise than it
 removes, and a fixed value keeps the numbers of different checkpoints and
 models comparable, which is what the paper's ablations compare.
 
-`config.fewshot` (all keys in docs/config_keys.md): `datasets` (name ->
+`config.fewshot` (`configs.fewshot_config.FewshotConfig`; all keys in
+docs/config_keys.md): `datasets` (name ->
 (tfds name, train split, test split)), `shots`, `num_seeds`, `l2_reg`,
 `log_steps` (the trainer runs it every that many steps and at the end),
 `image_size` and `crop_fraction` (preprocessing: the smaller side resized to
@@ -66,6 +67,7 @@ from tokenlearner_jax import sharding
 from tokenlearner_jax import summary
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.configs.fewshot_config import FewshotConfig
 from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import image_preprocessing
 from tokenlearner_jax.data import input_pipeline
@@ -73,9 +75,6 @@ from tokenlearner_jax.models import build_model
 
 Metrics = Dict[str, float]
 BIAS_CONSTANT = 100.0
-DEFAULT_L2_REG = 2.0**10
-DEFAULT_SHOTS = (1, 5, 10, 25)
-DEFAULT_NUM_SEEDS = 3
 
 # ------------------------------------------------- the closed form (host)
 
@@ -155,45 +154,6 @@ def seed_accuracies(train: Tuple[np.ndarray, np.ndarray],
 # ------------------------------------------------------------ the config
 
 
-def _settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config.fewshot`, checked, with its defaults filled in.
-
-  Raises:
-    errors.ConfigError: naming the key, for a malformed value.
-  """
-  fc = ml_collections.ConfigDict(config.fewshot.to_dict())
-  datasets = fc.get('datasets') or {}
-  if isinstance(datasets, ml_collections.ConfigDict):
-    datasets = datasets.to_dict()
-  if not isinstance(datasets, dict) or not datasets:
-    raise errors.ConfigError(
-        'config.fewshot.datasets must map names to (tfds name, train split, '
-        f'test split), got {datasets!r}.')
-  for name, entry in datasets.items():
-    if (not isinstance(entry, (tuple, list)) or len(entry) != 3 or
-        not all(isinstance(s, str) and s for s in entry)):
-      raise errors.ConfigError(
-          f'config.fewshot.datasets.{name}={entry!r}: must be (tfds name, '
-          'train split, test split), e.g. ' "('cifar100', 'train', 'test').")
-  shots = fc.get('shots') or DEFAULT_SHOTS
-  if not all(isinstance(k, int) and not isinstance(k, bool) and k > 0
-             for k in shots):
-    raise errors.ConfigError(
-        f'config.fewshot.shots={tuple(shots)!r}: must be integers > 0.')
-  return ml_collections.ConfigDict(dict(
-      datasets={n: tuple(e) for n, e in datasets.items()},
-      shots=tuple(int(k) for k in shots),
-      num_seeds=int(fc.get('num_seeds') or DEFAULT_NUM_SEEDS),
-      l2_reg=float(fc.get('l2_reg') or DEFAULT_L2_REG),
-      log_steps=fc.get('log_steps'),
-      image_size=fc.get('image_size'),
-      crop_fraction=float(fc.get('crop_fraction') or 0.875),
-      batch_size=int(fc.get('batch_size') or config.get('eval_batch_size')
-                     or config.batch_size),
-      data_dir=fc.get('data_dir') or config.get(
-          'dataset_configs', {}).get('data_dir')))
-
-
 def variables_of(state: train_steps.TrainState) -> Dict[str, Any]:
   """A train state's model variables: `{'params': ...}` and its model state
   (e.g. BatchNorm statistics; `train_steps.model_variables`)."""
@@ -221,7 +181,7 @@ class FewShotEvaluator:
 
   def __init__(self, config: ml_collections.ConfigDict, model: Any, mesh: Any,
                input_shape: Sequence[int]):
-    self.settings = _settings(config)
+    self.settings = FewshotConfig.from_config(config)
     if len(input_shape) != 3:
       raise errors.ConfigError(
           'config.fewshot: the few-shot evaluation is of image models; this '
@@ -341,7 +301,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if not enabled(config):
     raise errors.ConfigError('config.fewshot.datasets is not set: no '
                              'dataset to evaluate on.')
-  _settings(config)  # Bad settings stop here, before anything is read.
+  FewshotConfig.from_config(config)  # Bad settings stop here.
   if step is None:
     step = checkpoint.latest_step(workdir)
     if step is None:

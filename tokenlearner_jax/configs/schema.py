@@ -22,7 +22,6 @@ with `config.model`'s keys from `ModelConfig` (`model_keys`), as
 import dataclasses
 import difflib
 import numbers
-import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
@@ -30,6 +29,8 @@ import ml_collections
 from tokenlearner_jax import errors
 from tokenlearner_jax import models
 from tokenlearner_jax import sharding
+from tokenlearner_jax.configs import fields
+from tokenlearner_jax.configs.fewshot_config import FewshotConfig
 from tokenlearner_jax.models import config as model_lib
 
 IMPLEMENTED = 'implemented'
@@ -419,35 +420,28 @@ KEYS += (
                  default=1),
 )
 
-_FS = 'fewshot.'
-KEYS += (
-    _implemented('fewshot', 'fewshot', 'Few-shot linear evaluation of the '
-                 'frozen pre-logits (below); unset: none.', section=True),
-    _implemented(_FS + 'datasets', 'fewshot', "Name -> (tfds name, few-shot "
-                 "pool split, test split), e.g. {'pets': ('oxford_iiit_pet', "
-                 "'train', 'test')}."),
-    _implemented(_FS + 'shots', 'fewshot', 'Examples per class of the '
-                 'few-shot sets (default (1, 5, 10, 25)).'),
-    _implemented(_FS + 'num_seeds', 'fewshot', 'Few-shot sets drawn per '
-                 'dataset and shots, seeds 0..N-1 (default 3).',
-                 positive=True),
-    _implemented(_FS + 'l2_reg', 'fewshot', 'The fixed L2 strength of the '
-                 'ridge regression (default 2^10, as big_vision).',
-                 positive=True),
-    _implemented(_FS + 'log_steps', 'train', 'Steps between few-shot '
-                 'evaluations during training (also at the end; unset: at '
-                 'the end only).', positive=True),
-    _implemented(_FS + 'image_size', 'fewshot', 'Side the images are '
-                 "cropped to (default: the model's input side)."),
-    _implemented(_FS + 'crop_fraction', 'fewshot', 'Smaller side resized to '
-                 'image_size / fraction, then the central crop (default '
-                 '0.875; 1.0: a plain resize).', positive=True),
-    _implemented(_FS + 'batch_size', 'fewshot', 'Global batch of the '
-                 'feature extraction (default eval_batch_size).',
-                 positive=True),
-    _implemented(_FS + 'data_dir', 'fewshot', 'tfds data directory '
-                 '(default dataset_configs.data_dir).'),
-)
+def section_keys(cls: Any, section: str, module: str,
+                 description: str) -> Tuple[ConfigKey, ...]:
+  """The table's rows of a typed section (`fields.field`s of `cls`): the
+  section, then each field with its `Attributes:` text and default (filled
+  by the section's own `from_config`, so none here: a config without the
+  section stays without it)."""
+  docs = fields.attribute_docs(cls.__doc__ or '')
+  rows = [_implemented(section, module, description, section=True)]
+  for f in dataclasses.fields(cls):
+    default = '' if f.default in (dataclasses.MISSING, None) else (
+        f' (default {f.default!r})')
+    rows.append(_implemented(
+        f'{section}.{f.metadata["key"]}', f.metadata['reader'] or module,
+        docs.get(f.name, '').rstrip('.') + default + '.',
+        positive=f.metadata['check'] in ('positive', 'optional_positive',
+                                         'number')))
+  return tuple(rows)
+
+
+KEYS += section_keys(
+    FewshotConfig, 'fewshot', 'fewshot', 'Few-shot linear evaluation of the '
+    'frozen pre-logits (below; `configs.fewshot_config`); unset: none.')
 
 TABLE: Dict[str, ConfigKey] = {k.key: k for k in KEYS}
 
@@ -460,7 +454,7 @@ def model_keys(cls: Any = model_lib.ModelConfig
   `metadata['key']`) and its `Attributes:` docstring; keys are under
   `config.model` unless they start with '/'.
   """
-  docs = _attribute_docs(cls.__doc__ or '')
+  docs = fields.attribute_docs(cls.__doc__ or '')
   rows = []
   for f in dataclasses.fields(cls):
     key = f.metadata['key']
@@ -469,23 +463,6 @@ def model_keys(cls: Any = model_lib.ModelConfig
     default = (None if f.default is dataclasses.MISSING else f.default)
     rows.append((key, f.name, default, docs.get(f.name, '')))
   return rows
-
-
-def _attribute_docs(docstring: str) -> Dict[str, str]:
-  """name -> text of a Google-style `Attributes:` section."""
-  docs: Dict[str, str] = {}
-  lines = docstring.split('Attributes:', 1)[-1].splitlines()
-  name = None
-  for line in lines[1:]:
-    match = re.match(r'^\s{4}(\w+): (.*)$', line)
-    if match:
-      name = match.group(1)
-      docs[name] = match.group(2).strip()
-    elif line.strip() and name and line.startswith(' ' * 6):
-      docs[name] += ' ' + line.strip()
-    elif line.strip():
-      break
-  return docs
 
 
 # ------------------------------------------------------------------ checking

@@ -25,15 +25,20 @@ pooling, as the paper's text). Speed options (ours; none changes a number):
 """
 
 import dataclasses
-import difflib
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import jax.numpy as jnp
 import ml_collections
 
 from tokenlearner_jax import errors
+from tokenlearner_jax.configs import fields
 from tokenlearner_jax.models import grid as grid_lib
+
+# The public field helper (`configs.fields`) and its checks, named short.
+_field = fields.field
+_require = fields.require
+_is_int = fields.is_int
 
 # 'token' prepends a class token and reads it out; '0' (the reference ViViT's)
 # reads out the first patch token, with no class token.
@@ -68,17 +73,6 @@ TUBELET_INITIALIZERS = (None, 'central_frame_initializer',
                         'average_frame_initializer')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
           'float16': jnp.float16}
-
-
-def _field(key: str, default: Any = dataclasses.MISSING, *,
-           check: Optional[str] = None, choices: Optional[Tuple] = None):
-  """A field read from `config.model.<key>`, with a generic check.
-
-  `check`: 'positive' (int > 0), 'optional_positive' (None or int > 0),
-  'rate' (in [0, 1)) or 'bool'; `choices`: the allowed values.
-  """
-  return dataclasses.field(default=default, metadata=dict(
-      key=key, check=check, choices=choices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +205,8 @@ class ModelConfig:
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
-      _check_field(f, getattr(self, f.name))
+      fields.check_field(f, getattr(self, f.name),
+                         fields.key_name(f, 'model'))
     _check_tokenizer(self)
     if self.attention_type == 'factorized_encoder':
       _check_factorized(self)
@@ -285,11 +280,12 @@ class ModelConfig:
     model = _tokenizer_layout(model, config.get('model_name'))
     values: Dict[str, Any] = {'num_classes': num_classes}
     for f in dataclasses.fields(cls)[1:]:
-      found, value = _lookup(config, model, f.metadata['key'])
+      found, value = fields.lookup(config, model, f.metadata['key'])
       if found:
         values[f.name] = _convert(f.name, value)
       elif f.default is dataclasses.MISSING:
-        raise errors.ConfigError(f'{_config_key(f)} is missing.')
+        raise errors.ConfigError(
+            f'{fields.key_name(f, "model")} is missing.')
     if values['tokenizer_type'] == 'patch' and (
         values.get('tokenlearner_loc') is not None):
       logging.warning("model.tokenizer.tokenlearner_loc=%s is ignored: "
@@ -300,13 +296,6 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------ reading
-
-
-def _config_key(f: dataclasses.Field) -> str:
-  key = f.metadata['key']
-  if not key:
-    return f.name
-  return key[1:] if key.startswith('/') else f'model.{key}'
 
 
 def _tokenizer_layout(model: Dict[str, Any],
@@ -330,17 +319,6 @@ def _tokenizer_layout(model: Dict[str, Any],
       tokenizer[key] = model.pop(key)
   model['tokenizer'] = tokenizer
   return model
-
-
-def _lookup(config: ml_collections.ConfigDict, model: Dict[str, Any],
-            key: str) -> Tuple[bool, Any]:
-  """(found, value) of a field's key in `model` or, for `/key`, `config`."""
-  node = config if key.startswith('/') else model
-  for part in key.lstrip('/').split('.'):
-    if node is None or part not in node:
-      return False, None
-    node = node[part]
-  return True, node
 
 
 def _convert(name: str, value: Any) -> Any:
@@ -378,55 +356,17 @@ def _known_keys(vivit: bool = False) -> Tuple[str, ...]:
   return tuple(sorted(keys))
 
 
-def _leaf_keys(node: Any, prefix: str = '') -> Iterator[str]:
-  for key in node:
-    path = f'{prefix}{key}'
-    yield path
-    if isinstance(node[key], (dict, ml_collections.ConfigDict)) and (
-        path not in ('spatial_transformer', 'temporal_transformer')):
-      yield from _leaf_keys(node[key], path + '.')
-
-
 def _check_known_keys(node: Any, prefix: str = 'model',
                       known: Optional[Tuple[str, ...]] = None) -> None:
   """Raises for a key no field reads, naming the closest known one."""
-  known = _known_keys() if known is None else known
-  for key in _leaf_keys(node):
-    if key not in known:
-      close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-      hint = f'; did you mean {prefix}.{close[0]}?' if close else '.'
-      raise errors.ConfigError(f'{prefix}.{key} is not a model setting{hint}')
+  fields.check_known_keys(node, prefix,
+                          _known_keys() if known is None else known,
+                          'a model setting',
+                          leaves=('spatial_transformer',
+                                  'temporal_transformer'))
 
 
 # ------------------------------------------------------------------ checks
-
-
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise errors.ConfigError(message)
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_field(f: dataclasses.Field, value: Any) -> None:
-  """The generic check of one field (`check` and `choices` metadata)."""
-  key, check, choices = _config_key(f), f.metadata['check'], f.metadata[
-      'choices']
-  if choices is not None:
-    _require(value in choices,
-             f'{key} must be one of {choices}, got {value!r}.')
-  if check == 'positive' or (check == 'optional_positive' and
-                             value is not None):
-    _require(_is_int(value) and value > 0,
-             f'{key} must be a positive integer, got {value!r}.')
-  elif check == 'rate':
-    _require(isinstance(value, (int, float)) and 0.0 <= value < 1.0,
-             f'{key} must be in [0, 1), got {value!r}.')
-  elif check == 'bool':
-    _require(isinstance(value, bool),
-             f'{key} must be True or False, got {value!r}.')
 
 
 def _check_tokenizer(c: ModelConfig) -> None:

@@ -23,9 +23,10 @@ from typing import Any, Dict, Tuple
 import ml_collections
 
 from tokenlearner_jax import errors
+from tokenlearner_jax.configs import fields
 from tokenlearner_jax.models import config as config_lib
 
-_field = config_lib._field  # pylint: disable=protected-access
+_field = fields.field
 
 MODEL_NAMES = ('x2plus1d_classification', 'x2plus1d_multilabel_classification')
 CONV_TYPES = ('2plus1d', '3d')  # X(2+1)D, or X3D's 3x3x3 convolutions.
@@ -103,7 +104,8 @@ class X2Plus1DConfig:
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
-      config_lib._check_field(f, getattr(self, f.name))  # pylint: disable=protected-access
+      fields.check_field(f, getattr(self, f.name),
+                         fields.key_name(f, 'model'))
     _check(self)
 
   @property
@@ -128,10 +130,10 @@ class X2Plus1DConfig:
     if 'model' not in config:
       raise errors.ConfigError('config.model is missing.')
     model = config.model.to_dict()
-    config_lib._check_known_keys(model, known=known_keys())  # pylint: disable=protected-access
+    fields.check_known_keys(model, 'model', known_keys(), 'a model setting')
     values: Dict[str, Any] = {'num_classes': num_classes}
     for f in dataclasses.fields(cls)[1:]:
-      found, value = config_lib._lookup(config, model, f.metadata['key'])  # pylint: disable=protected-access
+      found, value = fields.lookup(config, model, f.metadata['key'])
       if found:
         values[f.name] = (tuple(value) if f.name in
                           ('depths', 'widths', 'parts', 'blocks') else value)
@@ -149,9 +151,7 @@ def known_keys() -> Tuple[str, ...]:
   return tuple(sorted(keys))
 
 
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise errors.ConfigError(message)
+_require = fields.require
 
 
 def _ints(values: Any) -> bool:
