@@ -157,7 +157,8 @@ class BaselineModelsTest(parameterized.TestCase):
         (dict(fuser_type='unpool'), 'use_tokenfuse=True'),
         (dict(use_tokenfuse=True, fuser_type='unpool',
               token_reduction='pooling'), "token_reduction='tokenlearner'"),
-        (dict(pooling_locs=(2,)), 'pooling_locs needs'),
+        (dict(pooling_locs=(2,)), r"pooling_locs=\(2,\) is read by "
+         "token_reduction='pooling' or 'evit' or 'ats' only"),
         (dict(token_reduction='pooling', pooling_locs=(1,)),
          r'pooling_locs must be increasing .* got \(1,\)'),
         (dict(token_reduction='pooling', pooling_locs=(2,),

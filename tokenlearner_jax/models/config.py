@@ -25,6 +25,7 @@ pooling, as the paper's text). Speed options (ours; none changes a number):
 """
 
 import dataclasses
+import functools
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
@@ -34,6 +35,7 @@ import ml_collections
 from tokenlearner_jax import errors
 from tokenlearner_jax.configs import fields
 from tokenlearner_jax.models import grid as grid_lib
+from tokenlearner_jax.models import token_reduction as reduction_lib
 
 # The public field helper (`configs.fields`) and its checks, named short.
 _field = fields.field
@@ -212,29 +214,29 @@ class ModelConfig:
       _check_factorized(self)
     else:
       _check_spacetime(self)
-      if self.tokenlearner_on:
-        _check_tokenlearner(self)
+      _ = self.reduction  # Built, and so checked, once.
 
   @property
   def tokenlearner_on(self) -> bool:
     """Whether tokens are learned (or pooled) before `tokenlearner_loc`."""
     return self.tokenlearner_loc is not None
 
+  @functools.cached_property
+  def reduction(self) -> reduction_lib.TokenReduction:
+    """The token reduction, typed by kind (`models.token_reduction`)."""
+    if self.attention_type == 'factorized_encoder':
+      return reduction_lib.NoReduction()
+    return reduction_lib.from_model(self)
+
   @property
   def reduces_in_blocks(self) -> bool:
     """ToMe, EViT or ATS: tokens are reduced inside blocks, with sizes."""
-    return self.tokenlearner_on and self.token_reduction in (
-        'tome', 'evit', 'ats')
+    return isinstance(self.reduction, reduction_lib.InBlockReduction)
 
   @property
   def reduction_blocks(self) -> Tuple[int, ...]:
-    """The blocks whose tokens ToMe (each from `tokenlearner_loc` on), EViT
-    or ATS (`tokenlearner_loc` and `pooling_locs`) reduce; () otherwise."""
-    if not self.reduces_in_blocks:
-      return ()
-    if self.token_reduction == 'tome':
-      return tuple(range(self.tokenlearner_loc, self.num_layers))
-    return (self.tokenlearner_loc, *self.pooling_locs)
+    """The blocks whose tokens ToMe, EViT or ATS reduce; () otherwise."""
+    return self.reduction.blocks if self.reduces_in_blocks else ()
 
   @property
   def protects_first_token(self) -> bool:
@@ -430,60 +432,3 @@ def _check_spacetime(c: ModelConfig) -> None:
   _require(c.tokenizer_type != 'patch' or not c.tokenlearner_on,
            "model.tokenizer.tokenlearner_loc must be None with "
            "tokenizer.type='patch' (the plain ViT).")
-
-
-def _check_tokenlearner(c: ModelConfig) -> None:
-  """Location, reduction and fuser settings of a TokenLearner model."""
-  loc, layers = c.tokenlearner_loc, c.num_layers
-  _require(_is_int(loc) and 0 <= loc < layers,
-           f'model.tokenizer.tokenlearner_loc must be in [0, num_layers='
-           f'{layers}) while TokenLearner is on, got {loc!r} (use None to '
-           'turn TokenLearner off).')
-  _require(c.use_tokenfuse or c.fuser_type == 'tokenfuser',
-           f'model.tokenizer.fuser_type={c.fuser_type!r} needs '
-           'model.tokenizer.use_tokenfuse=True.')
-  _require(c.fuser_type != 'unpool' or c.token_reduction == 'tokenlearner',
-           "model.tokenizer.fuser_type='unpool' reuses TokenLearner's maps: "
-           f"it needs token_reduction='tokenlearner', got "
-           f'{c.token_reduction!r}.')
-  if c.reduces_in_blocks:
-    _check_block_reduction(c)
-  for key, value, default, method in (('tome_r', c.tome_r, 0, 'tome'),
-                                      ('keep_rate', c.keep_rate, 0.7, 'evit')):
-    _require(value == default or c.token_reduction == method,
-             f'model.tokenizer.{key}={value!r} is read by '
-             f"token_reduction={method!r} only (it is "
-             f'{c.token_reduction!r}).')
-  locs = c.pooling_locs
-  if locs:
-    _require(c.token_reduction in ('pooling', 'evit', 'ats') and
-             not c.use_tokenfuse, 'model.tokenizer.pooling_locs needs '
-             "token_reduction 'pooling', 'evit' or 'ats' and "
-             'use_tokenfuse=False.')
-    _require(not c.scan_layers,
-             'model.scan_layers does not take model.tokenizer.pooling_locs.')
-    _require(all(_is_int(l) for l in locs) and
-             list(locs) == sorted(set(locs)) and
-             loc < locs[0] and locs[-1] < layers,
-             'model.tokenizer.pooling_locs must be increasing layer indices in '
-             f'(tokenlearner_loc={loc}, num_layers={layers}), got {locs!r}.')
-
-
-def _check_block_reduction(c: ModelConfig) -> None:
-  """ToMe, EViT and ATS: what they need of the encoder."""
-  name = f'model.tokenizer.token_reduction={c.token_reduction!r}'
-  _require(not c.use_tokenfuse and not c.scan_layers,
-           f'{name} changes the token count inside blocks: it takes neither '
-           'model.tokenizer.use_tokenfuse nor model.scan_layers.')
-  _require(c.attention_impl == 'einsum', f'{name} reads the attention '
-           "weights: it needs model.attention_impl='einsum', got "
-           f'{c.attention_impl!r}.')
-  _require(c.token_reduction == 'tome' or c.has_cls_token,
-           f"{name} ranks tokens by the class token's attention: it needs "
-           f"model.classifier='token', got {c.classifier!r}.")
-  _require(_is_int(c.tome_r) and c.tome_r >= 0,
-           f'model.tokenizer.tome_r must be an integer >= 0, got '
-           f'{c.tome_r!r}.')
-  _require(isinstance(c.keep_rate, (int, float)) and 0 < c.keep_rate <= 1,
-           f'model.tokenizer.keep_rate must be in (0, 1], got '
-           f'{c.keep_rate!r}.')

@@ -25,15 +25,9 @@ from tokenlearner_jax.models.common import add_position_embedding
 from tokenlearner_jax.models.common import batch_split
 from tokenlearner_jax.models.common import Encoder1DBlock
 from tokenlearner_jax.models.config import ModelConfig
-from tokenlearner_jax.models.reduction import PatchMerger
 from tokenlearner_jax.models.reduction import Reduction
 from tokenlearner_jax.models.reduction import ReducingBlock
-from tokenlearner_jax.models.tokenlearner import DenseTokens
-from tokenlearner_jax.models.tokenlearner import PoolingTokens
-from tokenlearner_jax.models.tokenlearner import TokenFuser
-from tokenlearner_jax.models.tokenlearner import TokenLearnerModule
 from tokenlearner_jax.models.tokenlearner import TokenLearnerModuleV11
-from tokenlearner_jax.models.tokenlearner import TokenReprojection
 from tokenlearner_jax.models.tokenlearner import unpool_tokens
 
 
@@ -67,35 +61,6 @@ def scan_segments(num_layers: int, tokenlearner_loc: Optional[int],
       segments.append(ScanSegment(f'encoderblock_{loc}_to_{last}', loc, last,
                                   'block'))
   return segments
-
-
-def make_learner(config: ModelConfig, suffix: str) -> nn.Module:
-  """The token reducer `config.token_reduction` names, `<Class><suffix>`."""
-  if config.token_reduction == 'pooling':
-    return PoolingTokens(config.pooling_window, name=f'PoolingTokens{suffix}')
-  if config.token_reduction == 'dense':
-    return DenseTokens(config.num_tokens, name=f'DenseTokens{suffix}')
-  if config.token_reduction == 'patchmerger':
-    return PatchMerger(config.num_tokens, name=f'PatchMerger{suffix}')
-  if config.use_v11:
-    return TokenLearnerModuleV11(config.num_tokens,
-                                 dropout_rate=config.dropout_rate,
-                                 name=f'TokenLearnerModuleV11{suffix}')
-  return TokenLearnerModule(config.num_tokens,
-                            use_sum_pooling=config.use_sum_pooling,
-                            name=f'TokenLearnerModule{suffix}')
-
-
-def make_fuser(config: ModelConfig, suffix: str) -> Optional[nn.Module]:
-  """The module that maps tokens back onto the grid; None for 'unpool'."""
-  if config.fuser_type == 'unpool':
-    return None
-  if config.fuser_type == 'reprojection':
-    return TokenReprojection(config.num_heads,
-                             dropout_rate=config.dropout_rate,
-                             name=f'TokenReprojection{suffix}')
-  return TokenFuser(dropout_rate=config.dropout_rate,
-                    name=f'TokenFuser{suffix}')
 
 
 def learn_tokens(x: jax.Array, learner: nn.Module, *, temporal_dims: int,
@@ -186,13 +151,14 @@ class FuserLayer(nn.Module):
   def __call__(self, x: jax.Array, depth_rate: Optional[jax.Array]):
     """`[B, 1|0 + T*HW, C]` -> (the same shape, None), as `nn.scan` wants."""
     cfg = self.config
+    reduction = cfg.reduction
     block = make_block(cfg, cfg.droplayer_rate, 'encoderblock')
     y, tokens, weights = learn_tokens(
-        x, make_learner(cfg, suffix=''), temporal_dims=self.temporal_dims,
+        x, reduction.learner(suffix=''), temporal_dims=self.temporal_dims,
         has_cls_token=self.has_cls_token, train=self.train,
-        return_weights=cfg.fuser_type == 'unpool')
+        return_weights=reduction.fuser == 'unpool')
     y = block(y, not self.train, depth_rate)
-    return fuse_tokens(y, tokens, make_fuser(cfg, suffix=''), weights,
+    return fuse_tokens(y, tokens, reduction.fuser_module(suffix=''), weights,
                        has_cls_token=self.has_cls_token, train=self.train), None
 
 
@@ -219,7 +185,7 @@ class TokenLearnerEncoder(nn.Module):
 
   def _learn(self, x: jax.Array, suffix: str, train: bool,
              return_weights: bool = False):
-    return learn_tokens(x, make_learner(self.config, suffix),
+    return learn_tokens(x, self.config.reduction.learner(suffix),
                         temporal_dims=self.temporal_dims,
                         has_cls_token=self.has_cls_token, train=train,
                         return_weights=return_weights)
@@ -227,23 +193,20 @@ class TokenLearnerEncoder(nn.Module):
   def _unrolled(self, x: jax.Array, train: bool) -> jax.Array:
     """The reference's loop: `encoderblock_{i}`, `TokenLearnerModule*_{j}`."""
     cfg = self.config
-    loc = cfg.tokenlearner_loc
-    # Blocks preceded by a token reduction (without a fuser).
-    reduce_at = [] if loc is None else [loc, *cfg.pooling_locs]
+    reduction = cfg.reduction  # NoReduction or LearnedTokens.
     for lyr in range(cfg.num_layers):
       block = make_block(cfg, self._depth_rate(lyr), f'encoderblock_{lyr}')
-      learn_here = loc is not None and (
-          lyr >= loc if cfg.use_tokenfuse else lyr in reduce_at)
-      if not learn_here:
+      index = reduction.learner_before(lyr)
+      if index is None:
         x = block(x, not train)
         continue
-      index = lyr - loc if cfg.use_tokenfuse else reduce_at.index(lyr)
-      unpool = cfg.use_tokenfuse and cfg.fuser_type == 'unpool'
-      y, tokens, weights = self._learn(x, f'_{index}', train, unpool)
+      y, tokens, weights = self._learn(x, f'_{index}', train,
+                                       reduction.fuser == 'unpool')
       x = block(y, not train)
-      if cfg.use_tokenfuse:
-        x = fuse_tokens(x, tokens, make_fuser(cfg, f'_{index}'), weights,
-                        has_cls_token=self.has_cls_token, train=train)
+      if reduction.fuser is not None:
+        x = fuse_tokens(x, tokens, reduction.fuser_module(f'_{index}'),
+                        weights, has_cls_token=self.has_cls_token,
+                        train=train)
     return x
 
   def _reducing(self, x: jax.Array, train: bool
@@ -254,19 +217,15 @@ class TokenLearnerEncoder(nn.Module):
     Returns the tokens and their sizes `[B, N']`.
     """
     cfg = self.config
-    loc, method = cfg.tokenlearner_loc, cfg.token_reduction
-    amount = {'tome': cfg.tome_r, 'evit': cfg.keep_rate,
-              'ats': cfg.num_tokens}[method]
+    reduction = cfg.reduction  # InBlockReduction.
     sizes = jnp.ones(x.shape[:2], jnp.float32)  # [B, N]
     for lyr in range(cfg.num_layers):
       name = f'encoderblock_{lyr}'
-      if lyr < loc:
+      if lyr < reduction.first:
         x = make_block(cfg, self._depth_rate(lyr), name)(x, not train)
         continue
-      reduction = Reduction(method if lyr in cfg.reduction_blocks else 'none',
-                            amount, cfg.protects_first_token)
-      x, sizes = make_block(cfg, self._depth_rate(lyr), name, reduction)(
-          x, sizes, not train)
+      x, sizes = make_block(cfg, self._depth_rate(lyr), name,
+                            reduction.at_block(lyr))(x, sizes, not train)
     return x, sizes
 
   def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
