@@ -48,7 +48,8 @@ def get_config(arg=None):
                          num_tokens=8, runlocal=False)
   config = charades.charades_config(
       f'row={arg.row},token_maker={arg.token_maker},'
-      f'num_tokens={arg.num_tokens},runlocal={arg.runlocal}')
+      f'num_tokens={arg.num_tokens},runlocal={arg.runlocal},'
+      f'fast={arg.fast}')
   config.experiment_name = f'avid_x2plus1d_{arg.row}_12fps'
   config.model_name = 'x2plus1d_classification'
   dc = config.dataset_configs

@@ -38,6 +38,7 @@ def get_config(arg=None):
     raise ValueError(f'Unknown row={arg.row!r}; known: '
                      f'{sorted(charades.ROWS)}.')
   config = ml_collections.ConfigDict()
+  config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = f'demo_event_digits_{arg.row}'
   config.dataset_name = 'event_digits'
   config.dataset_configs = ml_collections.ConfigDict(dict(

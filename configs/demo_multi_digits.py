@@ -28,6 +28,7 @@ def get_config(arg=None):
                          tokenlearner_loc=2, runlocal=False)
   loc = arg.tokenlearner_loc
   config = ml_collections.ConfigDict()
+  config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = 'demo_multi_digits'
   config.dataset_name = 'multi_digits'
   config.dataset_configs = ml_collections.ConfigDict(dict(

@@ -31,6 +31,7 @@ def get_config(arg=None):
       runlocal=False)
   loc = arg.tokenlearner_loc
   config = ml_collections.ConfigDict()
+  config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = 'im1k_token_learner'
   config.dataset_name = 'imagenet'
   config.dataset_configs = ml_collections.ConfigDict(dict(

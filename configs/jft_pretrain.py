@@ -86,6 +86,7 @@ def get_config(arg=None):
     raise ValueError(f'variant={arg.variant!r}: size must be one of '
                      f'{sorted(BASE_LEARNING_RATES)}.')
   config = ml_collections.ConfigDict()
+  config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = 'jft_pretrain_tokenlearner'
   config.dataset_name = 'multilabel_image_tfrecords'
   config.dataset_configs = ml_collections.ConfigDict(dict(

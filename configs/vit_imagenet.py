@@ -58,6 +58,7 @@ def get_config(arg=None):
   image_size = arg.image_size or (
       512 if arg.variant.split('/')[0] in ('L', 'H') else 384)
   config = ml_collections.ConfigDict()
+  config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = 'vit_imagenet_tokenlearner'
   config.dataset_name = 'imagenet'  # tfds imagenet2012.
   config.dataset_configs = ml_collections.ConfigDict(dict(

@@ -162,10 +162,12 @@ def test_vit_l_fsdp_shards_the_state_and_the_batch_and_gathers_by_layer(tpu):
 
 
 @pytest.mark.e2e
-def test_pallas_attention_compiles_on_each_shard_under_fsdp(tpu):
+def test_fast_compiles_pallas_attention_in_bf16_on_each_shard_under_fsdp(tpu):
   config = demo(4)
-  config.model.attention_impl = 'pallas'
+  config.fast = True  # The config's `fast` argument, on TPU devices.
   s, compiled = compiled_train(config, tpu)
+  assert (s.program.config.model.attention_impl,
+          s.program.config.model_dtype_str) == ('pallas', 'bfloat16')
   assert compiled.fits
   # The kernel (a TPU custom call) runs on each device's quarter of the
   # batch, which is never gathered.

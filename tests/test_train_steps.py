@@ -75,6 +75,42 @@ class TrainStepsTest(absltest.TestCase):
     self.assertTrue(state.step.is_deleted())  # Donated to the new state.
 
 
+class FastTest(absltest.TestCase):
+
+  def test_fast_is_bf16_and_the_platforms_attention_and_nothing_on_cpu(self):
+    config = config_for('demo_moving_digits')
+    config.fast = True
+    for platform, impl in (('tpu', 'pallas'), ('gpu', 'cudnn')):
+      fast = train_steps.fast_config(config, platform, testing.NUM_CLASSES)
+      self.assertEqual((fast.model_dtype_str, fast.model.attention_impl),
+                       ('bfloat16', impl))
+    self.assertIs(train_steps.fast_config(config, 'cpu', 40), config)
+    config.fast = False
+    self.assertIs(train_steps.fast_config(config, 'tpu', 40), config)
+
+  def test_fast_keeps_the_math(self):
+    # Attention dropout, and ToMe's reading of the weights, keep the einsum;
+    # a dtype the config chose stays.
+    for name, value in (('attention_dropout_rate', 0.1),
+                        ('tokenizer.token_reduction', 'tome')):
+      config = config_for('demo_moving_digits')
+      config.fast, config.model_dtype_str = True, 'float16'
+      node = config.model
+      *parents, leaf = name.split('.')
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+      fast = train_steps.fast_config(config, 'tpu', testing.NUM_CLASSES)
+      self.assertEqual((fast.model_dtype_str, fast.model.attention_impl),
+                       ('float16', 'einsum'), name)
+    # X(2+1)D: the dtype only.
+    config = config_for('demo_event_digits')
+    config.fast = True
+    fast = train_steps.fast_config(config, 'tpu', 20)
+    self.assertEqual(fast.model_dtype_str, 'bfloat16')
+    self.assertNotIn('attention_impl', fast.model)
+
+
 class TrainLengthTest(absltest.TestCase):
 
   def test_epochs_of_full_batches_as_the_reference(self):

@@ -19,10 +19,12 @@ shard normalises by its own slice of the batch, and the updated running
 averages are the mean over the shards (`per_shard_loss_and_grads`).
 """
 
+import copy
 import dataclasses
 import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -36,6 +38,7 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax.models import build_model
+from tokenlearner_jax.models import ModelConfig
 from tokenlearner_jax.models import common
 
 
@@ -457,15 +460,52 @@ def _check_platform(model: nn.Module, mesh: jax.sharding.Mesh) -> None:
         'here.')
 
 
+FAST_ATTENTION = {'tpu': 'pallas', 'gpu': 'cudnn'}  # Platform -> impl.
+
+
+def fast_config(config: ml_collections.ConfigDict, platform: str,
+                num_classes: int) -> ml_collections.ConfigDict:
+  """`config` with its `fast` settings for devices of `platform` (the
+  config itself where `fast` is off or the platform is a CPU).
+
+  `fast` keeps the math: bf16 compute with fp32 parameters and optimizer
+  state (`model_dtype_str`), and the platform's flash attention
+  (`FAST_ATTENTION`) in place of the einsum where the model's attention
+  allows it (no attention dropout; ToMe, EViT and ATS read the weights).
+  X(2+1)D's modules keep their attention. Settings the config chose itself
+  (a dtype, an attention other than the einsum) stay.
+  """
+  if not config.get('fast') or platform not in FAST_ATTENTION:
+    return config
+  fast = copy.deepcopy(config)
+  with fast.unlocked():
+    if fast.get('model_dtype_str', 'float32') == 'float32':
+      fast.model_dtype_str = 'bfloat16'
+    model = build_model(fast, num_classes)
+    model_config = getattr(model, 'config', None)
+    if (isinstance(model_config, ModelConfig) and
+        model_config.attention_impl == 'einsum' and
+        not model_config.attention_dropout_rate and
+        not model_config.reduces_in_blocks):
+      fast.model.attention_impl = FAST_ATTENTION[platform]
+  logging.info('fast on %s: model_dtype_str=%s, model.attention_impl=%s.',
+               platform, fast.model_dtype_str,
+               fast.model.get('attention_impl', '(the model\'s)'))
+  return fast
+
+
 def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                   input_shape: Sequence[int], num_classes: int,
                   total_steps: int, model: Optional[nn.Module] = None
                   ) -> StepProgram:
   """The `StepProgram` of a completed `config` on `mesh` (nothing compiled,
   nothing initialised); `total_steps` sets the schedule's length, `model`
-  replaces `build_model`'s."""
+  replaces `build_model`'s. The program's config is `config` with its
+  `fast` settings for the mesh's devices (`fast_config`)."""
   input_shape = tuple(input_shape)
-  model = model if model is not None else build_model(config, num_classes)
+  if model is None:
+    config = fast_config(config, mesh.devices.flat[0].platform, num_classes)
+    model = build_model(config, num_classes)
   _check_platform(model, mesh)
   multilabel = metrics_lib.is_multilabel(config.model_name)
   tx, schedule = optim.make_optimizer(config, total_steps)

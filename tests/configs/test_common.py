@@ -25,7 +25,8 @@ class ParseArgTest(parameterized.TestCase):
   def test_defaults_without_arg(self):
     for arg in (None, ''):
       self.assertEqual(common.parse_arg(arg, num_tokens=8).to_dict(),
-                       {'num_tokens': 8})
+                       {'num_tokens': 8, 'fast': False})
+    self.assertTrue(common.parse_arg('fast', num_tokens=8).fast)
 
   @parameterized.parameters(('12', 12), ('0', 0), ('None', None))
   def test_optional_int(self, value, expected):

@@ -69,6 +69,11 @@ class ConfigFilesTest(parameterized.TestCase):
       self.assertIsNone(re.search(r'load_module\(|load_config\(|sys\.path',
                                   text), os.path.basename(path))
 
+  def test_every_config_takes_fast(self):
+    for path in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))):
+      self.assertTrue(common.load_config(path, 'fast').fast, path)
+      self.assertFalse(common.load_config(path, None).fast, path)
+
   def test_every_config_file_has_sizes(self):
     names = {os.path.basename(path)[:-3] for path in CONFIGS}
     self.assertEqual({name for name, _ in SIZES}, names)

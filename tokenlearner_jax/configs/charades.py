@@ -31,6 +31,7 @@ def charades_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   if arg.fps not in (6, 12):
     raise ValueError(f'fps must be 6 or 12, got {arg.fps}.')
   config = ml_collections.ConfigDict()
+  config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = f'charades_x2plus1d_{arg.row}_{arg.fps}fps'
   config.dataset_name = 'video_tfrecord_dataset'
   config.dataset_configs = ml_collections.ConfigDict(dict(

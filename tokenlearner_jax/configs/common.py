@@ -130,7 +130,10 @@ def parse_arg(arg: Optional[str], *, types: Optional[Mapping[str, Any]] = None,
               **defaults: Any) -> ml_collections.ConfigDict:
   """Parses `'k=v,flag'` against `defaults`, casting each value to its type.
 
-  A value's type is its default's, or `types[key]` where declared: e.g.
+  Every config also takes `fast` (a bare flag, as `runlocal`): it sets
+  `config.fast`, which `train_steps.fast_config` applies for the devices the
+  run is on. A value's type is its default's, or `types[key]` where
+  declared: e.g.
   `parse_arg(arg, types=dict(tokenlearner_loc=Optional[int]),
   tokenlearner_loc=18)` takes `tokenlearner_loc=12` or `tokenlearner_loc=None`.
   A default of None without a declared type is an `Optional[str]`. A bare
@@ -149,6 +152,7 @@ def parse_arg(arg: Optional[str], *, types: Optional[Mapping[str, Any]] = None,
       missing value or a value that does not cast to its key's type.
   """
   types = dict(types or {})
+  defaults = {'fast': False, **defaults}  # Every config takes `fast`.
   unknown = set(types) - set(defaults)
   if unknown:
     raise ValueError(f'types= names keys without a default: {sorted(unknown)}.')

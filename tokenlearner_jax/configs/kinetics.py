@@ -51,6 +51,7 @@ def kinetics_config(arg: Optional[str], *, experiment_name: str,
   arg = parse_row_arg(arg)
   loc = arg.tokenlearner_loc
   config = ml_collections.ConfigDict()
+  config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = experiment_name
   config.dataset_name = 'video_tfrecord_dataset'
   config.dataset_configs = _dataset_configs(num_classes, sizes)

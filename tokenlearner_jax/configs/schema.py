@@ -114,6 +114,13 @@ KEYS: Tuple[ConfigKey, ...] = (
     _implemented('eval_batch_size', 'data.input_pipeline',
                  'Global eval batch size.', default=SameAs('batch_size'),
                  positive=True),
+    _implemented('fast', 'train_steps', "Set by every config's `fast` "
+                 'argument: on TPU and GPU devices, bf16 compute (parameters '
+                 'and optimizer state stay fp32) and the platform\'s flash '
+                 "attention ('pallas', 'cudnn') where the model keeps its "
+                 'math with it (no attention dropout, no ToMe, EViT or ATS); '
+                 'nothing on CPU, where fp32 and the einsum are fastest.',
+                 default=False),
     _implemented('num_training_steps', 'train',
                  'Run length in steps (wins over num_training_epochs).',
                  positive=True),
