@@ -16,20 +16,13 @@ class VerdictTest(absltest.TestCase):
         stats.verdict(higher, seeds(0.40, 0.39, 0.45),
                       seeds(0.35, 0.35, 0.41)),
         'agrees (d = +4.3 points, 95% interval [+2.9, +5.8] over 3 seeds)')
-    self.assertStartsWith(stats.verdict(
-        higher, seeds(0.35, 0.35, 0.41), seeds(0.40, 0.39, 0.45)), 'disagrees')
-    self.assertStartsWith(stats.verdict(
-        higher, seeds(0.40, 0.30, 0.45), seeds(0.35, 0.35, 0.41)),
-                          'cannot tell')
-    self.assertStartsWith(stats.verdict(
-        similar, seeds(0.400, 0.391, 0.452), seeds(0.401, 0.390, 0.450)),
-                          'agrees')
-    self.assertStartsWith(stats.verdict(
-        similar, seeds(0.40, 0.39, 0.45), seeds(0.35, 0.35, 0.41)),
-                          'disagrees')
-    self.assertStartsWith(stats.verdict(
-        similar, seeds(0.40, 0.30, 0.45), seeds(0.40, 0.35, 0.41)),
-                          'cannot tell')
+    for claim, a, b, word in (
+        (higher, (0.35, 0.35, 0.41), (0.40, 0.39, 0.45), 'disagrees'),
+        (higher, (0.40, 0.30, 0.45), (0.35, 0.35, 0.41), 'cannot tell'),
+        (similar, (0.400, 0.391, 0.452), (0.401, 0.390, 0.450), 'agrees'),
+        (similar, (0.40, 0.39, 0.45), (0.35, 0.35, 0.41), 'disagrees'),
+        (similar, (0.40, 0.30, 0.45), (0.40, 0.35, 0.41), 'cannot tell')):
+      self.assertStartsWith(stats.verdict(claim, seeds(*a), seeds(*b)), word)
     # Only seeds both have count; one is not enough.
     self.assertEqual(stats.verdict(higher, {0: 0.6, 1: 0.6}, {1: 0.5}),
                      'not enough seeds')
