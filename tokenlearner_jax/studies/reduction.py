@@ -174,13 +174,12 @@ def gmacs_of(config: ml_collections.ConfigDict,
   return flops.gmacs(config, data.shape, data.num_classes)
 
 
-def matched_setting(method: str, fraction: float, runlocal: bool = False,
-                    extra: Mapping[str, Any] = (),
+def matched_setting(method: str, fraction: float,
+                    base: ml_collections.ConfigDict,
                     data: Dataset = DATASETS['multi_digits']
                     ) -> Tuple[Setting, float]:
   """`method`'s setting whose multiply-adds are closest to `fraction` of the
-  plain model's, and its GMACs."""
-  base = base_config(runlocal, extra, data)
+  plain model's (`base`, `base_config`'s), and its GMACs."""
   target = fraction * gmacs_of(base, data)
   best = None
   for setting in candidates(method, base.model.num_layers):
@@ -195,12 +194,13 @@ def variants(budgets: Sequence[int], runlocal: bool = False,
              extra: Mapping[str, Any] = (), finetune: bool = False,
              data: Dataset = DATASETS['multi_digits']) -> Dict[str, Variant]:
   """The comparison's rows by name (`<method>_<pct>[_offshelf|_ft]`)."""
+  base = base_config(runlocal, extra, data)
   out = {'plain': Variant()}
   if finetune:
     out['plain_ft'] = Variant(finetuned=True)
   for pct in budgets:
     for method in methods:
-      setting, _ = matched_setting(method, pct / 100, runlocal, extra, data)
+      setting, _ = matched_setting(method, pct / 100, base, data)
       out[f'{method}_{pct}'] = Variant(method, setting, pct)
       if method in OFF_THE_SHELF:
         out[f'{method}_{pct}_offshelf'] = Variant(method, setting, pct, True)
@@ -264,6 +264,12 @@ def eval_run(name: str, variant: Variant, seed: int, root: str,
       entry='evaluate', out=offshelf_path(root, name, seed))
 
 
+def plain_finished(root: str, seeds: Sequence[int]) -> List[int]:
+  """The seeds whose `plain` run under `root` has finished."""
+  return [seed for seed in seeds if os.path.exists(os.path.join(
+      report.run_dir(root, 'plain', seed), 'final_metrics.json'))]
+
+
 def finetune_runs(root: str, table: Mapping[str, Variant],
                   seeds: Sequence[int], steps: int, runlocal: bool,
                   extra: Mapping[str, Any], data: Dataset
@@ -271,9 +277,7 @@ def finetune_runs(root: str, table: Mapping[str, Variant],
   """The fine-tuned variants' runs of the seeds whose plain run has
   finished."""
   return [train_run(name, v, seed, root, steps, runlocal, extra, data)
-          for seed in seeds
-          if os.path.exists(os.path.join(report.run_dir(root, 'plain', seed),
-                                         'final_metrics.json'))
+          for seed in plain_finished(root, seeds)
           for name, v in table.items() if v.finetuned]
 
 
@@ -285,20 +289,17 @@ def offshelf_runs(root: str, table: Mapping[str, Variant],
   of the off-the-shelf verdicts) and with each off-the-shelf variant."""
   return [eval_run(name, v, seed, root, runlocal, extra, data)
           for name, v in table.items() if v.offshelf or v == Variant()
-          for seed in seeds
-          if os.path.exists(os.path.join(report.run_dir(root, 'plain', seed),
-                                         'final_metrics.json'))]
+          for seed in plain_finished(root, seeds)]
 
 
-def time_steps(table: Mapping[str, Variant], runlocal: bool, path: str,
-               batch: int, extra: Mapping[str, Any] = (),
+def time_steps(table: Mapping[str, Variant],
+               base: ml_collections.ConfigDict, path: str,
                data: Dataset = DATASETS['multi_digits']) -> None:
   """Median train-step seconds of every variant trained from scratch (the
-  others run the same programs), in one process."""
+  others run the same programs) at `base`'s batch (`base_config`'s), in one
+  process."""
   from tokenlearner_jax import step_timing  # pylint: disable=g-import-not-at-top
   times = {}
-  base = base_config(runlocal, extra, data)
-  base.batch_size = batch
   for name, v in table.items():
     if not v.trained_from_scratch:
       continue
@@ -428,26 +429,28 @@ class Part:
 
   Attributes:
     data: The dataset.
+    base: The plain model's config (`base_config`).
     table: Its variants by name.
     steps: Steps from scratch.
     finetune_steps: Steps of the fine-tuned variants (0: none).
   """
   data: Dataset
+  base: ml_collections.ConfigDict
   table: Mapping[str, Variant]
   steps: int
   finetune_steps: int
 
 
 def section(parts: Sequence[Part], root: str, out: str, invocation: str,
-            seeds: Sequence[int], budgets: Sequence[int], batches) -> str:
+            seeds: Sequence[int], budgets: Sequence[int]) -> str:
   """The results.md section, markers included (plots written to `out`)."""
   lines = report.heading(
       'TokenLearner against ToMe, EViT, ATS and PatchMerger', invocation,
       f'Seeds {", ".join(map(str, seeds))}; budgets '
       f'{" and ".join(map(str, budgets))}% of the plain model\'s '
       'multiply-adds.')[:-1]
-  for part, batch in zip(parts, batches):
-    data, table = part.data, part.table
+  for part in parts:
+    data, table, batch = part.data, part.table, part.base.batch_size
     folder = os.path.join(root, data.name)
     times = {}
     if os.path.exists(os.path.join(folder, 'step_times.json')):
@@ -496,8 +499,9 @@ def main(argv=None) -> int:
     steps = args.steps or data.steps
     ft_steps = (steps // 4 if args.finetune_steps is None
                 else args.finetune_steps)
-    parts.append(Part(data, variants(budgets, args.runlocal, methods, extra,
-                                     ft_steps > 0, data), steps, ft_steps))
+    parts.append(Part(data, base_config(args.runlocal, extra, data),
+                      variants(budgets, args.runlocal, methods, extra,
+                               ft_steps > 0, data), steps, ft_steps))
 
   def folder(root: str, part: Part) -> str:
     return os.path.join(root, part.data.name)
@@ -516,18 +520,14 @@ def main(argv=None) -> int:
   def offshelf(root: str, seeds: List[int]) -> List[runs_lib.Run]:
     if args.time_steps:  # In this process, between the stages.
       for p in parts:
-        time_steps(p.table, args.runlocal,
-                   os.path.join(folder(root, p), 'step_times.json'),
-                   base_config(args.runlocal, extra, p.data).batch_size,
-                   extra, p.data)
+        time_steps(p.table, p.base,
+                   os.path.join(folder(root, p), 'step_times.json'), p.data)
     return [run for p in parts for run in offshelf_runs(
         folder(root, p), p.table, seeds, args.runlocal, extra, p.data)]
 
   def write(root: str, seeds: List[int], out: str) -> List[str]:
-    batches = [base_config(args.runlocal, extra, p.data).batch_size
-               for p in parts]
     return [section(parts, root, out,
                     study_lib.invocation('reduction_study.py', argv), seeds,
-                    budgets, batches)]
+                    budgets)]
 
   return study_lib.run(args, [from_scratch, finetuned, offshelf], write)
