@@ -35,10 +35,10 @@ import optax
 
 from tokenlearner_jax import errors
 from tokenlearner_jax import metrics as metrics_lib
+from tokenlearner_jax import models
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
 from tokenlearner_jax.models import build_model
-from tokenlearner_jax.models import ModelConfig
 from tokenlearner_jax.models import common
 
 
@@ -481,9 +481,8 @@ def fast_config(config: ml_collections.ConfigDict, platform: str,
   with fast.unlocked():
     if fast.get('model_dtype_str', 'float32') == 'float32':
       fast.model_dtype_str = 'bfloat16'
-    model = build_model(fast, num_classes)
-    model_config = getattr(model, 'config', None)
-    if (isinstance(model_config, ModelConfig) and
+    model_config = models.model_config(fast, num_classes)
+    if (isinstance(model_config, models.ModelConfig) and
         model_config.attention_impl == 'einsum' and
         not model_config.attention_dropout_rate and
         not model_config.reduces_in_blocks):

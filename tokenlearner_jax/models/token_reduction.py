@@ -209,7 +209,7 @@ def _in_block(c: Any) -> InBlockReduction:
   _require(c.attention_impl == 'einsum', f'{name} reads the attention '
            "weights: it needs model.attention_impl='einsum', got "
            f'{c.attention_impl!r}.')
-  _require(method == 'tome' or c.classifier == 'token',
+  _require(method == 'tome' or c.has_cls_token,
            f"{name} ranks tokens by the class token's attention: it needs "
            f"model.classifier='token', got {c.classifier!r}.")
   _require(fields.is_int(c.tome_r) and c.tome_r >= 0,
@@ -225,4 +225,4 @@ def _in_block(c: Any) -> InBlockReduction:
     blocks = (loc, *c.pooling_locs)
   amount = {'tome': c.tome_r, 'evit': c.keep_rate, 'ats': c.num_tokens}[method]
   return InBlockReduction(method, loc, blocks, amount,
-                          protects_first_token=c.classifier in ('token', '0'))
+                          protects_first_token=c.protects_first_token)
