@@ -210,10 +210,12 @@ def run_all(runs: Sequence[Run], parallel: int = 1,
       log = open(run.log, 'a')
       print(f'start {run.name}', flush=True)
       running[run.result] = (run, start(run, log), log, time.time())
-    time.sleep(0.5)
-    for key, (run, process, log, started) in list(running.items()):
-      if process.poll() is None:
-        continue
+    ended = [key for key, (_, process, _, _) in running.items()
+             if process.poll() is not None]
+    if not ended:  # Wait a little for one of the running processes.
+      time.sleep(0.5)
+    for key in ended:
+      run, process, log, started = running[key]
       log.close()
       codes[key] = process.returncode
       status = 'done' if process.returncode == 0 else (
