@@ -25,6 +25,7 @@ from tokenlearner_jax import checkpoint
 from tokenlearner_jax import checkpoint_formats
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import common
+from tokenlearner_jax.configs.init_from_config import InitFromConfig
 from tokenlearner_jax.models import build_model
 
 IMAGE = (16, 16, 3)  # 4x4 patches of 4x4.
@@ -82,8 +83,8 @@ class LoadParamsTest(parameterized.TestCase):
     cls.params = randomized(init(config, IMAGE)[1])
 
   def load(self, path, fmt):
-    return checkpoint_formats.load_params(ml_collections.ConfigDict(dict(
-        checkpoint_path=path, checkpoint_format=fmt)))
+    return checkpoint_formats.load_params(InitFromConfig(
+        checkpoint_path=path, checkpoint_format=fmt))
 
   def test_our_workdir_latest_checkpoint_params_only(self):
     workdir = self.create_tempdir().full_path
@@ -100,11 +101,11 @@ class LoadParamsTest(parameterized.TestCase):
       checkpoint.save(manager, step, state)
     manager.wait_until_finished()
     loaded = checkpoint_formats.load_params(
-        ml_collections.ConfigDict(dict(checkpoint_path=workdir)))
+        InitFromConfig(checkpoint_path=workdir))
     assert_trees_equal(self, loaded, self.params)
     self.assertIsInstance(loaded['embedding']['kernel'], np.ndarray)
     variables = checkpoint_formats.load_variables(
-        ml_collections.ConfigDict(dict(checkpoint_path=workdir)))
+        InitFromConfig(checkpoint_path=workdir))
     self.assertEqual(sorted(variables), ['params'])  # No model state.
     assert_trees_equal(self, variables['params'], self.params)
 
@@ -120,7 +121,7 @@ class LoadParamsTest(parameterized.TestCase):
         model_state={'batch_stats': stats}))
     manager.close()
     variables = checkpoint_formats.load_variables(
-        ml_collections.ConfigDict(dict(checkpoint_path=workdir)))
+        InitFromConfig(checkpoint_path=workdir))
     self.assertEqual(sorted(variables), ['batch_stats', 'params'])
     assert_trees_equal(self, variables['params'], fresh.state.params)
     new = fresh.state.model_state
@@ -226,8 +227,7 @@ class LoadParamsTest(parameterized.TestCase):
 
   def test_unset_path(self):
     with self.assertRaisesRegex(ValueError, 'init_from.checkpoint_path'):
-      checkpoint_formats.load_params(ml_collections.ConfigDict(dict(
-          checkpoint_path=None)))
+      checkpoint_formats.load_params(InitFromConfig(checkpoint_path=None))
 
 
 class BigVisionNamesTest(absltest.TestCase):

@@ -9,7 +9,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from tokenlearner_jax import errors
 from tokenlearner_jax import optim
+from tokenlearner_jax.configs import optim_config
+from tokenlearner_jax.configs.optim_config import OptimizerConfig
+from tokenlearner_jax.configs.optim_config import ScheduleConfig
 
 
 def lr_configs(factors, **kwargs):
@@ -18,9 +22,15 @@ def lr_configs(factors, **kwargs):
       base_learning_rate=0.1, **kwargs))
 
 
+def schedule_config(factors, **kwargs):
+  return ScheduleConfig.from_config(ml_collections.ConfigDict(
+      dict(lr_configs=lr_configs(factors, **kwargs))))
+
+
 def values(steps, factors, run_steps=100, **kwargs):
   """The schedule at `steps` in a run of `run_steps`."""
-  schedule = optim.make_schedule(lr_configs(factors, **kwargs), run_steps)
+  schedule = optim.make_schedule(schedule_config(factors, **kwargs),
+                                 run_steps)
   return [float(schedule(s)) for s in steps]
 
 
@@ -129,11 +139,15 @@ class ScheduleTest(absltest.TestCase):
         rtol=1e-5, atol=1e-9)
 
   def test_unknown_factor_and_missing_key(self):
-    with self.assertRaisesRegex(ValueError, 'lr_configs.factors'):
-      optim.make_schedule(lr_configs('constant * cosine'), 10)
-    with self.assertRaisesRegex(ValueError, 'lr_configs.decay_rate .* '
-                                "'exponential_decay'"):
-      optim.make_schedule(lr_configs('exponential_decay', decay_steps=3), 10)
+    with self.assertRaisesRegex(errors.ConfigError, 'lr_configs.factors'):
+      schedule_config('constant * cosine')
+    with self.assertRaisesRegex(errors.ConfigError, 'lr_configs.decay_rate '
+                                ".* 'exponential_decay'"):
+      schedule_config('exponential_decay', decay_steps=3)
+
+  def test_every_factor_names_the_keys_it_needs(self):
+    self.assertEqual(optim.SCHEDULE_FACTORS,
+                     tuple(optim_config.FACTOR_KEYS))
 
 
 GRADS = [np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.5]], np.float32),
@@ -226,10 +240,10 @@ class OptimizerTest(absltest.TestCase):
                               grad_clip_per_shard=True)
     self.assertGreater(np.abs(per_shard['kernel'] - clipped['kernel']).max(),
                        0.1)
-    self.assertIn('global norm 0.1', optim.clipping(ml_collections.ConfigDict(
-        dict(max_grad_norm=0.1))))
-    self.assertIn('each data shard', optim.clipping(ml_collections.ConfigDict(
-        dict(max_grad_norm=0.1, grad_clip_per_shard=True))))
+    self.assertIn('global norm 0.1', optim.clipping(OptimizerConfig(
+        name='sgd', max_grad_norm=0.1)))
+    self.assertIn('each data shard', optim.clipping(OptimizerConfig(
+        name='sgd', max_grad_norm=0.1, grad_clip_per_shard=True)))
 
   def test_unknown_optimizer(self):
     config = ml_collections.ConfigDict(dict(

@@ -14,7 +14,9 @@ from tests.testing import init
 from tests.testing import mu_config as make_config
 from tests.testing import randomized
 from tests.testing import unflat
+from tokenlearner_jax import errors
 from tokenlearner_jax import surgery
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models.config import TUBELET_INITIALIZERS
 
@@ -271,15 +273,20 @@ class InitParamsTest(parameterized.TestCase):
         r".*'resize_tile'.*\(1, 16, 16\)"):
       surgery.init_params(new, unflat(self.source()), config, VIDEO)
 
-  @parameterized.parameters('', 'bilinear')
-  def test_posemb_bad_or_unset_method(self, method):
+  def test_posemb_unset_method_is_named_with_the_shapes(self):
     config = make_config('patch')
-    config.init_from.positional_embed_size_change = method
+    config.init_from.positional_embed_size_change = ''
     _, new = init(config, (32, 32, 3))
     with self.assertRaisesRegex(
         ValueError, r'init_from.positional_embed_size_change must be one of '
         r"\('resize', 'tile', 'resize_tile'\).*\(1, 16, 16\).*\(1, 64, 16\)"):
       surgery.init_params(new, unflat(self.source()), config, (32, 32, 3))
+    config.init_from.positional_embed_size_change = 'bilinear'
+    with self.assertRaisesRegex(  # A typo: refused by the config's check.
+        errors.ConfigError, r"config.init_from.positional_embed_size_change "
+        r"must be one of \(None, '', 'resize', 'tile', 'resize_tile'\), got "
+        "'bilinear'"):
+      schema.check_config(config)
 
   def test_posemb_non_square_source(self):
     config = make_config('patch')

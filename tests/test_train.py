@@ -13,7 +13,6 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -36,6 +35,7 @@ from tokenlearner_jax import optim
 from tokenlearner_jax import run_config
 from tokenlearner_jax import train
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.configs.init_from_config import InitFromConfig
 
 
 @pytest.mark.e2e
@@ -399,14 +399,14 @@ class InitFromTest(absltest.TestCase):
   def test_fine_tune_from_a_run_keeps_the_new_head(self):
     config, pretrained_dir = testing.shared_run('demo_moving_digits')
     source = checkpoint_formats.load_params(
-        ml_collections.ConfigDict({'checkpoint_path': pretrained_dir}))
+        InitFromConfig(checkpoint_path=pretrained_dir))
     config.init_from.checkpoint_path = pretrained_dir
     config.rng_seed = 7
     config.num_training_steps = 1
     workdir = self.create_tempdir().full_path
     train.train_and_evaluate(config, workdir)
     tuned = checkpoint_formats.load_params(
-        ml_collections.ConfigDict({'checkpoint_path': workdir}))
+        InitFromConfig(checkpoint_path=workdir))
     # The warmup's first learning rate is 0, so the one step changes nothing:
     # the body is the pretrained one, the head the new zero-initialised one.
     np.testing.assert_array_equal(tuned['embedding']['kernel'],

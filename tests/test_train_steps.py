@@ -19,6 +19,7 @@ from tokenlearner_jax import errors
 from tokenlearner_jax import optim
 from tokenlearner_jax import train
 from tokenlearner_jax import train_steps
+from tokenlearner_jax.configs.optim_config import ScheduleConfig
 
 
 class TrainStepsTest(absltest.TestCase):
@@ -119,7 +120,7 @@ class TrainLengthTest(absltest.TestCase):
     steps = train.num_train_steps(config, 1_281_167)
     self.assertEqual(steps, 90 * 312)
     self.assertEqual(config.lr_configs.total_steps, steps)
-    schedule = optim.make_schedule(config.lr_configs, steps)
+    schedule = optim.make_schedule(ScheduleConfig.from_config(config), steps)
     self.assertAlmostEqual(float(schedule(steps)), 1e-5, places=9)
     config.num_training_steps = 7
     self.assertEqual(train.num_train_steps(config, 1_281_167), 7)

@@ -1,7 +1,8 @@
 """Checkpoint formats: pretrained parameters read into our layout.
 
-`load_params(config.init_from)` reads a checkpoint into our parameter layout
-(a nested dict of numpy arrays, per-layer: `layer_layout.unstack_layers`):
+`load_params(InitFromConfig.from_config(config))` reads a checkpoint into our
+parameter layout (a nested dict of numpy arrays, per-layer:
+`layer_layout.unstack_layers`):
   * 'tokenlearner_jax': a workdir of this trainer (`checkpoint.restore_params`
     of its latest checkpoint, parameters only; `load_variables` also reads
     its model state, such as BatchNorm's `batch_stats`, which
@@ -38,11 +39,13 @@ import numpy as np
 
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import layer_layout
+from tokenlearner_jax.configs import init_from_config
+from tokenlearner_jax.configs.init_from_config import InitFromConfig
 from tokenlearner_jax.models.config import ModelConfig
 
 Params = Dict[str, Any]
 
-FORMATS = ('tokenlearner_jax', 'scenic', 'big_vision')
+FORMATS = init_from_config.FORMATS
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 # Encoder-block children of checkpoints converted from pre-linen flax (the
 # published vision_transformer weights) -> their linen names (ours).
@@ -55,7 +58,7 @@ PRE_LINEN_BLOCK_NAMES = {
 BIG_VISION_SCANNED = 'Transformer/encoderblock/'
 
 
-def load_params(init_from: ml_collections.ConfigDict) -> Params:
+def load_params(init_from: InitFromConfig) -> Params:
   """Parameters of `init_from.checkpoint_path`, in our layout, as numpy.
 
   Args:
@@ -69,7 +72,7 @@ def load_params(init_from: ml_collections.ConfigDict) -> Params:
   return load_variables(init_from, model_state=False)['params']
 
 
-def load_variables(init_from: ml_collections.ConfigDict,
+def load_variables(init_from: InitFromConfig,
                    model_state: bool = True) -> Dict[str, Params]:
   """`{'params': load_params(init_from), **model_state}`, as numpy: the
   model state (the checkpoint's non-`params` collections, such as
@@ -79,15 +82,11 @@ def load_variables(init_from: ml_collections.ConfigDict,
   Raises:
     As `load_params`.
   """
-  path = init_from.get('checkpoint_path')
-  if not path:
+  if not init_from.enabled:
     raise ValueError('init_from.checkpoint_path is not set.')
-  fmt = init_from.get('checkpoint_format') or 'tokenlearner_jax'
+  path, fmt = init_from.checkpoint_path, init_from.checkpoint_format
   loaders = {'tokenlearner_jax': load_workdir, 'scenic': load_scenic,
              'big_vision': load_big_vision}
-  if fmt not in loaders:
-    raise ValueError(f'init_from.checkpoint_format must be one of {FORMATS}, '
-                     f'got {fmt!r}.')
   if fmt == 'tokenlearner_jax' and model_state:
     variables = load_workdir_variables(str(path))
   else:

@@ -30,6 +30,8 @@ import scipy.ndimage
 
 from tokenlearner_jax import layer_layout
 from tokenlearner_jax.checkpoint_formats import POSEMB
+from tokenlearner_jax.configs import init_from_config
+from tokenlearner_jax.configs.init_from_config import InitFromConfig
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.config import ModelConfig
 
@@ -45,7 +47,7 @@ Params = Dict[str, Any]
 # the model's None (a plain LeCun normal) as the default
 # 'average_frame_initializer'.
 INFLATION_METHODS = ('average_frame_initializer', 'central_frame_initializer')
-POSEMB_METHODS = ('resize', 'tile', 'resize_tile')
+POSEMB_METHODS = init_from_config.POSEMB_METHODS
 
 
 def inflate_kernel(kernel: np.ndarray, time: int, method: str) -> np.ndarray:
@@ -171,9 +173,8 @@ def kernel_init_method(config: ml_collections.ConfigDict) -> str:
   """How to inflate a 2-D kernel (one of `INFLATION_METHODS`): the model's
   tubelet initializer, else `init_from.kernel_init_method`, else
   'average_frame_initializer'."""
-  init_from = config.get('init_from') or ml_collections.ConfigDict()
   method = (_model(config).kernel_init_method or
-            init_from.get('kernel_init_method') or
+            InitFromConfig.from_config(config).kernel_init_method or
             'average_frame_initializer')
   if method == 'central_frame_initializer_scenic':
     method = 'central_frame_initializer'  # Only its scratch init differs.
@@ -217,7 +218,7 @@ def _model(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def _keeps_new(name: str, value: Any, old: Mapping[str, Any],
-               init_from: ml_collections.ConfigDict) -> bool:
+               init_from: InitFromConfig) -> bool:
   """Whether target parameter `name` keeps its new `value`; raises when the
   pretrained checkpoint should have it but does not."""
   top = name.split('/')[0]
@@ -225,16 +226,14 @@ def _keeps_new(name: str, value: Any, old: Mapping[str, Any],
     return True  # The reference's default: a new head for the new task.
   # The reference ViViT's switches (both default True): keep the new position
   # embedding or patch embedding instead of the pretrained one.
-  if name == POSEMB and not init_from.get('restore_positional_embedding',
-                                          True):
+  if name == POSEMB and not init_from.restore_positional_embedding:
     return True
-  if top == 'embedding' and not init_from.get('restore_input_embedding',
-                                              True):
+  if top == 'embedding' and not init_from.restore_input_embedding:
     return True
   if name in old:
     return False
-  if top in ('pre_logits', 'cls') or init_from.get(
-      'init_missing_from_scratch'):  # E.g. ViT -> ViT + TokenLearner.
+  if top in ('pre_logits', 'cls') or (
+      init_from.init_missing_from_scratch):  # E.g. ViT -> ViT + TokenLearner.
     return True
   raise ValueError(f'init_from: parameter {name} {tuple(value.shape)} is '
                    'missing in the pretrained checkpoint (set '
@@ -250,11 +249,11 @@ def _fitted(name: str, value: Any, old: Mapping[str, Any],
   if name == 'embedding/kernel':
     source = embedding_kernel(source, tuple(value.shape), config)
   elif name == POSEMB:
-    init_from = config.get('init_from') or ml_collections.ConfigDict()
     source = adapt_posemb(
         source, value, source_has_cls='cls' in old,
         target_has_cls='cls' in new, grid=target_grid(config, input_shape),
-        method=init_from.get('positional_embed_size_change'),
+        method=InitFromConfig.from_config(
+            config).positional_embed_size_change,
         source_is_image=np.ndim(old.get('embedding/kernel')) == 4)
   if tuple(source.shape) != tuple(value.shape):
     raise ValueError(f'init_from: parameter {name} {tuple(value.shape)} is '
@@ -292,7 +291,7 @@ def init_params(new_params: Params, pretrained: Params,
                                         sep='/')
   # Either layout in, the target's out (model.scan_layers stacks layers).
   old = layer_layout.stack_layers(layer_layout.unstack_layers(old), new)
-  init_from = config.get('init_from') or ml_collections.ConfigDict()
+  init_from = InitFromConfig.from_config(config)
   merged: Params = {}
   kept: List[str] = []
   for name, value in new.items():

@@ -71,6 +71,8 @@ from tokenlearner_jax import surgery
 from tokenlearner_jax import train_steps
 from tokenlearner_jax import workdir_lock
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.configs.init_from_config import InitFromConfig
+from tokenlearner_jax.configs.optim_config import OptimizerConfig
 from tokenlearner_jax.data import input_pipeline
 
 Metrics = Dict[str, float]
@@ -201,8 +203,8 @@ class StepMetrics:
   `skip_nonfinite_steps` skips such updates, the loss."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    self.watch = (('param_norm',) if config.get('skip_nonfinite_steps')
-                  else ('loss', 'param_norm'))
+    skips = OptimizerConfig.from_config(config).skip_nonfinite_steps
+    self.watch = ('param_norm',) if skips else ('loss', 'param_norm')
     self.pending: List[Dict[str, Any]] = []
     self.unchecked: List[Tuple[int, Dict[str, Any]]] = []
 
@@ -241,8 +243,9 @@ def initial_state(config: ml_collections.ConfigDict, state, shardings,
   else `state` (scratch)."""
   if manager.latest_step() is not None:
     return checkpoint.restore_state(manager, state, shardings)
-  if config.get('init_from') and config.init_from.get('checkpoint_path'):
-    pretrained = checkpoint_formats.load_variables(config.init_from)
+  init_from = InitFromConfig.from_config(config)
+  if init_from.enabled:
+    pretrained = checkpoint_formats.load_variables(init_from)
     params = surgery.init_params(state.params, pretrained.pop('params'),
                                  config, input_shape)
     return state.replace(params=params,
@@ -263,7 +266,7 @@ def log_start(config, state, data, recorder: Recorder, total_steps: int,
   logging.info('Training %d steps from step %d, batch %d, mesh %s, '
                '%d processes.', total_steps, start_step, config.batch_size,
                dict(mesh.shape), jax.process_count())
-  logging.info('Gradient clipping: %s.', optim.clipping(config))
+  logging.info('Gradient clipping: %s.', optim.clipping(OptimizerConfig.from_config(config)))
   return gmacs
 
 

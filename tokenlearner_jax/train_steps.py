@@ -38,6 +38,7 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import models
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
+from tokenlearner_jax.configs.optim_config import OptimizerConfig
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models import common
 
@@ -251,9 +252,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   inputs, labels = _mixup(batch['inputs'], batch['label'], config, mixup_rng)
   grad_fn = functools.partial(loss_and_grads, model=model, config=config,
                               multilabel=multilabel)
-  if config.get('grad_clip_per_shard'):
+  opt = OptimizerConfig.from_config(config)
+  if opt.grad_clip_per_shard:
     (loss, logits, model_state), grads, grad_norm = per_shard_loss_and_grads(
-        grad_fn, mesh, config.get('max_grad_norm'))(
+        grad_fn, mesh, opt.max_grad_norm)(
             state.params, state.model_state, inputs, labels, dropout_rng)
   else:
     (loss, logits, model_state), grads = grad_fn(

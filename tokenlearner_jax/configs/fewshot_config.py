@@ -52,9 +52,7 @@ class FewshotConfig:
   data_dir: Optional[str] = fields.field('data_dir', None)
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):
-      fields.check_field(f, getattr(self, f.name),
-                         fields.key_name(f, f'config.{SECTION}'))
+    fields.check_fields(self, SECTION)
     fields.require(
         isinstance(self.datasets, dict) and bool(self.datasets),
         f'config.{SECTION}.datasets must map names to (tfds name, train '
@@ -76,16 +74,9 @@ class FewshotConfig:
     directory: the eval batch size and `dataset_configs.data_dir`)."""
     if config.get(SECTION) is None:
       raise errors.ConfigError(f'config.{SECTION} is not set.')
-    section = config[SECTION].to_dict()
-    values: Dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-      found, value = fields.lookup(config, section, f.metadata['key'])
-      if found and value is not None:
-        values[f.name] = value
+    values = fields.read(cls, config, SECTION)
     values['datasets'] = {n: _tuple(e) for n, e in
                           (values.get('datasets') or {}).items()}
-    if 'shots' in values:
-      values['shots'] = _tuple(values['shots'])
     values.setdefault('batch_size', config.get('eval_batch_size') or
                       config.batch_size)
     values.setdefault('data_dir', (config.get('dataset_configs') or {}).get(

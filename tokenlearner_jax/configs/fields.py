@@ -25,19 +25,21 @@ CHECKS = ('positive', 'optional_positive', 'rate', 'bool', 'number')
 
 def field(key: str, default: Any = dataclasses.MISSING, *,
           check: Optional[str] = None, choices: Optional[Tuple] = None,
-          reader: Optional[str] = None):
+          reader: Optional[str] = None, reference: bool = False):
   """A field read from `<section>.<key>` (or the top-level `key[1:]` for
   '/key'), with a generic check.
 
   `check`: 'positive' (int > 0), 'optional_positive' (None or int > 0),
   'rate' (in [0, 1)), 'bool' or 'number' (a number > 0); `choices`: the
   allowed values; `reader`: the package module that acts on it, where that
-  is not the section's own (for the schema's table).
+  is not the section's own (for the schema's table); `reference`: a config
+  file of the reference sets it.
   """
   if check is not None and check not in CHECKS:
     raise ValueError(f'field {key!r}: check={check!r}, not one of {CHECKS}.')
   return dataclasses.field(default=default, metadata=dict(
-      key=key, check=check, choices=choices, reader=reader))
+      key=key, check=check, choices=choices, reader=reader,
+      reference=reference))
 
 
 def key_name(f: dataclasses.Field, section: str) -> str:
@@ -91,6 +93,30 @@ def lookup(config: ml_collections.ConfigDict, section: Dict[str, Any],
       return False, None
     node = node[part]
   return True, node
+
+
+def read(cls: Any, config: ml_collections.ConfigDict,
+         section: str) -> Dict[str, Any]:
+  """Field name -> value of each field of `cls` that `config` sets (not
+  None) under `config.<section>` (or at the top, for '/key'); lists become
+  tuples. The section may be unset."""
+  node = config.get(section)
+  node = node.to_dict() if isinstance(node, ml_collections.ConfigDict) else (
+      node or {})
+  values: Dict[str, Any] = {}
+  for f in dataclasses.fields(cls):
+    found, value = lookup(config, node, f.metadata['key'])
+    if found and value is not None:
+      values[f.name] = tuple(value) if isinstance(value, list) else value
+  return values
+
+
+def check_fields(obj: Any, section: str) -> None:
+  """The generic check of every field of the dataclass `obj`, errors
+  naming `config.<section>.<key>`."""
+  for f in dataclasses.fields(obj):
+    name = key_name(f, section)
+    check_field(f, getattr(obj, f.name), f'config.{name}')
 
 
 def leaf_keys(node: Any, prefix: str = '',

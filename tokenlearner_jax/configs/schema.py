@@ -31,6 +31,9 @@ from tokenlearner_jax import models
 from tokenlearner_jax import sharding
 from tokenlearner_jax.configs import fields
 from tokenlearner_jax.configs.fewshot_config import FewshotConfig
+from tokenlearner_jax.configs.init_from_config import InitFromConfig
+from tokenlearner_jax.configs.optim_config import OptimizerConfig
+from tokenlearner_jax.configs.optim_config import ScheduleConfig
 from tokenlearner_jax.models import config as model_lib
 
 IMPLEMENTED = 'implemented'
@@ -154,9 +157,6 @@ KEYS: Tuple[ConfigKey, ...] = (
            'ours has none', 'Debug mode in training.', **_REF),
     _no_op('debug_eval', "the reference's debug flag of its model's apply; "
            'ours has none', 'Debug mode in evaluation.', **_REF),
-    _implemented('skip_nonfinite_steps', 'optim', '0: a non-finite loss stops '
-                 'the run; N: skip up to N such updates in a row.',
-                 default=0),
     _implemented('donate_train_state', 'train_steps', 'The train step reuses '
                  "the old state's buffers.", default=True),
     # ---------------------------------------------------------- the data
@@ -189,29 +189,13 @@ KEYS: Tuple[ConfigKey, ...] = (
     _implemented('init_head_bias', 'train_steps', "Initial bias of the head's "
                  'logits (e.g. -10 for the sigmoid head).', **_REF),
     # ---------------------------------------------------------- training
-    _implemented('optimizer', 'optim', "'adam', 'adamw', 'momentum', "
-                 "'nesterov' or 'sgd'.", **_REF),
-    _implemented('optimizer_configs', 'optim', "The optimizer's settings.",
-                 section=True, **_REF),
-    _implemented('max_grad_norm', 'optim', 'Clip gradients to this global '
-                 'norm.', **_REF),
-    _implemented('grad_clip_per_shard', 'train_steps', "Clip each data "
-                 "shard's gradient before the mean (the reference's ViViT "
-                 'trainer).', default=False),
     _implemented('l2_decay_factor', 'train_steps', '0.5 * factor * '
                  '||params||^2 added to the training loss.', **_REF),
-    _implemented('explicit_weight_decay', 'optim', 'After each update, '
-                 'kernels become (1 - lr * decay) * w.', **_REF),
     _implemented('sam_rho', 'train_steps', 'Sharpness-aware minimisation '
                  'radius (unset: off).'),
     _implemented('label_smoothing', 'train_steps', 'Label smoothing of the '
                  'softmax cross-entropy.', **_REF),
     _implemented('mixup', 'train_steps', 'Mixup settings.', section=True),
-    _implemented('lr_configs', 'optim', 'The learning-rate schedule.',
-                 section=True, **_REF),
-    # ---------------------------------------------------------- fine-tuning
-    _implemented('init_from', 'train', 'The checkpoint to fine-tune from.',
-                 section=True, **_REF),
     # ---------------------------------------------------------- parallelism
     _implemented('mesh', 'sharding', 'Device mesh axis sizes.', section=True),
     _implemented('logical_axis_rules', 'sharding', 'Logical axis name -> mesh '
@@ -335,88 +319,13 @@ KEYS += (
                  'augmentations.', accepts=(False,)),
 )
 
-_LR = 'lr_configs.'
-_OPT = 'optimizer_configs.'
 KEYS += (
-    _implemented(_LR + 'learning_rate_schedule', 'optim', "'compound'.",
-                 **_REF),
-    _implemented(_LR + 'factors', 'optim', "Factors multiplied, e.g. "
-                 "'constant * linear_warmup * cosine_decay'.", **_REF),
-    _implemented(_LR + 'base_learning_rate', 'optim', 'The constant factor.',
-                 **_REF),
-    _implemented(_LR + 'warmup_steps', 'optim', 'Steps of linear_warmup (and '
-                 'the decays start after them).', **_REF),
-    _implemented(_LR + 'warmup_alpha', 'optim', 'linear_warmup starts at this '
-                 'fraction.'),
-    _implemented(_LR + 'steps_per_cycle', 'optim', 'Steps of a cosine_decay '
-                 'cycle.', **_REF),
-    _implemented(_LR + 'total_steps', 'optim', 'Steps of linear_decay (and '
-                 'of cosine_decay with restarts).', **_REF),
-    _implemented(_LR + 'end_learning_rate', 'optim', 'Where linear_decay '
-                 'ends.', **_REF),
-    _implemented(_LR + 'alpha', 'optim', 'cosine_decay ends at this fraction.'),
-    _implemented(_LR + 't_mul', 'optim', 'cosine_decay: cycle length factor '
-                 'per restart.'),
-    _implemented(_LR + 'm_mul', 'optim', 'cosine_decay: peak factor per '
-                 'restart.'),
-    _implemented(_LR + 'start_decay_step', 'optim', 'cosine_decay starts this '
-                 'many steps after the warmup.'),
-    _implemented(_LR + 'timescale', 'optim', "rsqrt_decay: scenic's current "
-                 'form, 1 until warmup_steps then sqrt(timescale / ...).'),
-    _implemented(_LR + 'decay_steps', 'optim', 'Steps of polynomial and '
-                 'exponential_decay.'),
-    _implemented(_LR + 'end_factor', 'optim', 'polynomial ends at this '
-                 'fraction.'),
-    _implemented(_LR + 'power', 'optim', 'polynomial exponent.'),
-    _implemented(_LR + 'decay_events', 'optim', 'piecewise_constant and '
-                 'piecewise_linear: the steps of each decay.'),
-    _implemented(_LR + 'decay_factors', 'optim', 'piecewise_constant and '
-                 'piecewise_linear: the factor from each event on.'),
-    _implemented(_LR + 'decay_rate', 'optim', 'exponential_decay rate.'),
-    _implemented(_LR + 'staircase', 'optim', 'exponential_decay in steps.'),
-    _implemented(_LR + 'steps_per_decay', 'optim', 'decay_every: steps '
-                 'between decays.'),
-    _implemented(_LR + 'decay_factor', 'optim', 'decay_every: factor per '
-                 'decay.'),
-    _implemented(_OPT + 'beta1', 'optim', 'Adam beta1.', **_REF),
-    _implemented(_OPT + 'beta2', 'optim', 'Adam beta2.', **_REF),
-    _implemented(_OPT + 'epsilon', 'optim', 'Adam epsilon.'),
-    _implemented(_OPT + 'weight_decay', 'optim', 'Adam: decoupled decay '
-                 '(times the learning rate); momentum: L2 on the gradient.',
-                 **_REF),
-    _implemented(_OPT + 'momentum', 'optim', 'Momentum (default 0.9).'),
-    _implemented(_OPT + 'nesterov', 'optim', "Nesterov momentum with "
-                 "'momentum'."),
     _implemented('mixup.alpha', 'train_steps', 'Mixup Beta(alpha, alpha); '
                  'None or 0: off.'),
 )
 
-_INIT = 'init_from.'
 KEYS += (
-    _implemented(_INIT + 'checkpoint_path', 'checkpoint_formats', 'The '
-                 'checkpoint (unset: train from scratch).', default=None,
-                 **_REF),
-    _implemented(_INIT + 'checkpoint_format', 'checkpoint_formats',
-                 "'tokenlearner_jax', 'scenic' or 'big_vision'.",
-                 default='tokenlearner_jax', **_REF),
-    _implemented(_INIT + 'positional_embed_size_change', 'surgery',
-                 "'resize', 'tile' or 'resize_tile' the position embedding.",
-                 default=None, **_REF),
-    _implemented(_INIT + 'kernel_init_method', 'surgery', '2-D -> 3-D patch '
-                 'kernel inflation when the model does not name one.',
-                 default=None),
-    _implemented(_INIT + 'init_missing_from_scratch', 'surgery', 'Keep '
-                 'parameters the checkpoint lacks newly initialised.',
-                 default=False),
-    _implemented(_INIT + 'restore_positional_embedding', 'surgery', 'Copy '
-                 '(and fit) the position embedding; False keeps it new.',
-                 **_REF),
-    _implemented(_INIT + 'restore_input_embedding', 'surgery', 'Copy (and '
-                 'inflate) the patch embedding; False keeps it new.', **_REF),
-    _implemented(_INIT + 'restore_output_proj', 'surgery', 'Copy the head '
-                 '(`output_projection`) too: fine-tuning on the same classes '
-                 '(read by the reference ViViT trainer).', default=False),
-    _no_op(_INIT + 'model_config', "the checkpoint's layout (class token, "
+    _no_op('init_from.model_config', "the checkpoint's layout (class token, "
            'grid) is read from its parameters', "The restored model's "
            'config.', **_REF),
     _implemented('mesh.data', 'sharding', 'Data-parallel devices (-1: the '
@@ -427,25 +336,45 @@ KEYS += (
                  default=1),
 )
 
-def section_keys(cls: Any, section: str, module: str,
-                 description: str) -> Tuple[ConfigKey, ...]:
+def section_keys(cls: Any, section: str, module: str, description: str,
+                 filled: Tuple[str, ...] = (),
+                 reference: bool = False) -> Tuple[ConfigKey, ...]:
   """The table's rows of a typed section (`fields.field`s of `cls`): the
-  section, then each field with its `Attributes:` text and default (filled
-  by the section's own `from_config`, so none here: a config without the
-  section stays without it)."""
+  section, then each field (under the section, or at the top for '/key')
+  with its `Attributes:` text and default. `filled`: the fields whose
+  defaults `complete` writes into every config (and so into its record);
+  the others the section's own `from_config` fills, so a config without
+  the section stays without it. `reference`: the reference's configs set
+  the section."""
   docs = fields.attribute_docs(cls.__doc__ or '')
-  rows = [_implemented(section, module, description, section=True)]
+  rows = [_implemented(section, module, description, section=True,
+                       reference=reference)]
   for f in dataclasses.fields(cls):
     default = '' if f.default in (dataclasses.MISSING, None) else (
         f' (default {f.default!r})')
     rows.append(_implemented(
-        f'{section}.{f.metadata["key"]}', f.metadata['reader'] or module,
+        fields.key_name(f, section), f.metadata['reader'] or module,
         docs.get(f.name, '').rstrip('.') + default + '.',
         positive=f.metadata['check'] in ('positive', 'optional_positive',
-                                         'number')))
+                                         'number'),
+        reference=f.metadata['reference'],
+        default=f.default if f.name in filled else NO_DEFAULT))
   return tuple(rows)
 
 
+KEYS += section_keys(
+    OptimizerConfig, 'optimizer_configs', 'optim', "The optimizer's settings "
+    '(below, with the top-level keys of `configs.optim_config`\'s '
+    '`OptimizerConfig`).', filled=('grad_clip_per_shard',
+                                   'skip_nonfinite_steps'), reference=True)
+KEYS += section_keys(
+    ScheduleConfig, 'lr_configs', 'optim', 'The learning-rate schedule '
+    "(`configs.optim_config`'s `ScheduleConfig`).", reference=True)
+KEYS += section_keys(
+    InitFromConfig, 'init_from', 'train', 'The checkpoint to fine-tune from '
+    "(`configs.init_from_config`'s `InitFromConfig`).",
+    filled=tuple(f.name for f in dataclasses.fields(InitFromConfig)),
+    reference=True)
 KEYS += section_keys(
     FewshotConfig, 'fewshot', 'fewshot', 'Few-shot linear evaluation of the '
     'frozen pre-logits (below; `configs.fewshot_config`); unset: none.')
@@ -525,7 +454,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
   Every key of `config` must be in `TABLE` (with the value a no-op or
   unsupported key accepts); `config.model` is checked by
-  `ModelConfig.from_config`, which also checks its values.
+  `ModelConfig.from_config`, which also checks its values, as the optimizer,
+  the schedule and `init_from` are by their typed sections
+  (`configs.optim_config`, `configs.init_from_config`).
 
   Raises:
     ValueError: Naming the unknown key and the closest known one, e.g.
@@ -536,6 +467,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_value(TABLE[path], value)
   if config.get('model') is not None:
     models.model_config(config, num_classes=1)
+  # The typed sections check their values (a schedule factor's keys, say).
+  if config.get('optimizer') is not None:
+    OptimizerConfig.from_config(config)
+  if config.get('lr_configs') is not None:
+    ScheduleConfig.from_config(config)
+  InitFromConfig.from_config(config)
 
 
 def fill_defaults(config: ml_collections.ConfigDict) -> None:
