@@ -6,6 +6,7 @@ import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -110,6 +111,39 @@ class X2Plus1DTest(parameterized.TestCase):
       groups = {int(g) for g in re.findall(r'feature_group_count = (\d+)',
                                            hlo)}
       self.assertEqual(max(groups) > 1, grouped, (impl, groups))
+
+  def test_bfloat16_computes_in_bf16_with_fp32_parameters(self):
+    # Every part of the module slot, with the backbone around it.
+    parts = ('conv2d', 'mlp_mixer', 'mhsa', 'tokenlearner')
+    x = np.random.default_rng(0).normal(size=(2,) + CLIP).astype(np.float32)
+    fp32 = X2Plus1D(testing.tiny_x2plus1d(parts=parts))
+    bf16 = X2Plus1D(testing.tiny_x2plus1d(parts=parts, dtype='bfloat16'))
+    variables = fp32.init(jax.random.PRNGKey(0), x, train=False)
+    self.assertEqual(
+        {p.dtype for p in jax.tree_util.tree_leaves(bf16.init(
+            jax.random.PRNGKey(0), x, train=False))}, {jnp.dtype(jnp.float32)})
+    logits, state = bf16.apply(variables, x, train=True,
+                               capture_intermediates=True,
+                               mutable=['batch_stats', 'intermediates'],
+                               rngs={'dropout': jax.random.PRNGKey(1)})
+    calls = {'/'.join(path[:-1]): out for path, out in
+             flax.traverse_util.flatten_dict(state['intermediates']).items()
+             if path[-1] == '__call__'}
+    # The convolutions, normalisations and dense layers of the backbone and
+    # of each module part give bf16; only the classifier is fp32.
+    wide = [name for name, (out,) in calls.items()
+            if name and out.dtype != jnp.bfloat16 and 'fuser' not in name]
+    self.assertEqual(wide, ['output_projection'])
+    for name in ('stem_spatial', 'res5_block1/conv_c', 'res5_block1/bn_c',
+                 'res5_block1/module/mhsa/query', 'conv5', 'fc'):
+      self.assertIn(name, calls)
+    self.assertEqual(logits.dtype, jnp.float32)
+    self.assertEqual({s.dtype for s in jax.tree_util.tree_leaves(
+        state['batch_stats'])}, {jnp.dtype(jnp.float32)})
+    reference = fp32.apply(variables, x, train=False)
+    scale = float(jnp.max(jnp.abs(reference)))
+    np.testing.assert_allclose(bf16.apply(variables, x, train=False),
+                               reference, atol=0.05 * scale)
 
   def test_backbone_has_no_module(self):
     c = testing.tiny_x2plus1d()

@@ -8,7 +8,7 @@ attention tensor of the paper's figure. docs/models.md states every choice.
 """
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -38,16 +38,18 @@ class ConvBN(nn.Module):
   Attributes:
     kernel: (t, h, w): (1, 3, 3) is the paper's "Conv2D", (3, 1, 1) "Conv1D".
     momentum: BatchNorm momentum.
+    dtype: Compute dtype (parameters stay fp32).
   """
   kernel: tuple
   momentum: float = 0.9
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = nn.Conv(x.shape[-1], self.kernel, padding='SAME', use_bias=False,
-                kernel_init=conv_kernel(), name='conv')(x)
+                kernel_init=conv_kernel(), dtype=self.dtype, name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                     epsilon=1e-5, name='bn')(x)
+                     epsilon=1e-5, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)
 
 
@@ -63,10 +65,12 @@ class SpaceTimeAttention(nn.Module):
       frame) or 'temporal' (across frames at each position).
     num_heads: Heads.
     attention_dim: Query, key and value width (all heads).
+    dtype: Compute dtype (parameters stay fp32).
   """
   axes: str
   num_heads: int
   attention_dim: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -79,12 +83,13 @@ class SpaceTimeAttention(nn.Module):
     else:
       # [BHW, T, D]
       seq = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b * h * w, t, d)
-    y = nn.LayerNorm(name='norm')(seq)
-    q, k, v = (_heads(dense(self.attention_dim, IN_AXES, n)(y), self.num_heads)
-               for n in ('query', 'key', 'value'))  # [G, N, h, d/h]
+    y = nn.LayerNorm(dtype=self.dtype, name='norm')(seq)
+    q, k, v = (_heads(dense(self.attention_dim, IN_AXES, n, dtype=self.dtype)(
+        y), self.num_heads) for n in ('query', 'key', 'value'))  # [G, N, h, d/h]
     logits = jnp.einsum('gqhd,gkhd->ghqk', q, k) / math.sqrt(q.shape[-1])
     out = jnp.einsum('ghqk,gkhd->gqhd', nn.softmax(logits), v)  # [G, N, h, d/h]
-    out = dense(d, OUT_AXES, 'out')(out.reshape(out.shape[:2] + (-1,)))
+    out = dense(d, OUT_AXES, 'out', dtype=self.dtype)(
+        out.reshape(out.shape[:2] + (-1,)))
     seq = seq + out  # [G, N, D]
     if self.axes == 'temporal':
       return jnp.transpose(seq.reshape(b, h, w, t, d), (0, 3, 1, 2, 4))
@@ -99,21 +104,25 @@ class TemporalMixer(nn.Module):
   block adds is broadcast back over every position.
 
   Attributes:
-    (none: the widths are the input's.)
+    dtype: Compute dtype (parameters stay fp32; the widths are the input's).
   """
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     del train
     frames = jnp.mean(x, axis=(2, 3))  # [B, T, D]
     t, d = frames.shape[1:]
-    y = jnp.swapaxes(nn.LayerNorm(name='token_norm')(frames), 1, 2)  # [B, D, T]
-    y = nn.Dense(t, name='token_mlp_0')(y)
-    y = nn.Dense(t, name='token_mlp_1')(nn.gelu(y))
+    dtype = self.dtype
+    # [B, D, T]
+    y = jnp.swapaxes(nn.LayerNorm(dtype=dtype, name='token_norm')(frames), 1, 2)
+    y = nn.Dense(t, dtype=dtype, name='token_mlp_0')(y)
+    y = nn.Dense(t, dtype=dtype, name='token_mlp_1')(nn.gelu(y))
     mixed = frames + jnp.swapaxes(y, 1, 2)  # [B, T, D]
-    y = dense(d, IN_AXES, 'channel_mlp_0')(
-        nn.LayerNorm(name='channel_norm')(mixed))
-    mixed = mixed + dense(d, OUT_AXES, 'channel_mlp_1')(nn.gelu(y))
+    y = dense(d, IN_AXES, 'channel_mlp_0', dtype=dtype)(
+        nn.LayerNorm(dtype=dtype, name='channel_norm')(mixed))
+    mixed = mixed + dense(d, OUT_AXES, 'channel_mlp_1', dtype=dtype)(
+        nn.gelu(y))
     return x + (mixed - frames)[:, :, None, None, :]  # [B, T, H, W, D]
 
 
@@ -145,30 +154,35 @@ class FrameTokens(nn.Module):
   Attributes:
     num_tokens: S.
     maker: One of `x2plus1d_config.TOKEN_MAKERS`.
+    dtype: Compute dtype (parameters stay fp32).
   """
   num_tokens: int
   maker: str = 'tokenlearner'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, d = x.shape
     flat = x.reshape(n, h * w, d)  # [N, HW, D]
     if self.maker == 'pooling':
-      weights = jnp.asarray(region_pooling_matrix(h, w, self.num_tokens))
+      weights = jnp.asarray(region_pooling_matrix(h, w, self.num_tokens),
+                            self.dtype)
       return jnp.einsum('nic,is->nsc', flat, weights)  # [N, S, D]
     if self.maker == 'tokenlearner':
       maps = nn.Conv(self.num_tokens, (3, 3), padding='SAME', use_bias=False,
                      kernel_init=logical(nn.initializers.he_normal(),
                                          (None, None, 'embed', None)),
-                     name='attention_conv')(x)
+                     dtype=self.dtype, name='attention_conv')(x)
       maps = nn.sigmoid(maps.reshape(n, h * w, self.num_tokens))  # [N, HW, S]
     elif self.maker == 'fixed':
       # [1, HW, S]
       maps = nn.sigmoid(self.param('maps', nn.initializers.normal(1.0),
-                                   (h * w, self.num_tokens)))[None]
+                                   (h * w, self.num_tokens)))[None].astype(
+                                       self.dtype)
     else:  # 'dense'
       maps = self.param('kernel', nn.initializers.lecun_normal(),
-                        (h * w, self.num_tokens))[None]  # [1, HW, S]
+                        (h * w, self.num_tokens))[None].astype(
+                            self.dtype)  # [1, HW, S]
       return jnp.einsum('nic,nis->nsc', flat, jnp.broadcast_to(
           maps, (n,) + maps.shape[1:]))  # [N, S, D]
     self.sow('intermediates', 'attention_maps', jnp.swapaxes(maps, 1, 2))
@@ -186,25 +200,29 @@ class VectorAttention(nn.Module):
 
   Attributes:
     relation_group_size: Channels per group of gamma.
+    dtype: Compute dtype (parameters stay fp32).
   """
   relation_group_size: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
     g = self.relation_group_size
-    q, k, v = (dense(d, IN_AXES, name)(x) for name in ('query', 'key', 'value'))
+    q, k, v = (dense(d, IN_AXES, name, dtype=self.dtype)(x)
+               for name in ('query', 'key', 'value'))
     relation = nn.relu(q[:, :, None, :] - k[:, None, :, :])  # [B, N, N, D]
     relation = relation.reshape(b, n, n, d // g, g)  # [B, N, N, D/g, g]
     gamma = self.param('relation', logical(nn.initializers.lecun_normal(
         in_axis=-2, out_axis=-1, batch_axis=(0,)), ('mlp', None, None)),
-                       (d // g, g, g))
+                       (d // g, g, g)).astype(self.dtype)
     logits = jnp.einsum('bijgc,gce->bijge', relation, gamma).reshape(
         b, n, n, d)  # [B, N, N, D]
-    logits = logits + self.param('relation_bias', nn.initializers.zeros, (d,))
+    logits = logits + self.param('relation_bias', nn.initializers.zeros,
+                                 (d,)).astype(self.dtype)
     weights = nn.softmax(logits, axis=2)  # Over j, per channel.
     out = jnp.einsum('bijd,bjd->bid', weights, v)  # [B, N, D]
-    return dense(d, OUT_AXES, 'out')(out)
+    return dense(d, OUT_AXES, 'out', dtype=self.dtype)(out)
 
 
 class TokenModule(nn.Module):
@@ -218,23 +236,27 @@ class TokenModule(nn.Module):
     num_tokens: S per frame.
     maker: What makes the tokens (`FrameTokens.maker`).
     relation_group_size: `VectorAttention`'s.
+    dtype: Compute dtype (parameters stay fp32; TokenFuser computes in
+      fp32, as in the ViT).
   """
   num_tokens: int
   maker: str
   relation_group_size: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     b, t, h, w, d = x.shape
     frames = x.reshape(b * t, h, w, d)  # [BT, H, W, D]
-    tokens = FrameTokens(self.num_tokens, self.maker, name='tokens')(frames)
+    tokens = FrameTokens(self.num_tokens, self.maker, self.dtype,
+                         name='tokens')(frames)
     tokens = tokens.reshape(b, t * self.num_tokens, d)  # [B, TS, D]
-    tokens = tokens + VectorAttention(self.relation_group_size,
-                                      name='vector_attention')(
-                                          nn.LayerNorm(name='norm')(tokens))
+    tokens = tokens + VectorAttention(
+        self.relation_group_size, self.dtype, name='vector_attention')(
+            nn.LayerNorm(dtype=self.dtype, name='norm')(tokens))
     tokens = tokens.reshape(b * t, self.num_tokens, d)  # [BT, S, D]
     fused = TokenFuser(name='fuser')(tokens, frames, deterministic=not train)
-    return x + fused.reshape(b, t, h, w, d)  # [B, T, H, W, D]
+    return x + fused.reshape(b, t, h, w, d).astype(x.dtype)  # [B, T, H, W, D]
 
 
 class ModuleSlot(nn.Module):
@@ -248,18 +270,19 @@ class ModuleSlot(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     c = self.config
+    dtype = c.compute_dtype
     for part in c.parts:
       if part in ('conv2d', 'conv1d'):
         kernel = (1, 3, 3) if part == 'conv2d' else (3, 1, 1)
-        x = ConvBN(kernel, c.bn_momentum, name=part)(x, train=train)
+        x = ConvBN(kernel, c.bn_momentum, dtype, name=part)(x, train=train)
       elif part == 'mlp_mixer':
-        x = TemporalMixer(name=part)(x, train=train)
+        x = TemporalMixer(dtype, name=part)(x, train=train)
       elif part == 'tokenlearner':
         x = TokenModule(c.num_tokens, c.token_maker, c.relation_group_size,
-                        name=part)(x, train=train)
+                        dtype, name=part)(x, train=train)
       else:
         axes = {'mhsa': 'joint', 'spatial_transformer': 'spatial',
                 'temporal_transformer': 'temporal'}[part]
-        x = SpaceTimeAttention(axes, c.num_heads, c.attention_dim,
+        x = SpaceTimeAttention(axes, c.num_heads, c.attention_dim, dtype,
                                name=part)(x, train=train)
     return x

@@ -12,7 +12,7 @@ convolution is a 1x3x3 followed by a 3x1x1 one. The blocks named by
 """
 
 import itertools
-from typing import Tuple
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax
@@ -75,18 +75,21 @@ class SqueezeExcite(nn.Module):
 
   Attributes:
     ratio: Reduction of the hidden width (`round_width(D * ratio)`).
+    dtype: Compute dtype (parameters stay fp32).
   """
   ratio: float
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2, 3), keepdims=True)  # [B, 1, 1, 1, D]
     s = nn.relu(nn.Conv(round_width(d * self.ratio), (1, 1, 1),
-                        kernel_init=conv_kernel(), name='conv_down')(s))
+                        kernel_init=conv_kernel(), dtype=self.dtype,
+                        name='conv_down')(s))
     s = nn.Conv(d, (1, 1, 1), kernel_init=logical(
         nn.initializers.he_normal(), (None, None, None, 'mlp', 'embed')),
-                name='conv_up')(s)
+                dtype=self.dtype, name='conv_up')(s)
     return x * nn.sigmoid(s)
 
 
@@ -111,15 +114,16 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     c = self.config
+    dtype = c.compute_dtype
     norm = lambda name: nn.BatchNorm(use_running_average=not train,  # pylint: disable=g-long-lambda
                                      momentum=c.bn_momentum, epsilon=1e-5,
-                                     name=name)
+                                     dtype=dtype, name=name)
     strides = (1, self.stride, self.stride)
-    y = nn.Conv(self.inner, (1, 1, 1), use_bias=False,
+    y = nn.Conv(self.inner, (1, 1, 1), use_bias=False, dtype=dtype,
                 kernel_init=conv_kernel(), name='conv_a')(x)
     y = nn.relu(norm('bn_a')(y))
     if self.has_module:
-      y = ModuleSlot(c, name='module')(y, train=train)
+      y = ModuleSlot(c, name='module')(y, train=train).astype(dtype)
     else:
       if c.conv_type == '3d':
         y = ChannelwiseConv((3, 3, 3), strides, c.channelwise_impl,
@@ -131,15 +135,16 @@ class Block(nn.Module):
                             name='conv_b_temporal')(y)
       y = norm('bn_b')(y)
     if self.use_se:
-      y = SqueezeExcite(c.se_ratio, name='se')(y)
+      y = SqueezeExcite(c.se_ratio, dtype, name='se')(y)
     y = nn.swish(y)
     y = nn.Conv(self.width, (1, 1, 1), use_bias=False, name='conv_c',
+                dtype=dtype,
                 kernel_init=logical(nn.initializers.he_normal(),
                                     (None, None, None, 'mlp', 'embed')))(y)
     y = norm('bn_c')(y)
     if x.shape[-1] != self.width or self.stride != 1:
       x = nn.Conv(self.width, (1, 1, 1), strides=strides, use_bias=False,
-                  kernel_init=conv_kernel(), name='shortcut')(x)
+                  dtype=dtype, kernel_init=conv_kernel(), name='shortcut')(x)
       x = norm('bn_shortcut')(x)
     return nn.relu(x + y)
 
@@ -158,9 +163,10 @@ class X2Plus1D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     c = self.config
-    x = x.astype(c.compute_dtype)
+    dtype = c.compute_dtype
+    x = x.astype(dtype)
     x = nn.Conv(c.stem_width, (1, 3, 3), strides=(1, 2, 2),
-                padding=[(0, 0), (1, 1), (1, 1)], use_bias=False,
+                padding=[(0, 0), (1, 1), (1, 1)], use_bias=False, dtype=dtype,
                 kernel_init=logical(nn.initializers.he_normal(),
                                     (None, None, None, None, 'mlp')),
                 name='stem_spatial')(x)
@@ -168,7 +174,7 @@ class X2Plus1D(nn.Module):
                         name='stem_temporal')(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train,
                              momentum=c.bn_momentum, epsilon=1e-5,
-                             name='stem_bn')(x))
+                             dtype=dtype, name='stem_bn')(x))
     for stage, (depth, width) in enumerate(zip(c.depths, c.widths), start=2):
       carries = c.module_blocks() if stage == c.stage else ()
       for i in range(depth):
@@ -176,15 +182,15 @@ class X2Plus1D(nn.Module):
                   use_se=c.se_ratio > 0 and i % 2 == 0,
                   has_module=i in carries,
                   name=f'res{stage}_block{i}')(x, train=train)
-    x = nn.Conv(c.inner_width(5), (1, 1, 1), use_bias=False,
+    x = nn.Conv(c.inner_width(5), (1, 1, 1), use_bias=False, dtype=dtype,
                 kernel_init=conv_kernel(), name='conv5')(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train,
                              momentum=c.bn_momentum, epsilon=1e-5,
-                             name='conv5_bn')(x))
+                             dtype=dtype, name='conv5_bn')(x))
     x = jnp.mean(x, axis=(1, 2, 3))  # [B, D5]
-    x = nn.relu(nn.Dense(c.head_width, use_bias=False, name='fc', kernel_init=
-                         logical(nn.initializers.he_normal(),
-                                 ('embed', 'mlp')))(x))
+    x = nn.relu(nn.Dense(c.head_width, use_bias=False, name='fc', dtype=dtype,
+                         kernel_init=logical(nn.initializers.he_normal(),
+                                             ('embed', 'mlp')))(x))
     x = nn.Dropout(c.dropout_rate)(x, deterministic=not train)
     x = x.astype(jnp.float32)
     return nn.Dense(c.num_classes, name='output_projection', kernel_init=
