@@ -31,8 +31,14 @@ Args (`--config=configs/avid_x2plus1d_tl.py:ARGS`, comma-separated): row=NAME
 (tokenlearner (default), backbone, spatial_temporal: Table 10's disjoint
 space + time transformer, mhsa, conv2d_mhsa, conv2d_tokenlearner: the other
 Table 11 rows; any row of configs/charades_x2plus1d_tl.py), token_maker,
-num_tokens=8, runlocal (a tiny network on 4x64x64 clips for a CPU smoke run;
-tables 'train@1' and 'test@1').
+num_tokens=8, network (x2plus1d_m (default): the paper's network, Table 10's
+GFLOPs; channelwise: X3D-M's channel-wise middles, the module in the last
+block; as configs/charades_x2plus1d_tl.py), runlocal (a tiny network on
+4x64x64 clips for a CPU smoke run; tables 'train@1' and 'test@1').
+
+Whole-network GFLOPs per view beside Table 10's (532 backbone, 493 disjoint
+space + time transformer, 487 Ours):
+  python -m tokenlearner_jax.summary --config=configs/avid_x2plus1d_tl.py:row=backbone
 """
 
 from tokenlearner_jax.configs import charades
@@ -45,11 +51,11 @@ NUM_CLASSES = 887
 def get_config(arg=None):
   """Returns the config; see the module docstring for `arg`."""
   arg = common.parse_arg(arg, row='tokenlearner', token_maker='tokenlearner',
-                         num_tokens=8, runlocal=False)
+                         num_tokens=8, network='x2plus1d_m', runlocal=False)
   config = charades.charades_config(
       f'row={arg.row},token_maker={arg.token_maker},'
-      f'num_tokens={arg.num_tokens},runlocal={arg.runlocal},'
-      f'fast={arg.fast}')
+      f'num_tokens={arg.num_tokens},network={arg.network},'
+      f'runlocal={arg.runlocal},fast={arg.fast}')
   config.experiment_name = f'avid_x2plus1d_{arg.row}_12fps'
   config.model_name = 'x2plus1d_classification'
   dc = config.dataset_configs

@@ -1,11 +1,12 @@
 r"""X(2+1)D-M + Conv2D + TokenLearner on Charades (the paper's Table 9 "Ours").
 
-The paper's Section 6 network: the X(2+1)D-M backbone (X3D-M with (2+1)D
-channel-wise convolutions) whose last res5 block carries the module slot of
-Figure 9 (Conv2D -> TokenLearner, 8 tokens per frame -> Vector Transformer ->
-TokenFuser), trained from scratch on 64-frame clips (224 crops) of Charades
-(157 classes, multi-label: sigmoid cross-entropy, mAP). docs/models.md
-describes the network and how its module counts meet Tables 11-12.
+The paper's Section 6 network: the X(2+1)D-M backbone (X3D-M whose middle
+convolutions are full 1x3x3 + 3x1x1 ones) whose last three res5 blocks carry
+the module slot of Figure 9 (Conv2D -> TokenLearner, 8 tokens per frame ->
+Vector Transformer -> TokenFuser) in place of that convolution, trained from
+scratch on 64-frame clips (224 crops; tested at 256) of Charades (157
+classes, multi-label: sigmoid cross-entropy, mAP). docs/models.md describes
+the network and how its counts meet Tables 10-12.
 
 Charades TFRecords at 12 fps (Table 9; `fps=6` for the 6 fps setting of
 Tables 11-12) as scripts/make_charades_tfrecords.py writes them from
@@ -35,8 +36,10 @@ tokenlearner, spatial_tokenlearner, mhsa, conv2d_mhsa, conv2d_conv1d,
 conv2d_mlp_mixer, conv2d_temporal, spatial_temporal, conv2d_spatial_temporal,
 or backbone: no module), token_maker (tokenlearner, or the text's
 alternatives fixed, dense, pooling), num_tokens=8, fps=12 (6 or 12: which
-TFRecords `base_dir` names), runlocal (a tiny network on 4x64x64 clips for a
-CPU smoke run; tables 'train@1' and 'test@1').
+TFRecords `base_dir` names), network (x2plus1d_m (default): the paper's
+network as above; channelwise: X3D-M's channel-wise (2+1)D middles with the
+module in the last res5 block only, tested at 224), runlocal (a tiny network
+on 4x64x64 clips for a CPU smoke run; tables 'train@1' and 'test@1').
 """
 
 from tokenlearner_jax.configs import charades

@@ -163,11 +163,16 @@ class X2Plus1DGmacsTest(parameterized.TestCase):
       xla += h * w * d * d * (3 * t - taps(t))
     self.assertBetween(xla / ours, 1.0, 1.10)
 
-  @parameterized.parameters(((),), (('conv2d', 'tokenlearner'),))
-  def test_the_network_matches_xla_cost_analysis(self, parts):
+  @parameterized.parameters(
+      ((), 'channelwise', (-1,)),
+      (('conv2d', 'tokenlearner'), 'full', (-3, -2, -1)))
+  def test_the_network_matches_xla_cost_analysis(self, parts, middle, blocks):
     # X(2+1)D-M at 16 x 224 x 224 (compiled, not run): elementwise work
     # (BatchNorm, swish, gates) is what XLA counts beyond our multiply-adds.
-    c = X2Plus1DConfig(num_classes=157, parts=parts)
+    # XLA counts no multiply-add on the zero padding of the full middle
+    # convolutions and the module's Conv2D: put those back, as for the parts.
+    c = X2Plus1DConfig(num_classes=157, parts=parts, middle_conv=middle,
+                       blocks=blocks)
     shape = (16, 224, 224, 3)
     model = X2Plus1D(c)
     x = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
@@ -175,8 +180,47 @@ class X2Plus1DGmacsTest(parameterized.TestCase):
         lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
     xla = self.xla_macs(lambda v, x: model.apply(v, x, train=False),
                         variables, x)
+    if middle == 'full':
+      xla += self.full_conv_padding_macs(c, shape)
     self.assertBetween(xla / flops.x2plus1d_macs(c, shape)['total'], 1.0,
                        1.10)
+
+  @staticmethod
+  def full_conv_padding_macs(c, shape) -> int:
+    """Multiply-adds of the full middle convolutions (and the module's
+    Conv2D) on zero padding."""
+    def taps(n_in, stride):  # A 3-wide kernel, padding 1, along one axis.
+      return sum(sum(0 <= i * stride + k - 1 < n_in for k in range(3))
+                 for i in range((n_in - 1) // stride + 1))
+    t, side = shape[0], (shape[1] - 1) // 2 + 1  # After the stem.
+    padding = 0
+    for stage, depth in enumerate(c.depths, start=2):
+      d = c.inner_width(stage)
+      carries = c.module_blocks() if stage == c.stage else ()
+      for i in range(depth):
+        stride = 2 if i == 0 else 1
+        out = (side - 1) // stride + 1
+        if i not in carries:
+          padding += t * d * d * (9 * out * out - taps(side, stride)**2)
+          padding += out * out * d * d * (3 * t - taps(t, 1))
+        elif 'conv2d' in c.parts:
+          padding += t * d * d * (9 * out * out - taps(out, 1)**2)
+        side = out
+    return padding
+
+  def test_table_10_networks_within_seven_percent(self):
+    # The whole network per view at 64 x 256 x 256, 2 FLOPs a multiply-add:
+    # the backbone, the disjoint space + time transformer and Ours.
+    want = {'backbone': 519.5, 'spatial_temporal': 480.5,
+            'tokenlearner': 475.1}
+    for row in paper.NETWORK_ROWS:
+      config = common.load_module(os.path.join(
+          ROOT, 'configs', 'avid_x2plus1d_tl.py')).get_config(
+              f'row={row.preset}')
+      net = summary.network_gflops(X2Plus1DConfig.from_config(config, 887))
+      self.assertIs(net['row'], row)
+      self.assertAlmostEqual(net['gflops'], want[row.preset], places=1)
+      self.assertLess(abs(net['diff']), paper.NETWORK_TOLERANCE, row.name)
 
   def test_x3d_m_multiply_adds(self):
     # X3D-M: 6.2 GFLOPs (multiply-adds) per 16 x 256 x 256 view (its paper's

@@ -31,6 +31,7 @@ from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import checkpoint_formats
 from tokenlearner_jax import evaluate
+from tokenlearner_jax import flops
 from tokenlearner_jax import optim
 from tokenlearner_jax import run_config
 from tokenlearner_jax import train
@@ -158,6 +159,11 @@ class ConfigsTrainTest(parameterized.TestCase):
     self.assertEqual(results['views_per_example'], 2)
     self.assertEqual(results['view_pooling'], 'max')
     self.assertEqual(results['num_examples'], 3)
+    # Trained on 64-pixel crops, tested on 72 (the whole smaller side).
+    self.assertEqual(results['gmacs_per_example'], flops.gmacs(
+        schema.complete(config), (4, 72, 72, 3), 157))
+    self.assertGreater(results['gmacs_per_example'],
+                       final['gmacs_per_example'])
     # Classes 0, 1, 2 have a positive in the test split; the rest are null.
     aps = results['average_precision_per_class']
     self.assertLen(aps, 157)

@@ -95,8 +95,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   results = {'step': step, 'split': split,
              'views_per_example': data.num_test_views,
              'view_pooling': pooling, **results,
-             'gmacs_per_example': flops.gmacs(config, data.input_shape,
-                                              data.num_classes)}
+             'gmacs_per_example': flops.gmacs(
+                 config, data.test_input_shape or data.input_shape,
+                 data.num_classes)}
   logging.info('%s', results)
   if jax.process_index() == 0:
     with open(out or os.path.join(workdir, f'eval_{split}.json'), 'w') as f:

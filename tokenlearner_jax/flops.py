@@ -251,8 +251,9 @@ def x2plus1d_macs(c, input_shape: Sequence[int]) -> dict:
         for part in c.parts:
           parts[part] = parts.get(part, 0) + module_part_macs(c, part, t, h, w,
                                                               d)
-      else:
-        macs += p * d * (27 if c.conv_type == '3d' else 12)
+      else:  # The middle: 27 or 9 + 3 taps per channel, or per channel pair.
+        macs += p * d * (27 if c.conv_type == '3d' else 12) * (
+            d if c.middle_conv == 'full' else 1)
       if c.se_ratio > 0 and i % 2 == 0:
         macs += 2 * d * round_width(d * c.se_ratio)
       if channels != width or i == 0:

@@ -346,3 +346,41 @@ MODULE_ROWS: Tuple[ModuleRow, ...] = (
     ModuleRow('Ours (Conv2D + TokenLearner)', 'T11, T12', 17.2, 2.49, 59.6,
               ('conv2d', 'tokenlearner'), 'conv2d_tokenlearner'),
 )
+
+
+# Table 10 gives the whole network's GFLOPs per view (x 1 view), at the same
+# test input and count as Tables 11-12. X(2+1)D-M is X3D-M with full (not
+# channel-wise) 1x3x3 + 3x1x1 middle convolutions (`middle_conv='full'`):
+# each res5 one is Table 12's "Conv2D + Conv1D" (18.3 GFLOPs), and the
+# module replaces it in the last three res5 blocks, as the Bottleneck
+# Transformer puts its attention in the last three blocks of its last stage:
+# 532 - 3 x (18.3 - 3.4) = 487 and 532 - 3 x (18.3 - 5.5) = 493.6, Table 10's
+# "Ours" and disjoint space + time rows (docs/models.md).
+NETWORK_TOLERANCE = 0.07  # How far our whole-network count may lie.
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkRow:
+  """One X(2+1)D-M network of Table 10 with its GFLOPs per view.
+
+  Attributes:
+    name: The network as the paper names it.
+    gflops: Its GFLOPs per view (`MODULE_INPUT`, `MODULE_FLOPS_PER_MAC`).
+    avid: AViD accuracy (%).
+    parts: Its module (`X2Plus1DConfig.parts`; () the backbone).
+    preset: Its `row=` name in `configs/avid_x2plus1d_tl.py`.
+  """
+  name: str
+  gflops: float
+  avid: float
+  parts: Tuple[str, ...]
+  preset: str
+
+
+NETWORK_ROWS: Tuple[NetworkRow, ...] = (
+    NetworkRow('Backbone (X(2+1)D-M)', 532, 48.6, (), 'backbone'),
+    NetworkRow('X(2+1)D-M w/ disjoint space+time Transformer', 493, 50.6,
+               ('spatial_transformer', 'temporal_transformer'),
+               'spatial_temporal'),
+    NetworkRow('Ours', 487, 53.8, ('tokenlearner',), 'tokenlearner'),
+)

@@ -133,8 +133,8 @@ def module_table(c: X2Plus1DConfig) -> List[Dict[str, Any]]:
   and parameters and ours (the module alone at `paper.MODULE_INPUT`,
   GFLOPs as `paper.MODULE_FLOPS_PER_MAC` x multiply-adds)."""
   rows = []
-  for row in paper.MODULE_ROWS:
-    row_config = dataclasses.replace(c, parts=row.parts)
+  for row in paper.MODULE_ROWS:  # One module: in the last block alone.
+    row_config = dataclasses.replace(c, parts=row.parts, blocks=(-1,))
     macs = flops.x2plus1d_macs(row_config, paper.MODULE_INPUT)['module']
     gflops = paper.MODULE_FLOPS_PER_MAC * macs / 1e9
     params_m = module_params(row_config, paper.MODULE_INPUT) / 1e6
@@ -144,6 +144,17 @@ def module_table(c: X2Plus1DConfig) -> List[Dict[str, Any]]:
         params_diff=params_m / row.params_m - 1,
         this_config=row.parts == c.parts))
   return rows
+
+
+def network_gflops(c: X2Plus1DConfig) -> Dict[str, Any]:
+  """The whole network's GFLOPs per view at Table 10's test input
+  (`paper.MODULE_INPUT`, 2 FLOPs per multiply-add) and Table 10's row of
+  the same module, if there is one (`row`: None)."""
+  gflops = paper.MODULE_FLOPS_PER_MAC * flops.x2plus1d_macs(
+      c, paper.MODULE_INPUT)['total'] / 1e9
+  row = next((r for r in paper.NETWORK_ROWS if r.parts == c.parts), None)
+  return dict(gflops=gflops, row=row,
+              diff=None if row is None else gflops / row.gflops - 1)
 
 
 def print_module_table(c: X2Plus1DConfig) -> None:
@@ -184,6 +195,13 @@ def main(argv: Sequence[str]) -> None:
     print(f"GMACs per view: {summary['gmacs']:.2f} (the module: "
           f"{macs['module'] / 1e9:.2f}; Section 6 counts 2 FLOPs per "
           'multiply-add)')
+    net = network_gflops(checked)
+    shape = 'x'.join(map(str, paper.MODULE_INPUT[:3]))
+    versus = (f"; Table 10's {net['row'].name}: {net['row'].gflops} "
+              f"({net['diff']:+.1%})" if net['row'] else
+              '; Table 10 has no network with this module')
+    print(f"Whole network at {shape} (Table 10's count): "
+          f"{net['gflops']:.1f} GFLOPs per view{versus}")
   else:
     print(f"GMACs per example (the paper's GFLOPs): {summary['gmacs']:.1f}")
   sizes = summary['axis_sizes']

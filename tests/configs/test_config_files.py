@@ -26,10 +26,11 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 # paper below (vit_imagenet: T4's 28.3; jft_pretrain: 9.15; vivit_k400/600:
 # 1105).
 SIZES = {
-    ('avid_x2plus1d_tl', None): (5_510_015, 19.149539),
-    ('avid_x2plus1d_tl', 'runlocal'): (49_411, 0.002835),
-    ('charades_x2plus1d_tl', None): (5_694_725, 24.415319),
-    ('charades_x2plus1d_tl', 'runlocal'): (37_057, 0.002998),
+    ('avid_x2plus1d_tl', None): (23_002_035, 182.956754),
+    ('avid_x2plus1d_tl', 'runlocal'): (87_211, 0.008744),
+    ('charades_x2plus1d_tl', None): (26_547_705, 198.757086),
+    ('charades_x2plus1d_tl', 'network=channelwise'): (5_694_725, 24.415319),
+    ('charades_x2plus1d_tl', 'runlocal'): (74_857, 0.008908),
     ('demo_event_digits', None): (46_520, 0.02175),
     ('demo_event_digits', 'runlocal'): (46_520, 0.02175),
     ('demo_moving_digits', None): (170_160, 0.009505),

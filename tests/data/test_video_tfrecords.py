@@ -140,6 +140,23 @@ class VideoTfrecordsTest(parameterized.TestCase):
       np.testing.assert_allclose(view[0], decoded[:, offset:offset + HEIGHT],
                                  atol=1e-5)
 
+  def test_the_test_crops_at_its_own_size(self):
+    # X3D's protocol: train (and evaluate during training) on 16-pixel
+    # crops, test on 24 (the whole smaller side).
+    data = self.data(crop_size=16, test_crop_size=HEIGHT,
+                     do_three_spatial_crops=False)
+    self.assertEqual(data.input_shape, (4, 16, 16, 3))
+    self.assertEqual(data.test_input_shape, (4, HEIGHT, HEIGHT, 3))
+    self.assertEqual(next(data.train_iter)['inputs'].shape, (2, 4, 16, 16, 3))
+    self.assertEqual(next(data.eval_batches())['inputs'].shape,
+                     (2, 4, 16, 16, 3))
+    batch = next(data.test_batches('test'))
+    self.assertEqual(batch['inputs'].shape, (2, 3, 4, HEIGHT, HEIGHT, 3))
+    decoded = tf.io.decode_jpeg(textured_jpeg(0)).numpy() / 127.5 - 1.0
+    # The centre 24 x 24 of the 24 x 40 frame: columns 8 to 32.
+    np.testing.assert_allclose(batch['inputs'][0][0][0], decoded[:, 8:32],
+                               atol=1e-5)
+
   def test_test_clips_are_evenly_spaced(self):
     # Level videos: clip starts at linspace(0, 20 - 10, 3) = 0, 5, 10.
     data = self.data(tables=dict(train='train@2', test='validation@1'),

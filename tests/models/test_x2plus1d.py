@@ -112,6 +112,35 @@ class X2Plus1DTest(parameterized.TestCase):
                                            hlo)}
       self.assertEqual(max(groups) > 1, grouped, (impl, groups))
 
+  def test_full_middles_with_x3d_initialisation(self):
+    c = testing.tiny_x2plus1d(middle_conv='full', x3d_init=True)
+    x = np.random.default_rng(0).normal(size=(2,) + CLIP).astype(np.float32)
+    variables = X2Plus1D(c).init(jax.random.PRNGKey(0), x, train=False)
+    params = nn.unbox(variables['params'])
+    d = c.inner_width(5)  # 36
+    block = params['res5_block1']
+    # Full 1x3x3 and 3x1x1 convolutions at the inner width, R(2+1)D's
+    # BatchNorm between them.
+    self.assertEqual(block['conv_b_spatial']['kernel'].shape, (1, 3, 3, d, d))
+    self.assertEqual(block['conv_b_temporal']['kernel'].shape,
+                     (3, 1, 1, d, d))
+    self.assertIn('bn_b_spatial', block)
+    # X3D's: each block's last BatchNorm scale zero (the others one), He
+    # normal over the fan-out (16 -> 36: std sqrt(2 / 36), not sqrt(2 / 16)).
+    for name, values in testing.flat(params).items():
+      if name.endswith('/scale'):
+        self.assertEqual(float(np.abs(values - (not name.endswith(
+            'bn_c/scale'))).max()), 0.0, name)
+    self.assertLess(abs(np.std(params['res5_block1']['conv_a']['kernel']) /
+                        np.sqrt(2 / d) - 1), 0.15)
+    logits, state = X2Plus1D(c).apply(
+        variables, x, train=True, mutable=['batch_stats'],
+        rngs={'dropout': jax.random.PRNGKey(1)})
+    self.assertTrue(np.isfinite(logits).all())
+    self.assertGreater(np.abs(
+        state['batch_stats']['res5_block1']['bn_b_spatial']['mean']).max(),
+                       1e-4)
+
   def test_bfloat16_computes_in_bf16_with_fp32_parameters(self):
     # Every part of the module slot, with the backbone around it.
     parts = ('conv2d', 'mlp_mixer', 'mhsa', 'tokenlearner')

@@ -17,9 +17,21 @@ CHARADES_SIZES = dict(train=7_985, test=1_863)  # Charades v1's two CSVs.
 # `row=NAME` -> the module's parts (Tables 11-12; 'backbone': none).
 ROWS = {row.preset: row.parts for row in paper.MODULE_ROWS}
 ROWS['backbone'] = ()
+# `network=NAME` -> the backbone's settings and the test crop. 'x2plus1d_m'
+# is the paper's X(2+1)D-M (Table 10's GFLOPs: full middle convolutions, the
+# module in the last three res5 blocks, X3D's initialisation, 256 test
+# crops); 'channelwise' is X3D-M's channel-wise middles with the module in
+# the last block only, tested at the train crop (docs/models.md).
+NETWORKS = {
+    'x2plus1d_m': dict(model=dict(middle_conv='full', blocks=(-3, -2, -1),
+                                  x3d_init=True), test_crop_size=256),
+    'channelwise': dict(model=dict(middle_conv='channelwise', blocks=(-1,),
+                                   x3d_init=False), test_crop_size=None),
+}
 # The arguments of `--config=configs/charades_x2plus1d_tl.py:ARG`.
 ARG_DEFAULTS = dict(row='conv2d_tokenlearner', token_maker='tokenlearner',
-                    num_tokens=8, fps=12, runlocal=False)
+                    num_tokens=8, fps=12, network='x2plus1d_m',
+                    runlocal=False)
 
 
 def charades_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
@@ -30,6 +42,10 @@ def charades_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
     raise ValueError(f'Unknown row={arg.row!r}; known: {sorted(ROWS)}.')
   if arg.fps not in (6, 12):
     raise ValueError(f'fps must be 6 or 12, got {arg.fps}.')
+  if arg.network not in NETWORKS:
+    raise ValueError(f'Unknown network={arg.network!r}; known: '
+                     f'{sorted(NETWORKS)}.')
+  network = NETWORKS[arg.network]
   config = ml_collections.ConfigDict()
   config.fast = arg.fast  # `train_steps.fast_config`.
   config.experiment_name = f'charades_x2plus1d_{arg.row}_{arg.fps}fps'
@@ -45,10 +61,12 @@ def charades_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
           prob_scale_jitter=1.0, do_color_augment=False),
       num_test_clips=10, do_three_spatial_crops=False, test_batch_size=4,
       clip_labels='segments', test_pooling='max'))
+  config.dataset_configs.test_crop_size = (
+      network['test_crop_size'] or ml_collections.config_dict.placeholder(int))
   config.model_name = 'x2plus1d_multilabel_classification'
   config.model = common.x2plus1d_model_config(
       parts=ROWS[arg.row], token_maker=arg.token_maker,
-      num_tokens=arg.num_tokens)
+      num_tokens=arg.num_tokens, **network['model'])
   config.model_dtype_str = 'float32'
   config.optimizer = 'momentum'
   config.optimizer_configs = ml_collections.ConfigDict(dict(momentum=0.9))
@@ -82,11 +100,14 @@ def runlocal(config: ml_collections.ConfigDict) -> None:
   model = config.model
   model.depths, model.widths = (1, 1, 1, 2), (8, 8, 16, 16)
   model.stem_width, model.head_width = 8, 32
+  model.module.blocks = (-1,)  # res5 has two blocks here.
   model.module.num_tokens, model.module.num_heads = 4, 2
   model.module.attention_dim = 16
   model.channelwise_impl = 'shifts'  # XLA:CPU's grouped convs are slow.
   dc = config.dataset_configs
   dc.num_frames, dc.crop_size, dc.min_resize = 4, 64, 72
+  if dc.test_crop_size:
+    dc.test_crop_size = 72
   dc.num_test_clips, dc.test_batch_size = 2, 2
   dc.tables = dict(train='train@1', test='test@1')
   dc.examples_per_subset = dict(train=8, test=4)

@@ -264,6 +264,8 @@ KEYS += (
                  'Three spatial crops per test clip.', **_REF),
     _implemented(_DC + 'test_batch_size', 'data.video_tfrecords', 'Videos per '
                  'test batch.', positive=True, **_REF),
+    _implemented(_DC + 'test_crop_size', 'data.video_tfrecords', 'Side of '
+                 "the test's spatial crops (unset: crop_size).", positive=True),
     _implemented(_DC + 'skip_corrupt_examples', 'data.video_tfrecords',
                  'Skip (and count) corrupt records instead of stopping.',
                  default=False),

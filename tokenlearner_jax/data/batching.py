@@ -36,6 +36,8 @@ class Data:
     test_batches: Returns a fresh iterator over a split with the multi-view
       test protocol: `inputs` of shape `[batch, num_test_views, *input_shape]`.
     num_test_views: Views per test example (clips x spatial crops).
+    test_input_shape: One test view's shape, where it is not `input_shape`
+      (a video test at `dataset_configs.test_crop_size`).
   """
   train_iter: Optional[Iterator[Batch]]
   eval_batches: Callable[[], Iterator[Batch]]
@@ -45,6 +47,7 @@ class Data:
   num_eval_examples: int
   test_batches: Optional[Callable[[str], Iterator[Batch]]] = None
   num_test_views: int = 1
+  test_input_shape: Optional[Tuple[int, ...]] = None
 
 
 def per_process(batch_size: int, field: str) -> int:

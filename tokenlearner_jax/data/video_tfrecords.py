@@ -12,7 +12,7 @@ the reference's `dataset_configs` keys, so a Scenic user's config carries over:
   scale_max_factor, prob_scale_jitter, do_color_augment, prob_color_augment,
   prob_color_drop), num_test_clips, do_three_spatial_crops, test_batch_size,
   label_offset, and ours: eval_split, test_split, shuffle_buffer_size,
-  skip_corrupt_examples, clip_labels, test_pooling.
+  skip_corrupt_examples, clip_labels, test_pooling, test_crop_size.
 
 Labels: the ids in 'clip/label/index' as a multi-hot vector (one-hot for one
 id; a video with none is all zeros for a multi-label head, an error for a
@@ -30,7 +30,9 @@ resized to `min_resize`, scale jitter, a random `crop_size` crop, a flip and
 colour augmentation, each drawn from the example's stateless seed. Eval (during
 training): the middle clip, centre crop. Test: `num_test_clips` evenly spaced
 clips x 3 spatial crops (or the centre one) per video, as one example with a
-views axis, so each video is counted exactly once. Clips longer than the video
+views axis, so each video is counted exactly once; the test's crops are
+`test_crop_size` (default `crop_size`) wide, as X3D tests at 256 what it
+trains at 224. Clips longer than the video
 wrap around to its start, as DMVR's samplers do.
 
 A corrupt record or JPEG stops the run with an error naming the file; with
@@ -257,8 +259,11 @@ def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor,
 
 
 def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
-                 three_crops: bool, allow_empty: bool = False):
-  """`[clips * crops, T, crop, crop, 3]` views of one video, and its label."""
+                 three_crops: bool, allow_empty: bool = False,
+                 crop_size: Optional[int] = None):
+  """`[clips * crops, T, crop, crop, 3]` views of one video, and its label
+  (`crop_size`: default `dc.crop_size`)."""
+  crop_size = crop_size or dc.crop_size
   frames = example['frames']
   length = tf.shape(frames)[0]
   span = (dc.num_frames - 1) * dc.stride + 1
@@ -269,12 +274,12 @@ def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
   indices = clip_indices(length, starts, dc.num_frames, dc.stride)
   video = resize_smallest(decode_frames(frames, indices), dc.min_resize)
   if three_crops:
-    views = tf.concat([three_spatial_crops(clip, dc.crop_size)
+    views = tf.concat([three_spatial_crops(clip, crop_size)
                        for clip in tf.unstack(video, num_clips)], 0)
   else:
-    views = centre_crop(video, dc.crop_size)
-  shape = (num_clips * (3 if three_crops else 1), dc.num_frames,
-           dc.crop_size, dc.crop_size, 3)
+    views = centre_crop(video, crop_size)
+  shape = (num_clips * (3 if three_crops else 1), dc.num_frames, crop_size,
+           crop_size, 3)
   return {'inputs': tf.ensure_shape(_scale(views, dc.get('zero_centering',
                                                          True)), shape),
           'label': labels(example, dc, allow_empty)}
@@ -426,13 +431,14 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
                    tfrecord_tables.split_files(dc, split))
     ds = tf.data.TFRecordDataset(split_files).map(
         lambda r: eval_example(parse_example(r), dc, num_clips, three_crops,
-                               allow_empty),
+                               allow_empty, test_crop if views_axis else None),
         num_parallel_calls=tf.data.AUTOTUNE)
     if not views_axis:  # One view, as the model takes it.
       ds = ds.map(lambda e: {'inputs': e['inputs'][0], 'label': e['label']})
     return guarded(ds, split_files, batch_size, pad=True)
 
   eval_split = dc.get('eval_split', 'validation')
+  test_crop = dc.get('test_crop_size') or dc.crop_size
   # Checked now, not at the first eval.
   eval_files = tfrecord_tables.split_files(dc, eval_split)
   num_clips = dc.get('num_test_clips', 1)
@@ -448,6 +454,7 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
       eval_batches=lambda: eval_batches(eval_split, 1, False, eval_bs, False),
       num_classes=dc.num_classes,
       input_shape=(dc.num_frames, dc.crop_size, dc.crop_size, 3),
+      test_input_shape=(dc.num_frames, test_crop, test_crop, 3),
       num_train_examples=sizes.get('train', 0),
       num_eval_examples=sizes.get(eval_split, 0),
       test_batches=lambda split: eval_batches(split, num_clips, three_crops,

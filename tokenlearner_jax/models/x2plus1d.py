@@ -6,9 +6,10 @@ it (`create_x3d`): a (2+1)D stem, four stages of inverted-bottleneck blocks
 other block, swish, 1x1x1 projection, BatchNorm after each convolution), a
 1x1x1 `conv5`, global average pooling, a 2048-wide fully connected layer and
 the classifier. With `conv_type='2plus1d'` each channel-wise 3x3x3
-convolution is a 1x3x3 followed by a 3x1x1 one. The blocks named by
-`X2Plus1DConfig.module_blocks()` run the module slot
-(`video_modules.ModuleSlot`) in place of that convolution.
+convolution is a 1x3x3 followed by a 3x1x1 one; with `middle_conv='full'`
+these middle convolutions are full ones (the paper's X(2+1)D-M,
+docs/models.md). The blocks named by `X2Plus1DConfig.module_blocks()` run the
+module slot (`video_modules.ModuleSlot`) in place of that convolution.
 """
 
 import itertools
@@ -19,9 +20,24 @@ import jax
 import jax.numpy as jnp
 
 from tokenlearner_jax.models.common import logical
-from tokenlearner_jax.models.video_modules import conv_kernel
+from tokenlearner_jax.models.video_modules import KERNEL_AXES as KERNEL
 from tokenlearner_jax.models.video_modules import ModuleSlot
 from tokenlearner_jax.models.x2plus1d_config import X2Plus1DConfig
+
+
+def _init(c: X2Plus1DConfig):
+  """He-normal convolution kernels: over the fan-in (truncated), or X3D's
+  over the fan-out (`c.x3d_init`)."""
+  return (nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+          if c.x3d_init else nn.initializers.he_normal())
+
+
+def kernel_init(c: X2Plus1DConfig, axes: Tuple[Any, ...]):
+  """`_init(c)` with the kernel's logical `axes`."""
+  return logical(_init(c), axes)
+
+
+KERNEL_OUT = (None, None, None, 'mlp', 'embed')  # [t, h, w, hidden, out]
 
 
 def round_width(width: float, divisor: int = 8, min_width: int = 8) -> int:
@@ -43,16 +59,18 @@ class ChannelwiseConv(nn.Module):
     kernel_size: (kt, kh, kw), odd.
     strides: (st, sh, sw).
     impl: 'conv' or 'shifts'.
+    kernel_init: The kernel's initializer (He normal).
   """
   kernel_size: Tuple[int, int, int]
   strides: Tuple[int, int, int] = (1, 1, 1)
   impl: str = 'conv'
+  kernel_init: Any = nn.initializers.he_normal()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     kernel = self.param('kernel', logical(
-        nn.initializers.he_normal(), (None, None, None, None, 'mlp')),
+        self.kernel_init, (None, None, None, None, 'mlp')),
                         tuple(self.kernel_size) + (1, c)).astype(x.dtype)
     pads = [(k // 2, k // 2) for k in self.kernel_size]
     if self.impl == 'conv':
@@ -76,19 +94,21 @@ class SqueezeExcite(nn.Module):
   Attributes:
     ratio: Reduction of the hidden width (`round_width(D * ratio)`).
     dtype: Compute dtype (parameters stay fp32).
+    kernel_init: The kernels' initializer (He normal).
   """
   ratio: float
   dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.he_normal()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2, 3), keepdims=True)  # [B, 1, 1, 1, D]
     s = nn.relu(nn.Conv(round_width(d * self.ratio), (1, 1, 1),
-                        kernel_init=conv_kernel(), dtype=self.dtype,
-                        name='conv_down')(s))
-    s = nn.Conv(d, (1, 1, 1), kernel_init=logical(
-        nn.initializers.he_normal(), (None, None, None, 'mlp', 'embed')),
+                        kernel_init=logical(self.kernel_init, KERNEL),
+                        dtype=self.dtype, name='conv_down')(s))
+    s = nn.Conv(d, (1, 1, 1), kernel_init=logical(self.kernel_init,
+                                                  KERNEL_OUT),
                 dtype=self.dtype, name='conv_up')(s)
     return x * nn.sigmoid(s)
 
@@ -115,38 +135,49 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     c = self.config
     dtype = c.compute_dtype
-    norm = lambda name: nn.BatchNorm(use_running_average=not train,  # pylint: disable=g-long-lambda
-                                     momentum=c.bn_momentum, epsilon=1e-5,
-                                     dtype=dtype, name=name)
+    norm = lambda name, scale=nn.initializers.ones: nn.BatchNorm(  # pylint: disable=g-long-lambda
+        use_running_average=not train, momentum=c.bn_momentum, epsilon=1e-5,
+        dtype=dtype, scale_init=scale, name=name)
     strides = (1, self.stride, self.stride)
     y = nn.Conv(self.inner, (1, 1, 1), use_bias=False, dtype=dtype,
-                kernel_init=conv_kernel(), name='conv_a')(x)
+                kernel_init=kernel_init(c, KERNEL), name='conv_a')(x)
     y = nn.relu(norm('bn_a')(y))
     if self.has_module:
       y = ModuleSlot(c, name='module')(y, train=train).astype(dtype)
     else:
-      if c.conv_type == '3d':
-        y = ChannelwiseConv((3, 3, 3), strides, c.channelwise_impl,
-                            name='conv_b')(y)
-      else:
-        y = ChannelwiseConv((1, 3, 3), strides, c.channelwise_impl,
-                            name='conv_b_spatial')(y)
-        y = ChannelwiseConv((3, 1, 1), (1, 1, 1), c.channelwise_impl,
-                            name='conv_b_temporal')(y)
-      y = norm('bn_b')(y)
+      y = norm('bn_b')(self.middle(y, strides, norm))
     if self.use_se:
-      y = SqueezeExcite(c.se_ratio, dtype, name='se')(y)
+      y = SqueezeExcite(c.se_ratio, dtype, _init(c), name='se')(y)
     y = nn.swish(y)
     y = nn.Conv(self.width, (1, 1, 1), use_bias=False, name='conv_c',
-                dtype=dtype,
-                kernel_init=logical(nn.initializers.he_normal(),
-                                    (None, None, None, 'mlp', 'embed')))(y)
-    y = norm('bn_c')(y)
+                dtype=dtype, kernel_init=kernel_init(c, KERNEL_OUT))(y)
+    y = norm('bn_c', nn.initializers.zeros if c.x3d_init else
+             nn.initializers.ones)(y)
     if x.shape[-1] != self.width or self.stride != 1:
       x = nn.Conv(self.width, (1, 1, 1), strides=strides, use_bias=False,
-                  dtype=dtype, kernel_init=conv_kernel(), name='shortcut')(x)
+                  dtype=dtype, kernel_init=kernel_init(c, KERNEL),
+                  name='shortcut')(x)
       x = norm('bn_shortcut')(x)
     return nn.relu(x + y)
+
+  def middle(self, y: jax.Array, strides: Tuple[int, int, int],
+             norm) -> jax.Array:
+    """The middle convolution(s), before its BatchNorm `bn_b`."""
+    c = self.config
+    if c.middle_conv == 'channelwise':
+      conv = lambda kernel, s, name: ChannelwiseConv(  # pylint: disable=g-long-lambda
+          kernel, s, c.channelwise_impl, _init(c), name=name)
+    else:
+      conv = lambda kernel, s, name: nn.Conv(  # pylint: disable=g-long-lambda
+          self.inner, kernel, s, padding=[(k // 2, k // 2) for k in kernel],
+          use_bias=False, dtype=c.compute_dtype,
+          kernel_init=kernel_init(c, KERNEL), name=name)
+    if c.conv_type == '3d':
+      return conv((3, 3, 3), strides, 'conv_b')(y)
+    y = conv((1, 3, 3), strides, 'conv_b_spatial')(y)
+    if c.middle_conv == 'full':  # R(2+1)D's BatchNorm and ReLU between.
+      y = nn.relu(norm('bn_b_spatial')(y))
+    return conv((3, 1, 1), (1, 1, 1), 'conv_b_temporal')(y)
 
 
 class X2Plus1D(nn.Module):
@@ -167,10 +198,9 @@ class X2Plus1D(nn.Module):
     x = x.astype(dtype)
     x = nn.Conv(c.stem_width, (1, 3, 3), strides=(1, 2, 2),
                 padding=[(0, 0), (1, 1), (1, 1)], use_bias=False, dtype=dtype,
-                kernel_init=logical(nn.initializers.he_normal(),
-                                    (None, None, None, None, 'mlp')),
+                kernel_init=kernel_init(c, (None, None, None, None, 'mlp')),
                 name='stem_spatial')(x)
-    x = ChannelwiseConv((5, 1, 1), (1, 1, 1), c.channelwise_impl,
+    x = ChannelwiseConv((5, 1, 1), (1, 1, 1), c.channelwise_impl, _init(c),
                         name='stem_temporal')(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train,
                              momentum=c.bn_momentum, epsilon=1e-5,
@@ -183,14 +213,13 @@ class X2Plus1D(nn.Module):
                   has_module=i in carries,
                   name=f'res{stage}_block{i}')(x, train=train)
     x = nn.Conv(c.inner_width(5), (1, 1, 1), use_bias=False, dtype=dtype,
-                kernel_init=conv_kernel(), name='conv5')(x)
+                kernel_init=kernel_init(c, KERNEL), name='conv5')(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train,
                              momentum=c.bn_momentum, epsilon=1e-5,
                              dtype=dtype, name='conv5_bn')(x))
     x = jnp.mean(x, axis=(1, 2, 3))  # [B, D5]
     x = nn.relu(nn.Dense(c.head_width, use_bias=False, name='fc', dtype=dtype,
-                         kernel_init=logical(nn.initializers.he_normal(),
-                                             ('embed', 'mlp')))(x))
+                         kernel_init=kernel_init(c, ('embed', 'mlp')))(x))
     x = nn.Dropout(c.dropout_rate)(x, deterministic=not train)
     x = x.astype(jnp.float32)
     return nn.Dense(c.num_classes, name='output_projection', kernel_init=

@@ -30,6 +30,9 @@ _field = fields.field
 
 MODEL_NAMES = ('x2plus1d_classification', 'x2plus1d_multilabel_classification')
 CONV_TYPES = ('2plus1d', '3d')  # X(2+1)D, or X3D's 3x3x3 convolutions.
+# The blocks' middle convolution: X3D's channel-wise one, or a full one
+# (every input channel to every output channel) at the block's inner width.
+MIDDLE_CONVS = ('channelwise', 'full')
 # The module's parts (`models.video_modules`), each at the module's width D:
 PARTS = (
     'conv2d',  # A full 1x3x3 convolution D -> D, BatchNorm, ReLU.
@@ -61,6 +64,13 @@ class X2Plus1DConfig:
     se_ratio: Squeeze-excitation reduction, in every other block (0.0625).
     head_width: Width of the fully connected layer before the classifier.
     conv_type: '2plus1d' (1x3x3 then 3x1x1, X(2+1)D) or '3d' (X3D's 3x3x3).
+    middle_conv: 'channelwise' (X3D's) or 'full' (each output channel from
+      every input channel; with '2plus1d', BatchNorm and ReLU between the
+      spatial and the temporal convolution, as R(2+1)D): the paper's
+      X(2+1)D-M (docs/models.md, "Section 6's whole network").
+    x3d_init: X3D's initialisation: each block's last BatchNorm scale zero
+      and He-normal convolution kernels over their fan-out (else fan-in, and
+      scales one).
     dropout_rate: Dropout before the classifier (X3D: 0.5).
     bn_momentum: BatchNorm running-average momentum (flax convention).
     channelwise_impl: How the channel-wise convolutions run: 'conv' (grouped
@@ -85,6 +95,8 @@ class X2Plus1DConfig:
   se_ratio: float = _field('se_ratio', 0.0625)
   head_width: int = _field('head_width', 2048, check='positive')
   conv_type: str = _field('conv_type', '2plus1d', choices=CONV_TYPES)
+  middle_conv: str = _field('middle_conv', 'channelwise', choices=MIDDLE_CONVS)
+  x3d_init: bool = _field('x3d_init', False, check='bool')
   dropout_rate: float = _field('dropout_rate', 0.5, check='rate')
   bn_momentum: float = _field('bn_momentum', 0.9, check='rate')
   channelwise_impl: str = _field('channelwise_impl', 'conv',
