@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from tests import testing
 from tokenlearner_jax import checkpoint
+from tokenlearner_jax import errors
 from tokenlearner_jax import layer_layout
 from tokenlearner_jax import train_steps
 
@@ -120,11 +121,12 @@ class SaveRestoreTest(absltest.TestCase):
     restored = checkpoint.restore_state(manager, state, single_device(state),
                                         step=1)
     self.assertEqual(int(restored.step), 1)
-    with self.assertRaisesRegex(ValueError, r'No checkpoint at step 3 .* have '
-                                r'\[1, 2\]'):
+    with self.assertRaisesRegex(errors.MissingFileError, r'no checkpoint at '
+                                r'step 3 .* has steps \[1, 2\]'):
       checkpoint.restore_state(manager, state, single_device(state), step=3)
     manager.close()
-    with self.assertRaisesRegex(ValueError, 'No checkpoint at step 3'):
+    with self.assertRaisesRegex(errors.MissingFileError,
+                                'no checkpoint at step 3'):
       checkpoint.restore_params(workdir, step=3)
     self.assertEqual(checkpoint.latest_step(workdir), 2)
 

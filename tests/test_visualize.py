@@ -13,6 +13,7 @@ from tests.testing import config_for
 from tests.testing import save_fresh_checkpoint
 from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
+from tokenlearner_jax import errors
 from tokenlearner_jax import layer_layout
 from tokenlearner_jax import visualize
 from tokenlearner_jax.models import build_model
@@ -78,6 +79,11 @@ class VisualizeTest(absltest.TestCase):
     tokens, size = config.model.tokenizer.num_tokens, 32 * visualize.SCALE
     self.assertEqual(png.size, (dc.num_frames * size + 2 * (dc.num_frames - 1),
                                 (tokens + 1) * size))
+    # A config that does not fit the checkpoint is named in one line.
+    config.model.tokenizer.num_tokens = tokens + 1
+    with self.assertRaisesRegex(errors.ConfigError, '--config does not fit '
+                                'the checkpoint .* parameter .*TokenLearner'):
+      visualize.visualize(config, workdir, num_clips=1)
 
   def test_a_model_without_tokenlearner_is_named(self):
     config = config_for('demo_moving_digits')

@@ -33,7 +33,6 @@ import re
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 
 # libtpu lets one process at a time load it (a lockfile) unless told
@@ -566,4 +565,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config', 'topology'])
-  app.run(main)
+  errors.run(main)

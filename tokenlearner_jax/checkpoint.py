@@ -248,10 +248,11 @@ def _checked_step(manager: ocp.CheckpointManager, step: Optional[int]) -> int:
   if step is None:
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {manager.directory}.')
+      raise errors.MissingFileError(f'no checkpoint in {manager.directory}.')
   if step not in manager.all_steps():
-    raise ValueError(f'No checkpoint at step {step} in {manager.directory}; '
-                     f'have {sorted(manager.all_steps())}.')
+    raise errors.MissingFileError(
+        f'--step={step}: no checkpoint at step {step} in {manager.directory}; '
+        f'it has steps {sorted(manager.all_steps())}.')
   return step
 
 
@@ -543,12 +544,12 @@ def _restore_items(workdir: str, step: Optional[int], keys: Tuple[str, ...],
   shardings."""
   directory = checkpoint_dir(workdir)
   if not directory.exists():
-    raise FileNotFoundError(f'{directory} does not exist.')
+    raise errors.MissingFileError(f'{directory} does not exist.')
   with _read_only_manager(directory) as manager:
     steps = ([_checked_step(manager, step)] if step is not None
              else sorted(manager.all_steps(), reverse=True))
     if not steps:
-      raise FileNotFoundError(f'no checkpoint in {directory}.')
+      raise errors.MissingFileError(f'no checkpoint in {directory}.')
     step, restored = _restore_newest(
         directory, steps, lambda s: _read_items(manager, s, keys, target),
         fallback=True, asked=step is not None)

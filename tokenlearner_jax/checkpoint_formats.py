@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from tokenlearner_jax import checkpoint
+from tokenlearner_jax import errors
 from tokenlearner_jax import layer_layout
 from tokenlearner_jax.configs import init_from_config
 from tokenlearner_jax.configs.init_from_config import InitFromConfig
@@ -119,7 +120,7 @@ def _read_workdir(workdir: str, restore: Callable[[str], Params]) -> Params:
   try:
     params = restore(workdir)
   except FileNotFoundError as e:
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f'init_from.checkpoint_path: {str(e).rstrip(".")} '
         "(checkpoint_format='tokenlearner_jax' "
         'reads a workdir of this trainer).') from e
@@ -158,14 +159,14 @@ def latest_scenic_file(path: str) -> epath.Path:
   """`path` itself, or its `checkpoint_<step>` file of the largest step."""
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(f'init_from.checkpoint_path: {path} does not '
+    raise errors.MissingFileError(f'init_from.checkpoint_path: {path} does not '
                             'exist.')
   if not path.is_dir():
     return path
   steps = {int(m.group(1)): f for f in path.iterdir()
            if (m := re.fullmatch(r'checkpoint_(\d+)', f.name))}
   if not steps:
-    raise FileNotFoundError(f'init_from.checkpoint_path: no checkpoint_<step> '
+    raise errors.MissingFileError(f'init_from.checkpoint_path: no checkpoint_<step> '
                             f'file in the directory {path}.')
   return steps[max(steps)]
 
@@ -200,7 +201,7 @@ def load_big_vision(path: str) -> Params:
   """Parameters of a big_vision or vision_transformer `.npz`, in our layout."""
   file = epath.Path(path)
   if not file.exists():
-    raise FileNotFoundError(f'init_from.checkpoint_path: {file} does not '
+    raise errors.MissingFileError(f'init_from.checkpoint_path: {file} does not '
                             'exist.')
   with file.open('rb') as f:  # np.load seeks: read it whole first.
     loaded = np.load(io.BytesIO(f.read()), allow_pickle=False)

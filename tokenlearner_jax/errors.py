@@ -1,14 +1,19 @@
 """Faults a user causes or meets, reported in one line without a traceback.
 
-Each entry point's `main` runs through `exit_on_known_fault`, which turns a
-`KnownFault` into `Error: <message>` and exit status 1. Each class also
-derives from the built-in error it refines (`ValueError`, ...), so callers
-that catch those keep working.
+Each entry point runs through `run` (absl's `app.run`, with the faults of
+its command line, a `--config` file that is not there or raises, an override
+of a key the config lacks, answered in one line) and its `main` through
+`exit_on_known_fault`, which turns a `KnownFault` into `Error: <message>` and
+exit status 1. Each class also derives from the built-in error it refines
+(`ValueError`, ...), so callers that catch those keep working.
 """
 
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, List, Sequence
 
+from absl import app
+from absl import flags
 from etils import epath
 
 
@@ -30,6 +35,11 @@ class WorkdirNotFoundError(KnownFault, FileNotFoundError):
   """`--workdir` is not a directory (evaluate, visualize)."""
 
 
+class MissingFileError(KnownFault, FileNotFoundError):
+  """A file or directory the config or a flag names is not there (a
+  checkpoint, TFRecord shards); the message says what to do."""
+
+
 def require_workdir(workdir: str, verb: str) -> None:
   """Raises `WorkdirNotFoundError` naming `workdir` unless it is a directory
   (local or remote); nothing is created. `verb`: what would be done there."""
@@ -44,3 +54,51 @@ def exit_on_known_fault(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
   except KnownFault as e:
     sys.exit(f'Error: {e}')
+
+
+def _one_line(error: BaseException) -> str:
+  """`error`'s message in one line: a missing key's name and hint, or the
+  last line of a message that wraps another error's traceback (as
+  config_flags does with the config file's own error)."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]  # AttributeError(KeyError(...)), say.
+  if isinstance(error, (AttributeError, KeyError)) and error.args:
+    lines = [l.strip() for l in str(error.args[0]).splitlines() if l.strip()]
+    return f'no config key {"; ".join(lines)}'
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  line = lines[-1] if lines else type(error).__name__
+  name, _, rest = line.partition(': ')
+  return rest if rest and name.endswith(('Error', 'Exception')) else line
+
+
+def parse_flags(argv: Sequence[str],
+                flag_values: flags.FlagValues = flags.FLAGS) -> List[str]:
+  """absl's flag parsing, with a command-line fault in one `Error:` line
+  (exit 1): a `--config` file that does not exist or raises (an unknown
+  `row=`, say), an override of a key the config lacks (`--config.x=...`), an
+  unknown flag or a bad value."""
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1].split(':', 1)[0]
+      if not os.path.isfile(path):
+        sys.exit(f'Error: --config={path}: no such file (the config files '
+                 'are in configs/; README.md lists them).')
+  try:
+    rest = flag_values(argv)
+    if 'config' in flag_values:
+      _ = flag_values['config'].value  # Raises the file's own error here.
+  except flags.Error as e:
+    sys.exit(f'Error: {_one_line(e)}')
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = _one_line(e)
+    overrides = [a.split('=', 1)[0] for a in argv[1:]
+                 if a.startswith('--config.')]
+    named = [o for o in overrides if f"key '{o.rsplit('.', 1)[-1]}'" in
+             message]
+    sys.exit(f'Error: {named[0] if named else "--config"}: {message}')
+  return rest
+
+
+def run(main: Callable[[List[str]], Any]) -> None:
+  """`app.run(main)` with `parse_flags`."""
+  app.run(main, flags_parser=parse_flags)

@@ -76,7 +76,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if step is None:
     step = checkpoint.latest_step(workdir)
     if step is None:
-      raise FileNotFoundError(f'--workdir: no checkpoint under '
+      raise errors.MissingFileError(f'--workdir: no checkpoint under '
                               f'{checkpoint.checkpoint_dir(workdir)}.')
   data = input_pipeline.get_data(config, train=False)
   program = train_steps.build_program(config, sharding.make_mesh(config),
@@ -118,4 +118,4 @@ def main(argv) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  errors.run(main)

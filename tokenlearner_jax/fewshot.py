@@ -305,7 +305,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if step is None:
     step = checkpoint.latest_step(workdir)
     if step is None:
-      raise FileNotFoundError(f'--workdir: no checkpoint under '
+      raise errors.MissingFileError(f'--workdir: no checkpoint under '
                               f'{checkpoint.checkpoint_dir(workdir)}.')
   input_shape = summary.example_input_shape(config)
   model = build_model(config, summary.example_num_classes(config))
@@ -341,4 +341,4 @@ def main(argv) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  errors.run(main)

@@ -17,7 +17,6 @@ bytes of parameters and optimizer moments each device holds are given for
 
 from typing import Any, Dict, List, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from clu import parameter_overview
 import flax.linen as nn
@@ -215,4 +214,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  errors.run(main)

@@ -455,4 +455,4 @@ def main(argv) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  errors.run(main)

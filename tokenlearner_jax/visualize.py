@@ -26,6 +26,9 @@ from typing import Dict, List
 
 from absl import app
 from absl import flags
+import flax
+import flax.linen as nn
+import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -76,6 +79,25 @@ def attention_maps(model, variables, inputs: np.ndarray, config:
   maps = weights.reshape(inputs.shape[0], grid.time, weights.shape[1],
                          grid.height, grid.width)  # [B, T, S, h, w]
   return np.asarray(logits), maps
+
+
+def check_fits(model, params, inputs: np.ndarray, workdir: str) -> None:
+  """Raises a `ConfigError` naming the first parameter whose shape (or
+  presence) differs between the checkpoint's `params` and the config's
+  model."""
+  wanted = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), inputs[:1], train=False))['params']
+  wanted = flax.traverse_util.flatten_dict(nn.unbox(wanted), sep='/')
+  have = flax.traverse_util.flatten_dict(params, sep='/')
+  for name in sorted(set(wanted) | set(have)):
+    shapes = [tuple(np.shape(d[name])) if name in d else None
+              for d in (have, wanted)]
+    if shapes[0] != shapes[1]:
+      raise errors.ConfigError(
+          f'--config does not fit the checkpoint of --workdir={workdir}: '
+          f'parameter {name} is {shapes[0] or "absent"} there and '
+          f'{shapes[1] or "absent"} in the config\'s model; visualise with '
+          f'the config the run was trained with ({workdir}/config.json).')
 
 
 def overlay(frame: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -142,7 +164,7 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
                      'visualise (tokenlearner_loc is None, tokenizer.type is '
                      "'patch' or token_reduction is not 'tokenlearner').")
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'--workdir: no checkpoints under {workdir}.')
+    raise errors.MissingFileError(f'--workdir: no checkpoints under {workdir}.')
   config = config.copy_and_resolve_references()
   config.model.scan_layers = False  # The checkpoint is read per layer.
   data = input_pipeline.get_data(config, train=False)
@@ -151,6 +173,7 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
   variables['params'] = layer_layout.per_layer(variables['params'])
   batch = next(iter(data.eval_batches()))
   inputs = batch['inputs'][:num_clips]
+  check_fits(model, variables['params'], inputs, workdir)
   labels = batch['label'][:num_clips].argmax(-1)
   logits, maps = attention_maps(model, variables, inputs, config,
                                 tokenlearner)
@@ -184,4 +207,4 @@ def main(argv) -> None:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  errors.run(main)

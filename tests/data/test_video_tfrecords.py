@@ -140,6 +140,18 @@ class VideoTfrecordsTest(parameterized.TestCase):
       np.testing.assert_allclose(view[0], decoded[:, offset:offset + HEIGHT],
                                  atol=1e-5)
 
+  def test_records_not_there_say_what_to_do(self):
+    # The design card's command on a machine without Kinetics.
+    missing = os.path.join(self.create_tempdir().full_path, 'kinetics')
+    with self.assertRaisesRegex(
+        errors.MissingFileError, f'dataset_configs.base_dir={missing} does '
+        'not exist: .*docs/data.md.*configs/demo_moving_digits.py'):
+      video_tfrecords.get_data(data_config(dataset_config(missing)))
+    with self.assertRaisesRegex(errors.MissingFileError,
+                                "'train@3': 3 of 3 shards are missing"):
+      self.data(tables=dict(train='train@3', validation='validation@1',
+                            test='test-*'))
+
   def test_the_test_crops_at_its_own_size(self):
     # X3D's protocol: train (and evaluate during training) on 16-pixel
     # crops, test on 24 (the whole smaller side).
@@ -388,7 +400,8 @@ class EvaluateCheckpointTest(absltest.TestCase):
     self.assertEqual(results['views_per_example'], 12)  # 4 clips x 3 crops.
     self.assertEqual(results['step'], 2)
     self.assertBetween(results['accuracy'], 0.0, 1.0)
-    with self.assertRaisesRegex(ValueError, r'No checkpoint at step 7'):
+    with self.assertRaisesRegex(errors.MissingFileError,
+                                r'--step=7: no checkpoint at step 7'):
       evaluate.evaluate_checkpoint(config, workdir, step=7)
 
   def test_a_missing_workdir_is_named_and_not_created(self):

@@ -17,31 +17,42 @@ class EntryPointErrorTest(absltest.TestCase):
     directory = self.create_tempdir().full_path
     typo = f'--config={testing.typo_config_file(directory)}'
     missing = os.path.join(directory, 'mistyped', 'path')
-    cases = {  # module: (arguments, the error)
-        'summary': ([typo], testing.TYPO),
-        'train': ([typo, f'--workdir={os.path.join(directory, "run")}'],
-                  testing.TYPO),
-    }
+    demo = f'--config={ROOT}/configs/demo_moving_digits.py'
+    empty = self.create_tempdir().full_path  # A workdir with no checkpoint.
+    cases = [  # (module, arguments, the error)
+        ('summary', [typo], testing.TYPO),
+        ('train', [typo, f'--workdir={os.path.join(directory, "run")}'],
+         testing.TYPO),
+        ('train', [f'--config={directory}/nothere.py', f'--workdir={empty}'],
+         f'--config={directory}/nothere.py: no such file (the config files '
+         'are in configs/; README.md lists them).'),
+        ('evaluate', [demo, '--config.batch_sizee=3', f'--workdir={empty}'],
+         "--config.batch_sizee: no config key 'batch_sizee'; Did you mean "
+         '"batch_size" instead of "batch_sizee"?'),
+        ('fewshot', [f'--config={ROOT}/configs/demo_multi_digits.py',
+                     f'--workdir={empty}'],
+         f'--workdir: no checkpoint under {empty}/checkpoints.'),
+    ]
     for module, config, verb in (('evaluate', 'vivit_k400', 'evaluate'),
                                  ('visualize', 'vivit_k400', 'visualise'),
                                  ('fewshot', 'demo_multi_digits', 'fewshot')):
-      cases[module] = (
-          [f'--config={ROOT}/configs/{config}.py:runlocal',
-           f'--workdir={missing}'],
-          f'--workdir={missing} does not exist (no run to {verb} there).')
+      cases.append((module, [f'--config={ROOT}/configs/{config}.py:runlocal',
+                             f'--workdir={missing}'],
+                    f'--workdir={missing} does not exist (no run to {verb} '
+                    'there).'))
     # All at once: each is mostly its imports.
-    processes = {
-        module: subprocess.Popen(
+    processes = [
+        subprocess.Popen(
             [sys.executable, '-m', f'tokenlearner_jax.{module}', *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             cwd=ROOT)
-        for module, (args, _) in cases.items()}
-    for module, process in processes.items():
+        for module, args, _ in cases]
+    for (module, args, error), process in zip(cases, processes):
       _, stderr = process.communicate(timeout=300)
       self.assertEqual(process.returncode, 1, f'{module}: {stderr[-3000:]}')
       self.assertNotIn('Traceback', stderr, module)
-      self.assertEqual(stderr.strip().splitlines()[-1],
-                       f'Error: {cases[module][1]}', module)
+      self.assertEqual(stderr.strip().splitlines()[-1], f'Error: {error}',
+                       f'{module} {args}')
     self.assertFalse(os.path.exists(os.path.dirname(missing)))  # Not made.
 
 

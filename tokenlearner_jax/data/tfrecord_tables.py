@@ -8,6 +8,14 @@ import jax
 import ml_collections
 import tensorflow as tf
 
+from tokenlearner_jax import errors
+
+# What to do when a config's records are not there.
+HINT = ('set --config.dataset_configs.base_dir to your records (docs/data.md '
+        'says how to write them); to try the trainer without data: python -m '
+        'tokenlearner_jax.train --config=configs/demo_moving_digits.py '
+        '--workdir=DIR')
+
 
 def sharded_files(base_dir: str, table: str, field: str) -> List[str]:
   """The files of one `tables` entry: 'name@N' or a glob under `base_dir`."""
@@ -16,15 +24,21 @@ def sharded_files(base_dir: str, table: str, field: str) -> List[str]:
     count = int(count)
     files = [os.path.join(base_dir, f'{prefix}-{i:05d}-of-{count:05d}')
              for i in range(count)]
+    if not tf.io.gfile.isdir(base_dir):
+      raise errors.MissingFileError(
+          f'dataset_configs.base_dir={base_dir} does not exist: no TFRecords '
+          f'for {field}={table!r}; {HINT}.')
     missing = [f for f in files if not tf.io.gfile.exists(f)]
     if missing:
-      raise FileNotFoundError(f'{field}={table!r}: {len(missing)} of {count} '
-                              f'shards are missing, e.g. {missing[0]}.')
+      raise errors.MissingFileError(
+          f'{field}={table!r}: {len(missing)} of {count} shards are missing, '
+          f'e.g. {missing[0]}; {HINT}.')
     return files
   files = sorted(tf.io.gfile.glob(os.path.join(base_dir, table)))
   if not files:
-    raise FileNotFoundError(f'{field}={table!r}: no file matches '
-                            f'{os.path.join(base_dir, table)}.')
+    raise errors.MissingFileError(
+        f'{field}={table!r}: no file matches {os.path.join(base_dir, table)}; '
+        f'{HINT}.')
   return files
 
 
