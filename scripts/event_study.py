@@ -10,7 +10,8 @@ Exits non-zero if a run failed.
 
 import sys
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.studies import events
 
 if __name__ == '__main__':
-  sys.exit(events.main())
+  sys.exit(errors.exit_on_known_fault(events.main))

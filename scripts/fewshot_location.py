@@ -10,7 +10,8 @@ Exits non-zero if a run failed.
 
 import sys
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.studies import fewshot_location
 
 if __name__ == '__main__':
-  sys.exit(fewshot_location.main())
+  sys.exit(errors.exit_on_known_fault(fewshot_location.main))

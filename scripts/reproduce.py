@@ -13,7 +13,8 @@ Exits non-zero if a run failed.
 
 import sys
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.studies import ablations
 
 if __name__ == '__main__':
-  sys.exit(ablations.main())
+  sys.exit(errors.exit_on_known_fault(ablations.main))

@@ -15,7 +15,8 @@ Exits non-zero if a run failed (the others still run and are tabled).
 
 import sys
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.studies import sweep
 
 if __name__ == '__main__':
-  sys.exit(sweep.main(doc=__doc__))
+  sys.exit(errors.exit_on_known_fault(sweep.main, None, __doc__))

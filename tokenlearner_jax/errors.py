@@ -35,6 +35,10 @@ class WorkdirNotFoundError(KnownFault, FileNotFoundError):
   """`--workdir` is not a directory (evaluate, visualize)."""
 
 
+class UsageError(KnownFault, ValueError):
+  """A script's flag that names nothing it knows (a study row, a grid)."""
+
+
 class MissingFileError(KnownFault, FileNotFoundError):
   """A file or directory the config or a flag names is not there (a
   checkpoint, TFRecord shards); the message says what to do."""

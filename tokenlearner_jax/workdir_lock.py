@@ -54,16 +54,21 @@ class WorkdirLock:
   remote file system (a 'scheme://' path) the check and the write are two
   operations, so two trainers started in the same instant may both pass.
 
+  A sweep holds `WORKDIR/sweep.lock` the same way (`lock_file`, `owner`).
+
   Attributes:
     path: The lock file.
     stale_seconds: A heartbeat older than this marks a stale lock.
     holder: What this process writes in the lock file.
+    owner: Who holds such a lock, in messages ('trainer', 'sweep').
   """
 
-  def __init__(self, workdir: str, stale_seconds: float):
+  def __init__(self, workdir: str, stale_seconds: float,
+               lock_file: str = LOCK_FILE, owner: str = 'trainer'):
     self.remote = is_remote(workdir)
     workdir = workdir if self.remote else os.path.abspath(workdir)
-    self.path: epath.Path = epath.Path(workdir) / LOCK_FILE
+    self.path: epath.Path = epath.Path(workdir) / lock_file
+    self.owner = owner
     self.stale_seconds: float = float(stale_seconds)
     self.holder: Dict[str, Any] = {
         'host': socket.gethostname(), 'pid': os.getpid(),
@@ -103,6 +108,14 @@ class WorkdirLock:
       return (f'its heartbeat is {age:.0f} s old (> '
               f'workdir_lock_stale_seconds={self.stale_seconds:g})')
     return None
+
+  def live_holder(self) -> Optional[str]:
+    """The holder of a live lock on the workdir, described; None when
+    there is no lock or it is stale."""
+    holder, age = self.read()
+    if age is None or self.stale_reason(holder, age) is not None:
+      return None
+    return self.describe(holder, age)
 
   def describe(self, holder: Optional[Dict[str, Any]], age: float) -> str:
     holder = holder or {}
@@ -149,7 +162,7 @@ class WorkdirLock:
 
   def _refused(self, holder, age) -> WorkdirLockedError:
     return WorkdirLockedError(
-        f'{self.path.parent} is in use by another trainer ('
+        f'{self.path.parent} is in use by another {self.owner} ('
         f'{self.describe(holder, age)}; lock file {self.path}): stop it or '
         'wait for it to end. A lock whose process is dead, or whose heartbeat '
         'is older than config.workdir_lock_stale_seconds '

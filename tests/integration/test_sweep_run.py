@@ -1,10 +1,16 @@
 """One real sweep: studies.sweep runs trainer processes, skips a finished
-point, sets aside and reruns a stale one, and tables the results (the rest of
-the sweep with faked runs: tests/studies/test_sweep.py)."""
+point, sets aside and reruns a stale one, and tables the results; a SIGTERM
+to a runner reaches its runs (the rest of the sweep with faked runs:
+tests/studies/test_sweep.py)."""
 
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 from absl.testing import absltest
 
@@ -73,6 +79,52 @@ class SweepRunTest(absltest.TestCase):
     with open(os.path.join(root, 'results.md')) as f:
       grouped = f.read().split('n (rng_seed)')[1]  # The mean ± std table.
     self.assertIn('±', grouped)
+
+
+# A runner whose one run is this sleeper: it notes a SIGTERM, then exits.
+RUNNER = textwrap.dedent("""\
+    import subprocess, sys
+    from unittest import mock
+    from tokenlearner_jax.studies import runs
+    SLEEPER = (
+        'import os, signal, sys, time\\n'
+        'def stop(*_):\\n'
+        '  open(os.path.join(sys.argv[1], "got_sigterm"), "w").close()\\n'
+        '  sys.exit(0)\\n'
+        'signal.signal(signal.SIGTERM, stop)\\n'
+        'open(os.path.join(sys.argv[1], "started"), "w").close()\\n'
+        'time.sleep(600)\\n')
+    def start(run, log):
+      return subprocess.Popen([sys.executable, '-c', SLEEPER, run.workdir],
+                              stdout=log, stderr=subprocess.STDOUT)
+    workdir = sys.argv[1]
+    with mock.patch.object(runs, 'start', start):
+      runs.run_all([runs.Run(workdir, 'configs/demo_moving_digits.py')],
+                   records={workdir: {}})
+    """)
+
+
+class SigtermTest(absltest.TestCase):
+
+  def test_a_sigterm_to_the_runner_reaches_its_runs(self):
+    root = self.create_tempdir().full_path
+    workdir = os.path.join(root, 'point')
+    runner = subprocess.Popen([sys.executable, '-c', RUNNER, workdir],
+                              cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    started = os.path.join(workdir, 'started')
+    while not os.path.exists(started) and runner.poll() is None:
+      time.sleep(0.2)
+    if not os.path.exists(started):
+      self.fail(runner.communicate()[0])
+    self.assertTrue(os.path.exists(os.path.join(root, runs.SWEEP_LOCK)),
+                    os.listdir(root))
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=120)
+    self.assertEqual(runner.returncode, 143, out)
+    self.assertIn('stopped: point (exit 0)', out)
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'got_sigterm')))
+    self.assertFalse(os.path.exists(os.path.join(root, runs.SWEEP_LOCK)))
 
 
 if __name__ == '__main__':

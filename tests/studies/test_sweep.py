@@ -14,6 +14,7 @@ from tests.testing import ROOT
 from tests.testing import fake_finished_run
 from tests.testing import final_metrics
 from tests.testing import sweep_record as record
+from tokenlearner_jax import workdir_lock
 from tokenlearner_jax.studies import runs
 from tokenlearner_jax.studies import sweep
 
@@ -96,6 +97,53 @@ class StaleTest(absltest.TestCase):
     self.assertEqual(final_metrics(moved), dict(step=4, loss=7.5))
     (row,) = sweep.collect([point], [run], {}, requested)
     self.assertEqual(row['status'], 'missing')
+
+
+class LockTest(absltest.TestCase):
+  """Two sweeps on one workdir, and a point a live trainer holds."""
+
+  def test_a_second_sweep_on_a_workdir_is_refused_naming_the_first(self):
+    root = self.create_tempdir().full_path
+    first = workdir_lock.WorkdirLock(root, 600, runs.SWEEP_LOCK,
+                                     'sweep').acquire()  # Alive: this test.
+    run = runs.Run(os.path.join(root, 'rng_seed=0'), testing.SWEPT_DEMO)
+    try:
+      with testing.fake_runs() as started:
+        with self.assertRaisesRegex(
+            workdir_lock.WorkdirLockedError,
+            f'{root} is in use by another sweep .*pid {os.getpid()}'):
+          runs.run_all([run], records={run.workdir: {}})
+      self.assertEqual(started, [])
+    finally:
+      first.release()
+    self.assertFalse(os.path.exists(run.workdir))  # Nothing written.
+
+  def test_a_point_a_live_trainer_holds_is_neither_moved_nor_written(self):
+    root = self.create_tempdir().full_path
+    point = {'rng_seed': '0'}
+    workdir = os.path.join(root, sweep.run_name(point))
+    fake_finished_run(workdir, record(point, 'num_training_steps=4'),
+                      dict(step=4, loss=7.5))
+    trainer = workdir_lock.WorkdirLock(workdir, 600).acquire()
+    requested = {workdir: record(point, 'num_training_steps=8')}
+    try:
+      with testing.fake_runs() as started:
+        with self.assertRaisesRegex(workdir_lock.WorkdirLockedError,
+                                    f'{workdir} is being trained'):
+          runs.run_all([runs.Run(workdir, testing.SWEPT_DEMO)],
+                       records=requested)
+      self.assertEqual(started, [])
+      self.assertEqual(runs.read_record(workdir),
+                       record(point, 'num_training_steps=4'))
+      self.assertFalse(os.path.exists(os.path.join(root, 'stale')))
+    finally:
+      trainer.release()
+    # Once the trainer is gone, the sweep sets the point aside as before,
+    # and its own lock is gone when it ends.
+    with testing.fake_runs():
+      runs.run_all([runs.Run(workdir, testing.SWEPT_DEMO)], records=requested)
+    self.assertTrue(os.path.isdir(os.path.join(root, 'stale', 'rng_seed=0.1')))
+    self.assertFalse(os.path.exists(os.path.join(root, runs.SWEEP_LOCK)))
 
 
 class RunTest(absltest.TestCase):

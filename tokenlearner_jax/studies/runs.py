@@ -9,13 +9,22 @@ whose record is the requested config is skipped, an interrupted one resumes
 from its checkpoint, and one recorded with another config (or without a
 record) is stale: moved to `<parent>/stale/<name>.<n>` (kept, never tabled)
 and rerun from scratch. An evaluate run is done when its `out` file exists.
+
+A runner holds `<parent>/sweep.lock` of its runs' workdirs while it runs (a
+second sweep on them is refused, naming the first), never moves or writes a
+run whose workdir lock (`train.lock`) is live, and passes a SIGTERM or
+Ctrl-C on to the runs it started (the trainers save and exit) before it
+exits itself.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -24,6 +33,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from tokenlearner_jax import run_config
+from tokenlearner_jax import workdir_lock
 
 Record = Dict[str, Any]
 # The repository root: config paths are relative to it, and runs start in it.
@@ -31,6 +41,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 RECORD = 'sweep_point.json'
 ENTRIES = ('train', 'evaluate')
+SWEEP_LOCK = 'sweep.lock'
+# A lock whose heartbeat is older is stale (the trainer's default).
+STALE_SECONDS = 600
 
 
 def config_flag(value: str) -> str:
@@ -161,14 +174,26 @@ def move_stale(workdir: str) -> str:
   return target
 
 
+def check_not_live(workdir: str) -> None:
+  """Raises `WorkdirLockedError` when a live trainer holds `workdir`."""
+  holder = workdir_lock.WorkdirLock(workdir, STALE_SECONDS).live_holder()
+  if holder:
+    raise workdir_lock.WorkdirLockedError(
+        f'{workdir} is being trained ({holder}): the sweep neither moves nor '
+        'writes a point a live trainer holds; stop that trainer or wait for '
+        'it to end.')
+
+
 def set_aside_stale(runs: Sequence[Run], records: Mapping[str, Record]) -> None:
   """Moves the workdir of each train run that ran with another config than
-  `records[workdir]` (or has no record) out of the way, saying why."""
+  `records[workdir]` (or has no record) out of the way, saying why; never
+  one a live trainer holds."""
   for run in runs:
     workdir = run.workdir
     if (run.entry != 'train' or not os.path.isdir(workdir) or
         not os.listdir(workdir)):
       continue
+    check_not_live(workdir)
     diffs = differences(read_record(workdir), records[workdir])
     if diffs:
       target = move_stale(workdir)
@@ -183,28 +208,112 @@ def start(run: Run, log: Any) -> subprocess.Popen:
                           cwd=ROOT)
 
 
+class Terminated(Exception):
+  """The runner got SIGTERM."""
+
+
+@contextlib.contextmanager
+def sweep_locks(runs: Sequence[Run]):
+  """Holds `SWEEP_LOCK` in each parent directory of `runs`' workdirs.
+
+  Raises:
+    WorkdirLockedError: naming the live sweep that holds one.
+  """
+  locks = []
+  try:
+    for parent in sorted({os.path.dirname(r.workdir) for r in runs}):
+      locks.append(workdir_lock.WorkdirLock(
+          parent, STALE_SECONDS, SWEEP_LOCK, 'sweep').acquire())
+    yield
+  finally:
+    for lock in locks:
+      lock.release()
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm():
+  """Turns SIGTERM into `Terminated` while the runner runs (in the main
+  thread; elsewhere signals are not Python's to catch)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  def handler(signum, frame):
+    del signum, frame
+    raise Terminated()
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def stop(running: Mapping[str, Any], timeout: float = 120.0) -> None:
+  """SIGTERM to each running process (a trainer saves and exits), then
+  waits up to `timeout` s for each; kills what is left."""
+  for _, process, _, _ in running.values():
+    if process.poll() is None:
+      process.send_signal(signal.SIGTERM)
+  deadline = time.time() + timeout
+  for run, process, log, _ in running.values():
+    try:
+      process.wait(max(deadline - time.time(), 0.1))
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+    log.close()
+    print(f'stopped: {run.name} (exit {process.returncode})', flush=True)
+
+
 def run_all(runs: Sequence[Run], parallel: int = 1,
             records: Optional[Mapping[str, Record]] = None) -> Dict[str, int]:
   """Runs `runs`, `parallel` at a time; returns exit codes by `Run.result`.
 
   `records`: the config each train run runs with, by workdir (default: each
-  run's `record()`). Stale train runs are set aside first; finished runs are
-  skipped. A train run's record is written to its `RECORD` before it starts.
-  Each run's output goes to its `log`; it starts in `ROOT`.
+  run's `record()`). Holds the sweep lock of the runs' directories; stale
+  train runs are set aside first; finished runs are skipped. A train run's
+  record is written to its `RECORD` before it starts. Each run's output goes
+  to its `log`; it starts in `ROOT`. SIGTERM or Ctrl-C stop the running runs
+  (`stop`) and exit.
+
+  Raises:
+    WorkdirLockedError: another live sweep holds the directory, or a live
+      trainer a run's workdir.
   """
   if records is None:
     records = {r.workdir: r.record() for r in runs if r.entry == 'train'}
+  with sweep_locks(runs), terminate_on_sigterm():
+    return _run_locked(runs, parallel, records)
+
+
+def _run_locked(runs: Sequence[Run], parallel: int,
+                records: Mapping[str, Record]) -> Dict[str, int]:
+  """`run_all` under its locks."""
   set_aside_stale(runs, records)
   waiting = [run for run in runs if not run.finished()]
   print(f'{len(runs) - len(waiting)} of {len(runs)} runs already finished; '
         f'running {len(waiting)}, {parallel} at a time.', flush=True)
   running: Dict[str, Any] = {}  # Result -> (run, process, log, start time).
   codes: Dict[str, int] = {}
+  try:
+    _loop(waiting, running, codes, parallel, records)
+  except (Terminated, KeyboardInterrupt):
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Once is enough.
+    print('Stopping: passing the signal on to the running runs.', flush=True)
+    stop(running)
+    raise SystemExit(143)
+  return codes
+
+
+def _loop(waiting: List[Run], running: Dict[str, Any], codes: Dict[str, int],
+          parallel: int, records: Mapping[str, Record]) -> None:
+  """Starts `waiting` runs, `parallel` at a time, until all have ended."""
   while waiting or running:
     while waiting and len(running) < max(parallel, 1):
       run = waiting.pop(0)
       os.makedirs(os.path.dirname(run.log), exist_ok=True)
       if run.entry == 'train':
+        check_not_live(run.workdir)
         with open(os.path.join(run.workdir, RECORD), 'w') as f:
           json.dump(records[run.workdir], f, indent=1, sort_keys=True)
       log = open(run.log, 'a')
@@ -223,4 +332,3 @@ def run_all(runs: Sequence[Run], parallel: int = 1,
       print(f'{status}: {run.name} in {time.time() - started:.0f} s',
             flush=True)
       del running[key]
-  return codes

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.studies import report
 from tokenlearner_jax.studies import runs as runs_lib
 
@@ -48,7 +49,7 @@ def set_overrides(items: Sequence[str]) -> Dict[str, str]:
   for item in items:
     key, sep, value = item.partition('=')
     if not sep or not key:
-      raise ValueError(f'--set {item!r}: expected key=value.')
+      raise errors.UsageError(f'--set {item!r}: expected key=value.')
     out[key] = value
   return out
 
@@ -56,7 +57,7 @@ def set_overrides(items: Sequence[str]) -> Dict[str, str]:
 def check_choices(flag: str, values: Sequence[str], known) -> None:
   unknown = [v for v in values if v not in known]
   if unknown:
-    raise ValueError(f'--{flag}: unknown {unknown}; known: {list(known)}.')
+    raise errors.UsageError(f'--{flag}: unknown {unknown}; known: {list(known)}.')
 
 
 def invocation(script: str, argv: Optional[Sequence[str]]) -> str:

@@ -16,6 +16,7 @@ import os
 import statistics
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+from tokenlearner_jax import errors
 from tokenlearner_jax.configs import common
 from tokenlearner_jax.studies import report
 from tokenlearner_jax.studies import runs as runs_lib
@@ -30,7 +31,7 @@ def parse_grid(items: Sequence[str]) -> List[Tuple[str, List[str]]]:
   for item in items:
     key, sep, values = item.partition('=')
     if not sep or not key or not values:
-      raise ValueError(f'--grid {item!r}: expected key=v1,v2,...')
+      raise errors.UsageError(f'--grid {item!r}: expected key=v1,v2,...')
     grid.append((key, values.split(',')))
   return grid
 
@@ -47,7 +48,7 @@ def config_sweep(config: str) -> List[Point]:
   path = runs_lib.config_flag(config).split(':')[0]
   module = common.load_module(path)
   if not hasattr(module, 'sweep'):
-    raise ValueError(f'{path} has no sweep() function; use --grid.')
+    raise errors.UsageError(f'{path} has no sweep() function; use --grid.')
   return [{key: str(value) for key, value in point.items()}
           for point in module.sweep()]
 
@@ -139,10 +140,10 @@ def main(argv=None, doc: str = __doc__) -> int:
   points = (config_sweep(args.config) if args.from_config
             else grid_points(parse_grid(args.grid)))
   if not points:
-    raise ValueError('No points: give --grid or --from_config.')
+    raise errors.UsageError('No points: give --grid or --from_config.')
   keys = list(dict.fromkeys(k for p in points for k in p))
   if args.group_over and args.group_over not in keys:
-    raise ValueError(f'--group_over={args.group_over!r} is not a grid key '
+    raise errors.UsageError(f'--group_over={args.group_over!r} is not a grid key '
                      f'({keys}).')
   root = os.path.abspath(args.workdir)
   fixed = study.set_overrides(args.set)
