@@ -56,6 +56,7 @@ import make_video_tfrecords as mvt  # pylint: disable=g-import-not-at-top
 
 COLUMNS = ('id', 'subject', 'scene', 'quality', 'relevance', 'verified',
            'script', 'objects', 'descriptions', 'actions', 'length')
+NUM_CLASSES = 157  # c000-c156.
 ACTION = re.compile(r'c(\d{3})\s+(-?\d+(?:\.\d*)?)\s+(-?\d+(?:\.\d*)?)')
 FPS_CHOICES = (6.0, 12.0)
 ConversionError = mvt.ConversionError
@@ -107,6 +108,10 @@ def parse_actions(text: str, where: str) -> Tuple[Action, ...]:
       raise ConversionError(
           f'{where}: action {item!r} is not "cNNN START END" (the actions '
           'column is "cNNN START END" items separated by ";").')
+    if int(match[1]) >= NUM_CLASSES:
+      raise ConversionError(
+          f'{where}: action {item!r}: Charades has {NUM_CLASSES} classes, '
+          f'c000-c{NUM_CLASSES - 1:03d}.')
     start, end = float(match[2]), float(match[3])
     if end < start:  # Kept, as the interval between the two times.
       logging.warning('%s: action %r ends before it starts; taking %.2f-%.2f.',

@@ -1,6 +1,7 @@
 """The few-shot linear evaluator: its closed form against independent
 solutions, its few-shot sets, and its runs during training and standalone."""
 
+import copy
 import json
 import os
 
@@ -8,6 +9,7 @@ from absl.testing import absltest
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 from sklearn import linear_model
 import tensorflow as tf
 
@@ -16,8 +18,11 @@ from tests.testing import config_for
 from tests.testing import demo_config
 from tests.testing import final_metrics
 from tests.testing import read_jsonl
+from tokenlearner_jax import checkpoint
 from tokenlearner_jax import errors
 from tokenlearner_jax import fewshot
+from tokenlearner_jax import sharding
+from tokenlearner_jax import train
 from tokenlearner_jax.models import build_model
 
 
@@ -195,6 +200,37 @@ class RunsTest(absltest.TestCase):
       # The same checkpoint, features and few-shot sets as the hook's last.
       self.assertAlmostEqual(results[f'digits_{shots}shot'],
                              self.final[f'fewshot_digits_{shots}shot'])
+
+  def test_a_dataset_or_split_not_there_is_named_before_anything_runs(self):
+    for entry, named in ((('fewshot_digitz', 'train', 'test'),
+                          "'fewshot_digitz' split 'train'"),
+                         (('fewshot_digits/small', 'train', 'tset'),
+                          "'fewshot_digits/small' split 'tset'")):
+      config = copy.deepcopy(self.config)
+      config.fewshot.datasets = {'digits': entry}
+      with self.assertRaisesRegex(errors.ConfigError,
+                                  f'config.fewshot.datasets.digits: {named} '
+                                  'cannot be read here'):
+        fewshot.FewShotEvaluator(config, None, sharding.make_mesh(config),
+                                 (32, 32, 3))
+
+  def test_more_shots_than_a_class_of_the_pool_has_is_named(self):
+    config = copy.deepcopy(self.config)
+    config.fewshot.shots = (1, 500)
+    with self.assertRaisesRegex(
+        errors.ConfigError, r'config.fewshot.shots asks for 500 examples per '
+        r"class but the pool of digits \('fewshot_digits/small', 'train'\) "
+        'has [0-9]+ of class 0'):
+      fewshot.evaluate_checkpoint(config, self.workdir)
+
+  @pytest.mark.e2e
+  def test_a_failing_evaluation_during_training_loses_no_checkpoint(self):
+    config = copy.deepcopy(self.config)
+    config.fewshot.shots = (1, 500)  # Fails at step 1's few-shot evaluation.
+    workdir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(errors.ConfigError, 'asks for 500'):
+      train.train_and_evaluate(config, workdir)
+    self.assertEqual(checkpoint.latest_step(workdir), 1)
 
   def test_standalone_refuses_a_config_without_fewshot(self):
     config = demo_config('demo_multi_digits')

@@ -90,6 +90,20 @@ def select_shots(labels: np.ndarray, num_classes: int, shots: int,
                          for c in range(num_classes)])
 
 
+def check_pool(labels: np.ndarray, num_classes: int, shots: int,
+               where: str) -> None:
+  """Raises a `ConfigError` when a class of the few-shot pool has fewer
+  than `shots` examples (its few-shot set would silently be smaller)."""
+  counts = np.bincount(np.asarray(labels), minlength=num_classes)
+  short = np.flatnonzero(counts < shots)
+  if short.size:
+    raise errors.ConfigError(
+        f'config.fewshot.shots asks for {shots} examples per class but the '
+        f'pool of {where} has {counts[short[0]]} of class {short[0]} '
+        f'({short.size} of {num_classes} classes have fewer than {shots}); '
+        'ask for fewer shots or use a larger pool split.')
+
+
 def whiten(train: np.ndarray,
            test: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   """Both `[N, D]` sets standardised by `train`'s per-feature mean and
@@ -192,6 +206,27 @@ class FewShotEvaluator:
     self._num_classes: Dict[str, int] = {}
     self._feature_fn = jax.jit(self._features,
                                out_shardings=NamedSharding(mesh, P()))
+    self.check_datasets()
+
+  def check_datasets(self) -> None:
+    """Prepares each dataset's splits (tfds) now, before any training or
+    restore: a dataset or split that does not exist, or cannot be prepared
+    here, is a `ConfigError` naming its key."""
+    for name, (tfds_name, *splits) in self.settings.datasets.items():
+      for split in splits:
+        try:
+          self._split(tfds_name, split)
+        except (ValueError, KeyError, AssertionError, OSError,
+                tf.errors.OpError) as e:
+          # What tfds raises for an unknown name or split (ValueError,
+          # KeyError), a manual download (AssertionError), files (OSError,
+          # OpError): each names a setting.
+          message = ' '.join(str(e).split())[:400]
+          raise errors.ConfigError(
+              f'config.fewshot.datasets.{name}: {tfds_name!r} split '
+              f'{split!r} cannot be read here ({type(e).__name__}: '
+              f'{message}); prepare it with tfds under fewshot.data_dir, or '
+              'fix the name.') from None
 
   def _features(self, variables, batch):
     """`[B, ...]` inputs -> (`[B, D]` pre-logits, labels, mask), gathered."""
@@ -263,6 +298,8 @@ class FewShotEvaluator:
     per_seed: Dict[str, Any] = {}
     for name, (tfds_name, train_split, test_split) in s.datasets.items():
       train = self.features(variables, tfds_name, train_split)
+      check_pool(train[1], self._num_classes[tfds_name], max(s.shots),
+                 f'{name} ({tfds_name!r}, {train_split!r})')
       test = self.features(variables, tfds_name, test_split)
       accuracies = seed_accuracies(train, test, self._num_classes[tfds_name],
                                    s.shots, s.num_seeds, s.l2_reg)

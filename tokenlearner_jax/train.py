@@ -420,6 +420,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if preempted:
       save_on_preemption(manager, step, state, recorder)
       return None
+    # Saved before the evaluations, so that one that fails loses no step.
+    checkpoint.save(manager, step, state, force=last)
     if step % config.log_eval_steps == 0 or last:
       eval_results = evaluate(state)
       logging.info('step %d eval: %s', step, eval_results)
@@ -428,7 +430,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   step % fewshot_steps == 0)):
       fewshot_results = run_fewshot(fewshot_eval, state, step, recorder,
                                     report)
-    checkpoint.save(manager, step, state, force=last)
   if eval_results is None:  # Resumed after the last step: evaluate again.
     eval_results = evaluate(state)
     if fewshot_eval:

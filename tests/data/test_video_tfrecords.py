@@ -371,6 +371,19 @@ class ClipLabelsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'a video has no clip/label/index'):
       next(video_tfrecords.get_data(config, train=False).eval_batches())
 
+  def test_a_video_with_two_labels_is_an_error_for_a_softmax_head(self):
+    base_dir = self.create_tempdir().full_path
+    write_records(os.path.join(base_dir, 'validation-00000-of-00001'),
+                  [segment_video(4, [1, 3], 2.0, [])])
+    config = data_config(dataset_config(base_dir, stride=1))
+    config.model_name = 'x2plus1d_classification'
+    with self.assertRaisesRegex(ValueError, 'several labels under a softmax '
+                                'head: use a multi-label model_name'):
+      next(video_tfrecords.get_data(config, train=False).eval_batches())
+    config.model_name = 'x2plus1d_multilabel_classification'
+    batch = next(video_tfrecords.get_data(config, train=False).eval_batches())
+    np.testing.assert_array_equal(batch['label'][0], [0, 1, 0, 1, 0])
+
   @parameterized.parameters(('clip_labels', 'frames'), ('test_pooling', 'sum'))
   def test_unknown_choice_is_named(self, key, value):
     config = data_config(dataset_config(self.create_tempdir().full_path,

@@ -74,6 +74,13 @@ class CharadesWriterTest(absltest.TestCase):
         rf"^--csv={path} line 3 \(id N11GT\): action 'c12 1.0' is not "):
       mct.read_rows(path)
 
+  def test_a_class_past_c156_is_refused(self):
+    for item in ('c157 0 1', 'c999 0 1'):
+      with self.assertRaisesRegex(mct.ConversionError,
+                                  f"x: action '{item}': Charades has 157 "
+                                  'classes, c000-c156'):
+        mct.parse_actions(f'c156 0 1;{item}', 'x')
+
   def test_an_action_ending_before_its_start_is_the_interval_between(self):
     self.assertEqual(mct.parse_actions('c005 3.5 1.25; c010 0 2', 'x'),
                      (mct.Action(5, 1.25, 3.5), mct.Action(10, 0.0, 2.0)))

@@ -207,7 +207,11 @@ def labels(example: Dict[str, tf.Tensor], dc: ml_collections.ConfigDict,
       'label_offset', 0)
   checks = [] if allow_empty else [
       tf.debugging.assert_greater(
-          tf.size(index), 0, message='a video has no clip/label/index')]
+          tf.size(index), 0, message='a video has no clip/label/index'),
+      tf.debugging.assert_less_equal(
+          tf.size(index), 1, message='a video has several labels under a '
+          'softmax head: use a multi-label model_name (e.g. '
+          'vivit_multilabel_classification) or one label per video')]
   checks += [
       tf.debugging.assert_less(
           index, tf.constant(dc.num_classes, tf.int64),
