@@ -127,6 +127,38 @@ def set_intervals(config: ml_collections.ConfigDict,
 # SIGTERM and the processes agree on the step through
 # `CheckpointManager.reached_preemption`.
 PREEMPTION_NOTICE = threading.Event()
+# Set until the run's first step returns: a SIGTERM meanwhile (during data
+# set-up, a restore or the first compile, which can take minutes on a pod and
+# runs in C++, where no Python handler runs) has nothing new to save, and the
+# trainer exits at once (`exit_on_sigterm_before_a_step`).
+NOTHING_TO_SAVE = threading.Event()
+_HELD_LOCKS: List[workdir_lock.WorkdirLock] = []  # Released on such an exit.
+
+
+def exit_on_sigterm_before_a_step() -> None:
+  """Installs the single-process SIGTERM handling: the Python handler sets
+  `PREEMPTION_NOTICE` (the train loop saves the step and exits); a watcher
+  thread, woken by the signal's byte on a wakeup pipe even while the main
+  thread is in a compile, exits the process (status 0, the workdir lock
+  released) when `NOTHING_TO_SAVE` is set."""
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  signal.signal(signal.SIGTERM, lambda *_: PREEMPTION_NOTICE.set())
+
+  def watch():
+    while True:
+      signals = os.read(read_fd, 64)
+      if signal.SIGTERM in signals and NOTHING_TO_SAVE.is_set():
+        logging.warning('SIGTERM before the first step: nothing new to save; '
+                        'exiting now (the same command starts again).')
+        for lock in _HELD_LOCKS:
+          lock.release()
+        logging.flush()
+        os._exit(0)  # pylint: disable=protected-access
+
+  NOTHING_TO_SAVE.set()
+  threading.Thread(target=watch, name='sigterm_watch', daemon=True).start()
 
 
 def preemption_requested(manager: ocp.CheckpointManager, step: int) -> bool:
@@ -339,7 +371,9 @@ def hold_workdir(workdir: str, config: ml_collections.ConfigDict
   others."""
   if jax.process_index() != 0:
     return contextlib.nullcontext()
-  return workdir_lock.WorkdirLock(workdir, config.workdir_lock_stale_seconds)
+  lock = workdir_lock.WorkdirLock(workdir, config.workdir_lock_stale_seconds)
+  _HELD_LOCKS[:] = [lock]  # One run at a time in a process.
+  return lock
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -408,6 +442,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = sharding.global_batch(next(data.train_iter), batch_sharding)
       state, step_metrics = program.train_step(state, batch)
+    NOTHING_TO_SAVE.clear()  # From here a SIGTERM saves this step.
     metrics.add(step, step_metrics)
     report(step)
     last = step == total_steps
@@ -448,7 +483,7 @@ def main(argv) -> None:
   if not workdir:
     raise app.UsageError('--workdir is required.')
   if jax.process_count() == 1:
-    signal.signal(signal.SIGTERM, lambda *_: PREEMPTION_NOTICE.set())
+    exit_on_sigterm_before_a_step()
   os.makedirs(workdir, exist_ok=True)
   errors.exit_on_known_fault(train_and_evaluate, flags.FLAGS.config, workdir)
 

@@ -129,7 +129,28 @@ class FaultToleranceTest(absltest.TestCase):
     self.assertLess(saved, 120, 'preempted too late to test resume')
     self.assertFalse(os.path.exists(os.path.join(workdir,
                                                  'final_metrics.json')))
-    # 4. The same command resumes there and finishes.
+    # 4. SIGTERM before the next rerun's first step (as soon as it holds the
+    # lock): nothing new to save, so it exits 0 at once, lock released,
+    # without waiting for its data, restore and compile.
+    lock = os.path.join(workdir, workdir_lock.LOCK_FILE)
+    seen = []
+
+    def holds_lock():
+      try:
+        with open(lock) as f:
+          seen.append(json.load(f)['pid'] == self.last_pid or None)
+      except (OSError, ValueError):
+        pass
+      return any(seen)
+
+    code, stderr = self.run_until(workdir, holds_lock, *self.OVERRIDES,
+                                  sig=signal.SIGTERM)
+    self.assertEqual(code, 0, stderr[-3000:])
+    self.assertIn('SIGTERM before the first step: nothing new to save',
+                  stderr)
+    self.assertEqual(committed_steps(workdir)[-1], saved)
+    self.assertFalse(os.path.exists(lock))
+    # 5. The same command resumes there and finishes.
     result = self.run_to_end(workdir, *self.OVERRIDES)
     self.assertIn(f'Restored the checkpoint at step {saved}', result.stderr)
     self.assert_same_end(reference, reference_log, straight, workdir)
