@@ -242,6 +242,27 @@ class VideoTfrecordsTest(parameterized.TestCase):
     batches = list(self.data(skip_corrupt_examples=True).eval_batches())
     self.assertEqual(sum(b['batch_mask'].sum() for b in batches), 2)
 
+  @parameterized.named_parameters(
+      ('no_frames', lambda: video_example([], 1), 'the video has no frames'),
+      ('two_sizes', lambda: video_example(
+          [frame_jpeg(0)] * 10 + [jpeg(np.zeros((30, 50, 3), np.uint8))] * 10,
+          1), 'frame 10 is 30x50, frame 0 24x40: the frames of a video must '
+       'share one size'),
+      ('label_past_the_classes', lambda: level_video(20, 7),
+       r'label index >= dataset_configs.num_classes=5 \(after '
+       r'label_offset\)'))
+  def test_a_bad_record_is_named_with_its_cause_in_one_line(self, bad, cause):
+    write_records(os.path.join(self.base_dir, 'validation-00000-of-00001'),
+                  [level_video(20, 0), bad(), level_video(20, 2)])
+    with self.assertRaisesRegex(
+        video_tfrecords.CorruptExampleError,
+        rf'^Corrupt or invalid video example in \S+validation-00000-of-00001, '
+        rf'record 1: {cause}\. Set dataset_configs.skip_corrupt_examples=True'
+    ) as raised:
+      list(self.data().eval_batches())
+    self.assertNotIn('\n', str(raised.exception))
+    self.assertIsInstance(raised.exception, errors.KnownFault)
+
   def test_files_without_a_readable_example_are_named_in_one_line(self):
     for name in ('train-00000-of-00002', 'train-00001-of-00002',
                  'validation-00000-of-00001'):

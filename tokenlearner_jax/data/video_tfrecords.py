@@ -42,6 +42,7 @@ without records) stops with one line naming its files: 'no readable example
 in FILE'.
 """
 
+import re
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -326,8 +327,16 @@ def locate_corrupt_file(files: List[str], dc: ml_collections.ConfigDict,
     try:
       for record in tf.data.TFRecordDataset(path):
         example = parse_example(record)
-        for frame in example['frames']:
-          tf.io.decode_jpeg(frame, channels=3)
+        if not int(tf.size(example['frames'])):
+          return path, index, 'the video has no frames'
+        sizes = [tuple(tf.io.decode_jpeg(frame, channels=3).shape[:2])
+                 for frame in example['frames']]
+        odd = [i for i, size in enumerate(sizes) if size != sizes[0]]
+        if odd:
+          return path, index, (
+              f'frame {odd[0]} is {sizes[odd[0]][0]}x{sizes[odd[0]][1]}, '
+              f'frame 0 {sizes[0][0]}x{sizes[0][1]}: the frames of a video '
+              'must share one size')
         labels(example, dc, allow_empty)
         index += 1
     except (tf.errors.OpError, ValueError) as e:
@@ -343,14 +352,29 @@ def _named_errors(batches: Iterator[batching.Batch], files: List[str],
   try:
     yield from batches
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-    logging.error('Input error (%s); locating the record...', e)
+    cause = _first_line(e.message)
+    logging.error('Input error (%s); locating the record...', cause)
     path, index, error = locate_corrupt_file(files, dc, allow_empty)
-    where = (f'{path}, record {index}: {error}' if path else
-             'could not be located again')
-    raise ValueError(
+    where = (f'{path}, record {index}: {_first_line(str(error))}' if path else
+             f'{_file_names(files)} (the record could not be located again; '
+             f'the input pipeline said: {cause})')
+    raise CorruptExampleError(
         f'Corrupt or invalid video example in {where}. Set '
         'dataset_configs.skip_corrupt_examples=True to skip such examples.'
-    ) from e
+    ) from None
+
+
+def _first_line(message: str) -> str:
+  """The first non-empty line of a TensorFlow error message, without its
+  function and op names ('{{function_node ...}}', '[Op:...]', '[[...]]')."""
+  lines = [l.strip() for l in message.splitlines() if l.strip()]
+  line = (lines[0] if lines else message).split(' [[')[0]
+  line = re.sub(r'\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]', '', line)
+  return line.strip().rstrip('.')
+
+
+class CorruptExampleError(errors.KnownFault, ValueError):
+  """A record that does not read or does not fit the config (named)."""
 
 
 def _file_names(files: Sequence[str], shown: int = 3) -> str:
