@@ -11,6 +11,7 @@ import ml_collections
 
 from tokenlearner_jax.configs import common
 from tokenlearner_jax.models.config import ModelConfig
+from tokenlearner_jax.studies import runs
 
 
 class ParseArgTest(parameterized.TestCase):
@@ -83,6 +84,15 @@ class ModelConfigTest(absltest.TestCase):
                       model.dropout_rate), (16, 18, 'token', 0.0))
     self.assertEqual(common.model_config('B/16').tokenizer.patches.size,
                      (16, 16))
+
+  def test_an_unset_optional_setting_takes_a_command_line_override(self):
+    # The README's ToMe example: a model trained without TokenLearner
+    # (`tokenlearner_loc=None`) evaluated with `--config...tokenlearner_loc=0`.
+    config = runs.resolve('configs/demo_moving_digits.py:tokenlearner_loc=None',
+                          {'model.tokenizer.tokenlearner_loc': 0})
+    self.assertEqual(config.model.tokenizer.tokenlearner_loc, 0)
+    self.assertIsNone(common.model_config('B/16', 'dynamic').tokenizer
+                      .tokenlearner_loc)
 
   def test_the_rest_are_model_configs_defaults(self):
     model = common.model_config('B/16', 'dynamic', tokenlearner_loc=6)

@@ -85,6 +85,7 @@ def model_config(variant: str, tokenizer_type: str = 'dynamic', *,
       patch_size=((patch, patch, tubelet_frames) if tokenizer_type == 'video'
                   else (patch, patch)),
       classifier=classifier, **fields)
+  hints = typing.get_type_hints(model_lib.ModelConfig)
   block: Dict[str, Any] = {}
   for f in all_fields:
     key = f.metadata['key']
@@ -94,8 +95,18 @@ def model_config(variant: str, tokenizer_type: str = 'dynamic', *,
     node = block
     for parent in parents:
       node = node.setdefault(parent, {})
-    node[leaf] = values.get(f.name, f.default)
+    node[leaf] = _overridable(values.get(f.name, f.default), hints[f.name])
   return ml_collections.ConfigDict(block)
+
+
+def _overridable(value: Any, hint: Any) -> Any:
+  """`value`, or for None of an `Optional[int]` (float, str) field a
+  placeholder of that type, which `--config.key=3` can set (a plain None
+  cannot be overridden)."""
+  if value is not None:
+    return value
+  types = [t for t in typing.get_args(hint) if t in (int, float, str)]
+  return ml_collections.config_dict.placeholder(types[0]) if types else None
 
 
 def x2plus1d_model_config(**fields: Any) -> ml_collections.ConfigDict:
