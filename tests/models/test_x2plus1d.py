@@ -115,7 +115,8 @@ class X2Plus1DTest(parameterized.TestCase):
   def test_full_middles_with_x3d_initialisation(self):
     c = testing.tiny_x2plus1d(middle_conv='full', x3d_init=True)
     x = np.random.default_rng(0).normal(size=(2,) + CLIP).astype(np.float32)
-    variables = X2Plus1D(c).init(jax.random.PRNGKey(0), x, train=False)
+    variables = jax.jit(lambda: X2Plus1D(c).init(jax.random.PRNGKey(0), x,
+                                                 train=False))()
     params = nn.unbox(variables['params'])
     d = c.inner_width(5)  # 36
     block = params['res5_block1']
@@ -133,9 +134,9 @@ class X2Plus1DTest(parameterized.TestCase):
             'bn_c/scale'))).max()), 0.0, name)
     self.assertLess(abs(np.std(params['res5_block1']['conv_a']['kernel']) /
                         np.sqrt(2 / d) - 1), 0.15)
-    logits, state = X2Plus1D(c).apply(
-        variables, x, train=True, mutable=['batch_stats'],
-        rngs={'dropout': jax.random.PRNGKey(1)})
+    logits, state = jax.jit(lambda v: X2Plus1D(c).apply(
+        v, x, train=True, mutable=['batch_stats'],
+        rngs={'dropout': jax.random.PRNGKey(1)}))(variables)
     self.assertTrue(np.isfinite(logits).all())
     self.assertGreater(np.abs(
         state['batch_stats']['res5_block1']['bn_b_spatial']['mean']).max(),
@@ -147,14 +148,17 @@ class X2Plus1DTest(parameterized.TestCase):
     x = np.random.default_rng(0).normal(size=(2,) + CLIP).astype(np.float32)
     fp32 = X2Plus1D(testing.tiny_x2plus1d(parts=parts))
     bf16 = X2Plus1D(testing.tiny_x2plus1d(parts=parts, dtype='bfloat16'))
-    variables = fp32.init(jax.random.PRNGKey(0), x, train=False)
+    variables = jax.jit(lambda: fp32.init(jax.random.PRNGKey(0), x,
+                                          train=False))()
     self.assertEqual(
-        {p.dtype for p in jax.tree_util.tree_leaves(bf16.init(
-            jax.random.PRNGKey(0), x, train=False))}, {jnp.dtype(jnp.float32)})
-    logits, state = bf16.apply(variables, x, train=True,
-                               capture_intermediates=True,
-                               mutable=['batch_stats', 'intermediates'],
-                               rngs={'dropout': jax.random.PRNGKey(1)})
+        {p.dtype for p in jax.tree_util.tree_leaves(jax.eval_shape(
+            lambda: bf16.init(jax.random.PRNGKey(0), x, train=False)))},
+        {jnp.dtype(jnp.float32)})
+    # Each module's output dtype, traced (not run).
+    logits, state = jax.eval_shape(lambda: bf16.apply(
+        variables, x, train=True, capture_intermediates=True,
+        mutable=['batch_stats', 'intermediates'],
+        rngs={'dropout': jax.random.PRNGKey(1)}))
     calls = {'/'.join(path[:-1]): out for path, out in
              flax.traverse_util.flatten_dict(state['intermediates']).items()
              if path[-1] == '__call__'}
@@ -169,10 +173,11 @@ class X2Plus1DTest(parameterized.TestCase):
     self.assertEqual(logits.dtype, jnp.float32)
     self.assertEqual({s.dtype for s in jax.tree_util.tree_leaves(
         state['batch_stats'])}, {jnp.dtype(jnp.float32)})
-    reference = fp32.apply(variables, x, train=False)
+    apply = lambda model: jax.jit(  # pylint: disable=g-long-lambda
+        lambda v: model.apply(v, x, train=False))(variables)
+    reference = apply(fp32)
     scale = float(jnp.max(jnp.abs(reference)))
-    np.testing.assert_allclose(bf16.apply(variables, x, train=False),
-                               reference, atol=0.05 * scale)
+    np.testing.assert_allclose(apply(bf16), reference, atol=0.05 * scale)
 
   def test_backbone_has_no_module(self):
     c = testing.tiny_x2plus1d()
