@@ -127,11 +127,14 @@ class BuildModelTest(parameterized.TestCase):
   def test_stochastic_depth_is_wired(self):
     x = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3))
     outputs = {}
+    params = None  # The same for both rates: stochastic depth has none.
     for rate in (0.0, 0.5):
       config = make_config(tokenlearner_loc=1, num_tokens=2,
                            stochastic_depth=rate)
-      model, params, _ = init_and_apply(config, x)
-      params = perturbed(params)
+      if params is None:
+        model, params, _ = init_and_apply(config, x)
+        params = perturbed(params)
+      model = build_model(config, NUM_CLASSES)
       run = jax.jit(lambda p, x, train, m=model: m.apply(
           {'params': p}, x, train=train,
           rngs={'dropout': jax.random.PRNGKey(5)}),
