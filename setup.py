@@ -37,7 +37,10 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist', 'pytest-timeout', 'filelock',
-                 'av'],
+                 'av', 'submitit'],
+        # Sweeps whose points are SLURM jobs (scripts/sweep.py
+        # --launcher=slurm).
+        'cluster': ['submitit'],
         # libtpu: the TPU compiler for `tokenlearner_jax.aot` and
         # tests/test_aot.py (compile-only TPU devices; no TPU needed). jax's
         # own extra pins the libtpu built for the installed jax (jax 0.10.2:

@@ -10,6 +10,9 @@
 
 Finished points of the requested config are skipped, interrupted ones resume,
 stale ones (another config recorded) are moved to `WORKDIR/stale/` and rerun.
+`--launcher=slurm` (submitit jobs) or `--launcher=command
+--launch_template='... {cmd} ...'` run the points on a cluster
+(docs/training.md, "Sweeps on a cluster").
 Exits non-zero if a run failed (the others still run and are tabled).
 """
 

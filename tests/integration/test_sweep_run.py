@@ -23,6 +23,7 @@ from tests.testing import final_metrics
 from tests.testing import prepare_datasets
 from tests.testing import sweep_record as record
 from tokenlearner_jax import flops
+from tokenlearner_jax.studies import launchers
 from tokenlearner_jax.studies import runs
 from tokenlearner_jax.studies import sweep
 
@@ -125,6 +126,60 @@ class SigtermTest(absltest.TestCase):
     self.assertIn('stopped: point (exit 0)', out)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'got_sigterm')))
     self.assertFalse(os.path.exists(os.path.join(root, runs.SWEEP_LOCK)))
+
+
+class FakeRun:
+  """A run whose command sleeps (for cancelling a job while it runs)."""
+  name = 'sleeper'
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+
+  def command(self):
+    return [sys.executable, '-c', 'import time; time.sleep(120)']
+
+
+class LauncherTest(absltest.TestCase):
+  """Points run as submitit jobs (its local executor: real job objects and
+  processes, no SLURM) and through a command template, under the same
+  rules."""
+
+  def test_submitit_jobs_and_a_template_run_points_by_the_same_rules(self):
+    prepare_datasets('moving_digits/small')
+    root = self.create_tempdir().full_path
+    base = [f'--config={ROOT}/{SWEPT_DEMO}',
+            f'--set=dataset_configs.data_dir={DATA_DIR}']
+    slurm = os.path.join(root, 'slurm')
+    jobs = base + [f'--workdir={slurm}', '--grid=rng_seed=0',
+                   '--launcher=slurm', '--slurm_cluster=local',
+                   '--slurm_timeout_min=20']
+    self.assertEqual(sweep.main(jobs), 0)
+    point = os.path.join(slurm, 'rng_seed=0')
+    with open(os.path.join(point, launchers.JOB_FILE)) as f:
+      job = json.load(f)
+    self.assertEqual(final_metrics(point)['step'], 2)
+    self.assertTrue(os.listdir(job['folder']))  # submitit's own files.
+    # The finished point is skipped: no second job.
+    self.assertEqual(sweep.main(jobs), 0)
+    with open(os.path.join(point, launchers.JOB_FILE)) as f:
+      self.assertEqual(json.load(f)['job_id'], job['job_id'])
+    # A template (an ssh or gcloud line, here run locally) gets the command.
+    template = os.path.join(root, 'template')
+    self.assertEqual(sweep.main(base + [
+        f'--workdir={template}', '--grid=rng_seed=1', '--launcher=command',
+        '--launch_template=echo launching {name} && {cmd}']), 0)
+    with open(os.path.join(template, 'rng_seed=1', 'train.log')) as f:
+      self.assertIn('launching rng_seed=1', f.read())
+    self.assertEqual(final_metrics(os.path.join(template, 'rng_seed=1'))[
+        'step'], 2)
+
+  def test_cancel_cancels_a_submitted_job(self):
+    workdir = self.create_tempdir().full_path
+    with open(os.path.join(workdir, 'log'), 'w') as log:
+      handle = launchers.Slurm(cluster='local').start(FakeRun(workdir), log)
+    self.assertIsNone(handle.poll())
+    self.assertEqual(launchers.cancel(workdir), str(handle.job.job_id))
+    self.assertEqual(handle.wait(timeout=60), 1)
 
 
 if __name__ == '__main__':

@@ -34,6 +34,7 @@ from ml_collections import config_flags
 
 from tokenlearner_jax import run_config
 from tokenlearner_jax import workdir_lock
+from tokenlearner_jax.studies import launchers
 
 Record = Dict[str, Any]
 # The repository root: config paths are relative to it, and runs start in it.
@@ -265,15 +266,17 @@ def stop(running: Mapping[str, Any], timeout: float = 120.0) -> None:
 
 
 def run_all(runs: Sequence[Run], parallel: int = 1,
-            records: Optional[Mapping[str, Record]] = None) -> Dict[str, int]:
+            records: Optional[Mapping[str, Record]] = None,
+            launcher: Any = None) -> Dict[str, int]:
   """Runs `runs`, `parallel` at a time; returns exit codes by `Run.result`.
 
   `records`: the config each train run runs with, by workdir (default: each
   run's `record()`). Holds the sweep lock of the runs' directories; stale
   train runs are set aside first; finished runs are skipped. A train run's
   record is written to its `RECORD` before it starts. Each run's output goes
-  to its `log`; it starts in `ROOT`. SIGTERM or Ctrl-C stop the running runs
-  (`stop`) and exit.
+  to its `log`; it starts in `ROOT`, through `launcher`
+  (`studies.launchers`; default: a local subprocess). SIGTERM or Ctrl-C
+  stop the running runs (`stop`; cluster jobs are cancelled) and exit.
 
   Raises:
     WorkdirLockedError: another live sweep holds the directory, or a live
@@ -282,11 +285,13 @@ def run_all(runs: Sequence[Run], parallel: int = 1,
   if records is None:
     records = {r.workdir: r.record() for r in runs if r.entry == 'train'}
   with sweep_locks(runs), terminate_on_sigterm():
-    return _run_locked(runs, parallel, records)
+    return _run_locked(runs, parallel, records,
+                       launcher or launchers.Local())
 
 
 def _run_locked(runs: Sequence[Run], parallel: int,
-                records: Mapping[str, Record]) -> Dict[str, int]:
+                records: Mapping[str, Record],
+                launcher: Any) -> Dict[str, int]:
   """`run_all` under its locks."""
   set_aside_stale(runs, records)
   waiting = [run for run in runs if not run.finished()]
@@ -295,7 +300,7 @@ def _run_locked(runs: Sequence[Run], parallel: int,
   running: Dict[str, Any] = {}  # Result -> (run, process, log, start time).
   codes: Dict[str, int] = {}
   try:
-    _loop(waiting, running, codes, parallel, records)
+    _loop(waiting, running, codes, parallel, records, launcher)
   except (Terminated, KeyboardInterrupt):
     if threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Once is enough.
@@ -306,7 +311,8 @@ def _run_locked(runs: Sequence[Run], parallel: int,
 
 
 def _loop(waiting: List[Run], running: Dict[str, Any], codes: Dict[str, int],
-          parallel: int, records: Mapping[str, Record]) -> None:
+          parallel: int, records: Mapping[str, Record],
+          launcher: Any) -> None:
   """Starts `waiting` runs, `parallel` at a time, until all have ended."""
   while waiting or running:
     while waiting and len(running) < max(parallel, 1):
@@ -318,7 +324,7 @@ def _loop(waiting: List[Run], running: Dict[str, Any], codes: Dict[str, int],
           json.dump(records[run.workdir], f, indent=1, sort_keys=True)
       log = open(run.log, 'a')
       print(f'start {run.name}', flush=True)
-      running[run.result] = (run, start(run, log), log, time.time())
+      running[run.result] = (run, launcher.start(run, log), log, time.time())
     ended = [key for key, (_, process, _, _) in running.items()
              if process.poll() is not None]
     if not ended:  # Wait a little for one of the running processes.

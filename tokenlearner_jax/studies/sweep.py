@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from tokenlearner_jax import errors
 from tokenlearner_jax.configs import common
+from tokenlearner_jax.studies import launchers
 from tokenlearner_jax.studies import report
 from tokenlearner_jax.studies import runs as runs_lib
 from tokenlearner_jax.studies import study
@@ -131,7 +132,32 @@ def parse_args(argv, doc: str) -> argparse.Namespace:
   parser.add_argument('--parallel', type=int, default=1)
   parser.add_argument('--group_over', default='',
                       help='A grid key (e.g. rng_seed) to average over.')
+  parser.add_argument('--launcher', default='local',
+                      choices=('local', 'slurm', 'command'),
+                      help='Where each point runs (studies.launchers).')
+  parser.add_argument('--launch_template', default=None,
+                      help="--launcher=command's line, with {cmd}.")
+  parser.add_argument('--slurm_nodes', type=int, default=1)
+  parser.add_argument('--slurm_tasks_per_node', type=int, default=1,
+                      help='Processes per node (per host, or per GPU).')
+  parser.add_argument('--slurm_gpus_per_node', type=int, default=0)
+  parser.add_argument('--slurm_timeout_min', type=int, default=24 * 60)
+  parser.add_argument('--slurm_partition', default=None)
+  parser.add_argument('--slurm_cluster', default=None,
+                      help="submitit's cluster ('local': its local executor).")
+  parser.add_argument('--cancel', action='store_true',
+                      help="Cancel the sweep's submitted jobs and exit.")
   return parser.parse_args(argv)
+
+
+def launcher_of(args: argparse.Namespace) -> Any:
+  """The launcher the flags ask for."""
+  return launchers.from_flags(
+      args.launcher, args.launch_template, nodes=args.slurm_nodes,
+      tasks_per_node=args.slurm_tasks_per_node,
+      gpus_per_node=args.slurm_gpus_per_node,
+      timeout_min=args.slurm_timeout_min, partition=args.slurm_partition,
+      cluster=args.slurm_cluster)
 
 
 def main(argv=None, doc: str = __doc__) -> int:
@@ -148,8 +174,14 @@ def main(argv=None, doc: str = __doc__) -> int:
   root = os.path.abspath(args.workdir)
   fixed = study.set_overrides(args.set)
   runs = [point_run(root, args.config, p, fixed) for p in points]
+  if args.cancel:
+    for run in runs:
+      job = launchers.cancel(run.workdir)
+      if job:
+        print(f'cancelled: {run.name} (job {job})', flush=True)
+    return 0
   records = {run.workdir: run.record() for run in runs}
-  codes = runs_lib.run_all(runs, args.parallel, records)
+  codes = runs_lib.run_all(runs, args.parallel, records, launcher_of(args))
   rows = collect(points, runs, codes, records)
   columns = list(dict.fromkeys(['run', *keys, 'status'] +
                                [k for r in rows for k in r]))
