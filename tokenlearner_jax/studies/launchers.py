@@ -155,10 +155,15 @@ def cancel(workdir: str) -> Optional[str]:
   with open(path) as f:
     record = json.load(f)
   if record['cluster'] == 'local':  # submitit's local job id is its pid.
-    try:
-      os.kill(int(record['job_id']), signal.SIGINT)  # As LocalJob.cancel.
-    except ProcessLookupError:
-      pass
+    # Its tasks first (a trainer saves and exits on SIGTERM), then the
+    # job's controller, which may ignore SIGINT (LocalJob.cancel's signal)
+    # when started from a shell's background job.
+    controller = int(record['job_id'])
+    for pid in _descendants(controller)[::-1] + [controller]:
+      try:
+        os.kill(pid, signal.SIGTERM)
+      except ProcessLookupError:
+        pass
     return record['job_id']
   import submitit  # pylint: disable=g-import-not-at-top
   executor = submitit.AutoExecutor(folder=record['folder'],
@@ -167,6 +172,16 @@ def cancel(workdir: str) -> Optional[str]:
   job_class(folder=record['folder'], job_id=record['job_id']).cancel(
       check=False)  # scancel.
   return record['job_id']
+
+
+def _descendants(pid: int) -> list:
+  """The processes under `pid`, parents first (Linux's /proc)."""
+  try:
+    with open(f'/proc/{pid}/task/{pid}/children') as f:
+      children = [int(c) for c in f.read().split()]
+  except OSError:
+    return []
+  return [p for c in children for p in [c] + _descendants(c)]
 
 
 def from_flags(launcher: str, template: Optional[str] = None,
