@@ -48,6 +48,18 @@ class GridTest(absltest.TestCase):
     self.assertEqual(grouped[1]['accuracy'], '0.9 ± 0')
 
 
+def stale_point(test: absltest.TestCase):
+  """(root, point, workdir, requested records) of a point that finished 4
+  steps where 8 are now asked for."""
+  root = test.create_tempdir().full_path
+  point = {'rng_seed': '0'}
+  workdir = os.path.join(root, sweep.run_name(point))
+  fake_finished_run(workdir, record(point, 'num_training_steps=4'),
+                    dict(step=4, loss=7.5))
+  return root, point, workdir, {workdir: record(point,
+                                                'num_training_steps=8')}
+
+
 class StaleTest(absltest.TestCase):
 
   def test_a_changed_setting_is_a_difference(self):
@@ -80,12 +92,7 @@ class StaleTest(absltest.TestCase):
     self.assertLen(runs.differences(typo, record({'rng_seed': '0'})), 1)
 
   def test_a_finished_run_of_another_config_is_not_tabled(self):
-    root = self.create_tempdir().full_path
-    point = {'rng_seed': '0'}
-    workdir = os.path.join(root, sweep.run_name(point))
-    fake_finished_run(workdir, record(point, 'num_training_steps=4'),
-                      dict(step=4, loss=7.5))
-    requested = {workdir: record(point, 'num_training_steps=8')}
+    root, point, workdir, requested = stale_point(self)
     run = runs.Run(workdir, testing.SWEPT_DEMO)
     (row,) = sweep.collect([point], [run], {}, requested)
     self.assertEqual(row['status'], 'stale')
@@ -119,13 +126,8 @@ class LockTest(absltest.TestCase):
     self.assertFalse(os.path.exists(run.workdir))  # Nothing written.
 
   def test_a_point_a_live_trainer_holds_is_neither_moved_nor_written(self):
-    root = self.create_tempdir().full_path
-    point = {'rng_seed': '0'}
-    workdir = os.path.join(root, sweep.run_name(point))
-    fake_finished_run(workdir, record(point, 'num_training_steps=4'),
-                      dict(step=4, loss=7.5))
+    root, point, workdir, requested = stale_point(self)
     trainer = workdir_lock.WorkdirLock(workdir, 600).acquire()
-    requested = {workdir: record(point, 'num_training_steps=8')}
     try:
       with testing.fake_runs() as started:
         with self.assertRaisesRegex(workdir_lock.WorkdirLockedError,
