@@ -150,27 +150,34 @@ class LauncherTest(absltest.TestCase):
     base = [f'--config={ROOT}/{SWEPT_DEMO}',
             f'--set=dataset_configs.data_dir={DATA_DIR}']
     slurm = os.path.join(root, 'slurm')
-    jobs = base + [f'--workdir={slurm}', '--grid=rng_seed=0',
+    jobs = base + [f'--workdir={slurm}', '--grid=rng_seed=0,1',
                    '--launcher=slurm', '--slurm_cluster=local',
                    '--slurm_timeout_min=20']
+    # A resubmitted sweep whose first point finished before: only the
+    # missing point becomes a job.
+    done = os.path.join(slurm, 'rng_seed=0')
+    fake_finished_run(done, record({'rng_seed': '0'}, base[1][len('--set='):]),
+                      dict(step=2, loss=9.5))
     self.assertEqual(sweep.main(jobs), 0)
-    point = os.path.join(slurm, 'rng_seed=0')
+    self.assertFalse(os.path.exists(os.path.join(done, launchers.JOB_FILE)))
+    self.assertEqual(final_metrics(done)['loss'], 9.5)
+    point = os.path.join(slurm, 'rng_seed=1')
     with open(os.path.join(point, launchers.JOB_FILE)) as f:
       job = json.load(f)
     self.assertEqual(final_metrics(point)['step'], 2)
     self.assertTrue(os.listdir(job['folder']))  # submitit's own files.
-    # The finished point is skipped: no second job.
+    # Both points finished: no new job.
     self.assertEqual(sweep.main(jobs), 0)
     with open(os.path.join(point, launchers.JOB_FILE)) as f:
       self.assertEqual(json.load(f)['job_id'], job['job_id'])
     # A template (an ssh or gcloud line, here run locally) gets the command.
     template = os.path.join(root, 'template')
     self.assertEqual(sweep.main(base + [
-        f'--workdir={template}', '--grid=rng_seed=1', '--launcher=command',
+        f'--workdir={template}', '--grid=rng_seed=2', '--launcher=command',
         '--launch_template=echo launching {name} && {cmd}']), 0)
-    with open(os.path.join(template, 'rng_seed=1', 'train.log')) as f:
-      self.assertIn('launching rng_seed=1', f.read())
-    self.assertEqual(final_metrics(os.path.join(template, 'rng_seed=1'))[
+    with open(os.path.join(template, 'rng_seed=2', 'train.log')) as f:
+      self.assertIn('launching rng_seed=2', f.read())
+    self.assertEqual(final_metrics(os.path.join(template, 'rng_seed=2'))[
         'step'], 2)
 
   def test_cancel_cancels_a_submitted_job(self):
