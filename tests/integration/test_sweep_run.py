@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 from absl.testing import absltest
 
@@ -22,6 +21,7 @@ from tests.testing import fake_finished_run
 from tests.testing import final_metrics
 from tests.testing import prepare_datasets
 from tests.testing import sweep_record as record
+from tests.testing import wait_until
 from tokenlearner_jax import flops
 from tokenlearner_jax.studies import launchers
 from tokenlearner_jax.studies import runs
@@ -114,9 +114,7 @@ class SigtermTest(absltest.TestCase):
                               cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     started = os.path.join(workdir, 'started')
-    while not os.path.exists(started) and runner.poll() is None:
-      time.sleep(0.2)
-    if not os.path.exists(started):
+    if not wait_until(lambda: os.path.exists(started), runner):
       self.fail(runner.communicate()[0])
     self.assertTrue(os.path.exists(os.path.join(root, runs.SWEEP_LOCK)),
                     os.listdir(root))
