@@ -447,6 +447,23 @@ def restore_state(manager: ocp.CheckpointManager, state: Any, shardings: Any,
   return flax.serialization.from_state_dict(state, restored)
 
 
+def step_to_read(workdir: str, step: Optional[int] = None) -> int:
+  """`step`, else the newest good one (`latest_step`) of a run that
+  `evaluate`, `fewshot` or `export` reads.
+
+  Raises:
+    errors.MissingFileError: naming the checkpoint directory when `step` is
+      None and there is no checkpoint.
+  """
+  if step is not None:
+    return step
+  step = latest_step(workdir)
+  if step is None:
+    raise errors.MissingFileError(
+        f'--workdir: no checkpoint under {checkpoint_dir(workdir)}.')
+  return step
+
+
 def latest_step(workdir: str) -> Optional[int]:
   """The newest checkpoint step under `workdir` whose files are as written
   (checksums; a warning names each other one), None when there is none.

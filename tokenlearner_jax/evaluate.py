@@ -73,11 +73,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   errors.require_workdir(workdir, 'evaluate')
   config = schema.complete(config)
   split = split or config.dataset_configs.get('test_split') or 'test'
-  if step is None:
-    step = checkpoint.latest_step(workdir)
-    if step is None:
-      raise errors.MissingFileError(f'--workdir: no checkpoint under '
-                              f'{checkpoint.checkpoint_dir(workdir)}.')
+  step = checkpoint.step_to_read(workdir, step)
   data = input_pipeline.get_data(config, train=False)
   program = train_steps.build_program(config, sharding.make_mesh(config),
                                       data.input_shape, data.num_classes,

@@ -80,12 +80,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str,
             step: Optional[int]) -> Tuple[Any, Dict[str, Any], int]:
   """(model, its variables as numpy arrays, the step) of a checkpoint of
   `workdir`, checked against the config's model."""
-  if step is None:
-    step = checkpoint.latest_step(workdir)
-    if step is None:
-      raise errors.MissingFileError(
-          f'--workdir: no checkpoint under {checkpoint.checkpoint_dir(workdir)}'
-          '.')
+  step = checkpoint.step_to_read(workdir, step)
   input_shape = summary.example_input_shape(config)
   model = build_model(config, summary.example_num_classes(config))
   target, _ = train_steps.abstract_variables(

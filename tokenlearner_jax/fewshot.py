@@ -83,7 +83,8 @@ def select_shots(labels: np.ndarray, num_classes: int, shots: int,
                  seed: int) -> np.ndarray:
   """Indices of the few-shot set: per class, its first `shots` examples in
   the permutation `np.random.default_rng(seed).permutation(len(labels))`
-  (fewer where a class has fewer), classes in order."""
+  (fewer where a class has fewer: `check_pool` refuses such a pool before),
+  classes in order."""
   order = np.random.default_rng(seed).permutation(len(labels))
   ordered = np.asarray(labels)[order]
   return np.concatenate([order[ordered == c][:shots]
@@ -339,11 +340,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise errors.ConfigError('config.fewshot.datasets is not set: no '
                              'dataset to evaluate on.')
   FewshotConfig.from_config(config)  # Bad settings stop here.
-  if step is None:
-    step = checkpoint.latest_step(workdir)
-    if step is None:
-      raise errors.MissingFileError(f'--workdir: no checkpoint under '
-                              f'{checkpoint.checkpoint_dir(workdir)}.')
+  step = checkpoint.step_to_read(workdir, step)
   input_shape = summary.example_input_shape(config)
   model = build_model(config, summary.example_num_classes(config))
   mesh = sharding.make_mesh(config)
