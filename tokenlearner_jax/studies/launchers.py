@@ -67,8 +67,9 @@ class Command:
 class JobHandle:
   """A submitit job seen as a process (what the runner watches)."""
 
-  def __init__(self, job: Any):
+  def __init__(self, job: Any, cluster: Optional[str]):
     self.job = job
+    self.cluster = cluster
     self.returncode: Optional[int] = None
 
   def poll(self) -> Optional[int]:
@@ -80,7 +81,7 @@ class JobHandle:
 
   def send_signal(self, sig: int) -> None:
     del sig  # SLURM's scancel sends SIGTERM, then SIGKILL.
-    self.job.cancel(check=False)
+    cancel_job(self.job, self.cluster)
 
   def wait(self, timeout: Optional[float] = None) -> int:
     deadline = None if timeout is None else time.time() + timeout
@@ -91,7 +92,7 @@ class JobHandle:
     return self.returncode
 
   def kill(self) -> None:
-    self.job.cancel(check=False)
+    cancel_job(self.job, self.cluster)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +145,7 @@ class Slurm:
     log.write(f'submitted job {job.job_id}; its output: {folder}\n')
     log.flush()
     print(f'  {run.name}: job {job.job_id}', flush=True)
-    return JobHandle(job)
+    return JobHandle(job, self.cluster)
 
 
 def cancel(workdir: str) -> Optional[str]:
@@ -154,24 +155,29 @@ def cancel(workdir: str) -> Optional[str]:
     return None
   with open(path) as f:
     record = json.load(f)
-  if record['cluster'] == 'local':  # submitit's local job id is its pid.
-    # Its tasks first (a trainer saves and exits on SIGTERM), then the
-    # job's controller, which may ignore SIGINT (LocalJob.cancel's signal)
-    # when started from a shell's background job.
-    controller = int(record['job_id'])
-    for pid in _descendants(controller)[::-1] + [controller]:
-      try:
-        os.kill(pid, signal.SIGTERM)
-      except ProcessLookupError:
-        pass
-    return record['job_id']
   import submitit  # pylint: disable=g-import-not-at-top
   executor = submitit.AutoExecutor(folder=record['folder'],
                                    cluster=record['cluster'])
   job_class = executor._executor.job_class  # pylint: disable=protected-access
-  job_class(folder=record['folder'], job_id=record['job_id']).cancel(
-      check=False)  # scancel.
+  cancel_job(job_class(folder=record['folder'], job_id=record['job_id']),
+             record['cluster'])
   return record['job_id']
+
+
+def cancel_job(job: Any, cluster: Optional[str]) -> None:
+  """Cancels a submitit job: SLURM's scancel; for a job of the local
+  executor (whose id is its controller's pid), SIGTERM to its tasks first (a
+  trainer saves and exits), then to the controller, which may ignore SIGINT
+  (`LocalJob.cancel`'s signal) when started from a shell's background job."""
+  if cluster != 'local':
+    job.cancel(check=False)
+    return
+  controller = int(job.job_id)
+  for pid in _descendants(controller)[::-1] + [controller]:
+    try:
+      os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+      pass
 
 
 def _descendants(pid: int) -> list:
