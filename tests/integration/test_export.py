@@ -3,6 +3,7 @@ jax (StableHLO) or only TensorFlow (SavedModel), gives the package's logits
 for a ViT + TokenLearner image model, a ViViT + TokenLearner clip model and
 the X(2+1)D network (BatchNorm in inference mode); bad input in one line."""
 
+import functools
 import json
 import os
 import subprocess
@@ -87,9 +88,9 @@ class ExportTest(absltest.TestCase):
       model, variables, _ = export.restore(schema.complete(config),
                                            workdir, None)
       scale, offset = export.pixel_scale(config)
-      expected[name] = np.asarray(model.apply(
-          variables, pixels.astype(np.float32) * scale + offset,
-          train=False))
+      expected[name] = np.asarray(jax.jit(functools.partial(
+          model.apply, train=False))(
+              variables, pixels.astype(np.float32) * scale + offset))
       for fmt in outs:
         out = os.path.join(root, f'{name}_{fmt}')
         if (name, fmt) == ('vivit_tl', 'stablehlo'):  # The command line.

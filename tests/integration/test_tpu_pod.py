@@ -1,12 +1,12 @@
-"""Two CPU processes posing as the two hosts of a Cloud TPU pod slice, or as
-the two tasks of a SLURM step (a sweep point submitted with
-`--slurm_tasks_per_node=2`), join one jax job through
-`runtime.initialize_runtime()`, with no flags.
+"""Two CPU processes posing as the two hosts of a Cloud TPU pod slice join one
+jax job through `runtime.initialize_runtime()`, with no flags (the two tasks
+of a SLURM step, as `srun` starts them: test_trainer_processes.py's
+MultiProcessTest, whose 2-process job joins that way).
 
 `JAX_FORCE_TPU_INIT` makes `import jax` take the Cloud TPU VM path without
 chips, and each host's facts come from where jax reads them on that platform
 (GCE: its metadata server, here one per host on localhost; GKE: the variables
-GKE sets; SLURM: the variables `srun` sets for each task).
+GKE sets).
 """
 
 import http.server
@@ -68,25 +68,13 @@ class TpuPodTest(absltest.TestCase):
       '        peers.tolist(), file=f)\n')
 
   def start_pod(self, platform: str):
-    """The two hosts of a pod slice on `platform` ('gce' or 'gke'), or the
-    two tasks of a SLURM step ('slurm'), started:
+    """The two hosts of a pod slice on `platform` ('gce' or 'gke'), started:
     (their processes, their metadata servers, where each writes what it
     joined)."""
     port = free_port()
     joined = self.create_tempdir().full_path
     processes, servers = [], []
     for worker in range(2):
-      if platform == 'slurm':  # srun's variables for task `worker` of 2.
-        env = host_devices_env(
-            4, JAX_COORDINATOR_PORT=str(port), SLURM_JOB_ID='4242',
-            SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='2',
-            SLURM_PROCID=str(worker), SLURM_LOCALID=str(worker),
-            SLURM_STEP_NUM_NODES='1',
-            JOINED_FILE=os.path.join(joined, str(worker)))
-        processes.append(subprocess.Popen(
-            [sys.executable, '-c', self.JOIN], env=env, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        continue
       env = host_devices_env(4, JAX_FORCE_TPU_INIT='1',
                              JAX_COORDINATOR_PORT=str(port),
                              JOINED_FILE=os.path.join(joined, str(worker)))
@@ -106,9 +94,9 @@ class TpuPodTest(absltest.TestCase):
           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     return processes, servers, joined
 
-  def test_the_hosts_of_a_pod_or_a_slurm_step_join_one_job_each(self):
+  def test_the_hosts_of_a_pod_join_one_job_each(self):
     pods = {platform: self.start_pod(platform)
-            for platform in ('gce', 'gke', 'slurm')}
+            for platform in ('gce', 'gke')}
     try:
       outcomes = {platform: [p.communicate(timeout=300)[1] for p in processes]
                   for platform, (processes, _, _) in pods.items()}
