@@ -53,9 +53,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tokenlearner_jax.data import tfrecord_tables
+
 DECODERS = ('pyav', 'ffmpeg')
-LABEL_MAP_NAME = 'label_map.csv'
-LABEL_MAP_HEADER = ['index', 'label']
 # Timestamps closer than this (in seconds) count as equal when resampling.
 TIME_EPSILON = 1e-6
 
@@ -154,40 +154,6 @@ def read_rows(csv_path: str) -> List[Row]:
 def build_label_map(labels: Iterable[str]) -> Dict[str, int]:
   """Ids 0, 1, ... for the distinct `labels` sorted by name (deterministic)."""
   return {label: i for i, label in enumerate(sorted(set(labels)))}
-
-
-def read_label_map(path: str) -> Dict[str, int]:
-  """Reads `index,label` lines (the `index,label` header is optional)."""
-  if not tf.io.gfile.exists(path):
-    raise ConversionError(f'--label_map={path}: no such file.')
-  label_map, seen_ids = {}, {}
-  with tf.io.gfile.GFile(path, 'r') as f:
-    for line, fields in enumerate(csv.reader(f), start=1):
-      if not fields or (line == 1 and fields == LABEL_MAP_HEADER):
-        continue
-      if len(fields) != 2 or not fields[0].strip().isdigit():
-        raise ConversionError(f'--label_map={path} line {line}: expected '
-                              f'"index,label", got {fields}.')
-      index, label = int(fields[0]), fields[1].strip()
-      if label in label_map:
-        raise ConversionError(f'--label_map={path} line {line}: label '
-                              f'{label!r} is listed twice.')
-      if index in seen_ids:
-        raise ConversionError(f'--label_map={path} line {line}: index {index} '
-                              f'is also {seen_ids[index]!r}.')
-      label_map[label], seen_ids[index] = index, label
-  if not label_map:
-    raise ConversionError(f'--label_map={path}: no label.')
-  return label_map
-
-
-def write_label_map(label_map: Dict[str, int], path: str) -> None:
-  """Writes `label_map` as `index,label` lines under a header, by index."""
-  with tf.io.gfile.GFile(path, 'w') as f:
-    writer = csv.writer(f, lineterminator='\n')
-    writer.writerow(LABEL_MAP_HEADER)
-    for label, index in sorted(label_map.items(), key=lambda item: item[1]):
-      writer.writerow([index, label])
 
 
 def check_labels(rows: Sequence[Row], label_map: Dict[str, int],
@@ -472,7 +438,7 @@ def convert(csv_path: str, output_dir: str, video_dir: str = '',
     ffmpeg_binary()
   rows = read_rows(csv_path)
   if label_map_path:
-    label_map = read_label_map(label_map_path)
+    label_map = tfrecord_tables.read_label_map(label_map_path)
     check_labels(rows, label_map, csv_path, label_map_path)
   else:
     label_map = build_label_map(row.label for row in rows)
@@ -501,8 +467,8 @@ def convert(csv_path: str, output_dir: str, video_dir: str = '',
   counts = write_shards(examples(), paths)
   written = not label_map_path
   if written:
-    label_map_path = os.path.join(output_dir, LABEL_MAP_NAME)
-    write_label_map(label_map, label_map_path)
+    label_map_path = os.path.join(output_dir, tfrecord_tables.LABEL_MAP_FILE)
+    tfrecord_tables.write_label_map(label_map, label_map_path)
   return Summary(paths, counts, len(label_map), total_frames, label_map_path,
                  written, skipped)
 
@@ -534,7 +500,8 @@ def run(flag_values: flags.FlagValues) -> None:
     summary = convert(f.csv, f.output_dir, f.video_dir, f.split, f.num_shards,
                       f.label_map, f.fps, f.jpeg_quality, f.min_resize,
                       f.decoder, f.skip_bad_videos)
-  except (ConversionError, FileNotFoundError, ImportError) as e:
+  except (ConversionError, tfrecord_tables.LabelMapError, FileNotFoundError,
+          ImportError) as e:
     sys.exit(f'make_video_tfrecords: error: {e}')
   print(format_summary(summary))
 

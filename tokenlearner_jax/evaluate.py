@@ -43,6 +43,7 @@ from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.data import input_pipeline
 
 
@@ -72,7 +73,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   errors.require_workdir(workdir, 'evaluate')
   config = schema.complete(config)
-  split = split or config.dataset_configs.get('test_split') or 'test'
+  dc = DataConfig.from_config(config)
+  split = split or dc.test_split
   step = checkpoint.step_to_read(workdir, step)
   data = input_pipeline.get_data(config, train=False)
   program = train_steps.build_program(config, sharding.make_mesh(config),
@@ -81,8 +83,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   variables = checkpoint.restore_variables(workdir, step,
                                            program.abstract_variables())
   batch_sharding = program.batch_sharding
-  pooling = config.dataset_configs.test_pooling
-  eval_step = program.make_eval_step(multiview=True, pooling=pooling)
+  eval_step = program.make_eval_step(multiview=True, pooling=dc.test_pooling)
   logging.info('Evaluating step %d on %r with %d views per example.', step,
                split, data.num_test_views)
   results = evaluation.evaluate_batches(variables, data.test_batches(split),
@@ -90,7 +91,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                         program.multilabel, per_class=True)
   results = {'step': step, 'split': split,
              'views_per_example': data.num_test_views,
-             'view_pooling': pooling, **results,
+             'view_pooling': dc.test_pooling, **results,
              'gmacs_per_example': flops.gmacs(
                  config, data.test_input_shape or data.input_shape,
                  data.num_classes)}

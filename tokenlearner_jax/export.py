@@ -44,12 +44,12 @@ from tokenlearner_jax import sharding
 from tokenlearner_jax import summary
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.models import build_model
 
 FORMATS = ('stablehlo', 'savedmodel')
 STABLEHLO_FILE = 'model.stablehlo'
 METADATA_FILE = 'model.json'
-LABEL_MAP_FILE = 'label_map.csv'  # scripts/make_video_tfrecords.py's.
 
 
 def define_flags() -> None:
@@ -69,9 +69,8 @@ def define_flags() -> None:
 def pixel_scale(config: ml_collections.ConfigDict) -> Tuple[float, float]:
   """(scale, offset): the input pipeline's `x * scale + offset` of uint8
   pixels."""
-  dc = config.get('dataset_configs') or ml_collections.ConfigDict()
   if (config.get('dataset_name') == 'video_tfrecord_dataset' and
-      not dc.get('zero_centering', True)):
+      not DataConfig.from_config(config).zero_centering):
     return 1 / 255, 0.0
   return 1 / 127.5, -1.0
 
@@ -104,14 +103,15 @@ def serving_fn(model, config: ml_collections.ConfigDict
 def label_names(config: ml_collections.ConfigDict) -> Optional[List[str]]:
   """The class names, where the dataset has them: a tfds `ClassLabel`'s, or
   the `label_map.csv` beside video TFRecords; else None."""
-  dc = config.get('dataset_configs') or ml_collections.ConfigDict()
-  if dc.get('base_dir'):
-    path = os.path.join(dc.base_dir, LABEL_MAP_FILE)
+  base_dir = DataConfig.from_config(config).base_dir
+  if base_dir:
+    # TensorFlow (tf.io.gfile), only for records' configs.
+    from tokenlearner_jax.data import tfrecord_tables  # pylint: disable=g-import-not-at-top
+    path = os.path.join(base_dir, tfrecord_tables.LABEL_MAP_FILE)
     if not os.path.exists(path):
       return None
-    with open(path) as f:
-      rows = [line.rstrip('\n').split(',', 1) for line in f][1:]
-    return [name for _, name in sorted((int(i), n) for i, n in rows)]
+    label_map = tfrecord_tables.read_label_map(path)
+    return sorted(label_map, key=label_map.get)
   try:
     info = summary._builder_info(config)  # pylint: disable=protected-access
   except ValueError:

@@ -67,6 +67,7 @@ from tokenlearner_jax import sharding
 from tokenlearner_jax import summary
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.configs.fewshot_config import FewshotConfig
 from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import image_preprocessing
@@ -249,15 +250,13 @@ class FewShotEvaluator:
     return self._splits[key]
 
   def _build_split(self, tfds_name: str, split: str):
-    dc = ml_collections.ConfigDict(dict(data_dir=self.settings.data_dir))
     # The builder, prepared once even when parallel runs race to prepare it.
     builder = input_pipeline._tfds_builder(  # pylint: disable=protected-access
-        tfds_name, dc)
+        tfds_name, DataConfig(data_dir=self.settings.data_dir))
     input_key, label_key = builder.info.supervised_keys
     self._num_classes[tfds_name] = builder.info.features[label_key].num_classes
-    pp = ml_collections.ConfigDict(dict(
-        image_size=self.image_size,
-        eval_crop_fraction=self.settings.crop_fraction))
+    pp = DataConfig(image_size=self.image_size,
+                    eval_crop_fraction=self.settings.crop_fraction)
 
     def preprocess(example):
       image = example[input_key]

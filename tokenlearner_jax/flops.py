@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import ml_collections
 
 from tokenlearner_jax import models
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.models import grid as grid_lib
 from tokenlearner_jax.models.config import ModelConfig
 from tokenlearner_jax.models.x2plus1d import round_width
@@ -177,7 +178,7 @@ def gmacs(config: ml_collections.ConfigDict, input_shape: Sequence[int],
       else 1000.
   """
   if num_classes is None:
-    num_classes = config.get('dataset_configs', {}).get('num_classes', 1000)
+    num_classes = DataConfig.from_config(config).num_classes or 1000
   checked = models.model_config(config, num_classes)
   if isinstance(checked, models.X2Plus1DConfig):
     return x2plus1d_macs(checked, input_shape)['total'] / 1e9

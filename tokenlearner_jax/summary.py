@@ -32,6 +32,7 @@ from tokenlearner_jax import flops
 from tokenlearner_jax import paper
 from tokenlearner_jax import sharding
 from tokenlearner_jax.configs import schema
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.data import catalog
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models import model_config
@@ -53,10 +54,10 @@ def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
   `image_size` for images), else `data.catalog.KNOWN`, else the features of
   the tfds builder (its metadata only).
   """
-  data = config.get('dataset_configs') or ml_collections.ConfigDict()
-  if 'num_frames' in data:
+  data = DataConfig.from_config(config)
+  if data.is_video:
     return (data.num_frames, data.crop_size, data.crop_size, 3)
-  if data.get('image_size'):
+  if data.image_size:
     return (data.image_size, data.image_size, 3)
   if config.get('dataset_name') in catalog.KNOWN:
     return catalog.KNOWN[config.dataset_name][0]
@@ -66,9 +67,9 @@ def example_input_shape(config: ml_collections.ConfigDict) -> Tuple[int, ...]:
 
 def example_num_classes(config: ml_collections.ConfigDict) -> int:
   """`dataset_configs.num_classes`, else from `catalog.KNOWN` or tfds."""
-  data = config.get('dataset_configs') or ml_collections.ConfigDict()
-  if data.get('num_classes'):
-    return data.num_classes
+  num_classes = DataConfig.from_config(config).num_classes
+  if num_classes:
+    return num_classes
   if config.get('dataset_name') in catalog.KNOWN:
     return catalog.KNOWN[config.dataset_name][1]
   info = _builder_info(config)

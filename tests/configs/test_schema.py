@@ -337,7 +337,7 @@ class PackageReadsTest(absltest.TestCase):
     # The walk does find reads through aliases and `.get`.
     for key in ('dataset_configs.num_frames',
                 'dataset_configs.augmentation_params.prob_color_drop',
-                'max_checkpoints_to_keep', 'dataset_configs.test_split'):
+                'max_checkpoints_to_keep'):
       self.assertIn(key, reads)
 
   def test_an_unknown_read_is_found(self):

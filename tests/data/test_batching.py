@@ -4,10 +4,10 @@ from unittest import mock
 
 from absl.testing import absltest
 import jax
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.data import batching
 
 
@@ -21,9 +21,8 @@ class BatchingTest(absltest.TestCase):
 
   def test_autotune_option(self):
     ds = tf.data.Dataset.range(4)
-    on = batching.with_options(ds, ml_collections.ConfigDict())
-    off = batching.with_options(ds, ml_collections.ConfigDict(
-        dict(autotune=False)))
+    on = batching.with_options(ds, DataConfig())
+    off = batching.with_options(ds, DataConfig(autotune=False))
     self.assertTrue(on.options().autotune.enabled)
     self.assertFalse(off.options().autotune.enabled)
     self.assertEqual(list(off.as_numpy_iterator()), [0, 1, 2, 3])

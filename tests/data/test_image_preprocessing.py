@@ -1,10 +1,10 @@
 """Image preprocessing: inception crop, central crop, flips; deterministic."""
 
 from absl.testing import absltest
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.data import image_preprocessing
 
 
@@ -26,14 +26,14 @@ class ImagePreprocessingTest(absltest.TestCase):
     np.testing.assert_array_equal(crop[-1, -1, :2], [29, 49])
 
   def test_eval_resize_and_range(self):
-    dc = ml_collections.ConfigDict(dict(image_size=16, eval_crop_fraction=1.0))
+    dc = DataConfig(image_size=16, eval_crop_fraction=1.0)
     out = image_preprocessing.preprocess_image(grid_image(40, 80), dc, None)
     self.assertEqual(out.shape, (16, 16, 3))
     self.assertBetween(float(tf.reduce_min(out)), -1.0, 1.0)
     self.assertBetween(float(tf.reduce_max(out)), -1.0, 1.0)
 
   def test_train_crops_are_seeded_and_vary(self):
-    dc = ml_collections.ConfigDict(dict(image_size=16))
+    dc = DataConfig(image_size=16)
     image = grid_image(64, 64)
     seeds = [tf.constant([0, i], tf.int64) for i in range(6)]
     first = [image_preprocessing.preprocess_image(image, dc, s).numpy()
@@ -47,13 +47,13 @@ class ImagePreprocessingTest(absltest.TestCase):
     self.assertGreater(len(corners), 3)  # Different crops (and flips).
 
   def test_flip_only_when_asked(self):
-    dc = ml_collections.ConfigDict(dict(image_size=None, random_flip=False))
+    dc = DataConfig(random_flip=False)
     image = grid_image(8, 8)
     for i in range(8):
       out = image_preprocessing.preprocess_image(
           image, dc, tf.constant([1, i], tf.int64)).numpy()
       np.testing.assert_allclose(out, image.numpy() / 127.5 - 1.0)
-    dc.random_flip = True
+    dc = DataConfig(random_flip=True)
     flipped = [image_preprocessing.preprocess_image(
         image, dc, tf.constant([1, i], tf.int64)).numpy()[0, 0, 1]
                for i in range(16)]

@@ -405,13 +405,21 @@ class ClipLabelsTest(parameterized.TestCase):
     batch = next(video_tfrecords.get_data(config, train=False).eval_batches())
     np.testing.assert_array_equal(batch['label'][0], [0, 1, 0, 1, 0])
 
+  def test_an_unset_clip_size_is_named(self):
+    dc = dataset_config(self.create_tempdir().full_path)
+    del dc['min_resize']
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'^dataset_configs\.min_resize must be set'):
+      video_tfrecords.get_data(data_config(dc))
+
   @parameterized.parameters(('clip_labels', 'frames'), ('test_pooling', 'sum'))
   def test_unknown_choice_is_named(self, key, value):
-    config = data_config(dataset_config(self.create_tempdir().full_path,
-                                        **{key: value}))
-    with self.assertRaisesRegex(errors.ConfigError,
-                                rf"^dataset_configs.{key}='{value}': "):
-      video_tfrecords.get_data(config)
+    # Refused with the config, before any data is read.
+    with self.assertRaisesRegex(
+        errors.ConfigError,
+        rf"^config\.dataset_configs\.{key} must be one of .*, got '{value}'"):
+      video_tfrecords.get_data(data_config(dataset_config(
+          self.create_tempdir().full_path, **{key: value})))
 
 
 @pytest.mark.e2e

@@ -89,25 +89,6 @@ class LabelMapTest(absltest.TestCase):
     self.assertEqual(mvt.build_label_map(['b', 'a', 'c', 'a']),
                      {'a': 0, 'b': 1, 'c': 2})
 
-  def test_write_read_round_trip(self):
-    path = self.create_tempfile().full_path
-    label_map = {'x, y': 1, 'a': 0, 'z': 2}
-    mvt.write_label_map(label_map, path)
-    with open(path) as f:
-      self.assertEqual(f.read(), 'index,label\n0,a\n1,"x, y"\n2,z\n')
-    self.assertEqual(mvt.read_label_map(path), label_map)
-    no_header = self.create_tempfile(content='3,b\n5,a\n').full_path
-    self.assertEqual(mvt.read_label_map(no_header), {'b': 3, 'a': 5})
-
-  def test_read_errors_name_file_and_line(self):
-    path = self.create_tempfile(content='index,label\n0,a\n1,a\n').full_path
-    with self.assertRaisesRegex(mvt.ConversionError,
-                                f"{path} line 3: label 'a' is listed twice"):
-      mvt.read_label_map(path)
-    path = self.create_tempfile(content='0,a\nb,1\n').full_path
-    with self.assertRaisesRegex(mvt.ConversionError, f'{path} line 2'):
-      mvt.read_label_map(path)
-
 
 class ResampleTest(absltest.TestCase):
 

@@ -13,6 +13,7 @@ import ml_collections
 
 from tokenlearner_jax import errors
 from tokenlearner_jax.configs import fields
+from tokenlearner_jax.configs.data_config import DataConfig
 
 SECTION = 'fewshot'
 
@@ -79,8 +80,7 @@ class FewshotConfig:
                           (values.get('datasets') or {}).items()}
     values.setdefault('batch_size', config.get('eval_batch_size') or
                       config.batch_size)
-    values.setdefault('data_dir', (config.get('dataset_configs') or {}).get(
-        'data_dir'))
+    values.setdefault('data_dir', DataConfig.from_config(config).data_dir)
     return cls(**values)
 
 

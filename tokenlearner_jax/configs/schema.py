@@ -30,6 +30,8 @@ from tokenlearner_jax import errors
 from tokenlearner_jax import models
 from tokenlearner_jax import sharding
 from tokenlearner_jax.configs import fields
+from tokenlearner_jax.configs.data_config import AugmentationConfig
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.configs.fewshot_config import FewshotConfig
 from tokenlearner_jax.configs.init_from_config import InitFromConfig
 from tokenlearner_jax.configs.optim_config import OptimizerConfig
@@ -164,8 +166,6 @@ KEYS: Tuple[ConfigKey, ...] = (
                  "tfds name, 'moving_digits', 'multi_digits', "
                  "'multilabel_image_tfrecords' or 'video_tfrecord_dataset'.",
                  **_REF),
-    _implemented('dataset_configs', 'data.input_pipeline',
-                 "The data source's settings (below).", section=True, **_REF),
     _no_op('datset_configs', "the reference ViViT configs' misspelt, empty "
            'ConfigDict; keys belong in `dataset_configs`',
            'Accepted empty only.', accepts=({},), **_REF),
@@ -203,124 +203,6 @@ KEYS: Tuple[ConfigKey, ...] = (
                  default=[list(rule) for rule in sharding.DEFAULT_RULES]),
 )
 
-_DC = 'dataset_configs.'
-_AUG = _DC + 'augmentation_params.'
-KEYS += (
-    _implemented(_DC + 'num_classes', 'data.input_pipeline',
-                 'Classes of the dataset.', **_REF),
-    _implemented(_DC + 'data_dir', 'data.input_pipeline', 'tfds data '
-                 'directory.'),
-    _implemented(_DC + 'builder_config', 'data.input_pipeline', 'tfds builder '
-                 'config name.'),
-    _implemented(_DC + 'cache', 'data.input_pipeline', 'Cache the decoded tfds '
-                 'splits in memory (default True).'),
-    _implemented(_DC + 'crop_padding', 'data.input_pipeline', 'Random '
-                 'translations by up to this many pixels in training.'),
-    _implemented(_DC + 'global_order', 'data.input_pipeline', 'Every process '
-                 'reads the whole tfds train split in one order.'),
-    _implemented(_DC + 'label_key', 'data.input_pipeline', 'The tfds label '
-                 'feature (default: the supervised one).'),
-    _implemented(_DC + 'eval_dataset_name', 'data.input_pipeline',
-                 'Evaluate on another tfds dataset.'),
-    _implemented(_DC + 'eval_label_key', 'data.input_pipeline',
-                 "The label feature of `eval_dataset_name`."),
-    _implemented(_DC + 'eval_split', 'data.input_pipeline', 'The split '
-                 'evaluated during training.'),
-    _implemented(_DC + 'test_split', 'evaluate', 'The split '
-                 '`tokenlearner_jax.evaluate` tests (default test).'),
-    _implemented(_DC + 'shuffle_buffer_size', 'data.input_pipeline',
-                 'Examples in the train shuffle buffer.'),
-    _implemented(_DC + 'autotune', 'data.batching', "tf.data's autotuning "
-                 '(default True).'),
-    _implemented(_DC + 'image_size', 'data.image_preprocessing', 'Side of the '
-                 'images (None: as stored).'),
-    _implemented(_DC + 'inception_crop', 'data.image_preprocessing',
-                 'Inception crop in training (default True).'),
-    _implemented(_DC + 'eval_crop_fraction', 'data.image_preprocessing',
-                 'Central crop fraction in evaluation (default 0.875).'),
-    _implemented(_DC + 'random_flip', 'data.image_preprocessing', 'Horizontal '
-                 'flips in training (default True).'),
-    _implemented(_DC + 'base_dir', 'data.tfrecord_tables', 'Directory of the '
-                 'TFRecord tables.', **_REF),
-    _implemented(_DC + 'tables', 'data.tfrecord_tables', "Split -> 'name@N' or "
-                 'a glob.', **_REF),
-    _implemented(_DC + 'examples_per_subset', 'data.video_tfrecords',
-                 'Split -> examples (for epochs and eval sizes).', **_REF),
-    _implemented(_DC + 'label_offset', 'data.video_tfrecords', 'Subtracted '
-                 'from the stored labels (1 for 1-based ids).'),
-    _implemented(_DC + 'num_frames', 'data.video_tfrecords', 'Frames per '
-                 'clip.', **_REF),
-    _implemented(_DC + 'stride', 'data.video_tfrecords', 'Frames between '
-                 "a clip's frames.", **_REF),
-    _implemented(_DC + 'min_resize', 'data.video_tfrecords', 'Smaller side '
-                 'resized to this before cropping.', **_REF),
-    _implemented(_DC + 'crop_size', 'data.video_tfrecords', 'Side of the '
-                 'square crop.', **_REF),
-    _implemented(_DC + 'zero_centering', 'data.video_tfrecords', 'Values in '
-                 '[-1, 1] (else [0, 1]).', **_REF),
-    _implemented(_DC + 'num_test_clips', 'data.video_tfrecords', 'Clips per '
-                 'video in the test.', **_REF),
-    _implemented(_DC + 'do_three_spatial_crops', 'data.video_tfrecords',
-                 'Three spatial crops per test clip.', **_REF),
-    _implemented(_DC + 'test_batch_size', 'data.video_tfrecords', 'Videos per '
-                 'test batch.', positive=True, **_REF),
-    _implemented(_DC + 'test_crop_size', 'data.video_tfrecords', 'Side of '
-                 "the test's spatial crops (unset: crop_size).", positive=True),
-    _implemented(_DC + 'skip_corrupt_examples', 'data.video_tfrecords',
-                 'Skip (and count) corrupt records instead of stopping.',
-                 default=False),
-    _implemented(_DC + 'clip_labels', 'data.video_tfrecords', "A train "
-                 "clip's labels: 'video' (clip/label/index) or 'segments' "
-                 '(the classes of the action segments it overlaps).',
-                 default='video'),
-    _implemented(_DC + 'test_pooling', 'evaluate', "The test's views of a "
-                 "video combined: 'mean' of the logits or each class's "
-                 "'max'.", default='mean'),
-    _implemented(_DC + 'augmentation_params', 'data.video_tfrecords',
-                 'Train augmentations of videos.', section=True, **_REF),
-    _no_op(_DC + 'one_hot_labels', "the reference ViViT configs' misspelling "
-           'of one_hot_label, which its loader never reads',
-           'One-hot labels.', **_REF),
-    _no_op(_DC + 'one_hot_label', 'labels are always one-hot (or multi-hot)',
-           'One-hot labels.', accepts=(True,)),
-    _no_op(_DC + 'keep_test_key', 'test batches carry no example key',
-           "Keep each test example's key.", accepts=(False,)),
-    _unsupported(_DC + 'num_train_val_clips', 'evaluation during training '
-                 'takes the middle clip of each video', 'Clips per video in '
-                 'training and validation.', accepts=(1,)),
-    _no_op(_DC + 'do_multicrop_test', _MULTICROP, 'Run the multi-crop test '
-           'during training.', **_REF),
-    _no_op(_DC + 'log_test_epochs', _MULTICROP, 'Epochs between multi-crop '
-           'tests during training.', **_REF),
-    _no_op(_DC + 'prefetch_to_device', 'jax.jit places each batch; there is '
-           'no device prefetch queue', 'Batches prefetched to the devices.',
-           **_REF),
-    _implemented(_AUG + 'do_jitter_scale', 'data.video_tfrecords', 'Random '
-                 'scale jitter.', **_REF),
-    _implemented(_AUG + 'scale_min_factor', 'data.video_tfrecords',
-                 'Smallest scale factor.', **_REF),
-    _implemented(_AUG + 'scale_max_factor', 'data.video_tfrecords',
-                 'Largest scale factor.', **_REF),
-    _implemented(_AUG + 'prob_scale_jitter', 'data.video_tfrecords',
-                 'Probability of the scale jitter.', **_REF),
-    _implemented(_AUG + 'do_color_augment', 'data.video_tfrecords', 'Colour '
-                 'augmentation.', **_REF),
-    _implemented(_AUG + 'prob_color_augment', 'data.video_tfrecords',
-                 'Probability of the colour augmentation.', **_REF),
-    _implemented(_AUG + 'prob_color_drop', 'data.video_tfrecords',
-                 'Probability of dropping the colour (grey clip).', **_REF),
-    _unsupported(_AUG + 'do_rand_augment', 'RandAugment is not implemented',
-                 'RandAugment.', accepts=(False,)),
-    _unsupported(_AUG + 'do_random_erasing', 'random erasing is not '
-                 'implemented', 'Random erasing.', accepts=(False,)),
-    _unsupported(_AUG + 'do_simclr_crop_resize', 'SimCLR crops are not '
-                 'implemented', 'SimCLR-style crop and resize.',
-                 accepts=(False,)),
-    _unsupported(_AUG + 'do_simclr_style_augmentations', 'SimCLR '
-                 'augmentations are not implemented', 'SimCLR-style '
-                 'augmentations.', accepts=(False,)),
-)
-
 KEYS += (
     _implemented('mixup.alpha', 'train_steps', 'Mixup Beta(alpha, alpha); '
                  'None or 0: off.'),
@@ -339,19 +221,23 @@ KEYS += (
 )
 
 def section_keys(cls: Any, section: str, module: str, description: str,
-                 filled: Tuple[str, ...] = (),
-                 reference: bool = False) -> Tuple[ConfigKey, ...]:
+                 filled: Tuple[str, ...] = (), reference: bool = False,
+                 section_module: Optional[str] = None
+                 ) -> Tuple[ConfigKey, ...]:
   """The table's rows of a typed section (`fields.field`s of `cls`): the
   section, then each field (under the section, or at the top for '/key')
   with its `Attributes:` text and default. `filled`: the fields whose
   defaults `complete` writes into every config (and so into its record);
   the others the section's own `from_config` fills, so a config without
   the section stays without it. `reference`: the reference's configs set
-  the section."""
+  the section. `module` reads the fields that name no reader of their own;
+  `section_module` (default `module`) reads the section."""
   docs = fields.attribute_docs(cls.__doc__ or '')
-  rows = [_implemented(section, module, description, section=True,
-                       reference=reference)]
+  rows = [_implemented(section, section_module or module, description,
+                       section=True, reference=reference)]
   for f in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(f.default):  # A typed section of its own.
+      continue
     default = '' if f.default in (dataclasses.MISSING, None) else (
         f' (default {f.default!r})')
     rows.append(_implemented(
@@ -380,6 +266,47 @@ KEYS += section_keys(
 KEYS += section_keys(
     FewshotConfig, 'fewshot', 'fewshot', 'Few-shot linear evaluation of the '
     'frozen pre-logits (below; `configs.fewshot_config`); unset: none.')
+KEYS += section_keys(
+    DataConfig, 'dataset_configs', 'data.input_pipeline', "The data source's "
+    "settings (below; `configs.data_config`'s `DataConfig`).",
+    filled=('skip_corrupt_examples', 'clip_labels', 'test_pooling'),
+    reference=True, section_module='configs.data_config')
+KEYS += section_keys(
+    AugmentationConfig, 'dataset_configs.augmentation_params',
+    'data.video_tfrecords', 'Train augmentations of videos '
+    "(`configs.data_config`'s `AugmentationConfig`).", reference=True)
+_DC = 'dataset_configs.'
+_AUG = _DC + 'augmentation_params.'
+KEYS += (
+    _no_op(_DC + 'one_hot_labels', "the reference ViViT configs' misspelling "
+           'of one_hot_label, which its loader never reads',
+           'One-hot labels.', **_REF),
+    _no_op(_DC + 'one_hot_label', 'labels are always one-hot (or multi-hot)',
+           'One-hot labels.', accepts=(True,)),
+    _no_op(_DC + 'keep_test_key', 'test batches carry no example key',
+           "Keep each test example's key.", accepts=(False,)),
+    _unsupported(_DC + 'num_train_val_clips', 'evaluation during training '
+                 'takes the middle clip of each video', 'Clips per video in '
+                 'training and validation.', accepts=(1,)),
+    _no_op(_DC + 'do_multicrop_test', _MULTICROP, 'Run the multi-crop test '
+           'during training.', **_REF),
+    _no_op(_DC + 'log_test_epochs', _MULTICROP, 'Epochs between multi-crop '
+           'tests during training.', **_REF),
+    _no_op(_DC + 'prefetch_to_device', 'jax.jit places each batch; there is '
+           'no device prefetch queue', 'Batches prefetched to the devices.',
+           **_REF),
+    _unsupported(_AUG + 'do_rand_augment', 'RandAugment is not implemented',
+                 'RandAugment.', accepts=(False,)),
+    _unsupported(_AUG + 'do_random_erasing', 'random erasing is not '
+                 'implemented', 'Random erasing.', accepts=(False,)),
+    _unsupported(_AUG + 'do_simclr_crop_resize', 'SimCLR crops are not '
+                 'implemented', 'SimCLR-style crop and resize.',
+                 accepts=(False,)),
+    _unsupported(_AUG + 'do_simclr_style_augmentations', 'SimCLR '
+                 'augmentations are not implemented', 'SimCLR-style '
+                 'augmentations.', accepts=(False,)),
+)
+
 
 TABLE: Dict[str, ConfigKey] = {k.key: k for k in KEYS}
 
@@ -475,6 +402,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.get('lr_configs') is not None:
     ScheduleConfig.from_config(config)
   InitFromConfig.from_config(config)
+  DataConfig.from_config(config)
 
 
 def fill_defaults(config: ml_collections.ConfigDict) -> None:

@@ -11,10 +11,11 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from tokenlearner_jax.configs.data_config import DataConfig
 
 Batch = Dict[str, np.ndarray]
 
@@ -113,7 +114,7 @@ def example_seed(rng_seed: int, index: tf.Tensor,
 
 
 def with_options(ds: tf.data.Dataset,
-                 dc: ml_collections.ConfigDict) -> tf.data.Dataset:
+                 dc: DataConfig) -> tf.data.Dataset:
   """`ds` with the tf.data options of `dataset_configs`.
 
   `dataset_configs.autotune` (default True): tf.data's autotuning of
@@ -124,7 +125,7 @@ def with_options(ds: tf.data.Dataset,
   which delays a run's exit).
   """
   options = tf.data.Options()
-  options.autotune.enabled = dc.get('autotune', True)
+  options.autotune.enabled = dc.autotune
   return ds.with_options(options)
 
 

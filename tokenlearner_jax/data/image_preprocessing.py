@@ -13,8 +13,9 @@ Random draws come from a stateless seed per example.
 
 from typing import Optional
 
-import ml_collections
 import tensorflow as tf
+
+from tokenlearner_jax.configs.data_config import DataConfig
 
 
 def inception_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
@@ -38,13 +39,13 @@ def central_crop(image: tf.Tensor, size: int, fraction: float) -> tf.Tensor:
   return resized[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
 
 
-def preprocess_image(image: tf.Tensor, dc: ml_collections.ConfigDict,
+def preprocess_image(image: tf.Tensor, dc: DataConfig,
                      seed: Optional[tf.Tensor]) -> tf.Tensor:
   """`[H, W, 3]` uint8 -> float32 in [-1, 1]; train when given a `seed`."""
-  size = dc.get('image_size')
+  size = dc.image_size
   if seed is None:  # Eval.
     if size:
-      fraction = dc.get('eval_crop_fraction', 0.875)
+      fraction = dc.eval_crop_fraction
       image = (tf.image.resize(image, (size, size)) if fraction >= 1.0
                else central_crop(image, size, fraction))
   else:
@@ -52,8 +53,8 @@ def preprocess_image(image: tf.Tensor, dc: ml_collections.ConfigDict,
         tf.random.experimental.stateless_split(seed, 2))
     if size:
       image = (inception_crop(image, size, crop_seed)
-               if dc.get('inception_crop', True)
+               if dc.inception_crop
                else tf.image.resize(image, (size, size)))
-    if dc.get('random_flip', True):
+    if dc.random_flip:
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return tf.cast(image, tf.float32) / 127.5 - 1.0

@@ -15,6 +15,7 @@ from typing import Dict
 import ml_collections
 import tensorflow as tf
 
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import image_preprocessing
 from tokenlearner_jax.data import tfrecord_tables
@@ -31,9 +32,9 @@ def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
           'label': tf.sparse.to_dense(features[LABEL_KEY])}
 
 
-def multi_hot(label: tf.Tensor, dc: ml_collections.ConfigDict) -> tf.Tensor:
+def multi_hot(label: tf.Tensor, dc: DataConfig) -> tf.Tensor:
   """`[num_classes]` multi-hot of class ids, checked for range."""
-  index = label - dc.get('label_offset', 0)
+  index = label - dc.label_offset
   checks = [
       tf.debugging.assert_less(
           index, tf.constant(dc.num_classes, tf.int64),
@@ -54,8 +55,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
   `train=False` there is none (`train_iter` is None) and `tables` needs no
   'train' entry.
   """
-  dc = config.dataset_configs
-  if not dc.get('image_size'):
+  dc = DataConfig.from_config(config)
+  if not dc.image_size:
     raise ValueError('dataset_configs.image_size must be set for '
                      'multilabel_image_tfrecords (stored images vary in size).')
 
@@ -73,7 +74,7 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
     train_ds = batching.skip_to_step(
         tf.data.TFRecordDataset(tfrecord_tables.split_files(
             dc, 'train')).repeat().shuffle(
-                dc.get('shuffle_buffer_size', 10_000),
+                dc.shuffle_buffer_size or 10_000,
                 seed=config.rng_seed).enumerate(),
         config.batch_size, start_step)
     train_ds = train_ds.map(
@@ -82,7 +83,7 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
     train_iter = batching.to_numpy(batching.with_options(
         train_ds.batch(batching.per_process(config.batch_size, 'batch_size'),
                        drop_remainder=True).prefetch(2), dc))
-  eval_split = dc.get('eval_split', 'validation')
+  eval_split = dc.eval_split or 'validation'
   eval_files = tfrecord_tables.split_files(dc, eval_split)
   eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
                                             'eval_batch_size')
@@ -93,7 +94,7 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
         tfrecord_tables.split_files(dc, split)).map(
             example, num_parallel_calls=tf.data.AUTOTUNE), dc)
 
-  sizes = dc.get('examples_per_subset') or {}
+  sizes = dc.examples_per_subset or {}
   return batching.Data(
       train_iter=train_iter,
       eval_batches=lambda: batching.padded(eval_ds(eval_split), eval_bs),

@@ -40,6 +40,7 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.data import batching
 # Registers the demo builders with tfds.
 from tokenlearner_jax.data import datasets as _  # pylint: disable=unused-import
@@ -59,17 +60,17 @@ def _tfds_split(builder, split: str, seed: int,
       read_config=tfds.ReadConfig(shuffle_seed=seed))
 
 
-def _tfds_builder(name: str, dc: ml_collections.ConfigDict):
+def _tfds_builder(name: str, dc: DataConfig):
   name = TFDS_NAMES.get(name, name)
-  if dc.get('builder_config'):
+  if dc.builder_config:
     name = f'{name}/{dc.builder_config}'
-  builder = tfds.builder(name, data_dir=dc.get('data_dir'))
+  builder = tfds.builder(name, data_dir=dc.data_dir)
   try:
     builder.download_and_prepare()
   except FileExistsError:
     # Another process (a parallel sweep run, another host) generated the same
     # dataset first and won the final rename: use its copy.
-    builder = tfds.builder(name, data_dir=dc.get('data_dir'))
+    builder = tfds.builder(name, data_dir=dc.data_dir)
     if not builder.is_prepared():
       raise
     logging.info('%s was prepared by another process meanwhile.', name)
@@ -102,13 +103,13 @@ class _Source(NamedTuple):
 
 
 def _tfds_source(name: str, label_key_field: str,
-                 dc: ml_collections.ConfigDict) -> _Source:
+                 dc: DataConfig) -> _Source:
   """The dataset `name`: its supervised input, and its label under
   `dataset_configs[label_key_field]` or the supervised one, checked against
   `num_classes`."""
   builder = _tfds_builder(name, dc)
   input_key, label_key = builder.info.supervised_keys
-  label_key = dc.get(label_key_field, label_key)
+  label_key = getattr(dc, label_key_field) or label_key
   _check_num_classes(builder, label_key, dc.num_classes)
   return _Source(builder, input_key, label_key)
 
@@ -120,18 +121,18 @@ def _tfds_data(config: ml_collections.ConfigDict, start_step: int,
   Without `train`, the train dataset is not read, nor even built when the
   eval side has its own (`eval_dataset_name`).
   """
-  dc = config.dataset_configs
+  dc = DataConfig.from_config(config)
   num_classes = dc.num_classes
   train_source = None
-  if train or not dc.get('eval_dataset_name'):
+  if train or not dc.eval_dataset_name:
     train_source = _tfds_source(config.dataset_name, 'label_key', dc)
   eval_source = train_source
-  if dc.get('eval_dataset_name'):
+  if dc.eval_dataset_name:
     eval_source = _tfds_source(dc.eval_dataset_name, 'eval_label_key', dc)
   eval_splits = eval_source.builder.info.splits
-  eval_split = dc.get('eval_split', 'test' if 'test' in eval_splits
-                      else 'validation')
-  pad = dc.get('crop_padding', 0)
+  eval_split = dc.eval_split or ('test' if 'test' in eval_splits
+                                  else 'validation')
+  pad = dc.crop_padding
 
   def preprocess(example, input_key: str, label_key: str, seed=None):
     """Eval preprocessing, or train augmentation when given a `seed`."""
@@ -167,7 +168,7 @@ def _tfds_data(config: ml_collections.ConfigDict, start_step: int,
             num_parallel_calls=tf.data.AUTOTUNE), dc)
 
   eval_ds = eval_split_ds(eval_split)
-  if dc.get('cache', True):
+  if dc.cache:
     eval_ds = eval_ds.cache()
   eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
                                             'eval_batch_size')
@@ -192,7 +193,7 @@ def _tfds_train(config: ml_collections.ConfigDict, source: _Source,
                 start_step: int) -> Tuple[Iterator[batching.Batch], int]:
   """The train batches of `source` from `start_step` on, and the number of
   train examples."""
-  dc = config.dataset_configs
+  dc = DataConfig.from_config(config)
   builder, input_key, label_key = source
   # {} if mocked.
   train_size = {k: v.num_examples for k, v in
@@ -200,12 +201,12 @@ def _tfds_train(config: ml_collections.ConfigDict, source: _Source,
   if train_size == 0:
     raise ValueError(f"{builder.name}'s train split is empty "
                      f'({builder.data_dir}).')
-  global_order = dc.get('global_order', False)
+  global_order = dc.global_order
   train = _tfds_split(builder, 'train', config.rng_seed, global_order)
-  if dc.get('cache', True):
+  if dc.cache:
     train = train.cache()
   train = batching.skip_to_step(
-      train.repeat().shuffle(dc.get('shuffle_buffer_size', 10_000),
+      train.repeat().shuffle(dc.shuffle_buffer_size or 10_000,
                              seed=config.rng_seed).enumerate(),
       config.batch_size, start_step, global_order)
   if global_order:

@@ -1,14 +1,15 @@
 """The reference's TFRecord tables: 'name@N' shard sets or globs, per
-process."""
+process; the label map beside video records."""
 
+import csv
 import os
-from typing import List
+from typing import Dict, List
 
 import jax
-import ml_collections
 import tensorflow as tf
 
 from tokenlearner_jax import errors
+from tokenlearner_jax.configs.data_config import DataConfig
 
 # What to do when a config's records are not there.
 HINT = ('set --config.dataset_configs.base_dir to your records (docs/data.md '
@@ -50,7 +51,7 @@ def process_files(files: List[str], field: str) -> List[str]:
   return files[jax.process_index()::jax.process_count()]
 
 
-def split_files(dc: ml_collections.ConfigDict, split: str) -> List[str]:
+def split_files(dc: DataConfig, split: str) -> List[str]:
   """This process's files of `dataset_configs.tables[split]` under
   `dataset_configs.base_dir`; the error names a split `tables` lacks."""
   if split not in dc.tables:
@@ -59,3 +60,47 @@ def split_files(dc: ml_collections.ConfigDict, split: str) -> List[str]:
   field = f'dataset_configs.tables.{split}'
   return process_files(sharded_files(dc.base_dir, dc.tables[split], field),
                        field)
+
+
+# The class names of video records: `index,label` lines under this header,
+# beside the records (scripts/make_video_tfrecords.py writes it).
+LABEL_MAP_FILE = 'label_map.csv'
+LABEL_MAP_HEADER = ['index', 'label']
+
+
+class LabelMapError(errors.KnownFault, ValueError):
+  """A label map that does not read (its file and line named)."""
+
+
+def read_label_map(path: str) -> Dict[str, int]:
+  """label -> index of `index,label` lines (the header is optional)."""
+  if not tf.io.gfile.exists(path):
+    raise LabelMapError(f'--label_map={path}: no such file.')
+  label_map, seen_ids = {}, {}
+  with tf.io.gfile.GFile(path, 'r') as f:
+    for line, fields in enumerate(csv.reader(f), start=1):
+      if not fields or (line == 1 and fields == LABEL_MAP_HEADER):
+        continue
+      if len(fields) != 2 or not fields[0].strip().isdigit():
+        raise LabelMapError(f'--label_map={path} line {line}: expected '
+                            f'"index,label", got {fields}.')
+      index, label = int(fields[0]), fields[1].strip()
+      if label in label_map:
+        raise LabelMapError(f'--label_map={path} line {line}: label '
+                            f'{label!r} is listed twice.')
+      if index in seen_ids:
+        raise LabelMapError(f'--label_map={path} line {line}: index {index} '
+                            f'is also {seen_ids[index]!r}.')
+      label_map[label], seen_ids[index] = index, label
+  if not label_map:
+    raise LabelMapError(f'--label_map={path}: no label.')
+  return label_map
+
+
+def write_label_map(label_map: Dict[str, int], path: str) -> None:
+  """Writes `label_map` as `index,label` lines under a header, by index."""
+  with tf.io.gfile.GFile(path, 'w') as f:
+    writer = csv.writer(f, lineterminator='\n')
+    writer.writerow(LABEL_MAP_HEADER)
+    for label, index in sorted(label_map.items(), key=lambda item: item[1]):
+      writer.writerow([index, label])

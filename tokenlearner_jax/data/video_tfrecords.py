@@ -51,6 +51,8 @@ import tensorflow as tf
 
 from tokenlearner_jax import errors
 from tokenlearner_jax import metrics
+from tokenlearner_jax.configs.data_config import AugmentationConfig
+from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import tfrecord_tables
 
@@ -137,22 +139,21 @@ def _resize(video: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
   return tf.reshape(frames, tf.concat([shape[:-3], tf.shape(frames)[1:]], 0))
 
 
-def scale_jitter(video: tf.Tensor, aug: ml_collections.ConfigDict,
+def scale_jitter(video: tf.Tensor, aug: AugmentationConfig,
                  crop_size: int, seed: tf.Tensor) -> tf.Tensor:
   """Resizes `[T, H, W, 3]` by a random factor (scenic's scale jitter)."""
   apply_seed, factor_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
   factor = tf.random.stateless_uniform(
-      (), factor_seed, aug.get('scale_min_factor', 0.9),
-      aug.get('scale_max_factor', 1.33))
+      (), factor_seed, aug.scale_min_factor, aug.scale_max_factor)
   size = tf.cast(tf.shape(video)[1:3], tf.float32)
   new_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), crop_size)
   apply = (tf.random.stateless_uniform((), apply_seed)
-           < aug.get('prob_scale_jitter', 1.0))
+           < aug.prob_scale_jitter)
   return tf.cond(apply, lambda: _resize(video, new_size), lambda: video)
 
 
-def color_augment(video: tf.Tensor, aug: ml_collections.ConfigDict,
+def color_augment(video: tf.Tensor, aug: AugmentationConfig,
                   seed: tf.Tensor) -> tf.Tensor:
   """DMVR's default colour jitter and colour drop on `[T, H, W, 3]` in [0, 1].
 
@@ -168,10 +169,10 @@ def color_augment(video: tf.Tensor, aug: ml_collections.ConfigDict,
     return tf.clip_by_value(v, 0.0, 1.0)
 
   apply = (tf.random.stateless_uniform((), seeds[4])
-           < aug.get('prob_color_augment', 0.8))
+           < aug.prob_color_augment)
   video = tf.cond(apply, lambda: jitter(video), lambda: video)
   drop = (tf.random.stateless_uniform((), seeds[5])
-          < aug.get('prob_color_drop', 0.0))
+          < aug.prob_color_drop)
   return tf.cond(drop, lambda: tf.image.grayscale_to_rgb(
       tf.image.rgb_to_grayscale(video)), lambda: video)
 
@@ -196,7 +197,7 @@ def centre_crop(video: tf.Tensor, crop_size: int) -> tf.Tensor:
                offset[1]:offset[1] + crop_size, :]
 
 
-def labels(example: Dict[str, tf.Tensor], dc: ml_collections.ConfigDict,
+def labels(example: Dict[str, tf.Tensor], dc: DataConfig,
            allow_empty: bool = False,
            index: Optional[tf.Tensor] = None) -> tf.Tensor:
   """Multi-hot `[num_classes]` (one-hot for one label), checked for range.
@@ -204,8 +205,7 @@ def labels(example: Dict[str, tf.Tensor], dc: ml_collections.ConfigDict,
   Of `index` (default: the video's labels, `example['label']`); no label is
   an error unless `allow_empty` (a multi-label head).
   """
-  index = (example['label'] if index is None else index) - dc.get(
-      'label_offset', 0)
+  index = (example['label'] if index is None else index) - dc.label_offset
   checks = [] if allow_empty else [
       tf.debugging.assert_greater(
           tf.size(index), 0, message='a video has no clip/label/index'),
@@ -232,7 +232,7 @@ def _scale(video: tf.Tensor, zero_centering: bool) -> tf.Tensor:
   return video * 2.0 - 1.0 if zero_centering else video
 
 
-def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor,
+def train_example(example, dc: DataConfig, seed: tf.Tensor,
                   allow_empty: bool = False):
   """One random augmented clip `[T, crop, crop, 3]` and its label (the
   video's, or with `clip_labels='segments'` the overlapping segments')."""
@@ -245,17 +245,17 @@ def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor,
       (1,), clip_seed, 0, tf.maximum(length - span, 0) + 1, tf.int32)
   indices = clip_indices(length, start, dc.num_frames, dc.stride)
   video = resize_smallest(decode_frames(frames, indices)[0], dc.min_resize)
-  aug = dc.get('augmentation_params') or ml_collections.ConfigDict()
-  if aug.get('do_jitter_scale'):
+  aug = dc.augmentation_params
+  if aug.do_jitter_scale:
     video = scale_jitter(video, aug, dc.crop_size, jitter_seed)
   crop = (dc.num_frames, dc.crop_size, dc.crop_size, 3)
   video = tf.image.stateless_random_crop(video, crop, crop_seed)
   video = tf.cond(tf.random.stateless_uniform((), flip_seed) < 0.5,
                   lambda: tf.reverse(video, [2]), lambda: video)
   video = _scale(video, zero_centering=False)
-  if aug.get('do_color_augment'):
+  if aug.do_color_augment:
     video = color_augment(video, aug, color_seed)
-  if dc.get('zero_centering', True):
+  if dc.zero_centering:
     video = video * 2.0 - 1.0
   index = (segment_labels(example, start[0], span, length)
            if dc.clip_labels == 'segments' else None)
@@ -263,7 +263,7 @@ def train_example(example, dc: ml_collections.ConfigDict, seed: tf.Tensor,
           'label': labels(example, dc, allow_empty, index)}
 
 
-def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
+def eval_example(example, dc: DataConfig, num_clips: int,
                  three_crops: bool, allow_empty: bool = False,
                  crop_size: Optional[int] = None):
   """`[clips * crops, T, crop, crop, 3]` views of one video, and its label
@@ -285,28 +285,19 @@ def eval_example(example, dc: ml_collections.ConfigDict, num_clips: int,
     views = centre_crop(video, crop_size)
   shape = (num_clips * (3 if three_crops else 1), dc.num_frames, crop_size,
            crop_size, 3)
-  return {'inputs': tf.ensure_shape(_scale(views, dc.get('zero_centering',
-                                                         True)), shape),
+  return {'inputs': tf.ensure_shape(_scale(views, dc.zero_centering),
+                                     shape),
           'label': labels(example, dc, allow_empty)}
 
 
-def _check_choices(dc: ml_collections.ConfigDict) -> None:
-  """`clip_labels` and `test_pooling` are among their choices."""
-  for key, choices in (('clip_labels', CLIP_LABELS),
-                       ('test_pooling', TEST_POOLING)):
-    value = dc.get(key, choices[0])
-    if value not in choices:
-      raise errors.ConfigError(f'dataset_configs.{key}={value!r}: expected '
-                               f'one of {choices}.')
-
-
-def _check_augmentations(dc: ml_collections.ConfigDict) -> None:
-  aug = dc.get('augmentation_params') or {}
-  unsupported = [k for k, v in aug.items() if k.startswith('do_') and v
-                 and k not in SUPPORTED_AUGMENTATIONS]
-  if unsupported:
-    raise ValueError(f'dataset_configs.augmentation_params: {unsupported} are '
-                     f'not supported (supported: {SUPPORTED_AUGMENTATIONS}).')
+def _check_video_sizes(dc: DataConfig) -> None:
+  """The clip sizes a video reader needs are set."""
+  unset = [k for k in ('num_frames', 'min_resize', 'crop_size')
+           if getattr(dc, k) is None]
+  if unset:
+    raise errors.ConfigError(
+        f'dataset_configs.{unset[0]} must be set for video_tfrecord_dataset '
+        '(configs/vivit_k400.py sets num_frames, min_resize and crop_size).')
 
 
 def _records(files: List[str], shuffle_seed=None) -> tf.data.Dataset:
@@ -319,7 +310,7 @@ def _records(files: List[str], shuffle_seed=None) -> tf.data.Dataset:
   return tf.data.TFRecordDataset(files)
 
 
-def locate_corrupt_file(files: List[str], dc: ml_collections.ConfigDict,
+def locate_corrupt_file(files: List[str], dc: DataConfig,
                         allow_empty: bool = False) -> Tuple[str, int, str]:
   """The first file, record index and error of a record that fails to read."""
   for path in files:
@@ -346,7 +337,7 @@ def locate_corrupt_file(files: List[str], dc: ml_collections.ConfigDict,
 
 
 def _named_errors(batches: Iterator[batching.Batch], files: List[str],
-                  dc: ml_collections.ConfigDict,
+                  dc: DataConfig,
                   allow_empty: bool = False) -> Iterator[batching.Batch]:
   """Re-raises a data error with the file and record that cause it."""
   try:
@@ -418,9 +409,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
   `train=False` there is none (`train_iter` is None) and `tables` needs no
   'train' entry.
   """
-  dc = config.dataset_configs
-  _check_augmentations(dc)
-  _check_choices(dc)
+  dc = DataConfig.from_config(config)
+  _check_video_sizes(dc)
   skip = dc.skip_corrupt_examples
   # A multi-label (sigmoid) head takes videos without a label (all zeros).
   allow_empty = metrics.MODEL_NAMES.get(config.get('model_name'), False)
@@ -441,7 +431,7 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
     train_files = tfrecord_tables.split_files(dc, 'train')
     train_ds = _records(train_files, config.rng_seed).map(parse_example)
     train_ds = batching.skip_to_step(
-        train_ds.repeat().shuffle(dc.get('shuffle_buffer_size', 1024),
+        train_ds.repeat().shuffle(dc.shuffle_buffer_size or 1024,
                                   seed=config.rng_seed).enumerate(),
         config.batch_size, start_step)
     train_ds = train_ds.map(
@@ -465,18 +455,18 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
       ds = ds.map(lambda e: {'inputs': e['inputs'][0], 'label': e['label']})
     return guarded(ds, split_files, batch_size, pad=True)
 
-  eval_split = dc.get('eval_split', 'validation')
-  test_crop = dc.get('test_crop_size') or dc.crop_size
+  eval_split = dc.eval_split or 'validation'
+  test_crop = dc.test_crop_size or dc.crop_size
   # Checked now, not at the first eval.
   eval_files = tfrecord_tables.split_files(dc, eval_split)
-  num_clips = dc.get('num_test_clips', 1)
-  three_crops = dc.get('do_three_spatial_crops', False)
+  num_clips = dc.num_test_clips
+  three_crops = dc.do_three_spatial_crops
   eval_bs = batching.padded_eval_batch_size(config.eval_batch_size,
                                             'eval_batch_size')
   test_bs = batching.padded_eval_batch_size(
-      dc.get('test_batch_size') or config.eval_batch_size,
+      dc.test_batch_size or config.eval_batch_size,
       'dataset_configs.test_batch_size')
-  sizes = dc.get('examples_per_subset') or {}
+  sizes = dc.examples_per_subset or {}
   return batching.Data(
       train_iter=train_iter,
       eval_batches=lambda: eval_batches(eval_split, 1, False, eval_bs, False),
