@@ -13,7 +13,6 @@ from tests.testing import config_for
 from tests.testing import save_fresh_checkpoint
 from tests.testing import write_video_tfrecords
 from tokenlearner_jax import checkpoint
-from tokenlearner_jax import errors
 from tokenlearner_jax import layer_layout
 from tokenlearner_jax import visualize
 from tokenlearner_jax.models import build_model
@@ -81,8 +80,9 @@ class VisualizeTest(absltest.TestCase):
                                 (tokens + 1) * size))
     # A config that does not fit the checkpoint is named in one line.
     config.model.tokenizer.num_tokens = tokens + 1
-    with self.assertRaisesRegex(errors.ConfigError, '--config does not fit '
-                                'the checkpoint .* parameter .*TokenLearner'):
+    with self.assertRaisesRegex(checkpoint.CheckpointError,
+                                'The checkpoint of --workdir=.* does not fit '
+                                'this run: .*TokenLearner'):
       visualize.visualize(config, workdir, num_clips=1)
 
   def test_a_model_without_tokenlearner_is_named(self):

@@ -26,7 +26,6 @@ from typing import Dict, List
 
 from absl import app
 from absl import flags
-import flax
 import flax.linen as nn
 import jax
 import ml_collections
@@ -82,22 +81,15 @@ def attention_maps(model, variables, inputs: np.ndarray, config:
 
 
 def check_fits(model, params, inputs: np.ndarray, workdir: str) -> None:
-  """Raises a `ConfigError` naming the first parameter whose shape (or
+  """Raises a `CheckpointError` naming the first parameter whose shape (or
   presence) differs between the checkpoint's `params` and the config's
-  model."""
+  model (`checkpoint.check_shapes`)."""
   wanted = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), inputs[:1], train=False))['params']
-  wanted = flax.traverse_util.flatten_dict(nn.unbox(wanted), sep='/')
-  have = flax.traverse_util.flatten_dict(params, sep='/')
-  for name in sorted(set(wanted) | set(have)):
-    shapes = [tuple(np.shape(d[name])) if name in d else None
-              for d in (have, wanted)]
-    if shapes[0] != shapes[1]:
-      raise errors.ConfigError(
-          f'--config does not fit the checkpoint of --workdir={workdir}: '
-          f'parameter {name} is {shapes[0] or "absent"} there and '
-          f'{shapes[1] or "absent"} in the config\'s model; visualise with '
-          f'the config the run was trained with ({workdir}/config.json).')
+  checkpoint.check_shapes(
+      {'params': params}, {'params': nn.unbox(wanted)},
+      f'The checkpoint of --workdir={workdir} (trained with '
+      f'{workdir}/config.json)')
 
 
 def overlay(frame: np.ndarray, weight: np.ndarray) -> np.ndarray:

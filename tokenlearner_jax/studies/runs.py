@@ -34,6 +34,7 @@ from ml_collections import config_flags
 
 from tokenlearner_jax import run_config
 from tokenlearner_jax import workdir_lock
+from tokenlearner_jax.configs import schema
 from tokenlearner_jax.studies import launchers
 
 Record = Dict[str, Any]
@@ -44,7 +45,7 @@ RECORD = 'sweep_point.json'
 ENTRIES = ('train', 'evaluate')
 SWEEP_LOCK = 'sweep.lock'
 # A lock whose heartbeat is older is stale (the trainer's default).
-STALE_SECONDS = 600
+STALE_SECONDS = schema.TABLE['workdir_lock_stale_seconds'].default
 
 
 def config_flag(value: str) -> str:
