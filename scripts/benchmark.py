@@ -20,6 +20,8 @@ per remat policy.
   python scripts/benchmark.py --set=reduction_small --skip=compile,demo,input
   python scripts/benchmark.py --skip=models,compile,demo,input \
       --max_batch=vivit_b16x2_tl8at6 --dtype=bfloat16 --attention=fused --scan
+  python scripts/benchmark.py --skip=models,compile,demo,input \
+      --layouts=12,24                            # nn.scan vs unrolled
 
 The model benchmarks need no TensorFlow (the input benchmark does).
 
@@ -164,6 +166,20 @@ COMPILE_SETS = {
                   dict(tokenizer_type='dynamic'), num_layers=24),
 }
 ALL_SPECS = {s.name: s for specs in MODEL_SETS.values() for s in specs}
+# `--layouts`: nn.scan against the unrolled loop, and TokenFuser against the
+# same TokenLearner without it, at each depth asked for.
+LAYOUT_SETS = {
+    'default': [
+        vit('vit_s16_tl8at6', 'S/16', IMAGE224, tokenlearner_loc=6,
+            num_tokens=8),
+        vit('vit_s16_tl16at6', 'S/16', IMAGE224, tokenlearner_loc=6,
+            num_tokens=16),
+        vit('vit_s16_tl16at6_fuser', 'S/16', IMAGE224, 'vit_s16_tl16at6',
+            tokenlearner_loc=6, num_tokens=16, use_tokenfuse=True),
+        vivit('vivit_s16x2_tl8at6', 'S/16', (16, 112, 112, 3),
+              tokenlearner_loc=6, num_tokens=8),
+    ],
+}
 
 
 def load_config_file(name: str) -> ml_collections.ConfigDict:
@@ -410,6 +426,60 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
   return result
 
 
+def bench_layouts(specs: Sequence[Spec], depths: Sequence[int],
+                  args) -> List[Dict[str, Any]]:
+  """Step seconds of each of `specs` at each depth, unrolled and with
+  `nn.scan` (the same parameters), and scan/unrolled; for a spec with a
+  `baseline` (TokenFuser's: the TokenLearner without it) the step-time
+  ratio to it beside the GMAC ratio. The programs of one depth are timed
+  in turns (`--steps` each, in 3 rounds), so that drift of the machine
+  falls on all alike."""
+  rows = []
+  for depth in depths:
+    programs = {}
+    for spec in specs:
+      for scan in (False, True):
+        config = spec_config(spec._replace(num_layers=depth),
+                             with_options(args, scan=scan))
+        compiled, state, batch, _ = step_timing.compiled_train_step(
+            config, spec.input_shape, NUM_CLASSES)
+        # Warm-up; then the same state, donated and returned, goes on.
+        _, state, _ = step_timing.time_steps(compiled, state, batch,
+                                             args.warmup, 0)
+        programs[spec.name, scan] = [compiled, state, batch, []]
+    for _ in range(3):
+      for entry in programs.values():
+        compiled, state, batch, times = entry
+        more, entry[1], _ = step_timing.time_steps(
+            compiled, state, batch, 0, max(args.steps // 3, 1))
+        times.extend(more)
+    step = {key: statistics.median(entry[3]) for key, entry in
+            programs.items()}
+    for spec in specs:
+      config = spec_config(spec._replace(num_layers=depth), args)
+      row = dict(model=spec.name, num_layers=depth,
+                 gmacs=flops.gmacs(config, spec.input_shape, NUM_CLASSES),
+                 unrolled_step_s=step[spec.name, False],
+                 scan_step_s=step[spec.name, True])
+      row['scan_ratio'] = row['scan_step_s'] / row['unrolled_step_s']
+      rows.append(row)
+    by_name = {row['model']: row for row in rows[-len(specs):]}
+    for spec in specs:
+      if spec.baseline in by_name:
+        row, base = by_name[spec.name], by_name[spec.baseline]
+        row['baseline'] = spec.baseline
+        row['gmac_ratio'] = row['gmacs'] / base['gmacs']
+        for kind in ('unrolled', 'scan'):
+          ratio = row[f'{kind}_step_s'] / base[f'{kind}_step_s']
+          row[f'{kind}_over_baseline'] = ratio
+          row[f'{kind}_over_baseline_per_gmac'] = ratio / row['gmac_ratio']
+    for row in rows[-len(specs):]:
+      print(f'  {row["model"]} ({depth} layers): unrolled '
+            f'{row["unrolled_step_s"] * 1e3:.1f} ms, nn.scan '
+            f'{row["scan_step_s"] * 1e3:.1f} ms', file=sys.stderr, flush=True)
+  return rows
+
+
 def bench_compile(spec: Spec, args) -> Dict[str, Any]:
   """Train-step compile seconds and step seconds (median of `--steps` after
   `--warmup`) of `spec` unrolled and with `nn.scan`, and their ratios."""
@@ -497,6 +567,10 @@ def parse_args(argv):
   parser.add_argument('--max_batch', default='',
                       help='Comma-separated models whose largest batch to '
                       'find.')
+  parser.add_argument('--layouts', default='',
+                      help='Comma-separated depths (e.g. 12,24) at which to '
+                      'time LAYOUT_SETS[--set or default] unrolled and with '
+                      'nn.scan, and TokenFuser against its TokenLearner.')
   parser.add_argument('--max_batch_remat', default='none,nothing_saveable',
                       help='The remat policies to find it for.')
   parser.add_argument('--max_batch_multiple', type=int, default=8,
@@ -528,6 +602,10 @@ def main(argv=None) -> Dict[str, Any]:
   if unknown:
     raise ValueError(f'--remat/--max_batch_remat: unknown {unknown}; known: '
                      f'{sorted(REMAT_POLICIES)}.')
+  depths = args.layouts.split(',') if args.layouts else []
+  if not all(d.isdigit() and int(d) > 6 for d in depths):
+    raise ValueError(f'--layouts={args.layouts}: comma-separated depths, each '
+                     'more than 6 (TokenLearner sits at block 6).')
   limit = device_memory_limit(args) if max_batch_names else None
   if 'models' in skip:
     specs = []
@@ -572,6 +650,10 @@ def main(argv=None) -> Dict[str, Any]:
         'demo_moving_digits', demo, data_shape, 40,
         with_options(args, steps=max(args.steps, 20)),
         peak)
+  if args.layouts:
+    results['layouts'] = bench_layouts(
+        LAYOUT_SETS[args.set if args.set in LAYOUT_SETS else 'default'],
+        [int(d) for d in depths], args)
   if max_batch_names:
     results['max_batch'] = [
         bench_max_batch(ALL_SPECS[name], remat, args, limit, peak)
@@ -607,6 +689,18 @@ def main(argv=None) -> Dict[str, Any]:
           f's (ratio {c["ratio"]:.2f}); step: unrolled '
           f'{c["unrolled_step_s"] * 1e3:.1f} ms, nn.scan '
           f'{c["scan_step_s"] * 1e3:.1f} ms (ratio {c["step_ratio"]:.2f}).')
+  if 'layouts' in results:
+    print('\nnn.scan against the unrolled loop (step seconds, median); '
+          'TokenFuser against its TokenLearner:\n')
+    print(markdown(results['layouts'], [
+        ('model', 'model'), ('num_layers', 'layers'), ('gmacs', 'GMACs'),
+        ('unrolled_step_s', 'unrolled s'), ('scan_step_s', 'nn.scan s'),
+        ('scan_ratio', 'scan / unrolled'), ('baseline', 'baseline'),
+        ('gmac_ratio', 'GMAC ratio'),
+        ('unrolled_over_baseline', 'step ratio (unrolled)'),
+        ('scan_over_baseline', 'step ratio (nn.scan)'),
+        ('unrolled_over_baseline_per_gmac', 'step / GMAC ratio (unrolled)'),
+        ('scan_over_baseline_per_gmac', 'step / GMAC ratio (nn.scan)')]))
   if 'max_batch' in results:
     print('\nLargest batch in device memory (XLA\'s peak estimate; one '
           'step run at it):\n')

@@ -23,6 +23,12 @@ TINY = [  # Timed, and in ALL_SPECS for --max_batch.
                   tokenlearner_loc=1, num_tokens=4),
 ]
 TIMED = TINY
+TINY_LAYOUTS = [  # TokenLearner at 6 of 7 blocks, without and with TokenFuser.
+    benchmark.vit('mu_vit_tl4at6', 'mu/8', (32, 32, 3), tokenlearner_loc=6,
+                  num_tokens=4),
+    benchmark.vit('mu_vit_tl4at6_fuser', 'mu/8', (32, 32, 3), 'mu_vit_tl4at6',
+                  tokenlearner_loc=6, num_tokens=4, use_tokenfuse=True),
+]
 TINY_COMPILE = benchmark.Spec('mu_vit_4layers', 'mu/8', (32, 32, 3),
                               dict(tokenizer_type='dynamic'), num_layers=4)
 
@@ -35,11 +41,12 @@ class BenchmarkTest(absltest.TestCase):
     argv = ['--small', '--steps=2', '--warmup=1', '--batch=4',
             '--skip=demo,input', '--max_batch=mu_vit_tl4at1',
             '--max_batch_remat=nothing_saveable', '--max_batch_multiple=4',
-            '--memory_limit_gib=0.003', f'--out={out}']
+            '--memory_limit_gib=0.003', '--layouts=7', f'--out={out}']
     start = time.monotonic()
     with mock.patch.dict(benchmark.MODEL_SETS, {'small': TIMED}), \
          mock.patch.dict(benchmark.ALL_SPECS, {s.name: s for s in TINY}), \
          mock.patch.dict(benchmark.COMPILE_SETS, {'small': TINY_COMPILE}), \
+         mock.patch.dict(benchmark.LAYOUT_SETS, {'default': TINY_LAYOUTS}), \
          mock.patch.object(benchmark, 'matmul_peak', return_value=1e10):
       results = benchmark.main(argv)
     wall = time.monotonic() - start
@@ -103,6 +110,22 @@ class BenchmarkTest(absltest.TestCase):
     self.assertEqual(compile_result['step_ratio'], steps[1] / steps[0])
     timed += unrolled + scan + 2 * sum(steps)  # 2 timed steps each, at least.
     self.assertLess(timed, wall)
+    # Both layouts of each model at 7 layers; TokenFuser against the same
+    # TokenLearner without it, in step time and in multiply-adds.
+    plain, fuser = results['layouts']
+    self.assertEqual([(r['model'], r['num_layers']) for r in (plain, fuser)],
+                     [('mu_vit_tl4at6', 7), ('mu_vit_tl4at6_fuser', 7)])
+    for row in (plain, fuser):
+      self.assertEqual(row['scan_ratio'],
+                       row['scan_step_s'] / row['unrolled_step_s'])
+    self.assertEqual(fuser['baseline'], 'mu_vit_tl4at6')
+    self.assertGreater(fuser['gmacs'], plain['gmacs'])  # The fuser's MLPs.
+    self.assertEqual(fuser['gmac_ratio'], fuser['gmacs'] / plain['gmacs'])
+    for kind in ('unrolled', 'scan'):
+      ratio = fuser[f'{kind}_step_s'] / plain[f'{kind}_step_s']
+      self.assertEqual(fuser[f'{kind}_over_baseline'], ratio)
+      self.assertEqual(fuser[f'{kind}_over_baseline_per_gmac'],
+                       ratio / fuser['gmac_ratio'])
 
   def test_the_x2plus1d_set_builds_the_x2plus1d_network(self):
     args = benchmark.parse_args(['--set=x2plus1d'])
@@ -120,6 +143,8 @@ class BenchmarkTest(absltest.TestCase):
       benchmark.main(['--models=vit_z99', '--skip=demo,input,compile'])
     with self.assertRaisesRegex(ValueError, '--max_batch: .*vit_z99'):
       benchmark.main(['--max_batch=vit_z99', '--skip=models,demo,input'])
+    with self.assertRaisesRegex(ValueError, '--layouts=5: .* more than 6'):
+      benchmark.main(['--layouts=5', '--skip=models,demo,input,compile'])
     with self.assertRaisesRegex(ValueError, "remat.*'dots'.*nothing_saveable"):
       benchmark.main(['--max_batch=vit_b16', '--max_batch_remat=dots',
                       '--skip=models,demo,input'])
