@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from tests import testing
 from tests.testing import Linear
@@ -159,6 +160,31 @@ class LossTermsTest(absltest.TestCase):
                                atol=1e-7)
     np.testing.assert_allclose(logits, x @ kernel + bias, rtol=1e-5,
                                atol=1e-6)
+
+  def test_train_loss_scores_the_labels_as_the_references_metrics(self):
+    params, x, y = example_data(6)
+    z = x @ params['Dense_0']['kernel'] + params['Dense_0']['bias']
+    log_p = z - z.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    cross_entropy = lambda target: float(-(target * log_p).sum(-1).mean())
+    state = train_steps.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=optax.set_to_zero().init(params),
+        rng=jax.random.PRNGKey(0))
+    for smoothing in (None, 0.2):
+      _, step_metrics = train_steps.train_step(
+          state, {'inputs': x, 'label': y}, model=Linear(),
+          tx=optax.set_to_zero(), schedule=lambda step: 0.0,
+          config=ml_collections.ConfigDict(dict(label_smoothing=smoothing)),
+          multilabel=False)
+      # Against the labels, smoothed or not (the reference's train metrics).
+      self.assertAlmostEqual(float(step_metrics['loss']), cross_entropy(y),
+                             places=5)
+      if smoothing:  # What the update minimised.
+        self.assertAlmostEqual(float(step_metrics['smoothed_loss']),
+                               cross_entropy(0.8 * y + 0.2 / 3), places=5)
+      else:
+        self.assertNotIn('smoothed_loss', step_metrics)
 
 
 def conv(params, inputs):

@@ -149,7 +149,7 @@ def loss_and_grads(params, model_state, inputs, labels, dropout_rng, *,
   `params`.
 
   The training loss adds `0.5 * l2_decay_factor * l2_penalty(params)` to the
-  data loss (`loss`, what the metrics report). With `sam_rho` (SAM) the
+  data loss (`loss`; with `label_smoothing`, against the smoothed targets). With `sam_rho` (SAM) the
   gradient and logits are those at `params + sam_rho * g / (||g|| + 1e-7)`,
   `g` the gradient at `params`, as the reference's ViViT trainer.
 
@@ -247,6 +247,9 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   otherwise `tx` clips the mean gradient. The new state carries the model
   state the step's forward pass updated (`loss_and_grads`), except after an
   update that `config.skip_nonfinite_steps` skips, which keeps the old one.
+  The metrics' `loss` is the cross-entropy of the step's logits against the
+  batch's (mixed) labels, as the reference's train metrics; with
+  `label_smoothing`, `smoothed_loss` is the loss the update minimised.
   """
   rng, dropout_rng, mixup_rng = jax.random.split(state.rng, 3)
   inputs, labels = _mixup(batch['inputs'], batch['label'], config, mixup_rng)
@@ -264,12 +267,20 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   hit = jnp.take_along_axis(labels, jnp.argmax(logits, -1)[:, None], -1) > 0
+  smoothed = None
+  if config.get('label_smoothing'):
+    # The reference's train metrics score the logits against the batch's
+    # labels, not the smoothed targets that the gradient is taken of.
+    smoothed, loss = loss, metrics_lib.per_example_loss(
+        logits, labels, multilabel).mean()
   step_metrics = {
       'loss': loss, 'learning_rate': schedule(state.step),
       'prec@1' if multilabel else 'accuracy': jnp.mean(hit),
       'grad_norm': grad_norm,
       'param_norm': optax.tree.norm(params),
   }
+  if smoothed is not None:
+    step_metrics['smoothed_loss'] = smoothed  # What the update minimised.
   if isinstance(opt_state, optax.ApplyIfFiniteState):
     step_metrics['skipped_steps'] = opt_state.total_notfinite
     model_state = jax.tree_util.tree_map(
