@@ -132,8 +132,13 @@ class ReductionStudyTest(absltest.TestCase):
     self.assertIn('* TokenLearner fine-tuned @ 50% beats ToMe off the shelf '
                   '@ 50% — cannot tell (d = +0.0', text)
     self.assertNotIn('* TokenLearner @ 50% beats ToMe fine-tuned', text)
+    # d is the method's score minus the plain model's: a loss reads as one.
     self.assertIn('* ToMe off the shelf @ 50% keeps the plain model\'s mAP — '
-                  'disagrees (d = +10.0', text)
+                  'disagrees (d = -10.0', text)
+    self.assertIn('(d: the first-named model\'s score minus the second\'s, per '
+                  'seed, in points. 14 verdicts at 95% each, not corrected for '
+                  'multiple comparisons: with no true difference about 0.7 of '
+                  'them would exclude 0 by chance alone.)', text)
     self.assertTrue(os.path.exists(os.path.join(out, IMAGES.plot)))
 
   @pytest.mark.e2e

@@ -265,6 +265,7 @@ def study_section(study: Study, runs: report.Runs) -> str:
           '']
   lines += [f'* Paper: {c.source}. Miniature: {claim_text(c, runs)}.'
             for c in study.claims]
+  lines += ['', report.verdict_note(len(study.claims))]
   return report.section(f'ablations_{study.name}', lines)
 
 
@@ -279,6 +280,7 @@ def sections(studies: Sequence[Study], runs: report.Runs, out: str,
       f'seed ({", ".join(map(str, seeds))}).', '']
   summary += [f'* {s.title}: {claim_text(c, runs)}.'
               for s in studies for c in s.claims]
+  summary += ['', report.verdict_note(sum(len(s.claims) for s in studies))]
   out_sections = [report.section('ablations_verdicts', summary)]
   for study in studies:
     out_sections.append(study_section(study, runs))

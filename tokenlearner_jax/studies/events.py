@@ -106,6 +106,7 @@ def section(runs: report.Runs, invocation: str, steps: int,
   lines += [f'* Paper: {c.source}. Miniature (mAP): '
             f'{report.claim_line(c, ROWS[c.a], ROWS[c.b], runs, METRIC)}.'
             for c in CLAIMS]
+  lines += ['', report.verdict_note(len(CLAIMS))]
   return report.section(SECTION, lines)
 
 

@@ -105,6 +105,7 @@ def section(runs: report.Runs, invocation: str, steps: int,
   lines += [f'* Paper: {c.source}. Miniature (5-shot): '
             f'{report.claim_line(c, label(c.a), label(c.b), runs, METRIC)}.'
             for c in stats.LOCATION_CLAIMS]
+  lines += ['', report.verdict_note(len(stats.LOCATION_CLAIMS))]
   return report.section(SECTION, lines)
 
 

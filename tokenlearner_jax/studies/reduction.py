@@ -410,16 +410,20 @@ def table_lines(table: Mapping[str, Variant], runs: report.Runs,
                  f'| {ratio} | {stats.pm(values)} | '
                  f'{", ".join(f"{x:.1f}" for x in values)} |')
   lines.append('')
-  for claim in claims(table):
+  listed = claims(table)
+  for claim in listed:
+    first, second = ((claim.b, claim.a) if claim.relation == 'similar' else
+                     (claim.a, claim.b))  # The method named first.
     verdict = stats.verdict(claim,
-                            report.by_seed(runs, claim.a, data.metric),
-                            report.by_seed(runs, claim.b, data.metric))
+                            report.by_seed(runs, first, data.metric),
+                            report.by_seed(runs, second, data.metric))
     if claim.relation == 'similar':
-      lines.append(f'* {table[claim.b].label} keeps the plain model\'s '
+      lines.append(f'* {table[first].label} keeps the plain model\'s '
                    f'{label} — {verdict}.')
     else:
-      lines.append(f'* {table[claim.a].label} beats {table[claim.b].label} '
+      lines.append(f'* {table[first].label} beats {table[second].label} '
                    f'— {verdict}.')
+  lines += ['', report.verdict_note(len(listed))]
   return lines
 
 

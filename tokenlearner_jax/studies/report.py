@@ -73,6 +73,18 @@ def claim_line(claim: stats.Claim, label_a: str, label_b: str,
   return f'{prefix}{label_a} {relation} {label_b} — {verdict}'
 
 
+def verdict_note(count: int) -> str:
+  """What the verdicts above it mean together: the sign of d and how many
+  of `count` 95% intervals would exclude 0 by chance alone."""
+  sign = "(d: the first-named model's score minus the second's, per seed, in "
+  if count == 1:
+    return (sign + 'points. With no true difference a 95% interval excludes 0 '
+            'by chance one time in 20.)')
+  return (sign + f'points. {count} verdicts at 95% each, not corrected for '
+          'multiple comparisons: with no true difference about '
+          f'{count / 20:.1f} of them would exclude 0 by chance alone.)')
+
+
 def heading(title: str, invocation: str, setting: str,
             plot: Optional[Tuple[str, str]] = None) -> List[str]:
   """A section's first lines: its title, the command that regenerates it,
