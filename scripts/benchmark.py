@@ -603,9 +603,12 @@ def main(argv=None) -> Dict[str, Any]:
     raise ValueError(f'--remat/--max_batch_remat: unknown {unknown}; known: '
                      f'{sorted(REMAT_POLICIES)}.')
   depths = args.layouts.split(',') if args.layouts else []
-  if not all(d.isdigit() and int(d) > 6 for d in depths):
+  layout_specs = LAYOUT_SETS[args.set if args.set in LAYOUT_SETS else
+                             'default']
+  deepest = max(s.kwargs.get('tokenlearner_loc') or 0 for s in layout_specs)
+  if not all(d.isdigit() and int(d) > deepest for d in depths):
     raise ValueError(f'--layouts={args.layouts}: comma-separated depths, each '
-                     'more than 6 (TokenLearner sits at block 6).')
+                     f'more than {deepest} (where TokenLearner sits).')
   limit = device_memory_limit(args) if max_batch_names else None
   if 'models' in skip:
     specs = []
@@ -651,9 +654,8 @@ def main(argv=None) -> Dict[str, Any]:
         with_options(args, steps=max(args.steps, 20)),
         peak)
   if args.layouts:
-    results['layouts'] = bench_layouts(
-        LAYOUT_SETS[args.set if args.set in LAYOUT_SETS else 'default'],
-        [int(d) for d in depths], args)
+    results['layouts'] = bench_layouts(layout_specs, [int(d) for d in depths],
+                                       args)
   if max_batch_names:
     results['max_batch'] = [
         bench_max_batch(ALL_SPECS[name], remat, args, limit, peak)
