@@ -159,15 +159,16 @@ def latest_scenic_file(path: str) -> epath.Path:
   """`path` itself, or its `checkpoint_<step>` file of the largest step."""
   path = epath.Path(path)
   if not path.exists():
-    raise errors.MissingFileError(f'init_from.checkpoint_path: {path} does not '
-                            'exist.')
+    raise errors.MissingFileError(
+        f'init_from.checkpoint_path: {path} does not exist.')
   if not path.is_dir():
     return path
   steps = {int(m.group(1)): f for f in path.iterdir()
            if (m := re.fullmatch(r'checkpoint_(\d+)', f.name))}
   if not steps:
-    raise errors.MissingFileError(f'init_from.checkpoint_path: no checkpoint_<step> '
-                            f'file in the directory {path}.')
+    raise errors.MissingFileError(
+        'init_from.checkpoint_path: no checkpoint_<step> file in the '
+        f'directory {path}.')
   return steps[max(steps)]
 
 
@@ -201,8 +202,8 @@ def load_big_vision(path: str) -> Params:
   """Parameters of a big_vision or vision_transformer `.npz`, in our layout."""
   file = epath.Path(path)
   if not file.exists():
-    raise errors.MissingFileError(f'init_from.checkpoint_path: {file} does not '
-                            'exist.')
+    raise errors.MissingFileError(
+        f'init_from.checkpoint_path: {file} does not exist.')
   with file.open('rb') as f:  # np.load seeks: read it whole first.
     loaded = np.load(io.BytesIO(f.read()), allow_pickle=False)
   if not isinstance(loaded, np.lib.npyio.NpzFile):

@@ -39,6 +39,7 @@ import numpy as np
 
 from tokenlearner_jax import checkpoint
 from tokenlearner_jax import errors
+from tokenlearner_jax import metrics
 from tokenlearner_jax import runtime
 from tokenlearner_jax import sharding
 from tokenlearner_jax import summary
@@ -206,10 +207,10 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str, out: str,
       'output': {'name': 'logits', 'shape': ['batch' if batch == 0 else
                                              batch, num_classes],
                  'dtype': 'float32',
-                 'multilabel': 'multilabel' in config.get('model_name', '')},
+                 'multilabel': metrics.is_multilabel(config.model_name)},
       'platforms': list(platforms or [jax.default_backend()]),
       'num_classes': num_classes, 'labels': label_names(config),
-      'model_name': config.get('model_name'),
+      'model_name': config.model_name,
   }
   with open(os.path.join(out, METADATA_FILE), 'w') as f:
     json.dump(meta, f, indent=1)

@@ -149,9 +149,10 @@ def loss_and_grads(params, model_state, inputs, labels, dropout_rng, *,
   `params`.
 
   The training loss adds `0.5 * l2_decay_factor * l2_penalty(params)` to the
-  data loss (`loss`; with `label_smoothing`, against the smoothed targets). With `sam_rho` (SAM) the
-  gradient and logits are those at `params + sam_rho * g / (||g|| + 1e-7)`,
-  `g` the gradient at `params`, as the reference's ViViT trainer.
+  data loss (`loss`; with `label_smoothing`, against the smoothed targets).
+  With `sam_rho` (SAM) the gradient and logits are those at
+  `params + sam_rho * g / (||g|| + 1e-7)`, `g` the gradient at `params`, as
+  the reference's ViViT trainer.
 
   `model_state` (the non-`params` collections, `TrainState.model_state`)
   is mutable in the model's apply (`train=True`: BatchNorm normalises by the

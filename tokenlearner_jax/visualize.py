@@ -155,13 +155,12 @@ def visualize(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError('model.tokenizer: the model has no TokenLearner to '
                      'visualise (tokenlearner_loc is None, tokenizer.type is '
                      "'patch' or token_reduction is not 'tokenlearner').")
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise errors.MissingFileError(f'--workdir: no checkpoints under {workdir}.')
+  step = checkpoint.step_to_read(workdir)
   config = config.copy_and_resolve_references()
   config.model.scan_layers = False  # The checkpoint is read per layer.
   data = input_pipeline.get_data(config, train=False)
   model = build_model(config, data.num_classes)
-  variables = checkpoint.restore_variables(workdir)
+  variables = checkpoint.restore_variables(workdir, step)
   variables['params'] = layer_layout.per_layer(variables['params'])
   batch = next(iter(data.eval_batches()))
   inputs = batch['inputs'][:num_clips]

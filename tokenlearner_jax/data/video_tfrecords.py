@@ -62,9 +62,6 @@ SEGMENT_KEYS = {'segment_label': ('segment/label/index', tf.int64),
                 'segment_start': ('segment/start', tf.float32),
                 'segment_end': ('segment/end', tf.float32),
                 'fps': ('video/fps', tf.float32)}
-CLIP_LABELS = ('video', 'segments')
-TEST_POOLING = ('mean', 'max')
-SUPPORTED_AUGMENTATIONS = ('do_jitter_scale', 'do_color_augment')
 
 
 def parse_example(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:

@@ -27,6 +27,8 @@ import subprocess
 import time
 from typing import Any, Dict, Optional
 
+from tokenlearner_jax import errors
+
 JOB_FILE = 'job.json'  # A cluster run's job, in its workdir.
 
 
@@ -50,7 +52,6 @@ class Command:
 
   def __post_init__(self):
     if '{cmd}' not in self.template:
-      from tokenlearner_jax import errors  # pylint: disable=g-import-not-at-top
       raise errors.UsageError(
           f'--launch_template={self.template!r} has no {{cmd}}: it must say '
           'where the run\'s command goes.')
@@ -193,7 +194,6 @@ def _descendants(pid: int) -> list:
 def from_flags(launcher: str, template: Optional[str] = None,
                **slurm: Any) -> Any:
   """The launcher the study flags name ('local', 'slurm', 'command')."""
-  from tokenlearner_jax import errors  # pylint: disable=g-import-not-at-top
   if launcher == 'local':
     return Local()
   if launcher == 'command':

@@ -57,7 +57,8 @@ def set_overrides(items: Sequence[str]) -> Dict[str, str]:
 def check_choices(flag: str, values: Sequence[str], known) -> None:
   unknown = [v for v in values if v not in known]
   if unknown:
-    raise errors.UsageError(f'--{flag}: unknown {unknown}; known: {list(known)}.')
+    raise errors.UsageError(
+        f'--{flag}: unknown {unknown}; known: {list(known)}.')
 
 
 def invocation(script: str, argv: Optional[Sequence[str]]) -> str:

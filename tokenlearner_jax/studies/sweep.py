@@ -169,8 +169,8 @@ def main(argv=None, doc: str = __doc__) -> int:
     raise errors.UsageError('No points: give --grid or --from_config.')
   keys = list(dict.fromkeys(k for p in points for k in p))
   if args.group_over and args.group_over not in keys:
-    raise errors.UsageError(f'--group_over={args.group_over!r} is not a grid key '
-                     f'({keys}).')
+    raise errors.UsageError(f'--group_over={args.group_over!r} is not a grid '
+                            f'key ({keys}).')
   root = os.path.abspath(args.workdir)
   fixed = study.set_overrides(args.set)
   runs = [point_run(root, args.config, p, fixed) for p in points]
