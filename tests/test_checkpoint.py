@@ -3,10 +3,12 @@ parameters (also of a workdir written before this module existed), the
 checks of a checkpoint's integrity (checksums, shapes, finite values) and the
 fallback to the newest good step."""
 
+import errno
 import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import jax
@@ -129,6 +131,41 @@ class SaveRestoreTest(absltest.TestCase):
                                 'no checkpoint at step 3'):
       checkpoint.restore_params(workdir, step=3)
     self.assertEqual(checkpoint.latest_step(workdir), 2)
+
+  def test_a_write_refused_for_space_names_the_step_and_what_is_kept(self):
+    workdir = self.create_tempdir().full_path
+    manager = checkpoint.make_manager(workdir, testing.manager_config(1))
+    state = old_state()
+    checkpoint.save(manager, 1, state)
+    manager.wait_until_finished()
+    # What orbax re-raises from its write threads on a full disk.
+    full = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": Failed '
+        "to write 49876 bytes to file 15: No space left on device "
+        "[os_error_code='28']")
+    checkpoint.save(manager, 2, state)
+    with mock.patch.object(ocp.CheckpointManager, 'wait_until_finished',
+                           side_effect=full):
+      with self.assertRaises(checkpoint.StorageFullError) as raised:
+        manager.wait_until_finished()
+    self.assertEqual(
+        str(raised.exception),
+        f'no space left on device while writing the checkpoint of step 2 in '
+        f'{workdir}/checkpoints (the last committed checkpoint, step 1, is '
+        'kept and the same command resumes from it): free space there, or '
+        'move --workdir to a disk with room, and run the same command again.')
+    self.assertTrue(raised.exception.exit_at_once)
+    manager.close()
+    # An OSError's errno anywhere in the chain; other errors pass as they are.
+    try:
+      try:
+        raise OSError(errno.EDQUOT, 'Disk quota exceeded')
+      except OSError as e:
+        raise RuntimeError('commit failed') from e
+    except RuntimeError as chained:
+      self.assertEqual(checkpoint.storage_fault(chained)[0],
+                       'disk quota exceeded')
+    self.assertIsNone(checkpoint.storage_fault(ValueError('shape mismatch')))
 
   def test_workdirs_without_checkpoints_are_named(self):
     workdir = self.create_tempdir()

@@ -25,6 +25,8 @@ The workdir lock (`workdir_lock`) and the scanned <-> per-layer parameter
 layouts (`layer_layout`) are modules of their own.
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -62,8 +64,43 @@ class _Unreadable(Exception):
   """A step's checkpoint is unreadable; an older step may do instead."""
 
 
+class StorageFullError(errors.KnownFault, OSError):
+  """A checkpoint write that the disk refused (no space left, a quota or a
+  file-size limit); names the step, the directory and the last committed
+  step, which is kept."""
+  exit_at_once = True  # orbax's failed write tasks, collected at exit.
+
+
+_ROOM = ('free space there, or move --workdir to a disk with room, and run '
+         'the same command again')
+# errno values of a refused write -> what happened and what to do.
+_REFUSED = {
+    errno.ENOSPC: ('no space left on device', _ROOM),
+    errno.EDQUOT: ('disk quota exceeded', _ROOM),
+    errno.EFBIG: ('a file larger than the file-size limit',
+                  'raise the limit (ulimit -f) and run the same command '
+                  'again')}
+
+
+def storage_fault(error: BaseException) -> Optional[Tuple[str, str]]:
+  """(what happened, what to do) when a write in `error`'s chain was refused
+  by the disk, else None: an `OSError`'s errno, or the os error code that
+  orbax's tensorstore writes put in their message (`[os_error_code='28']`)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _REFUSED:
+      return _REFUSED[error.errno]
+    for code, answer in _REFUSED.items():
+      if f"os_error_code='{code}'" in str(error):
+        return answer
+    error = error.__cause__ or error.__context__
+  return None
+
+
 class Manager(ocp.CheckpointManager):
-  """orbax's `CheckpointManager`, whose steps carry `checksums.json`.
+  """orbax's `CheckpointManager`, whose steps carry `checksums.json`, and
+  whose writes refused by the disk raise `StorageFullError`.
 
   When every process has written its part of a step, and before orbax
   commits the step, orbax's primary host (process 0, which finalizes the
@@ -86,7 +123,34 @@ class Manager(ocp.CheckpointManager):
     if force or self.should_save(step):
       self.wait_until_finished()  # As orbax does: one save in flight.
       self._saving = step
-    return super().save(step, *args, force=force, **kwargs)
+    with self._refused_writes():
+      return super().save(step, *args, force=force, **kwargs)
+
+  def wait_until_finished(self) -> None:
+    with self._refused_writes():
+      super().wait_until_finished()
+
+  def close(self) -> None:
+    with self._refused_writes():
+      super().close()
+
+  @contextlib.contextmanager
+  def _refused_writes(self):
+    """Turns a write the disk refused into one `StorageFullError` line."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      refused = storage_fault(e)
+      if refused is None:
+        raise
+      committed = [s for s in self.all_steps() if s != self._saving]
+      kept = (f'the last committed checkpoint, step {max(committed)}, is '
+              'kept and the same command resumes from it' if committed else
+              'no checkpoint was committed before it')
+      raise StorageFullError(
+          f'{refused[0]} while writing the checkpoint of step '
+          f'{self._saving} in {self.directory} ({kept}): {refused[1]}.'
+      ) from None
 
   def _write_checksums(self) -> None:
     """Of the step being saved: in its temporary directory (renamed when

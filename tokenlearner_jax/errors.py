@@ -13,12 +13,21 @@ import sys
 from typing import Any, Callable, List, Sequence
 
 from absl import app
+from absl import logging
 from absl import flags
 from etils import epath
 
 
 class KnownFault(Exception):
-  """A fault with a one-line message that names its cause."""
+  """A fault with a one-line message that names its cause.
+
+  Attributes:
+    exit_at_once: Whether an entry point leaves without the interpreter's
+      shutdown: a fault whose libraries' failed background tasks would each
+      log a traceback as they are collected there (a refused checkpoint
+      write), once the run's own clean-up (locks, writers) is done.
+  """
+  exit_at_once: bool = False
 
 
 class ConfigError(KnownFault, ValueError):
@@ -57,6 +66,10 @@ def exit_on_known_fault(fn: Callable[..., Any], *args: Any) -> Any:
   try:
     return fn(*args)
   except KnownFault as e:
+    if e.exit_at_once:
+      print(f'Error: {e}', file=sys.stderr, flush=True)
+      logging.flush()
+      os._exit(1)  # pylint: disable=protected-access
     sys.exit(f'Error: {e}')
 
 

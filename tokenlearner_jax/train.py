@@ -421,6 +421,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batch_sharding = program.batch_sharding
   start_step = int(state.step)
   recorder = Recorder(workdir, start_step)
+  stack.callback(recorder.writer.flush)  # On every way out.
   gmacs = log_start(config, state, data, recorder, total_steps, mesh)
   rates, metrics = _Rates(), StepMetrics(config)
   report = periodic_actions.ReportProgress(

@@ -6,6 +6,7 @@ collectives on CPU)."""
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -208,6 +209,33 @@ class ExitPathsTest(absltest.TestCase):
     self.assertEqual(committed_steps(workdir)[-1], good)
     self.assertEqual(steps_being_written(workdir), [])
     self.assertNotIn('cannot schedule new futures', result.stderr)
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 workdir_lock.LOCK_FILE)))
+
+  def test_a_checkpoint_write_the_disk_refuses_ends_in_one_line(self):
+    # A real refused write without a small disk: a file-size limit (EFBIG;
+    # a full disk, ENOSPC, takes the same path: CheckpointTest).
+    def limit_file_size():
+      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill.
+      resource.setrlimit(resource.RLIMIT_FSIZE,
+                         (64 * 1024, resource.RLIM_INFINITY))
+    workdir = self.create_tempdir().full_path
+    result = subprocess.run(
+        train_command(workdir), cwd=ROOT, capture_output=True, text=True,
+        check=False, preexec_fn=limit_file_size,
+        # Cache entries are larger than the limit too.
+        env=dict(os.environ, JAX_ENABLE_COMPILATION_CACHE='false'))
+    self.assertEqual(result.returncode, 1)
+    self.assertEqual(
+        result.stderr.strip().splitlines()[-1],
+        'Error: a file larger than the file-size limit while writing the '
+        f'checkpoint of step 1 in {workdir}/checkpoints (no checkpoint was '
+        'committed before it): raise the limit (ulimit -f) and run the same '
+        'command again.')
+    self.assertEqual(committed_steps(workdir), [])
+    # The failed write of step 1 surfaces at step 2's save; the rows stay.
+    self.assertEqual([r['step'] for r in read_jsonl(workdir)
+                      if r['kind'] == 'train'], [1, 2])
     self.assertFalse(os.path.exists(os.path.join(workdir,
                                                  workdir_lock.LOCK_FILE)))
 
