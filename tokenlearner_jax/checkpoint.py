@@ -30,7 +30,7 @@ import errno
 import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 from etils import epath
@@ -115,14 +115,20 @@ class Manager(ocp.CheckpointManager):
                options: ocp.CheckpointManagerOptions, fallback: bool = True):
     self.fallback: bool = fallback
     self._saving: Optional[int] = None
+    self._train_rows: List[Dict[str, Any]] = []
     options.async_options = ocp.AsyncOptions(
         post_finalization_callback=self._write_checksums)
     super().__init__(directory, options=options)
 
-  def save(self, step: int, *args, force: bool = False, **kwargs) -> bool:
+  def save(self, step: int, *args, force: bool = False,
+           train_rows: Sequence[Dict[str, Any]] = (), **kwargs) -> bool:
+    """orbax's save; `train_rows` (the per-step train metrics since the
+    last summary) go with the step, in `TRAIN_ROWS`, when it is saved."""
     if force or self.should_save(step):
       self.wait_until_finished()  # As orbax does: one save in flight.
       self._saving = step
+      self._train_rows = [{k: _typed_value(v) for k, v in row.items()}
+                          for row in jax.device_get(list(train_rows))]
     with self._refused_writes():
       return super().save(step, *args, force=force, **kwargs)
 
@@ -153,12 +159,36 @@ class Manager(ocp.CheckpointManager):
       ) from None
 
   def _write_checksums(self) -> None:
-    """Of the step being saved: in its temporary directory (renamed when
-    committed), or in its own where a file marks the commit (cloud
-    storage)."""
+    """Of the step being saved, with its train rows first (so that they are
+    checked too): in its temporary directory (renamed when committed), or in
+    its own where a file marks the commit (cloud storage)."""
     temporary = self.directory / f'{self._saving}{TMP_SUFFIX}'
-    write_checksums(temporary if temporary.exists() else
-                    self.directory / str(self._saving))
+    step_dir = (temporary if temporary.exists() else
+                self.directory / str(self._saving))
+    (step_dir / TRAIN_ROWS).write_text(json.dumps(self._train_rows))
+    write_checksums(step_dir)
+
+
+# In each step's directory: the per-step train metrics logged since the last
+# train summary, each value as [value, dtype], so that a run resumed there
+# averages its first summary over the same steps, with the same arithmetic,
+# as an uninterrupted run.
+TRAIN_ROWS = 'train_rows.json'
+
+
+def _typed_value(value: Any) -> List[Any]:
+  value = np.asarray(value)
+  return [value.item(), value.dtype.name]
+
+
+def train_rows(directory: epath.Path, step: int) -> List[Dict[str, Any]]:
+  """The train rows saved with `step` (`Manager.save`), values as 0-d numpy
+  arrays of their dtype; none for a step saved without them."""
+  path = directory / str(step) / TRAIN_ROWS
+  if not path.exists():
+    return []
+  return [{k: np.asarray(v, dtype=t) for k, (v, t) in row.items()}
+          for row in json.loads(path.read_text())]
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> Manager:
@@ -187,13 +217,14 @@ def _state_dict(state: Any) -> Dict[str, Any]:
   return state_dict
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         force: bool = False) -> bool:
-  """Saves `state` (a `train_steps.TrainState`) at `step` when the manager's
-  interval says so, or always with `force`; returns whether it saves. An
-  empty `model_state` is not saved (`_state_dict`)."""
+def save(manager: Manager, step: int, state: Any, force: bool = False,
+         train_rows: Sequence[Dict[str, Any]] = ()) -> bool:
+  """Saves `state` (a `train_steps.TrainState`) at `step`, with
+  `train_rows` (`Manager.save`), when the manager's interval says so, or
+  always with `force`; returns whether it saves. An empty `model_state` is
+  not saved (`_state_dict`)."""
   return manager.save(step, args=ocp.args.StandardSave(_state_dict(state)),
-                      force=force)
+                      force=force, train_rows=train_rows)
 
 
 # ---------------------------------------------------------------- checksums

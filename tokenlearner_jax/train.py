@@ -34,7 +34,9 @@ changed keys in one warning line, or, for a change the saved state cannot
 take (the parameters' or optimizer state's shapes, `batch_size`), stops
 with one line naming the keys before anything compiles. A resumed run drops
 the rows of `metrics.jsonl` past the step it restored before logging those
-steps again, so the file holds each (step, kind) once.
+steps again, so the file holds each (step, kind) once; each checkpoint holds
+the per-step train metrics since the last summary, so that the rows of a
+resumed run average the same steps as an uninterrupted run's.
 """
 
 import contextlib
@@ -230,8 +232,9 @@ class _Rates(metric_writers.LoggingWriter):
 
 
 class StepMetrics:
-  """The per-step metrics since the last summary, and the values not yet
-  checked for finiteness: the updated parameters' norm and, unless
+  """The per-step metrics since the last summary (saved with each
+  checkpoint, and restored with it: `checkpoint.train_rows`), and the values
+  not yet checked for finiteness: the updated parameters' norm and, unless
   `skip_nonfinite_steps` skips such updates, the loss."""
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -320,8 +323,9 @@ def log_summary(step: int, total_steps: int, metrics: StepMetrics,
 
 
 def save_on_preemption(manager: ocp.CheckpointManager, step: int, state,
-                       recorder: Recorder) -> None:
-  checkpoint.save(manager, step, state, force=True)
+                       metrics: StepMetrics, recorder: Recorder) -> None:
+  checkpoint.save(manager, step, state, force=True,
+                  train_rows=metrics.pending)
   manager.wait_until_finished()  # The write is committed.
   recorder.writer.flush()
   logging.warning('Preempted: saved the checkpoint of step %d; the same '
@@ -424,6 +428,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stack.callback(recorder.writer.flush)  # On every way out.
   gmacs = log_start(config, state, data, recorder, total_steps, mesh)
   rates, metrics = _Rates(), StepMetrics(config)
+  if start_step and manager.latest_step() is not None:
+    # The steps since the last summary, saved with the checkpoint: the
+    # first summary averages the same steps as an uninterrupted run's.
+    metrics.pending = checkpoint.train_rows(manager.directory, start_step)
   report = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=rates,
       every_steps=config.log_summary_steps, every_secs=None)
@@ -454,10 +462,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if summarize:
       log_summary(step, total_steps, metrics, rates, config, recorder, lock)
     if preempted:
-      save_on_preemption(manager, step, state, recorder)
+      save_on_preemption(manager, step, state, metrics, recorder)
       return None
     # Saved before the evaluations, so that one that fails loses no step.
-    checkpoint.save(manager, step, state, force=last)
+    checkpoint.save(manager, step, state, force=last,
+                    train_rows=metrics.pending)
     if step % config.log_eval_steps == 0 or last:
       eval_results = evaluate(state)
       logging.info('step %d eval: %s', step, eval_results)

@@ -58,7 +58,9 @@ class FaultToleranceTest(absltest.TestCase):
   def assert_same_end(self, reference, reference_log: str, straight: str,
                       workdir: str):
     """The uninterrupted run (still going) and the interrupted one end with
-    the same step, bit-identical train state and equal final metrics."""
+    the same step, bit-identical train state, equal final metrics and the
+    same metrics.jsonl rows but for the rates (each summary averages the
+    same steps, those before a preemption or a kill included)."""
     reference.wait(timeout=600)
     with open(reference_log) as f:
       self.assertEqual(reference.returncode, 0, f.read()[-3000:])
@@ -67,6 +69,9 @@ class FaultToleranceTest(absltest.TestCase):
     self.assertEqual((step_a, step_b), (120, 120))
     self.assertEqual(final_a, final_b)
     jax.tree_util.tree_map(np.testing.assert_array_equal, state_a, state_b)
+    rows_a, rows_b = [[{k: v for k, v in row.items() if not k.endswith(
+        '_per_sec')} for row in read_jsonl(w)] for w in (straight, workdir)]
+    self.assertEqual(rows_a, rows_b)
 
   def start(self, workdir: str, *overrides: str):
     """Starts a run; returns it and the file its stderr goes to (a file: a
