@@ -494,6 +494,38 @@ def _set_aside(manager: ocp.CheckpointManager, steps: List[int]) -> None:
   manager.reload()
 
 
+def _mesh_of(tree: Any) -> Optional[Dict[str, int]]:
+  """{axis: size} of the mesh of the first leaf of `tree` that has one:
+  orbax's metadata of a saved array (`NamedShardingMetadata`) or a
+  `jax.ShapeDtypeStruct` with a `NamedSharding`."""
+  for leaf in jax.tree_util.tree_leaves(
+      tree, is_leaf=lambda x: hasattr(x, 'sharding')):
+    sharding = getattr(leaf, 'sharding', None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      return dict(sharding.mesh.shape)
+    if hasattr(sharding, 'axis_names') and hasattr(sharding, 'shape'):
+      return dict(zip(sharding.axis_names, map(int, sharding.shape)))
+  return None
+
+
+def _note_mesh_change(step: int, saved: Optional[Dict[str, int]],
+                      here: Optional[Dict[str, int]]) -> None:
+  """One warning line when the checkpoint of `step` was written on another
+  mesh than the run's."""
+  if saved is None or here is None or saved == here:
+    return
+  devices = []
+  for mesh in (saved, here):
+    count = int(np.prod(list(mesh.values())))
+    devices.append(f'{count} device{"s" if count > 1 else ""}')
+  logging.warning(
+      'Resuming the checkpoint of step %d, written on mesh %s (%s), on mesh '
+      '%s (%s): its arrays are resharded; the global batch and the input '
+      'stream are unchanged, so training goes on as it would have (up to '
+      'the order of floating-point sums).', step, saved, devices[0], here,
+      devices[1])
+
+
 def restore_state(manager: ocp.CheckpointManager, state: Any, shardings: Any,
                   step: Optional[int] = None) -> Any:
   """Checkpoint `step` (default: the newest good one) of the whole train
@@ -527,9 +559,12 @@ def restore_state(manager: ocp.CheckpointManager, state: Any, shardings: Any,
 
   def restore(s: int) -> Any:
     with _read_only_manager(manager.directory) as reader:
-      check_shapes(reader.item_metadata(s), target,
+      metadata = reader.item_metadata(s)
+      check_shapes(metadata, target,
                    f'The checkpoint at step {s} in {manager.directory}')
-    return manager.restore(s, args=ocp.args.StandardRestore(target))
+    restored = manager.restore(s, args=ocp.args.StandardRestore(target))
+    _note_mesh_change(s, _mesh_of(metadata), _mesh_of(target))
+    return restored
 
   restored_step, restored = _restore_newest(
       manager.directory, steps, restore, getattr(manager, 'fallback', True),

@@ -10,7 +10,9 @@ the same steps run here on one device (or in closed form)."""
 import json
 import subprocess
 import sys
+import tempfile
 from typing import Any, Dict
+from unittest import mock
 
 from absl.testing import absltest
 import jax
@@ -23,6 +25,7 @@ from tests.testing import ROOT
 from tests.testing import clipped
 from tests.testing import example_data
 from tests.testing import softmax_ce_grads
+from tokenlearner_jax import checkpoint
 from tokenlearner_jax import sharding
 from tokenlearner_jax import train_steps
 from tokenlearner_jax.configs import schema
@@ -110,6 +113,39 @@ def placement(state, config, model) -> Dict[str, Any]:
   return dict(unsharded=unsharded, misplaced=misplaced, sharded=sharded)
 
 
+def resumed_on_eight(params) -> Dict[str, Any]:
+  """`testing.Linear`'s train state saved on a mesh of one device, restored
+  on data=4 x fsdp=2: the warning logged and whether the values came back."""
+  config = schema.complete(ml_collections.ConfigDict(dict(
+      optimizer='momentum', mesh=dict(data=4, fsdp=2, model=1), batch_size=16,
+      rng_seed=0,
+      lr_configs=dict(learning_rate_schedule='compound', factors='constant',
+                      base_learning_rate=1.0),
+      logical_axis_rules=sharding.DEFAULT_RULES,
+      model_name='token_learner_classification')))
+  one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1),
+                          sharding.MESH_AXES)
+  programs = [train_steps.build_program(config, mesh, (4,), 3, 1,
+                                        model=testing.Linear())
+              for mesh in (one, sharding.make_mesh(config))]
+  saved = programs[0].init_state().replace(
+      params=jax.device_put(params, programs[0].shardings.params))
+  manager = checkpoint.make_manager(tempfile.mkdtemp(),
+                                    testing.manager_config(1))
+  checkpoint.save(manager, 1, saved, force=True)
+  manager.wait_until_finished()
+  with mock.patch.object(checkpoint.logging, 'warning') as warning:
+    restored = checkpoint.restore_state(manager, programs[1].init_state(),
+                                        programs[1].shardings)
+  manager.close()
+  same = jax.tree_util.tree_all(jax.tree_util.tree_map(
+      lambda a, b: bool(np.array_equal(a, b)), saved.params, restored.params))
+  messages = [c.args[0] % c.args[1:] for c in warning.call_args_list]
+  return dict(warnings=[m for m in messages if m.startswith('Resuming')],
+              same=same, devices=len(
+                  restored.params['Dense_0']['kernel'].sharding.device_set))
+
+
 def eight_device_side() -> Dict[str, Any]:
   """Every 8-device result of the tests below (run with 8 devices)."""
   assert jax.device_count() == 8, jax.devices()
@@ -128,6 +164,7 @@ def eight_device_side() -> Dict[str, Any]:
               testing.batchnorm_config((2, 2, 2), grad_clip_per_shard=True),
               jax.devices(), batches[:1])},
       'x2plus1d': x2plus1d,
+      'resumed': resumed_on_eight(params),
   }
 
 
@@ -203,6 +240,17 @@ class EightDevicesTest(absltest.TestCase):
                                atol=1e-6)
     self.assertTrue(np.all(np.array(stats['var']) <
                            np.array(whole['var']) - 1e-3))
+
+  def test_a_checkpoint_of_one_device_resumes_on_eight_saying_so(self):
+    resumed = self.eight['resumed']
+    self.assertTrue(resumed['same'])
+    self.assertEqual(resumed['devices'], 8)  # The kernel is split (fsdp).
+    self.assertEqual(resumed['warnings'], [
+        "Resuming the checkpoint of step 1, written on mesh {'data': 1, "
+        "'fsdp': 1, 'model': 1} (1 device), on mesh {'data': 4, 'fsdp': 2, "
+        "'model': 1} (8 devices): its arrays are resharded; the global batch "
+        'and the input stream are unchanged, so training goes on as it would '
+        'have (up to the order of floating-point sums).'])
 
   def test_x2plus1d_is_sharded_by_its_rules_and_takes_the_same_steps(self):
     eight = self.eight['x2plus1d']
