@@ -129,7 +129,15 @@ class ConfigsTrainTest(parameterized.TestCase):
     final = final_metrics(workdir)
     self.assertEqual((final['step'], final['num_examples']), (2, 3))
     self.assertSameElements(final, ['step', 'loss', 'accuracy',
-                                    'num_examples', 'gmacs_per_example'])
+                                    'num_examples', 'gmacs_per_example',
+                                    'skipped_examples'])
+    # skip_corrupt_examples: the validation split's corrupt video, skipped
+    # and counted in each eval row; none in the train stream.
+    self.assertEqual(final['skipped_examples'], 1)
+    self.assertEqual({r['skipped_examples'] for r in read_jsonl(workdir)},
+                     {0, 1})
+    self.assertEqual({r['skipped_examples'] for r in read_jsonl(workdir)
+                      if r['kind'] == 'train'}, {0})
 
   def test_charades_x2plus1d_from_a_charades_folder_with_its_test(self):
     # Charades as shipped, in miniature -> the writer -> train -> test.

@@ -270,15 +270,18 @@ def write_records(path: str, records: Iterable[bytes]) -> None:
 
 
 def write_video_tfrecords(base_dir: str, split: str, count: int,
-                          num_classes: int, num_frames: int = 6) -> None:
+                          num_classes: int, num_frames: int = 6,
+                          corrupt: int = 0) -> None:
   """BASE_DIR/SPLIT-00000-of-00001: `count` videos of `num_frames` random
-  40x48 frames, labelled `i % num_classes`."""
+  40x48 frames, labelled `i % num_classes`, then `corrupt` videos whose
+  frames are not JPEGs."""
   rng = np.random.default_rng(0)
   write_records(
       os.path.join(base_dir, f'{split}-00000-of-00001'),
       [video_example([jpeg(rng.integers(0, 255, (40, 48, 3), np.uint8))
                       for _ in range(num_frames)], i % num_classes)
-       for i in range(count)])
+       for i in range(count)] +
+      [video_example([b'not a jpeg'] * num_frames, 0)] * corrupt)
 
 
 CHARADES_COLUMNS = ('id', 'subject', 'scene', 'quality', 'relevance',
@@ -364,12 +367,14 @@ def save_fresh_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 def vivit_tfrecords_config() -> ml_collections.ConfigDict:
   """`configs/vivit_k400.py:runlocal` on generated Kinetics-style TFRecords
   of 5 classes (written once per test run): 8 train videos, 3 validation
-  and 5 test of 10-12 frames, test batches of 2."""
+  (and a corrupt one, skipped: `skip_corrupt_examples`) and 5 test of 10-12
+  frames, test batches of 2."""
 
   def write(base_dir):
     os.makedirs(base_dir)
     write_video_tfrecords(base_dir, 'train.tfrecord', 8, 5, num_frames=10)
-    write_video_tfrecords(base_dir, 'validation', 3, 5, num_frames=10)
+    write_video_tfrecords(base_dir, 'validation', 3, 5, num_frames=10,
+                          corrupt=1)
     write_video_tfrecords(base_dir, 'test', 5, 5, num_frames=12)
 
   config = config_for('vivit_k400')
@@ -377,6 +382,7 @@ def vivit_tfrecords_config() -> ml_collections.ConfigDict:
       os.path.join(RUN_DIR, 'vivit_tfrecords_data'), write)
   config.dataset_configs.num_classes = 5
   config.dataset_configs.test_batch_size = 2
+  config.dataset_configs.skip_corrupt_examples = True
   return config
 
 

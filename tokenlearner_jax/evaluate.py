@@ -95,6 +95,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
              'gmacs_per_example': flops.gmacs(
                  config, data.test_input_shape or data.input_shape,
                  data.num_classes)}
+  if data.skipped is not None:  # skip_corrupt_examples: what it skipped.
+    results['skipped_examples'] = data.skipped.last_pass
   logging.info('%s', results)
   if jax.process_index() == 0:
     with open(out or os.path.join(workdir, f'eval_{split}.json'), 'w') as f:

@@ -307,13 +307,16 @@ def log_start(config, state, data, recorder: Recorder, total_steps: int,
 
 def log_summary(step: int, total_steps: int, metrics: StepMetrics,
                 rates: _Rates, config, recorder: Recorder,
-                lock: Optional[workdir_lock.WorkdirLock]) -> None:
+                lock: Optional[workdir_lock.WorkdirLock], data) -> None:
   """The train summary of the steps since the last one, with the rate that
-  `ReportProgress` measured over them (it logs the ETA); refreshes the
+  `ReportProgress` measured over them (it logs the ETA) and, where the input
+  pipeline skips corrupt examples, how many it has skipped; refreshes the
   workdir lock's heartbeat."""
   if lock is not None:
     lock.beat()
   summary = metrics.summary()
+  if data.skipped is not None:
+    summary['skipped_examples'] = data.skipped.train
   summary['steps_per_sec'] = rates.latest['steps_per_sec']
   summary['examples_per_sec'] = summary['steps_per_sec'] * config.batch_size
   logging.info('step %d/%d: loss=%.4f lr=%.3g %.2f steps/s %.1f examples/s',
@@ -441,9 +444,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     variables = train_steps.model_variables(current.params,
                                             current.model_state)
     with report.timed('eval', wait_jax_async_dispatch=False):
-      return evaluation.evaluate_batches(variables, data.eval_batches(),
-                                         program.eval_step, batch_sharding,
-                                         program.multilabel)
+      results = evaluation.evaluate_batches(
+          variables, data.eval_batches(), program.eval_step, batch_sharding,
+          program.multilabel)
+    if data.skipped is not None:
+      results['skipped_examples'] = data.skipped.last_pass
+    return results
 
   eval_results: Optional[Metrics] = None
   fewshot_results: Metrics = {}  # The latest, for final_metrics.json.
@@ -460,7 +466,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if preempted or manager.should_save(step) or summarize:
       metrics.check_finite(manager)  # Never save a non-finite state.
     if summarize:
-      log_summary(step, total_steps, metrics, rates, config, recorder, lock)
+      log_summary(step, total_steps, metrics, rates, config, recorder, lock,
+                  data)
     if preempted:
       save_on_preemption(manager, step, state, metrics, recorder)
       return None

@@ -282,6 +282,33 @@ class VideoTfrecordsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r'train-00000-of-00002, record 0'):
       next(self.data().train_iter)
 
+  def test_skipped_examples_are_counted_per_pass_and_in_the_train_stream(
+      self):
+    bad = video_example([b'not a jpeg'] * 20, 1)
+    # Eval: one skipped between two examples, one after the last.
+    write_records(os.path.join(self.base_dir, 'validation-00000-of-00001'),
+                  [level_video(20, 0), bad, level_video(20, 2), bad])
+    # Train: one file in order (a shuffle buffer of 1), 1 example in 4.
+    write_records(os.path.join(self.base_dir, 'one-train'),
+                  [bad, level_video(20, 0), bad, bad])
+    data = self.data(skip_corrupt_examples=True, shuffle_buffer_size=1,
+                     tables=dict(train='one-train',
+                                 validation='validation@1'))
+    self.assertEqual(data.skipped.last_pass, 0)
+    with self.assertLogs(level='WARNING') as logs:
+      batches = list(data.eval_batches())
+    self.assertEqual(sum(b['batch_mask'].sum() for b in batches), 2)
+    self.assertEqual(data.skipped.last_pass, 2)
+    self.assertTrue(any('Skipped 2 corrupt examples of ' in line
+                        for line in logs.output), logs.output)
+    self.assertNotIn(video_tfrecords.INDEX, batches[0])
+    # The stream is b g b b b g b b ...: two batches of 2 end with the 4th
+    # example, at index 13; the other 10 of the first 14 were skipped.
+    for _ in range(2):
+      batch = next(data.train_iter)
+    self.assertNotIn(video_tfrecords.INDEX, batch)
+    self.assertEqual(data.skipped.train, 10)
+
   def test_a_garbage_file_among_readable_ones_is_skipped(self):
     with open(os.path.join(self.base_dir, 'train-00001-of-00002'), 'wb') as f:
       f.write(b'not a TFRecord file' * 10)
@@ -439,6 +466,7 @@ class EvaluateCheckpointTest(absltest.TestCase):
     with open(os.path.join(workdir, 'eval_test.json')) as f:
       self.assertEqual(json.load(f), results)
     self.assertEqual(results['num_examples'], 5)
+    self.assertEqual(results['skipped_examples'], 0)  # It skips; none bad.
     self.assertEqual(results['views_per_example'], 12)  # 4 clips x 3 crops.
     self.assertEqual(results['step'], 2)
     self.assertBetween(results['accuracy'], 0.0, 1.0)

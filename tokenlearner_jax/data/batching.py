@@ -21,6 +21,18 @@ Batch = Dict[str, np.ndarray]
 
 
 @dataclasses.dataclass
+class SkippedExamples:
+  """Examples that `dataset_configs.skip_corrupt_examples` skipped.
+
+  Attributes:
+    train: In this process's train stream so far.
+    last_pass: In the latest pass over an eval or test split.
+  """
+  train: int = 0
+  last_pass: int = 0
+
+
+@dataclasses.dataclass
 class Data:
   """An endless train iterator, ways to iterate over eval splits, and facts.
 
@@ -39,6 +51,8 @@ class Data:
     num_test_views: Views per test example (clips x spatial crops).
     test_input_shape: One test view's shape, where it is not `input_shape`
       (a video test at `dataset_configs.test_crop_size`).
+    skipped: The examples skipped as corrupt, where the pipeline skips them
+      (`skip_corrupt_examples`); else None.
   """
   train_iter: Optional[Iterator[Batch]]
   eval_batches: Callable[[], Iterator[Batch]]
@@ -49,6 +63,7 @@ class Data:
   test_batches: Optional[Callable[[str], Iterator[Batch]]] = None
   num_test_views: int = 1
   test_input_shape: Optional[Tuple[int, ...]] = None
+  skipped: Optional[SkippedExamples] = None
 
 
 def per_process(batch_size: int, field: str) -> int:

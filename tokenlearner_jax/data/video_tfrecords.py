@@ -47,6 +47,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
 from tokenlearner_jax import errors
@@ -398,6 +399,45 @@ def _nonempty(batches: Iterator[batching.Batch], files: List[str],
     raise NoReadableExampleError(files, skip)
 
 
+INDEX = 'record_index'  # Each example's place in its stream, when skipping.
+
+
+def _counted(batches: Iterator[batching.Batch], files: List[str],
+             skipped: batching.SkippedExamples, endless: bool
+             ) -> Iterator[batching.Batch]:
+  """`batches` without their `INDEX`, counting the examples skipped (the
+  gaps in the indices; for a finite pass also the records after the last
+  example, counted when it ends) into `skipped`, with a warning line."""
+  seen = -1  # The last index seen.
+  before = skipped.train if endless else 0
+  for batch in batches:
+    index = batch.pop(INDEX)
+    mask = batch.get('batch_mask')
+    index = index[mask > 0] if mask is not None else index
+    if index.size:
+      gaps = int(index[-1] - seen) - index.size
+      seen = int(index[-1])
+      if endless:
+        skipped.train += gaps
+        if skipped.train > before:
+          logging.warning('Skipped %d corrupt train examples so far '
+                          '(dataset_configs.skip_corrupt_examples=True; each '
+                          'named in the TensorFlow log) in %s.',
+                          skipped.train, _file_names(files))
+          before = skipped.train
+      else:
+        before += gaps
+    yield batch
+  if not endless:  # The records after the last example were skipped.
+    tail = tf.data.TFRecordDataset(files).skip(seen + 1).ignore_errors()
+    before += int(tail.reduce(np.int64(0), lambda n, _: n + 1))
+    skipped.last_pass = before
+    if before:
+      logging.warning('Skipped %d corrupt examples of %s in this pass '
+                      '(dataset_configs.skip_corrupt_examples=True).', before,
+                      _file_names(files))
+
+
 def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
              train: bool = True) -> batching.Data:
   """`batching.Data` for `config.dataset_name='video_tfrecord_dataset'`.
@@ -409,8 +449,13 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
   dc = DataConfig.from_config(config)
   _check_video_sizes(dc)
   skip = dc.skip_corrupt_examples
+  skipped = batching.SkippedExamples() if skip else None
   # A multi-label (sigmoid) head takes videos without a label (all zeros).
   allow_empty = metrics.MODEL_NAMES.get(config.get('model_name'), False)
+
+  def indexed(example, index):
+    """`example` with its index in the stream, where skips are counted."""
+    return {**example, INDEX: index} if skip else example
 
   def guarded(ds: tf.data.Dataset, split_files: List[str], batch_size: int,
               pad: bool) -> Iterator[batching.Batch]:
@@ -420,6 +465,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
     batches = (batching.padded(ds, batch_size) if pad else
                batching.to_numpy(ds.batch(batch_size, drop_remainder=True)
                                  .prefetch(2)))
+    if skip:
+      batches = _counted(batches, split_files, skipped, endless=not pad)
     return _nonempty(_named_errors(batches, split_files, dc, allow_empty),
                      split_files, skip, endless=not pad)
 
@@ -432,8 +479,8 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
                                   seed=config.rng_seed).enumerate(),
         config.batch_size, start_step)
     train_ds = train_ds.map(
-        lambda i, e: train_example(e, dc, batching.example_seed(
-            config.rng_seed, i), allow_empty),
+        lambda i, e: indexed(train_example(e, dc, batching.example_seed(
+            config.rng_seed, i), allow_empty), i),
         num_parallel_calls=tf.data.AUTOTUNE)
     train_iter = guarded(
         train_ds, train_files,
@@ -444,12 +491,13 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
                    ) -> Iterator[batching.Batch]:
     split_files = (eval_files if split == eval_split else
                    tfrecord_tables.split_files(dc, split))
-    ds = tf.data.TFRecordDataset(split_files).map(
-        lambda r: eval_example(parse_example(r), dc, num_clips, three_crops,
-                               allow_empty, test_crop if views_axis else None),
+    ds = tf.data.TFRecordDataset(split_files).enumerate().map(
+        lambda i, r: indexed(eval_example(
+            parse_example(r), dc, num_clips, three_crops, allow_empty,
+            test_crop if views_axis else None), i),
         num_parallel_calls=tf.data.AUTOTUNE)
     if not views_axis:  # One view, as the model takes it.
-      ds = ds.map(lambda e: {'inputs': e['inputs'][0], 'label': e['label']})
+      ds = ds.map(lambda e: {**e, 'inputs': e['inputs'][0]})
     return guarded(ds, split_files, batch_size, pad=True)
 
   eval_split = dc.eval_split or 'validation'
@@ -474,4 +522,5 @@ def get_data(config: ml_collections.ConfigDict, start_step: int = 0, *,
       num_eval_examples=sizes.get(eval_split, 0),
       test_batches=lambda split: eval_batches(split, num_clips, three_crops,
                                               test_bs, True),
-      num_test_views=num_clips * (3 if three_crops else 1))
+      num_test_views=num_clips * (3 if three_crops else 1),
+      skipped=skipped)
