@@ -38,6 +38,7 @@ from tokenlearner_jax import metrics as metrics_lib
 from tokenlearner_jax import models
 from tokenlearner_jax import optim
 from tokenlearner_jax import sharding
+from tokenlearner_jax.configs.objective_config import ObjectiveConfig
 from tokenlearner_jax.configs.optim_config import OptimizerConfig
 from tokenlearner_jax.models import build_model
 from tokenlearner_jax.models import common
@@ -81,9 +82,10 @@ def _initial_variables(config, model, input_shape, rng):
   variables = flax.core.unfreeze(
       model.init(rng, jnp.zeros((1,) + tuple(input_shape)), train=False))
   params = variables.pop('params')
-  if config.get('init_head_bias') is not None:
+  bias = ObjectiveConfig.from_config(config).init_head_bias
+  if bias is not None:
     head = dict(params['output_projection'])
-    head['bias'] = jnp.full_like(head['bias'], config.init_head_bias)
+    head['bias'] = jnp.full_like(head['bias'], bias)
     params = {**params, 'output_projection': head}
   model_state = {k: v for k, v in variables.items()
                  if k not in TRANSIENT_COLLECTIONS}
@@ -126,9 +128,8 @@ def abstract_params(config, model, input_shape, mesh) -> Tuple[Any, Any]:
   return target['params'], shardings['params']
 
 
-def _mixup(inputs, labels, config, rng):
+def _mixup(inputs, labels, alpha: Optional[float], rng):
   """As the reference: mix with the reversed batch, one Beta(a, a) weight."""
-  alpha = config.get('mixup', {}).get('alpha')
   if not alpha:
     return inputs, labels
   lam = jax.random.beta(rng, alpha, alpha)
@@ -159,7 +160,8 @@ def loss_and_grads(params, model_state, inputs, labels, dropout_rng, *,
   batch's statistics and updates its running averages); the one returned is
   the state after the pass that gave the logits (`{}` stays `{}`).
   """
-  l2_decay = config.get('l2_decay_factor')
+  objective = ObjectiveConfig.from_config(config)
+  l2_decay = objective.l2_decay_factor
   mutable = list(model_state)
 
   def loss_fn(p):
@@ -173,12 +175,12 @@ def loss_and_grads(params, model_state, inputs, labels, dropout_rng, *,
       logits = model.apply(variables, inputs, train=True, rngs=rngs)
       new_state = model_state
     loss = metrics_lib.per_example_loss(logits, labels, multilabel,
-                                        config.get('label_smoothing')).mean()
+                                        objective.label_smoothing).mean()
     total = loss if l2_decay is None else (
         loss + 0.5 * l2_decay * l2_penalty(p))
     return total, (loss, logits, new_state)
 
-  rho = config.get('sam_rho')
+  rho = objective.sam_rho
   if rho is not None:
     g = jax.grad(loss_fn, has_aux=True)(params)[0]
     norm = optax.tree.norm(g)
@@ -252,8 +254,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   batch's (mixed) labels, as the reference's train metrics; with
   `label_smoothing`, `smoothed_loss` is the loss the update minimised.
   """
+  objective = ObjectiveConfig.from_config(config)
   rng, dropout_rng, mixup_rng = jax.random.split(state.rng, 3)
-  inputs, labels = _mixup(batch['inputs'], batch['label'], config, mixup_rng)
+  inputs, labels = _mixup(batch['inputs'], batch['label'],
+                          objective.mixup_alpha, mixup_rng)
   grad_fn = functools.partial(loss_and_grads, model=model, config=config,
                               multilabel=multilabel)
   opt = OptimizerConfig.from_config(config)
@@ -269,7 +273,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   params = optax.apply_updates(state.params, updates)
   hit = jnp.take_along_axis(labels, jnp.argmax(logits, -1)[:, None], -1) > 0
   smoothed = None
-  if config.get('label_smoothing'):
+  if objective.label_smoothing:
     # The reference's train metrics score the logits against the batch's
     # labels, not the smoothed targets that the gradient is taken of.
     smoothed, loss = loss, metrics_lib.per_example_loss(
@@ -489,7 +493,8 @@ def fast_config(config: ml_collections.ConfigDict, platform: str,
   X(2+1)D's modules keep their attention. Settings the config chose itself
   (a dtype, an attention other than the einsum) stay.
   """
-  if not config.get('fast') or platform not in FAST_ATTENTION:
+  if (not ObjectiveConfig.from_config(config).fast or
+      platform not in FAST_ATTENTION):
     return config
   fast = copy.deepcopy(config)
   with fast.unlocked():

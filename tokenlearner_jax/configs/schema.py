@@ -34,6 +34,7 @@ from tokenlearner_jax.configs.data_config import AugmentationConfig
 from tokenlearner_jax.configs.data_config import DataConfig
 from tokenlearner_jax.configs.fewshot_config import FewshotConfig
 from tokenlearner_jax.configs.init_from_config import InitFromConfig
+from tokenlearner_jax.configs.objective_config import ObjectiveConfig
 from tokenlearner_jax.configs.optim_config import OptimizerConfig
 from tokenlearner_jax.configs.optim_config import ScheduleConfig
 from tokenlearner_jax.models import config as model_lib
@@ -119,13 +120,6 @@ KEYS: Tuple[ConfigKey, ...] = (
     _implemented('eval_batch_size', 'data.input_pipeline',
                  'Global eval batch size.', default=SameAs('batch_size'),
                  positive=True),
-    _implemented('fast', 'train_steps', "Set by every config's `fast` "
-                 'argument: on TPU and GPU devices, bf16 compute (parameters '
-                 'and optimizer state stay fp32) and the platform\'s flash '
-                 "attention ('pallas', 'cudnn') where the model keeps its "
-                 'math with it (no attention dropout, no ToMe, EViT or ATS); '
-                 'nothing on CPU, where fp32 and the einsum are fastest.',
-                 default=False),
     _implemented('num_training_steps', 'train',
                  'Run length in steps (wins over num_training_epochs).',
                  positive=True),
@@ -186,26 +180,14 @@ KEYS: Tuple[ConfigKey, ...] = (
                  'network (`X2Plus1DConfig`).', **_REF),
     _implemented('model_dtype_str', 'models.config', 'Compute dtype of the '
                  "encoder blocks ('float32', 'bfloat16', 'float16').", **_REF),
-    _implemented('init_head_bias', 'train_steps', "Initial bias of the head's "
-                 'logits (e.g. -10 for the sigmoid head).', **_REF),
     # ---------------------------------------------------------- training
-    _implemented('l2_decay_factor', 'train_steps', '0.5 * factor * '
-                 '||params||^2 added to the training loss.', **_REF),
-    _implemented('sam_rho', 'train_steps', 'Sharpness-aware minimisation '
-                 'radius (unset: off).'),
-    _implemented('label_smoothing', 'train_steps', 'Label smoothing of the '
-                 'softmax cross-entropy.', **_REF),
-    _implemented('mixup', 'train_steps', 'Mixup settings.', section=True),
+    _implemented('mixup', 'configs.objective_config', 'Mixup settings.',
+                 section=True),
     # ---------------------------------------------------------- parallelism
     _implemented('mesh', 'sharding', 'Device mesh axis sizes.', section=True),
     _implemented('logical_axis_rules', 'sharding', 'Logical axis name -> mesh '
                  'axes rules.',
                  default=[list(rule) for rule in sharding.DEFAULT_RULES]),
-)
-
-KEYS += (
-    _implemented('mixup.alpha', 'train_steps', 'Mixup Beta(alpha, alpha); '
-                 'None or 0: off.'),
 )
 
 KEYS += (
@@ -231,10 +213,11 @@ def section_keys(cls: Any, section: str, module: str, description: str,
   the others the section's own `from_config` fills, so a config without
   the section stays without it. `reference`: the reference's configs set
   the section. `module` reads the fields that name no reader of their own;
-  `section_module` (default `module`) reads the section."""
+  `section_module` (default `module`) reads the section. A section of
+  top-level keys only (`section` '') has no row of its own."""
   docs = fields.attribute_docs(cls.__doc__ or '')
   rows = [_implemented(section, section_module or module, description,
-                       section=True, reference=reference)]
+                       section=True, reference=reference)] if section else []
   for f in dataclasses.fields(cls):
     if dataclasses.is_dataclass(f.default):  # A typed section of its own.
       continue
@@ -250,6 +233,8 @@ def section_keys(cls: Any, section: str, module: str, description: str,
   return tuple(rows)
 
 
+KEYS += section_keys(ObjectiveConfig, '', 'train_steps', '',
+                     filled=('fast',))
 KEYS += section_keys(
     OptimizerConfig, 'optimizer_configs', 'optim', "The optimizer's settings "
     '(below, with the top-level keys of `configs.optim_config`\'s '
@@ -403,6 +388,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ScheduleConfig.from_config(config)
   InitFromConfig.from_config(config)
   DataConfig.from_config(config)
+  ObjectiveConfig.from_config(config)
 
 
 def fill_defaults(config: ml_collections.ConfigDict) -> None:
