@@ -5,8 +5,10 @@ convolutions are full 1x3x3 + 3x1x1 ones) whose last three res5 blocks carry
 the module slot of Figure 9 (Conv2D -> TokenLearner, 8 tokens per frame ->
 Vector Transformer -> TokenFuser) in place of that convolution, trained from
 scratch on 64-frame clips (224 crops; tested at 256) of Charades (157
-classes, multi-label: sigmoid cross-entropy, mAP). docs/models.md describes
-the network and how its counts meet Tables 10-12.
+classes, multi-label: sigmoid cross-entropy, mAP). The MHSA rows' attention
+has the Bottleneck Transformer's position logits as its Figure 4 draws them
+(`model.module.mhsa_position`). docs/models.md describes the network and how
+its counts meet Tables 10-12.
 
 Charades TFRecords at 12 fps (Table 9; `fps=6` for the 6 fps setting of
 Tables 11-12) as scripts/make_charades_tfrecords.py writes them from

@@ -267,7 +267,8 @@ def token_module(x, p, num_tokens, group_size):
 
 def spacetime_attention(x, p, axes, num_heads):
   """Pre-LN multi-head self-attention over 'joint', 'spatial' or 'temporal'
-  groups of `[B, T, H, W, D]`, with the residual."""
+  groups of `[B, T, H, W, D]`, with the residual; with `pos_*` tables in
+  `p`, factorized position logits (`SpaceTimeAttention.position`)."""
   b, t, h, w, d = x.shape
   if axes == 'joint':
     seq = x.reshape(b, t * h * w, d)
@@ -279,8 +280,16 @@ def spacetime_attention(x, p, axes, num_heads):
   q, k, v = (dense(y, p[n]) for n in ('query', 'key', 'value'))
   g, n, a = q.shape
   heads = lambda z: z.reshape(g, n, num_heads, a // num_heads)
-  logits = np.einsum('gqhd,gkhd->ghqk', heads(q), heads(k)) / np.sqrt(
-      a // num_heads)
+  logits = np.einsum('gqhd,gkhd->ghqk', heads(q), heads(k))
+  if 'pos_t' in p or 'pos_h' in p:  # Factorized position logits: q r^T.
+    r = np.zeros((1, 1, 1, a))
+    if 'pos_t' in p:
+      r = r + p['pos_t'][:, None, None]
+    if 'pos_h' in p:
+      r = r + p['pos_h'][None, :, None] + p['pos_w'][None, None, :]
+    r = r.reshape(n, num_heads, a // num_heads)
+    logits = logits + np.einsum('gqhd,khd->ghqk', heads(q), r)
+  logits = logits / np.sqrt(a // num_heads)
   out = np.einsum('ghqk,gkhd->gqhd', softmax(logits), heads(v))
   seq = seq + dense(out.reshape(g, n, a), p['out'])
   if axes == 'temporal':

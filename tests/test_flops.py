@@ -1,5 +1,6 @@
 """Tests of the analytic GMACs: against XLA's count and against the paper."""
 
+import dataclasses
 import os
 
 from absl.testing import absltest
@@ -11,6 +12,7 @@ import ml_collections
 from tokenlearner_jax import flops
 from tokenlearner_jax import paper
 from tokenlearner_jax import summary
+from tokenlearner_jax.configs import charades
 from tokenlearner_jax.configs import common
 from tokenlearner_jax.flops import gmacs
 from tokenlearner_jax.models import build_model
@@ -142,12 +144,13 @@ class X2Plus1DGmacsTest(parameterized.TestCase):
   def xla_macs(fn, *args) -> float:
     return xla_macs(jax.jit(fn).lower(*args), compiled=True)
 
-  @parameterized.parameters(*[(p,) for p in X2PLUS1D_PARTS])
-  def test_each_part_matches_xla_cost_analysis(self, part):
+  @parameterized.parameters(*[(p, 'none') for p in X2PLUS1D_PARTS],
+                            ('mhsa', 'factorized'))
+  def test_each_part_matches_xla_cost_analysis(self, part, position):
     # One module part at the paper's width on 8 frames of 8 x 8. XLA counts
     # no multiply-add on a convolution's zero padding: the count here puts
     # those back, (k n - (k // 2)(k // 2 + 1)) taps per axis of size n.
-    c = X2Plus1DConfig(num_classes=10, parts=(part,))
+    c = X2Plus1DConfig(num_classes=10, parts=(part,), mhsa_position=position)
     t, h, w, d = 8, 8, 8, c.inner_width(5)
     module = video_modules.ModuleSlot(c)
     x = jax.ShapeDtypeStruct((1, t, h, w, d), jnp.float32)
@@ -230,7 +233,9 @@ class X2Plus1DGmacsTest(parameterized.TestCase):
         'total'] / 1e9, 1), 6.2)
 
   def test_module_rows_within_ten_percent_of_tables_11_and_12(self):
-    table = summary.module_table(X2Plus1DConfig(num_classes=157))
+    # The paper's network (configs/charades_x2plus1d_tl.py).
+    c = X2Plus1DConfig.from_config(charades.charades_config(), 157)
+    table = summary.module_table(c)
     self.assertLen(table, len(paper.MODULE_ROWS))
     for r in table:
       self.assertLess(abs(r['params_diff']), paper.MODULE_TOLERANCE,
@@ -241,6 +246,16 @@ class X2Plus1DGmacsTest(parameterized.TestCase):
     ours = {r['row'].preset: r for r in table}
     self.assertAlmostEqual(ours['conv2d_tokenlearner']['gflops'] -
                            ours['tokenlearner']['gflops'], 13.76, places=2)
+    # The MHSA rows: 20.21 and 33.97 with the Bottleneck Transformer's
+    # position logits as its Figure 4 draws them; 14.30 and 28.06 (-35%,
+    # -22%) with plain logits.
+    plain = {r['row'].preset: r['gflops'] for r in summary.module_table(
+        dataclasses.replace(c, mhsa_position='none'))}
+    self.assertEqual(
+        [round(x, 2) for x in (ours['mhsa']['gflops'],
+                               ours['conv2d_mhsa']['gflops'], plain['mhsa'],
+                               plain['conv2d_mhsa'])],
+        [20.21, 33.97, 14.30, 28.06])
 
 
 if __name__ == '__main__':

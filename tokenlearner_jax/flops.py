@@ -194,12 +194,15 @@ def _conv_out(size: int, stride: int) -> int:
   return (size - 1) // stride + 1  # 'SAME'-padded odd kernels.
 
 
-def attention_part_macs(axes: str, t: int, hw: int, d: int, a: int) -> int:
+def attention_part_macs(axes: str, t: int, hw: int, d: int, a: int,
+                        position: str = 'none') -> int:
   """A `SpaceTimeAttention` over `t` frames of `hw` positions, width d,
-  attention width a: the four projections and QK^T, AV."""
+  attention width a: the four projections and QK^T, AV, and with
+  'factorized' position logits Qr^T."""
   p = t * hw
   groups = {'joint': (1, p), 'spatial': (t, hw), 'temporal': (hw, t)}[axes]
-  return 4 * p * d * a + 2 * groups[0] * groups[1]**2 * a
+  products = 3 if position == 'factorized' else 2
+  return 4 * p * d * a + products * groups[0] * groups[1]**2 * a
 
 
 def token_part_macs(c, t: int, hw: int, d: int) -> int:
@@ -228,7 +231,8 @@ def module_part_macs(c, part: str, t: int, h: int, w: int, d: int) -> int:
     return token_part_macs(c, t, h * w, d)
   axes = {'mhsa': 'joint', 'spatial_transformer': 'spatial',
           'temporal_transformer': 'temporal'}[part]
-  return attention_part_macs(axes, t, h * w, d, c.attention_dim)
+  return attention_part_macs(axes, t, h * w, d, c.attention_dim,
+                             c.mhsa_position if part == 'mhsa' else 'none')
 
 
 def x2plus1d_macs(c, input_shape: Sequence[int]) -> dict:

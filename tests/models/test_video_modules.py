@@ -87,15 +87,37 @@ class VideoModulesTest(parameterized.TestCase):
     expected = ref.token_module(x.astype(np.float64), params, 4, 9)
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
 
-  @parameterized.parameters('joint', 'spatial', 'temporal')
-  def test_spacetime_attention_matches_its_definition(self, axes):
+  @parameterized.product(axes=('joint', 'spatial', 'temporal'),
+                          position=('none', 'factorized'))
+  def test_spacetime_attention_matches_its_definition(self, axes, position):
     x = _video((2, 3, 2, 4, 8))
     module = video_modules.SpaceTimeAttention(axes, num_heads=2,
-                                              attention_dim=6)
+                                              attention_dim=6,
+                                              position=position)
     params = _init(module, x, train=False)
+    tables = {'joint': ['pos_h', 'pos_t', 'pos_w'], 'spatial': ['pos_h',
+                                                                 'pos_w'],
+              'temporal': ['pos_t']}[axes] if position != 'none' else []
+    self.assertEqual(sorted(k for k in params if k.startswith('pos_')),
+                     tables)
     out = module.apply({'params': params}, x, train=False)
     expected = ref.spacetime_attention(x.astype(np.float64), params, axes, 2)
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
+
+  def test_position_tables_are_resized_to_another_clip(self):
+    # Learned on 3 x 2 x 4 (a train crop), applied to 5 x 3 x 6 (a test
+    # crop): each table linearly resized to its axis.
+    module = video_modules.SpaceTimeAttention('joint', 2, 6, position=
+                                              'factorized')
+    params = _init(module, _video((1, 3, 2, 4, 8)), train=False)
+    x = _video((1, 5, 3, 6, 8), seed=1)
+    resized = dict(params)
+    for name, length in (('pos_t', 5), ('pos_h', 3), ('pos_w', 6)):
+      resized[name] = jax.image.resize(params[name], (length, 6), 'linear')
+    np.testing.assert_allclose(
+        module.apply({'params': params}, x, train=False),
+        ref.spacetime_attention(x.astype(np.float64), resized, 'joint', 2),
+        rtol=RTOL, atol=ATOL)
 
   def test_spatial_and_temporal_attention_mix_only_their_axis(self):
     x = _video((1, 3, 2, 2, 8))

@@ -19,12 +19,14 @@ ROWS = {row.preset: row.parts for row in paper.MODULE_ROWS}
 ROWS['backbone'] = ()
 # `network=NAME` -> the backbone's settings and the test crop. 'x2plus1d_m'
 # is the paper's X(2+1)D-M (Table 10's GFLOPs: full middle convolutions, the
-# module in the last three res5 blocks, X3D's initialisation, 256 test
+# module in the last three res5 blocks, X3D's initialisation, the MHSA
+# part's position logits as the Bottleneck Transformer's Figure 4, 256 test
 # crops); 'channelwise' is X3D-M's channel-wise middles with the module in
 # the last block only, tested at the train crop (docs/models.md).
 NETWORKS = {
     'x2plus1d_m': dict(model=dict(middle_conv='full', blocks=(-3, -2, -1),
-                                  x3d_init=True), test_crop_size=256),
+                                  x3d_init=True, mhsa_position='factorized'),
+                       test_crop_size=256),
     'channelwise': dict(model=dict(middle_conv='channelwise', blocks=(-1,),
                                    x3d_init=False), test_crop_size=None),
 }

@@ -66,11 +66,40 @@ class SpaceTimeAttention(nn.Module):
     num_heads: Heads.
     attention_dim: Query, key and value width (all heads).
     dtype: Compute dtype (parameters stay fp32).
+    position: 'none', or 'factorized': learned embeddings along each
+      attended axis (`pos_t`, `pos_h`, `pos_w`), summed into one per position
+      (r), with content-position logits q r^T added to q k^T, as the
+      Bottleneck Transformer's Figure 4 draws them. Embeddings learned at
+      one clip size are linearly resized to another's (a test crop).
   """
   axes: str
   num_heads: int
   attention_dim: int
   dtype: Any = jnp.float32
+  position: str = 'none'
+
+  def _axis_embedding(self, name: str, length: int) -> jax.Array:
+    """`[length, attention_dim]`: the learned one, resized if learned at
+    another length."""
+    if self.has_variable('params', name):
+      table = self.get_variable('params', name)
+    else:
+      table = self.param(name, nn.initializers.normal(
+          self.attention_dim**-0.5), (length, self.attention_dim))
+    if table.shape[0] != length:
+      table = jax.image.resize(table, (length, table.shape[1]), 'linear')
+    return table.astype(self.dtype)
+
+  def _positions(self, t: int, h: int, w: int) -> jax.Array:
+    """r of the attended positions, in the sequence's order: [N, A]."""
+    a = self.attention_dim
+    r = jnp.zeros((1, 1, 1, a), self.dtype)  # [T, H, W, A] once broadcast.
+    if self.axes in ('joint', 'temporal'):
+      r = r + self._axis_embedding('pos_t', t)[:, None, None]
+    if self.axes in ('joint', 'spatial'):
+      r = (r + self._axis_embedding('pos_h', h)[None, :, None] +
+           self._axis_embedding('pos_w', w)[None, None, :])
+    return r.reshape(-1, a)  # [N, A]: THW, HW or T positions.
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -86,7 +115,11 @@ class SpaceTimeAttention(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype, name='norm')(seq)
     q, k, v = (_heads(dense(self.attention_dim, IN_AXES, n, dtype=self.dtype)(
         y), self.num_heads) for n in ('query', 'key', 'value'))  # [G, N, h, d/h]
-    logits = jnp.einsum('gqhd,gkhd->ghqk', q, k) / math.sqrt(q.shape[-1])
+    logits = jnp.einsum('gqhd,gkhd->ghqk', q, k)  # [G, h, N, N]
+    if self.position == 'factorized':
+      r = _heads(self._positions(t, h, w), self.num_heads)  # [N, h, d/h]
+      logits = logits + jnp.einsum('gqhd,khd->ghqk', q, r)  # [G, h, N, N]
+    logits = logits / math.sqrt(q.shape[-1])
     out = jnp.einsum('ghqk,gkhd->gqhd', nn.softmax(logits), v)  # [G, N, h, d/h]
     out = dense(d, OUT_AXES, 'out', dtype=self.dtype)(
         out.reshape(out.shape[:2] + (-1,)))
@@ -283,6 +316,8 @@ class ModuleSlot(nn.Module):
       else:
         axes = {'mhsa': 'joint', 'spatial_transformer': 'spatial',
                 'temporal_transformer': 'temporal'}[part]
-        x = SpaceTimeAttention(axes, c.num_heads, c.attention_dim, dtype,
-                               name=part)(x, train=train)
+        x = SpaceTimeAttention(
+            axes, c.num_heads, c.attention_dim, dtype,
+            c.mhsa_position if part == 'mhsa' else 'none',
+            name=part)(x, train=train)
     return x

@@ -47,6 +47,7 @@ PARTS = (
 # 3x3 conv's sigmoid maps), or the paper's "more alternatives": fixed learned
 # maps, a dense layer over space, average pooling to S regions.
 TOKEN_MAKERS = ('tokenlearner', 'fixed', 'dense', 'pooling')
+MHSA_POSITIONS = ('none', 'factorized')  # `mhsa_position`.
 STAGES = (2, 3, 4, 5)  # res2 ... res5.
 CHANNELWISE_IMPLS = ('conv', 'shifts')  # `x2plus1d.ChannelwiseConv.impl`.
 
@@ -83,6 +84,10 @@ class X2Plus1DConfig:
     token_maker: What makes them (`TOKEN_MAKERS`).
     num_heads: Heads of the attention parts.
     attention_dim: Query/key/value width of the attention parts.
+    mhsa_position: Position logits of the 'mhsa' part: 'none', or
+      'factorized', as the Bottleneck Transformer's Figure 4 draws them: a
+      learned embedding per frame, row and column, summed into one per
+      position (r), and content-position logits q r^T added to q k^T.
     relation_group_size: Channels per group of the Vector Transformer's
       relation function (a grouped linear layer).
     dtype: Computation dtype (`model_dtype_str`).
@@ -111,6 +116,8 @@ class X2Plus1DConfig:
   attention_dim: int = _field('module.attention_dim', 176, check='positive')
   relation_group_size: int = _field('module.relation_group_size', 9,
                                     check='positive')
+  mhsa_position: str = _field('module.mhsa_position', 'none',
+                              choices=MHSA_POSITIONS)
   dtype: str = _field('/model_dtype_str', 'float32',
                       choices=tuple(config_lib.DTYPES))
 
