@@ -118,13 +118,28 @@ class TrainLengthTest(absltest.TestCase):
   def test_epochs_of_full_batches_as_the_reference(self):
     # scenic: num_training_epochs * (num_train_examples // batch_size).
     config = config_for('im1k_token_learner', arg=None)
-    steps = train.num_train_steps(config, 1_281_167)
+    steps = train.run_plan(config, 1_281_167).total_steps
     self.assertEqual(steps, 90 * 312)
     self.assertEqual(config.lr_configs.total_steps, steps)
     schedule = optim.make_schedule(ScheduleConfig.from_config(config), steps)
     self.assertAlmostEqual(float(schedule(steps)), 1e-5, places=9)
     config.num_training_steps = 7
-    self.assertEqual(train.num_train_steps(config, 1_281_167), 7)
+    self.assertEqual(train.run_plan(config, 1_281_167).total_steps, 7)
+
+  def test_unset_intervals_default_to_an_epoch_as_the_reference(self):
+    config = config_for('im1k_token_learner', arg=None)
+    with config.unlocked():
+      for key in ('log_eval_steps', 'log_summary_steps', 'checkpoint_steps'):
+        config[key] = None
+    self.assertEqual(train.run_plan(config, 1_281_167),
+                     train.RunPlan(90 * 312, 312, 312, 312))
+    config.log_summary_steps = 50
+    self.assertEqual(train.run_plan(config, 1_281_167).log_summary_steps, 50)
+    with self.assertRaisesRegex(ValueError, 'num_training_epochs needs'):
+      train.run_plan(config, None)
+    config.num_training_steps = 7
+    with self.assertRaisesRegex(ValueError, 'log_eval_steps is not set'):
+      train.run_plan(config, None)
 
 
 class LossTermsTest(absltest.TestCase):

@@ -191,15 +191,16 @@ def train_rows(directory: epath.Path, step: int) -> List[Dict[str, Any]]:
           for row in json.loads(path.read_text())]
 
 
-def make_manager(workdir: str, config: ml_collections.ConfigDict) -> Manager:
-  """The run's manager: every `checkpoint_steps`, the last
-  `max_checkpoints_to_keep` kept, written asynchronously (`config`
-  completed: `schema.complete`)."""
+def make_manager(workdir: str, config: ml_collections.ConfigDict,
+                 interval: Optional[int] = None) -> Manager:
+  """The run's manager: every `interval` steps (default: the config's
+  `checkpoint_steps`), the last `max_checkpoints_to_keep` kept, written
+  asynchronously (`config` completed: `schema.complete`)."""
   return Manager(
       checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=config.max_checkpoints_to_keep,
-          save_interval_steps=config.checkpoint_steps,
+          save_interval_steps=interval or config.checkpoint_steps,
           enable_async_checkpointing=True),
       fallback=config.checkpoint_fallback)
 

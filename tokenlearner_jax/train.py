@@ -40,6 +40,7 @@ resumed run average the same steps as an uninterrupted run's.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -96,32 +97,46 @@ def define_flags() -> None:
                        '(jax.distributed\'s heartbeat).')
 
 
-def num_train_steps(config: ml_collections.ConfigDict,
-                    num_examples: int) -> int:
-  """`num_training_steps`, or `num_training_epochs` times the full batches in
-  the train split (as the reference: 90 ImageNet epochs at 4096 are 28,080)."""
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """A run's length and intervals, in steps, as the config sets them or as
+  the reference defaults them from the train split's size.
+
+  Attributes:
+    total_steps: `num_training_steps`, or `num_training_epochs` times the
+      full batches in the train split (as the reference: 90 ImageNet epochs
+      at 4096 are 28,080).
+    log_eval_steps: `log_eval_steps`, else one epoch.
+    log_summary_steps: `log_summary_steps`, else `log_eval_steps`.
+    checkpoint_steps: `checkpoint_steps`, else `log_eval_steps`.
+  """
+  total_steps: int
+  log_eval_steps: int
+  log_summary_steps: int
+  checkpoint_steps: int
+
+
+def run_plan(config: ml_collections.ConfigDict,
+             num_examples: Optional[int]) -> RunPlan:
+  """The `RunPlan` of a completed `config` whose train split has
+  `num_examples` examples (0 or None: unknown)."""
+  steps_per_epoch = (num_examples or 0) // config.batch_size
   if config.get('num_training_steps'):
-    return int(config.num_training_steps)
-  if not num_examples:
+    total = int(config.num_training_steps)
+  elif not num_examples:
     raise ValueError('num_training_epochs needs the train split size, which '
                      'the dataset does not report: set num_training_steps.')
-  steps_per_epoch = num_examples // config.batch_size
-  return int(config.num_training_epochs * steps_per_epoch)
-
-
-def set_intervals(config: ml_collections.ConfigDict,
-                  num_examples: Optional[int]) -> None:
-  """The reference's defaults where `config` sets none: an evaluation every
-  epoch, a train summary and a checkpoint every evaluation."""
-  if not config.get('log_eval_steps'):
+  else:
+    total = int(config.num_training_epochs * steps_per_epoch)
+  log_eval = config.get('log_eval_steps')
+  if not log_eval:
     if not num_examples:
       raise ValueError('log_eval_steps is not set, and its default (one '
                        'epoch) needs the train split size, which the dataset '
                        'does not report.')
-    config.log_eval_steps = max(num_examples // config.batch_size, 1)
-  for key in ('log_summary_steps', 'checkpoint_steps'):
-    if not config.get(key):
-      config[key] = config.log_eval_steps
+    log_eval = max(steps_per_epoch, 1)
+  return RunPlan(total, log_eval, config.get('log_summary_steps') or log_eval,
+                 config.get('checkpoint_steps') or log_eval)
 
 
 # Set by SIGTERM (a preemption notice) in a single-process run; `main`
@@ -413,10 +428,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   resume_step = checkpoint.latest_step(workdir)
   data = input_pipeline.get_data(config, start_step=resume_step or 0)
   record_config(config, workdir, resume_step, data, mesh)
-  set_intervals(config, data.num_train_examples)
-  manager = checkpoint.make_manager(workdir, config)
+  plan = run_plan(config, data.num_train_examples)
+  manager = checkpoint.make_manager(workdir, config, plan.checkpoint_steps)
   stack.callback(manager.close)  # Waits for the checkpoint writes in flight.
-  total_steps = num_train_steps(config, data.num_train_examples)
+  total_steps = plan.total_steps
   program = train_steps.build_program(config, mesh, data.input_shape,
                                       data.num_classes, total_steps)
   fewshot_eval = (fewshot.FewShotEvaluator(config, program.model, mesh,
@@ -437,7 +452,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     metrics.pending = checkpoint.train_rows(manager.directory, start_step)
   report = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=rates,
-      every_steps=config.log_summary_steps, every_secs=None)
+      every_steps=plan.log_summary_steps, every_secs=None)
   report(start_step)  # Rates from here (the first step's compile included).
 
   def evaluate(current) -> Metrics:
@@ -462,7 +477,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     report(step)
     last = step == total_steps
     preempted = preemption_requested(manager, step)
-    summarize = step % config.log_summary_steps == 0 or last
+    summarize = step % plan.log_summary_steps == 0 or last
     if preempted or manager.should_save(step) or summarize:
       metrics.check_finite(manager)  # Never save a non-finite state.
     if summarize:
@@ -474,7 +489,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # Saved before the evaluations, so that one that fails loses no step.
     checkpoint.save(manager, step, state, force=last,
                     train_rows=metrics.pending)
-    if step % config.log_eval_steps == 0 or last:
+    if step % plan.log_eval_steps == 0 or last:
       eval_results = evaluate(state)
       logging.info('step %d eval: %s', step, eval_results)
       recorder.record(step, 'eval', eval_results)
