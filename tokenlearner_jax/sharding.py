@@ -21,6 +21,8 @@ from jax.sharding import PartitionSpec as P
 from tokenlearner_jax import errors
 
 MESH_AXES = ('data', 'fsdp', 'model')
+# Each axis's size where `config.mesh` sets none (-1: the devices left).
+MESH_DEFAULTS = {'data': -1, 'fsdp': 1, 'model': 1}
 DEFAULT_RULES = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'),
                  ('mlp', 'model'), ('heads', 'model'), ('kv', None),
                  ('classes', None))
@@ -29,7 +31,8 @@ DEFAULT_RULES = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'),
 def mesh_shape(mesh_config: ml_collections.ConfigDict,
                num_devices: int) -> Tuple[int, ...]:
   """Axis sizes of `config.mesh` for `num_devices`, with -1 filled in."""
-  sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
+  sizes = [int(mesh_config.get(axis, MESH_DEFAULTS[axis]))
+           for axis in MESH_AXES]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f'config.mesh sizes must be positive, with at most one -1;'
                      f' got {dict(zip(MESH_AXES, sizes))}.')

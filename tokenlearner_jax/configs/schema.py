@@ -195,11 +195,11 @@ KEYS += (
            'grid) is read from its parameters', "The restored model's "
            'config.', **_REF),
     _implemented('mesh.data', 'sharding', 'Data-parallel devices (-1: the '
-                 'rest).', default=-1),
+                 'rest).', default=sharding.MESH_DEFAULTS['data']),
     _implemented('mesh.fsdp', 'sharding', 'Devices the parameters are '
-                 'sharded over (FSDP).', default=1),
+                 'sharded over (FSDP).', default=sharding.MESH_DEFAULTS['fsdp']),
     _implemented('mesh.model', 'sharding', 'Tensor-parallel devices.',
-                 default=1),
+                 default=sharding.MESH_DEFAULTS['model']),
 )
 
 def section_keys(cls: Any, section: str, module: str, description: str,
