@@ -149,6 +149,11 @@ PREEMPTION_NOTICE = threading.Event()
 # runs in C++, where no Python handler runs) has nothing new to save, and the
 # trainer exits at once (`exit_on_sigterm_before_a_step`).
 NOTHING_TO_SAVE = threading.Event()
+# Held by the watcher from its check of `NOTHING_TO_SAVE` to its exit, and by
+# the train loop to clear it: the first step's state is then either never
+# saved (the watcher exits first) or saved by the loop (the watcher sees the
+# flag cleared and leaves the SIGTERM to it), never both.
+_FIRST_STEP = threading.Lock()
 _HELD_LOCKS: List[workdir_lock.WorkdirLock] = []  # Released on such an exit.
 
 
@@ -166,7 +171,11 @@ def exit_on_sigterm_before_a_step() -> None:
   def watch():
     while True:
       signals = os.read(read_fd, 64)
-      if signal.SIGTERM in signals and NOTHING_TO_SAVE.is_set():
+      if signal.SIGTERM not in signals:
+        continue
+      with _FIRST_STEP:
+        if not NOTHING_TO_SAVE.is_set():
+          continue
         logging.warning('SIGTERM before the first step: nothing new to save; '
                         'exiting now (the same command starts again).')
         for lock in _HELD_LOCKS:
@@ -472,7 +481,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = sharding.global_batch(next(data.train_iter), batch_sharding)
       state, step_metrics = program.train_step(state, batch)
-    NOTHING_TO_SAVE.clear()  # From here a SIGTERM saves this step.
+    if NOTHING_TO_SAVE.is_set():
+      with _FIRST_STEP:  # Not while the watcher exits.
+        NOTHING_TO_SAVE.clear()  # From here a SIGTERM saves this step.
     metrics.add(step, step_metrics)
     report(step)
     last = step == total_steps
