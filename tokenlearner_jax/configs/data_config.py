@@ -59,8 +59,7 @@ class AugmentationConfig:
     for name in ('prob_scale_jitter', 'prob_color_augment', 'prob_color_drop'):
       value = getattr(self, name)
       fields.require(
-          isinstance(value, (int, float)) and not isinstance(value, bool)
-          and 0.0 <= value <= 1.0,
+          fields.is_number(value) and 0.0 <= value <= 1.0,
           f'config.{SECTION}.{AUGMENTATION}.{name} must be in [0, 1], got '
           f'{value!r}.')
 

@@ -61,6 +61,10 @@ def is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_field(f: dataclasses.Field, value: Any, name: str) -> None:
   """The generic check of one field's `value` (`check` and `choices`
   metadata); errors name the key as `name`."""
@@ -79,8 +83,8 @@ def check_field(f: dataclasses.Field, value: Any, name: str) -> None:
     require(isinstance(value, bool),
             f'{name} must be True or False, got {value!r}.')
   elif check == 'number':
-    require(isinstance(value, (int, float)) and not isinstance(value, bool)
-            and value > 0, f'{name} must be a number > 0, got {value!r}.')
+    require(is_number(value) and value > 0,
+            f'{name} must be a number > 0, got {value!r}.')
 
 
 def lookup(config: ml_collections.ConfigDict, section: Dict[str, Any],
@@ -117,6 +121,18 @@ def check_fields(obj: Any, section: str) -> None:
   for f in dataclasses.fields(obj):
     name = key_name(f, section)
     check_field(f, getattr(obj, f.name), f'config.{name}')
+
+
+def check_optional_nonnegative(obj: Any, names: Tuple[str, ...],
+                               section: str) -> None:
+  """Each of the fields `names` of the dataclass `obj` is None or a number
+  >= 0; errors name `config.<key>`."""
+  by_name = {f.name: f for f in dataclasses.fields(obj)}
+  for name in names:
+    value = getattr(obj, name)
+    require(value is None or (is_number(value) and value >= 0),
+            f'config.{key_name(by_name[name], section)} must be a number '
+            f'>= 0, got {value!r}.')
 
 
 def leaf_keys(node: Any, prefix: str = '',

@@ -6,7 +6,7 @@ bias and `fast`. Each key is one `fields.field` and its line in the
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 import ml_collections
 
@@ -14,10 +14,6 @@ from tokenlearner_jax.configs import fields
 
 _field = fields.field
 MIXUP = 'mixup'  # The section of `mixup_alpha`.
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +47,14 @@ class ObjectiveConfig:
   def __post_init__(self):
     fields.check_fields(self, '')
     fields.require(self.label_smoothing is None or (
-        _is_number(self.label_smoothing) and
+        fields.is_number(self.label_smoothing) and
         0 <= self.label_smoothing < 1),
                    'config.label_smoothing must be in [0, 1), got '
                    f'{self.label_smoothing!r}.')
-    for name in ('l2_decay_factor', 'sam_rho', 'mixup_alpha'):
-      value = getattr(self, name)
-      fields.require(value is None or (_is_number(value) and value >= 0),
-                     f'config.{fields.key_name(_FIELDS[name], "")} must be a '
-                     f'number >= 0, got {value!r}.')
+    fields.check_optional_nonnegative(
+        self, ('l2_decay_factor', 'sam_rho', 'mixup_alpha'), '')
     fields.require(self.init_head_bias is None or
-                   _is_number(self.init_head_bias),
+                   fields.is_number(self.init_head_bias),
                    'config.init_head_bias must be a number, got '
                    f'{self.init_head_bias!r}.')
 
@@ -70,6 +63,3 @@ class ObjectiveConfig:
                   config: ml_collections.ConfigDict) -> 'ObjectiveConfig':
     """The objective of `config`, checked; defaults where it sets none."""
     return cls(**fields.read(cls, config, ''))
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(ObjectiveConfig)}

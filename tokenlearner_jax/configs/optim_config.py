@@ -79,12 +79,8 @@ class OptimizerConfig:
                    self.skip_nonfinite_steps >= 0,
                    'config.skip_nonfinite_steps must be an integer >= 0, got '
                    f'{self.skip_nonfinite_steps!r}.')
-    for name in ('max_grad_norm', 'explicit_weight_decay'):
-      value = getattr(self, name)
-      fields.require(value is None or (
-          isinstance(value, (int, float)) and not isinstance(value, bool)
-          and value >= 0),
-          f'config.{name} must be a number >= 0, got {value!r}.')
+    fields.check_optional_nonnegative(
+        self, ('max_grad_norm', 'explicit_weight_decay'), SECTIONS[type(self)])
 
   @classmethod
   def from_config(cls,

@@ -174,7 +174,7 @@ _require = fields.require
 
 
 def _ints(values: Any) -> bool:
-  return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+  return all(fields.is_int(v) for v in values)
 
 
 def _check(c: X2Plus1DConfig) -> None:
