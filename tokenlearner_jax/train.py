@@ -76,6 +76,7 @@ from tokenlearner_jax import workdir_lock
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.configs.init_from_config import InitFromConfig
 from tokenlearner_jax.configs.optim_config import OptimizerConfig
+from tokenlearner_jax.data import batching
 from tokenlearner_jax.data import input_pipeline
 
 Metrics = Dict[str, float]
@@ -331,7 +332,8 @@ def log_start(config, state, data, recorder: Recorder, total_steps: int,
 
 def log_summary(step: int, total_steps: int, metrics: StepMetrics,
                 rates: _Rates, config, recorder: Recorder,
-                lock: Optional[workdir_lock.WorkdirLock], data) -> None:
+                lock: Optional[workdir_lock.WorkdirLock],
+                skipped: Optional[batching.SkippedExamples]) -> None:
   """The train summary of the steps since the last one, with the rate that
   `ReportProgress` measured over them (it logs the ETA) and, where the input
   pipeline skips corrupt examples, how many it has skipped; refreshes the
@@ -339,8 +341,8 @@ def log_summary(step: int, total_steps: int, metrics: StepMetrics,
   if lock is not None:
     lock.beat()
   summary = metrics.summary()
-  if data.skipped is not None:
-    summary['skipped_examples'] = data.skipped.train
+  if skipped is not None:
+    summary['skipped_examples'] = skipped.train
   summary['steps_per_sec'] = rates.latest['steps_per_sec']
   summary['examples_per_sec'] = summary['steps_per_sec'] * config.batch_size
   logging.info('step %d/%d: loss=%.4f lr=%.3g %.2f steps/s %.1f examples/s',
@@ -493,7 +495,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       metrics.check_finite(manager)  # Never save a non-finite state.
     if summarize:
       log_summary(step, total_steps, metrics, rates, config, recorder, lock,
-                  data)
+                  data.skipped)
     if preempted:
       save_on_preemption(manager, step, state, metrics, recorder)
       return None

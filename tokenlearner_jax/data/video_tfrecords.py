@@ -409,7 +409,7 @@ def _counted(batches: Iterator[batching.Batch], files: List[str],
   gaps in the indices; for a finite pass also the records after the last
   example, counted when it ends) into `skipped`, with a warning line."""
   seen = -1  # The last index seen.
-  before = skipped.train if endless else 0
+  in_pass = 0  # Skipped in this (finite) pass.
   for batch in batches:
     index = batch.pop(INDEX)
     mask = batch.get('batch_mask')
@@ -417,24 +417,21 @@ def _counted(batches: Iterator[batching.Batch], files: List[str],
     if index.size:
       gaps = int(index[-1] - seen) - index.size
       seen = int(index[-1])
-      if endless:
+      if endless and gaps:
         skipped.train += gaps
-        if skipped.train > before:
-          logging.warning('Skipped %d corrupt train examples so far '
-                          '(dataset_configs.skip_corrupt_examples=True; each '
-                          'named in the TensorFlow log) in %s.',
-                          skipped.train, _file_names(files))
-          before = skipped.train
-      else:
-        before += gaps
+        logging.warning('Skipped %d corrupt train examples so far '
+                        '(dataset_configs.skip_corrupt_examples=True; each '
+                        'named in the TensorFlow log) in %s.',
+                        skipped.train, _file_names(files))
+      in_pass += gaps
     yield batch
   if not endless:  # The records after the last example were skipped.
     tail = tf.data.TFRecordDataset(files).skip(seen + 1).ignore_errors()
-    before += int(tail.reduce(np.int64(0), lambda n, _: n + 1))
-    skipped.last_pass = before
-    if before:
+    in_pass += int(tail.reduce(np.int64(0), lambda n, _: n + 1))
+    skipped.last_pass = in_pass
+    if in_pass:
       logging.warning('Skipped %d corrupt examples of %s in this pass '
-                      '(dataset_configs.skip_corrupt_examples=True).', before,
+                      '(dataset_configs.skip_corrupt_examples=True).', in_pass,
                       _file_names(files))
 
 
