@@ -11,7 +11,6 @@ import optax
 
 from tokenlearner_jax import errors
 from tokenlearner_jax import optim
-from tokenlearner_jax.configs import optim_config
 from tokenlearner_jax.configs.optim_config import OptimizerConfig
 from tokenlearner_jax.configs.optim_config import ScheduleConfig
 
@@ -144,10 +143,6 @@ class ScheduleTest(absltest.TestCase):
     with self.assertRaisesRegex(errors.ConfigError, 'lr_configs.decay_rate '
                                 ".* 'exponential_decay'"):
       schedule_config('exponential_decay', decay_steps=3)
-
-  def test_every_factor_names_the_keys_it_needs(self):
-    self.assertEqual(optim.SCHEDULE_FACTORS,
-                     tuple(optim_config.FACTOR_KEYS))
 
 
 GRADS = [np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.5]], np.float32),

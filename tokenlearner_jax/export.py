@@ -27,7 +27,8 @@ loading example for each.
 import json
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 from absl import flags
 from absl import logging
@@ -76,17 +77,36 @@ def pixel_scale(config: ml_collections.ConfigDict) -> Tuple[float, float]:
   return 1 / 127.5, -1.0
 
 
+class Restored(NamedTuple):
+  """A checkpoint of a run, ready to serve.
+
+  Attributes:
+    model: The config's model.
+    variables: Its variables, numpy arrays.
+    step: The checkpoint's step.
+    input_shape: One example's shape, as the model takes it.
+    num_classes: The logits' width.
+  """
+  model: Any
+  variables: Dict[str, Any]
+  step: int
+  input_shape: Tuple[int, ...]
+  num_classes: int
+
+
 def restore(config: ml_collections.ConfigDict, workdir: str,
-            step: Optional[int]) -> Tuple[Any, Dict[str, Any], int]:
-  """(model, its variables as numpy arrays, the step) of a checkpoint of
-  `workdir`, checked against the config's model."""
+            step: Optional[int]) -> Restored:
+  """A checkpoint of `workdir` (the latest, or `step`), checked against the
+  config's model."""
   step = checkpoint.step_to_read(workdir, step)
-  input_shape = summary.example_input_shape(config)
-  model = build_model(config, summary.example_num_classes(config))
+  input_shape = tuple(summary.example_input_shape(config))
+  num_classes = summary.example_num_classes(config)
+  model = build_model(config, num_classes)
   target, _ = train_steps.abstract_variables(
       config, model, input_shape, sharding.make_mesh(config))
   variables = checkpoint.restore_variables(workdir, step, target)
-  return model, jax.device_get(variables), step
+  return Restored(model, jax.device_get(variables), step, input_shape,
+                  num_classes)
 
 
 def serving_fn(model, config: ml_collections.ConfigDict
@@ -189,9 +209,7 @@ def export_workdir(config: ml_collections.ConfigDict, workdir: str, out: str,
     raise errors.UsageError(f'--out={out} exists; pass --overwrite to '
                             'replace it, or name another directory.')
   config = schema.complete(config)
-  model, variables, step = restore(config, workdir, step)
-  shape = summary.example_input_shape(config)
-  num_classes = summary.example_num_classes(config)
+  model, variables, step, shape, num_classes = restore(config, workdir, step)
   serve = serving_fn(model, config)
   if os.path.exists(out):
     shutil.rmtree(out)

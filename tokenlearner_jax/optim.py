@@ -154,20 +154,9 @@ def _exponential_decay(step, ratio, lr: ScheduleConfig, total_steps):
   return ratio * jnp.power(lr.decay_rate, progress)
 
 
-FACTORS = {
-    'constant': _constant,
-    'linear_warmup': _linear_warmup,
-    'linear_decay': _linear_decay,
-    'cosine_decay': _cosine_decay,
-    'rsqrt_decay': _rsqrt_decay,
-    'rsqrt_normalized_decay': _rsqrt_normalized_decay,
-    'polynomial': _polynomial,
-    'piecewise_constant': _piecewise_constant,
-    'piecewise_linear': _piecewise_linear,
-    'decay_every': _decay_every,
-    'exponential_decay': _exponential_decay,
-}
-SCHEDULE_FACTORS = tuple(FACTORS)
+# Each factor `optim_config.FACTOR_KEYS` declares (with the keys it needs),
+# computed by the function of its name.
+FACTORS = {name: globals()[f'_{name}'] for name in optim_config.FACTOR_KEYS}
 
 
 def make_schedule(lr: ScheduleConfig, total_steps: int) -> Schedule:

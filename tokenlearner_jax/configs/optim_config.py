@@ -3,7 +3,8 @@
 `OptimizerConfig`: `config.optimizer`, `config.optimizer_configs` and the
 update's top-level options (clipping, explicit decay, skipped non-finite
 steps). `ScheduleConfig`: `config.lr_configs`, scenic's compound schedule,
-whose factors each name the keys they need (`FACTOR_KEYS`): a missing one is
+whose factors each name the keys they need (`FACTOR_KEYS`, the one list of
+factors: `optim.FACTORS` computes each by its name): a missing key is
 refused when the config is checked, before anything compiles. Each key is one
 `fields.field` and its line in the `Attributes:` docstring; `configs.schema`
 takes the sections' keys from them, and `tokenlearner_jax.optim` and the

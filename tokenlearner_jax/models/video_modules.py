@@ -8,7 +8,7 @@ attention tensor of the paper's figure. docs/models.md states every choice.
 """
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,10 +21,6 @@ from tokenlearner_jax.models.tokenlearner import TokenFuser
 KERNEL_AXES = (None, None, None, 'embed', 'mlp')  # [t, h, w, in, out].
 IN_AXES = ('embed', 'mlp')  # Dense D -> hidden.
 OUT_AXES = ('mlp', 'embed')  # Dense hidden -> D.
-
-
-def conv_kernel(init: Callable = nn.initializers.he_normal()):
-  return logical(init, KERNEL_AXES)
 
 
 def dense(features: int, axes, name: str, **kw) -> nn.Dense:
@@ -47,7 +43,8 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = nn.Conv(x.shape[-1], self.kernel, padding='SAME', use_bias=False,
-                kernel_init=conv_kernel(), dtype=self.dtype, name='conv')(x)
+                kernel_init=logical(nn.initializers.he_normal(), KERNEL_AXES),
+                dtype=self.dtype, name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
                      epsilon=1e-5, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)
