@@ -518,8 +518,7 @@ def plan(config: ml_collections.ConfigDict, topology: str,
   _write_hlo(hlo_dir, train)
   if eval_step:
     # As the input pipeline pads it (`batching.padded_eval_batch_size`).
-    eval_batch = config.get('eval_batch_size') or config.batch_size
-    eval_batch = -(-eval_batch // len(the_slice.devices)) * len(
+    eval_batch = -(-config.eval_batch_size // len(the_slice.devices)) * len(
         the_slice.devices)
     evaluated = compile_eval(s, the_slice, eval_batch, keep)
     print(report(evaluated, the_slice))
