@@ -167,7 +167,7 @@ def test_fast_compiles_pallas_attention_in_bf16_on_each_shard_under_fsdp(tpu):
   config.fast = True  # The config's `fast` argument, on TPU devices.
   s, compiled = compiled_train(config, tpu)
   assert (s.program.config.model.attention_impl,
-          s.program.config.model_dtype_str) == ('pallas', 'bfloat16')
+          s.program.config.model_dtype_str) == ('splash', 'bfloat16')
   assert compiled.fits
   # The kernel (a TPU custom call) runs on each device's quarter of the
   # batch, which is never gathered.
@@ -269,3 +269,34 @@ def test_largest_batch_stops_within_the_tolerance_and_reuses_known_sizes():
   # The exact answer with the default tolerance (one unit), and the limit.
   assert aot.largest_batch(fits, 4, start=8)[0] == 200
   assert aot.largest_batch(lambda b: True, 4, start=8, limit=50)[0] == 48
+
+
+@pytest.mark.e2e
+def test_kernel_costs_add_the_products_and_the_streamed_side_per_block(tpu):
+  # One splash attention, forward and backward, at 1,152 tokens: blocks of
+  # 384 (`splash_block`), three query and three key blocks. XLA counts each
+  # kernel operand once; the forward kernel reads keys and values (and the
+  # keys' segment ids, s32[8, L]) once per query block, the backward one
+  # queries, output gradients, the two f32[heads, 8, L] softmax statistics
+  # and the queries' segment ids once per key block: 2 more reads of each.
+  from jax.sharding import SingleDeviceSharding  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from tokenlearner_jax.models import common  # pylint: disable=g-import-not-at-top
+  shape = (1, 1152, 2, 64)  # [B, L, N, H]
+  assert common.splash_block(shape[1]) == 384
+
+  def loss(q, k, v):
+    return jnp.sum(common.splash_attention(q, k, v).astype(jnp.float32))
+
+  arg = jax.ShapeDtypeStruct(shape, jnp.bfloat16,
+                             sharding=SingleDeviceSharding(tpu.devices[0]))
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
+      arg, arg, arg).compile().as_text()
+  assert 'splash_mha_fwd' in hlo and 'splash_mha_dkv' in hlo
+  qkv, ids = nbytes('bf16', (2, 1152, 64)), nbytes('s32', (8, 1152))
+  statistics = nbytes('f32', (2, 8, 1152))
+  kernel_flops, rereads = aot.kernel_costs(hlo)
+  assert rereads == 2 * (2 * qkv + ids) + 2 * (2 * qkv + 2 * statistics + ids)
+  # 2 products forward, 5 backward, each 1,152 x 1,152 x 64 for 2 heads.
+  assert kernel_flops == 2 * 7 * 2 * 1152 * 1152 * 64
+  assert aot.kernel_costs(hlo.replace('splash_mha', 'other')) == (0, 0)

@@ -82,7 +82,7 @@ class FastTest(absltest.TestCase):
   def test_fast_is_bf16_and_the_platforms_attention_and_nothing_on_cpu(self):
     config = config_for('demo_moving_digits')
     config.fast = True
-    for platform, impl in (('tpu', 'pallas'), ('gpu', 'cudnn')):
+    for platform, impl in (('tpu', 'splash'), ('gpu', 'cudnn')):
       fast = train_steps.fast_config(config, platform, testing.NUM_CLASSES)
       self.assertEqual((fast.model_dtype_str, fast.model.attention_impl),
                        ('bfloat16', impl))

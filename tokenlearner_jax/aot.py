@@ -165,8 +165,14 @@ class Compiled:
     temp_bytes: Temporaries.
     peak_bytes: argument + output - alias + temporaries.
     fits: Whether `peak_bytes` is within the device's HBM.
-    flops: The compiled program's flops (XLA's cost analysis).
-    bytes_accessed: Its HBM bytes accessed (cost analysis).
+    flops: The compiled program's flops: XLA's cost analysis's, plus
+      `kernel_flops`.
+    bytes_accessed: Its HBM bytes accessed: the cost analysis's, plus
+      `kernel_bytes`.
+    kernel_flops: Pallas attention kernels' flops that the cost analysis
+      leaves out (`kernel_costs`, analytic).
+    kernel_bytes: What the kernels read again inside themselves, which the
+      cost analysis leaves out (`kernel_costs`, analytic).
     optimal_seconds: XLA's time estimate (None if it gave none).
     roofline_seconds: max(max(flops, model_flops) / peak FLOP/s, bytes / HBM
       bandwidth): XLA's flops miss Pallas kernels' and count a scanned
@@ -201,6 +207,8 @@ class Compiled:
   model_flops: float
   mfu: float
   examples_per_s_per_chip: float
+  kernel_flops: float = 0.
+  kernel_bytes: float = 0.
   hlo: str = dataclasses.field(default='', repr=False)
   exhausted: str = ''
 
@@ -215,6 +223,80 @@ def _cost(compiled) -> Dict[str, float]:
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
     cost = cost[0] if cost else {}
   return dict(cost or {})
+
+
+_HLO_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 's8': 1,
+              'u8': 1, 'pred': 1}
+# Pallas attention kernels (instruction-name prefixes) whose outer loop runs
+# over query blocks (the key-side operands stream once per query block) or
+# over key blocks (the query-side operands stream once per key block), with
+# the [L, L] x H products each computes (splash's backward kernel: the
+# logits again, the probabilities' and the values' gradients, the keys' and
+# the queries').
+_OVER_QUERY_BLOCKS = {'flash_attention': 2, 'flash_mha_bwd_dq': 3,
+                      'splash_mha_fwd': 2}
+_OVER_KEY_BLOCKS = {'flash_mha_bwd_dkv': 4, 'splash_mha_dkv': 5}
+
+
+def kernel_costs(hlo: str) -> Tuple[float, float]:
+  """(FLOPs, HBM bytes) of the Pallas attention kernels of a compiled
+  program that XLA's cost analysis leaves out: analytic, from each kernel's
+  operand shapes.
+
+  FLOPs: 2 x the products' multiply-adds (`[..., Lq, H] x [..., Lk, H]`
+  each), for each kernel that carries no cost estimate of its own (flash's
+  forward kernel does; XLA counts it). Bytes: what a kernel reads again
+  inside itself (XLA counts each operand and result once). Queries, keys and
+  values are a kernel's first three float operands; the key side is keys,
+  values and the key segment ids, the query side every other float operand
+  (queries, output gradients, softmax statistics) and the query segment
+  ids. A kernel looping over query blocks reads the key side once per
+  block; one looping over key blocks, the query side once per block. The
+  blocks: a splash kernel's from its block mask (`s8[1, query blocks, key
+  blocks]`), a flash kernel's `PALLAS_BLOCK`. Segment ids are
+  `[..., L, 128]` on the side of the kernel's outer loop and `[..., 8, L]`
+  on the other (flash: the queries' and keys' in every kernel).
+  """
+  from tokenlearner_jax.models import common  # pylint: disable=g-import-not-at-top
+  flops_, bytes_ = 0., 0.
+  for line in hlo.splitlines():
+    if 'custom_call_target="tpu_custom_call"' not in line:
+      continue
+    name = line.strip().lstrip('%').split(' ', 1)[0]
+    kind = [k for k in (*_OVER_QUERY_BLOCKS, *_OVER_KEY_BLOCKS)
+            if name.startswith(k)]
+    found = re.search(
+        r'operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}', line)
+    if not kind or not found:
+      continue
+    over_queries = kind[0] in _OVER_QUERY_BLOCKS
+    operands = [(dtype, tuple(int(d) for d in dims.split(',') if d))
+                for dtype, dims in re.findall(r'(\w+)\[([\d,]*)\]',
+                                              found.group(1))]
+    floats = [o for o in operands if o[0] in ('f32', 'bf16', 'f16')]
+    if len(floats) < 3:
+      continue
+    (_, q), (_, k) = floats[:2]
+    if '"cost_estimate"' not in line:
+      products = {**_OVER_QUERY_BLOCKS, **_OVER_KEY_BLOCKS}[kind[0]]
+      flops_ += 2 * products * math.prod(q[:-1]) * k[-2] * q[-1]
+    grid = [o[1] for o in operands if o[0] == 's8' and len(o[1]) == 3]
+    if grid:  # Splash: [1, query blocks, key blocks].
+      blocks = grid[0][1] if over_queries else grid[0][2]
+    else:
+      blocks = q[-2] // common.PALLAS_BLOCK
+
+    def size(o):
+      return _HLO_BYTES[o[0]] * math.prod(o[1])
+
+    rows = [o for o in operands if o[0] == 's32' and o[1][-1:] == (128,)]
+    lanes = [o for o in operands if o[0] == 's32' and o[1][-2:-1] == (8,)]
+    query_ids, key_ids = (lanes, rows) if grid and not over_queries else (
+        rows, lanes)
+    key_side = sum(map(size, floats[1:3] + key_ids))
+    query_side = sum(map(size, floats[:1] + floats[3:] + query_ids))
+    bytes_ += (blocks - 1) * (key_side if over_queries else query_side)
+  return flops_, bytes_
 
 
 def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
@@ -239,9 +321,11 @@ def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes -
           mem.alias_size_in_bytes + mem.temp_size_in_bytes)
-  cost = _cost(cost_fn().compile() if cost_fn else compiled)
-  flops_ = float(cost.get('flops', 0.0))
-  bytes_ = float(cost.get('bytes accessed', 0.0))
+  costed = cost_fn().compile() if cost_fn else compiled
+  cost = _cost(costed)
+  kernel_flops, kernel_bytes = kernel_costs(costed.as_text())
+  flops_ = float(cost.get('flops', 0.0)) + kernel_flops
+  bytes_ = float(cost.get('bytes accessed', 0.0)) + kernel_bytes
   optimal = cost.get('optimal_seconds')
   per_mac = (flops.TRAIN_FLOPS_PER_MAC if name == 'train' else
              flops.EVAL_FLOPS_PER_MAC)
@@ -260,7 +344,8 @@ def analyse(name: str, lowered_fn: Callable[[], Any], batch_size: int,
       output_bytes=mem.output_size_in_bytes - mem.alias_size_in_bytes,
       temp_bytes=mem.temp_size_in_bytes, peak_bytes=peak,
       fits=peak <= the_slice.device_hbm, flops=flops_,
-      bytes_accessed=bytes_,
+      bytes_accessed=bytes_, kernel_flops=kernel_flops,
+      kernel_bytes=kernel_bytes,
       optimal_seconds=None if optimal is None else float(optimal),
       roofline_seconds=roofline, seconds=seconds,
       estimate=('xla optimal_seconds' if usable else 'roofline') + (
@@ -463,9 +548,14 @@ def report(c: Compiled, the_slice: Slice) -> str:
       f"({c.peak_bytes / the_slice.device_hbm:.0%}): "
       f"{'fits' if c.fits else 'DOES NOT FIT'}",
       f'  compiler estimates (not measured): {c.flops / 1e12:,.3f} TFLOP and '
-      f'{c.bytes_accessed / GiB:,.2f} GiB HBM traffic per device; XLA '
-      f'optimal_seconds {optimal}, roofline {c.roofline_seconds:.4g} s; '
-      f'using {c.estimate}: {c.seconds:.4g} s per step',
+      f'{c.bytes_accessed / GiB:,.2f} GiB HBM traffic per device' + (
+          f' ({(c.flops - c.kernel_flops) / 1e12:,.3f} TFLOP and '
+          f'{(c.bytes_accessed - c.kernel_bytes) / GiB:,.2f} GiB counted by '
+          f'XLA + {c.kernel_flops / 1e12:,.3f} TFLOP and '
+          f'{c.kernel_bytes / GiB:,.2f} GiB inside the Pallas attention '
+          'kernels, analytic)' if c.kernel_flops or c.kernel_bytes else '') +
+      f'; XLA optimal_seconds {optimal}, roofline {c.roofline_seconds:.4g} s;'
+      f' using {c.estimate}: {c.seconds:.4g} s per step',
       f'  -> estimated MFU {c.mfu:.1%} (analytic {c.model_flops / 1e12:,.3f} '
       f'TFLOP per device), {c.examples_per_s_per_chip:,.2f} examples/s per '
       'chip',

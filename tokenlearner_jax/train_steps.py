@@ -467,18 +467,18 @@ class StepProgram:
 
 
 def _check_platform(model: nn.Module, mesh: jax.sharding.Mesh) -> None:
-  """Pallas's TPU kernel needs TPU devices (real, or `aot`'s compile-only
+  """Pallas's TPU kernels need TPU devices (real, or `aot`'s compile-only
   ones)."""
   impl = getattr(getattr(model, 'config', None), 'attention_impl', None)
   platform = mesh.devices.flat[0].platform
-  if impl == 'pallas' and platform != 'tpu':
+  if impl in ('pallas', 'splash') and platform != 'tpu':
     raise errors.ConfigError(
-        "model.attention_impl='pallas' (Pallas TPU flash attention) needs TPU "
+        f'model.attention_impl={impl!r} (a Pallas TPU kernel) needs TPU '
         f"devices; this mesh has {platform} devices: use 'einsum' or 'fused' "
         'here.')
 
 
-FAST_ATTENTION = {'tpu': 'pallas', 'gpu': 'cudnn'}  # Platform -> impl.
+FAST_ATTENTION = {'tpu': 'splash', 'gpu': 'cudnn'}  # Platform -> impl.
 
 
 def fast_config(config: ml_collections.ConfigDict, platform: str,

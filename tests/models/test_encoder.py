@@ -225,20 +225,25 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
     self.assert_matches_einsum('fused', 'float32', rtol=1e-5, atol=1e-6,
                                grads_rtol=2e-4)
 
-  @parameterized.parameters((jnp.float32, 20, 1e-5), (jnp.bfloat16, 128, 2e-2))
-  def test_pallas_attention_matches_einsum(self, dtype, length, tol):
-    # Pallas's TPU kernel in its interpret mode; 20 tokens are padded to the
-    # kernel's block of 128 and masked, 128 are not padded.
+  @parameterized.product(
+      (dict(dtype=jnp.float32, length=20, tol=1e-5),
+       dict(dtype=jnp.bfloat16, length=256, tol=2e-2)),
+      impl=('pallas_attention', 'splash_attention'))
+  def test_pallas_attention_matches_einsum(self, dtype, length, tol, impl):
+    # Pallas's TPU kernels in their interpret mode; 20 tokens are padded to
+    # 128 and masked, 256 are not padded (two blocks of flash's 128, one of
+    # splash's 256).
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, length, 2, 16),
                                  dtype) for i in range(3))
     weights = jnp.arange(16, dtype=dtype)
+    attention = getattr(common, impl)
 
     def loss(attention, q, k, v):
       return jnp.sum(attention(q, k, v).astype(jnp.float32) * weights)
 
     with pltpu.force_tpu_interpret_mode():
-      got = jax.jit(common.pallas_attention)(q, k, v)
-      got_grads = jax.grad(functools.partial(loss, common.pallas_attention),
+      got = jax.jit(attention)(q, k, v)
+      got_grads = jax.grad(functools.partial(loss, attention),
                            argnums=(0, 1, 2))(q, k, v)
     want = nn.dot_product_attention(q, k, v)
     want_grads = jax.grad(functools.partial(loss, nn.dot_product_attention),
@@ -262,11 +267,12 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
     np.testing.assert_allclose(other[1], loss, rtol=1e-5)
     assert_trees_close(self, other[2], grads, rtol=2e-4, atol=1e-6)
 
-  def test_pallas_attention_needs_tpu_devices(self):
+  @parameterized.parameters('pallas', 'splash')
+  def test_pallas_attention_needs_tpu_devices(self, impl):
     config = schema.complete(testing.config_for('demo_moving_digits'))
-    config.model.attention_impl = 'pallas'
+    config.model.attention_impl = impl
     with self.assertRaisesRegex(errors.ConfigError,
-                                "attention_impl='pallas'.*cpu devices"):
+                                f"attention_impl='{impl}'.*cpu devices"):
       train_steps.build_program(config, sharding.make_mesh(config),
                                 (8, 32, 32, 3), 10, 1)
 

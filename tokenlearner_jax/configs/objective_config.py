@@ -29,7 +29,7 @@ class ObjectiveConfig:
       sigmoid head).
     fast: Set by every config's `fast` argument: on TPU and GPU devices,
       bf16 compute (parameters and optimizer state stay fp32) and the
-      platform's flash attention ('pallas', 'cudnn') where the model keeps
+      platform's flash attention ('splash', 'cudnn') where the model keeps
       its math with it (no attention dropout, no ToMe, EViT or ATS); nothing
       on CPU, where fp32 and the einsum are fastest.
   """

@@ -128,9 +128,56 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                                       implementation=implementation)
 
 
-# The sequence block of `pallas_attention`'s kernel: sequences are padded to
-# a multiple of it.
+# The sequence block of the Pallas kernels (`pallas_attention`,
+# `splash_attention`): sequences are padded to a multiple of it.
 PALLAS_BLOCK = 128
+# The largest block of `splash_attention`'s kernels.
+SPLASH_MAX_BLOCK = 1024
+
+
+def splash_block(length: int) -> int:
+  """`splash_attention`'s query and key block for a padded `length`: the
+  largest multiple of `PALLAS_BLOCK` up to `SPLASH_MAX_BLOCK` that divides
+  it. Each kernel streams one side of the attention once per block of the
+  other (keys and values once per query block, queries and their gradients
+  once per key block), so fewer, larger blocks read less."""
+  return max(b for b in range(PALLAS_BLOCK, SPLASH_MAX_BLOCK + 1,
+                              PALLAS_BLOCK) if length % b == 0)
+
+
+def _pallas_shards(attend: Callable[..., jax.Array], name: str,
+                   query: jax.Array, key: jax.Array, value: jax.Array,
+                   mask: Optional[jax.Array], dropout_rate: float,
+                   deterministic: bool) -> jax.Array:
+  """`attend(q, k, v, n)` on `[B, L + pad, N, H]` inputs whose last `pad`
+  positions pad L (`n`) to a multiple of `PALLAS_BLOCK`; returns
+  `[B, L, N, H]`. Inside a train or eval step (`activation_sharding`) on each
+  device's shard (`jax.shard_map`: the batch split as 'batch', the heads as
+  'heads'): XLA does not partition a Mosaic kernel."""
+  if mask is not None or (dropout_rate > 0. and not deterministic):
+    raise ValueError(f"model.attention_impl={name!r} takes no attention mask "
+                     'and no attention dropout.')
+  n = query.shape[1]
+  pad = -n % PALLAS_BLOCK
+
+  def padded(q, k, v):  # One shard: [b, L, n, H] each.
+    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+               for x in (q, k, v))  # [b, L + pad, n, H]
+    return attend(q, k, v, n)[:, :n]  # [b, L, n, H]
+
+  context = _ACTIVATION_SHARDING.get()
+  if context is None:
+    return padded(query, key, value)
+  mesh, rules = context
+  spec = nn.logical_to_mesh_axes(('batch', None, 'heads', None), rules)
+  return jax.shard_map(padded, mesh=mesh, in_specs=(spec,) * 3,
+                       out_specs=spec, check_vma=False)(query, key, value)
+
+
+def _real_tokens(batch: int, padded: int, n: int) -> jax.Array:
+  """1 for the `n` real tokens, 0 for the padding: `[batch, padded]`."""
+  return jnp.broadcast_to(jnp.arange(padded) < n,
+                          (batch, padded)).astype(jnp.int32)
 
 
 def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
@@ -145,22 +192,12 @@ def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   blocks of `PALLAS_BLOCK`: L is padded up to a multiple of it and the padding
   masked by segment ids (no real query attends to a padded key; the padded
   queries' rows are dropped). No mask and no attention dropout. Inside a
-  train or eval step (`activation_sharding`) it runs on each device's shard
-  (`jax.shard_map`: the batch split as 'batch', the heads as 'heads'). TPU
+  train or eval step it runs on each device's shard (`_pallas_shards`). TPU
   devices only, or Pallas's TPU interpret mode
   (`pltpu.force_tpu_interpret_mode`).
   """
   del unused
   from jax.experimental.pallas.ops.tpu import flash_attention as fa  # pylint: disable=g-import-not-at-top
-  if mask is not None or (dropout_rate > 0. and not deterministic):
-    raise ValueError("model.attention_impl='pallas' takes no attention mask "
-                     'and no attention dropout.')
-  _, n, _, h = query.shape
-  pad = -n % PALLAS_BLOCK
-
-  def heads_first(x):  # [B, L, N, H] -> [B, N, L + pad, H]
-    return jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, pad), (0, 0)))
-
   blocks = fa.BlockSizes(
       block_q=PALLAS_BLOCK, block_k_major=PALLAS_BLOCK, block_k=PALLAS_BLOCK,
       block_b=1, block_q_major_dkv=PALLAS_BLOCK,
@@ -168,25 +205,65 @@ def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       block_q_dkv=PALLAS_BLOCK, block_k_major_dq=PALLAS_BLOCK,
       block_k_dq=PALLAS_BLOCK, block_q_dq=PALLAS_BLOCK)
 
-  def attend(q, k, v):  # One shard: [b, L, n, H] each.
-    # 1 for the real tokens, 0 for the padding: [b, L + pad].
-    ids = jnp.broadcast_to(jnp.arange(n + pad) < n,
-                           (q.shape[0], n + pad)).astype(jnp.int32)
+  def attend(q, k, v, n):  # [b, L + pad, n, H] each.
+    ids = _real_tokens(q.shape[0], q.shape[1], n)  # [b, L + pad]
     out = fa.flash_attention(
-        heads_first(q), heads_first(k), heads_first(v),
-        segment_ids=fa.SegmentIds(ids, ids), sm_scale=h**-0.5,
+        *(jnp.swapaxes(x, 1, 2) for x in (q, k, v)),  # [b, n, L + pad, H]
+        segment_ids=fa.SegmentIds(ids, ids), sm_scale=q.shape[-1]**-0.5,
         block_sizes=blocks)  # [b, n, L + pad, H]
-    return jnp.swapaxes(out[:, :, :n], 1, 2)  # [b, L, n, H]
+    return jnp.swapaxes(out, 1, 2)  # [b, L + pad, n, H]
 
-  context = _ACTIVATION_SHARDING.get()
-  if context is None:
-    return attend(query, key, value)
-  # A Mosaic kernel is not partitioned by XLA: run it on each device's
-  # shard, the batch split as 'batch' and the heads as 'heads' are.
-  mesh, rules = context
-  spec = nn.logical_to_mesh_axes(('batch', None, 'heads', None), rules)
-  return jax.shard_map(attend, mesh=mesh, in_specs=(spec,) * 3,
-                       out_specs=spec, check_vma=False)(query, key, value)
+  return _pallas_shards(attend, 'pallas', query, key, value, mask,
+                        dropout_rate, deterministic)
+
+
+def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                     mask: Optional[jax.Array] = None,
+                     dropout_rate: float = 0., deterministic: bool = True,
+                     **unused) -> jax.Array:
+  """Pallas's TPU splash attention as a flax `attention_fn`
+  (`jax.experimental.pallas.ops.tpu.splash_attention`, its fused backward
+  kernel).
+
+  The same contract as `pallas_attention` (the same padding, masked by
+  segment ids; the same shards). Where the flash kernel keeps its softmax
+  statistics for the backward pass as f32 `[B, N, L, 128]` arrays (the
+  running max, the sum and the output-gradient product, each broadcast over
+  128 lanes), splash keeps one f32 log-sum-exp per query and head, and
+  computes the key, value and query gradients in one backward kernel, in
+  blocks of `splash_block(L)`. Its logits are those of the queries scaled by 1/sqrt(H) first; a shard's batch
+  and heads are one axis of the kernel's heads. TPU devices
+  only, or Pallas's TPU interpret mode (`pltpu.force_tpu_interpret_mode`).
+  """
+  del unused
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm  # pylint: disable=g-import-not-at-top
+
+  def attend(q, k, v, n):  # [b, L + pad, n, H] each.
+    b, length, heads, h = q.shape
+    block = splash_block(length)
+    # Every sequence has the same padding: the batch joins the heads, one
+    # kernel call for the shard.
+    kernel = sk.make_splash_mha(
+        sm.MultiHeadMask([sm.FullMask((length, length))] * (b * heads)),
+        block_sizes=sk.BlockSizes(
+            block_q=block, block_kv=block, block_kv_compute=block,
+            block_q_dkv=block, block_kv_dkv=block,
+            block_kv_dkv_compute=block, use_fused_bwd_kernel=True),
+        head_shards=1, q_seq_shards=1)
+    ids = _real_tokens(1, length, n)[0]  # [L + pad]
+    q = q * jnp.asarray(h**-0.5, q.dtype)
+
+    def joined(x):  # [b, L + pad, n, H] -> [b * n, L + pad, H]
+      return jnp.swapaxes(x, 1, 2).reshape(b * heads, length, h)
+
+    out = kernel(joined(q), joined(k), joined(v),
+                 segment_ids=sk.SegmentIds(ids, ids))  # [b * n, L + pad, H]
+    out = out.reshape(b, heads, length, h)  # [b, n, L + pad, H]
+    return jnp.swapaxes(out, 1, 2)  # [b, L + pad, n, H]
+
+  return _pallas_shards(attend, 'splash', query, key, value, mask,
+                        dropout_rate, deterministic)
 
 
 class StochasticDepth(nn.Module):
@@ -292,8 +369,8 @@ class Encoder1DBlock(nn.Module):
     rescale_kept: Scale kept branches by 1/(1-rate) (see `StochasticDepth`).
     attention_impl: 'einsum' (the reference's softmax(QK^T)V), 'fused'
       (`jax.nn.dot_product_attention`, XLA's), 'cudnn' (cuDNN's flash
-      attention: CUDA GPUs, bf16/fp16) or 'pallas' (`pallas_attention`:
-      TPUs).
+      attention: CUDA GPUs, bf16/fp16), 'pallas' (`pallas_attention`: TPUs)
+      or 'splash' (`splash_attention`: TPUs).
     dtype: Computation dtype.
   """
   mlp_dim: int
@@ -317,6 +394,7 @@ class Encoder1DBlock(nn.Module):
         'fused': fused_attention,
         'cudnn': functools.partial(fused_attention, implementation='cudnn'),
         'pallas': pallas_attention,
+        'splash': splash_attention,
     }[self.attention_impl]
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,

@@ -56,8 +56,9 @@ VIVIT_KEYS = ('patches', 'temporal_encoding_config')
 ATTENTION_TYPES = ('spacetime', 'factorized_encoder')
 # The reference's einsum softmax(QK^T)V; `jax.nn.dot_product_attention` with
 # XLA's implementation; the same with cuDNN's flash attention (CUDA, bf16); or
-# Pallas's TPU flash attention (`common.pallas_attention`).
-ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn', 'pallas')
+# Pallas's TPU flash or splash attention (`common.pallas_attention`,
+# `common.splash_attention`).
+ATTENTION_IMPLS = ('einsum', 'fused', 'cudnn', 'pallas', 'splash')
 # TokenLearner, the paper's baselines (k x k pooling, a dense layer), or the
 # methods that came after it (`models.reduction`): Token Merging, EViT,
 # Adaptive Token Sampling, PatchMerger.
