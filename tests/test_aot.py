@@ -12,11 +12,14 @@ import types
 from typing import List, Tuple
 
 import jax
+import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
 import pytest
 
 from tests import testing
 from tokenlearner_jax import aot
 from tokenlearner_jax import errors
+from tokenlearner_jax.models import common
 
 TOPOLOGY = 'v5e:2x2'  # 4 chips, one device each.
 if importlib.util.find_spec('libtpu') is None:
@@ -273,17 +276,15 @@ def test_largest_batch_stops_within_the_tolerance_and_reuses_known_sizes():
 
 @pytest.mark.e2e
 def test_kernel_costs_add_the_products_and_the_streamed_side_per_block(tpu):
-  # One splash attention, forward and backward, at 1,152 tokens: blocks of
-  # 384 (`splash_block`), three query and three key blocks. XLA counts each
+  # One splash attention, forward and backward, at 1,920 tokens: blocks of
+  # 640 (`splash_block`), three query and three key blocks. XLA counts each
   # kernel operand once; the forward kernel reads keys and values (and the
   # keys' segment ids, s32[8, L]) once per query block, the backward one
   # queries, output gradients, the two f32[heads, 8, L] softmax statistics
   # and the queries' segment ids once per key block: 2 more reads of each.
-  from jax.sharding import SingleDeviceSharding  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from tokenlearner_jax.models import common  # pylint: disable=g-import-not-at-top
-  shape = (1, 1152, 2, 64)  # [B, L, N, H]
-  assert common.splash_block(shape[1]) == 384
+  shape = (1, 1920, 2, 64)  # [B, L, N, H]
+  assert (common.splash_length(1920), common.splash_block(1920)) == (1920,
+                                                                     640)
 
   def loss(q, k, v):
     return jnp.sum(common.splash_attention(q, k, v).astype(jnp.float32))
@@ -293,10 +294,10 @@ def test_kernel_costs_add_the_products_and_the_streamed_side_per_block(tpu):
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
       arg, arg, arg).compile().as_text()
   assert 'splash_mha_fwd' in hlo and 'splash_mha_dkv' in hlo
-  qkv, ids = nbytes('bf16', (2, 1152, 64)), nbytes('s32', (8, 1152))
-  statistics = nbytes('f32', (2, 8, 1152))
+  qkv, ids = nbytes('bf16', (2, 1920, 64)), nbytes('s32', (8, 1920))
+  statistics = nbytes('f32', (2, 8, 1920))
   kernel_flops, rereads = aot.kernel_costs(hlo)
   assert rereads == 2 * (2 * qkv + ids) + 2 * (2 * qkv + 2 * statistics + ids)
-  # 2 products forward, 5 backward, each 1,152 x 1,152 x 64 for 2 heads.
-  assert kernel_flops == 2 * 7 * 2 * 1152 * 1152 * 64
+  # 2 products forward, 5 backward, each 1,920 x 1,920 x 64 for 2 heads.
+  assert kernel_flops == 2 * 7 * 2 * 1920 * 1920 * 64
   assert aot.kernel_costs(hlo.replace('splash_mha', 'other')) == (0, 0)

@@ -267,6 +267,16 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
     np.testing.assert_allclose(other[1], loss, rtol=1e-5)
     assert_trees_close(self, other[2], grads, rtol=2e-4, atol=1e-6)
 
+  def test_splash_pads_to_blocks_of_at_least_512(self):
+    # (tokens, padded, block): a multiple of 128 whose largest dividing block
+    # up to 1024 is at least 512, or the whole sequence where shorter.
+    for n, padded, block in ((20, 128, 128), (197, 256, 256),
+                             (3137, 3200, 640), (7745, 8064, 896),
+                             (1024, 1024, 1024), (2048, 2048, 1024)):
+      self.assertEqual((common.splash_length(n),
+                        common.splash_block(common.splash_length(n))),
+                       (padded, block))
+
   @parameterized.parameters('pallas', 'splash')
   def test_pallas_attention_needs_tpu_devices(self, impl):
     config = schema.complete(testing.config_for('demo_moving_digits'))

@@ -131,8 +131,10 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 # The sequence block of the Pallas kernels (`pallas_attention`,
 # `splash_attention`): sequences are padded to a multiple of it.
 PALLAS_BLOCK = 128
-# The largest block of `splash_attention`'s kernels.
+# `splash_attention`'s blocks: at most the first, at least the second (or
+# the whole padded sequence, where shorter).
 SPLASH_MAX_BLOCK = 1024
+SPLASH_MIN_BLOCK = 512
 
 
 def splash_block(length: int) -> int:
@@ -145,20 +147,33 @@ def splash_block(length: int) -> int:
                               PALLAS_BLOCK) if length % b == 0)
 
 
+def splash_length(n: int) -> int:
+  """`splash_attention`'s padded length for `n` tokens: the smallest
+  multiple of `PALLAS_BLOCK` from `n` whose `splash_block` is at least
+  `SPLASH_MIN_BLOCK` (or the whole length): 3,137 tokens -> 3,200 (blocks
+  of 640); 7,745 -> 8,064 (896), where 7,808 would allow blocks of 128
+  only."""
+  length = -(-n // PALLAS_BLOCK) * PALLAS_BLOCK
+  while splash_block(length) < min(SPLASH_MIN_BLOCK, length):
+    length += PALLAS_BLOCK
+  return length
+
+
 def _pallas_shards(attend: Callable[..., jax.Array], name: str,
-                   query: jax.Array, key: jax.Array, value: jax.Array,
+                   padded_length: Callable[[int], int], query: jax.Array,
+                   key: jax.Array, value: jax.Array,
                    mask: Optional[jax.Array], dropout_rate: float,
                    deterministic: bool) -> jax.Array:
-  """`attend(q, k, v, n)` on `[B, L + pad, N, H]` inputs whose last `pad`
-  positions pad L (`n`) to a multiple of `PALLAS_BLOCK`; returns
-  `[B, L, N, H]`. Inside a train or eval step (`activation_sharding`) on each
-  device's shard (`jax.shard_map`: the batch split as 'batch', the heads as
-  'heads'): XLA does not partition a Mosaic kernel."""
+  """`attend(q, k, v, n)` on `[B, padded_length(L), N, H]` inputs whose
+  positions from L (`n`) on are padding; returns `[B, L, N, H]`. Inside a
+  train or eval step (`activation_sharding`) on each device's shard
+  (`jax.shard_map`: the batch split as 'batch', the heads as 'heads'): XLA
+  does not partition a Mosaic kernel."""
   if mask is not None or (dropout_rate > 0. and not deterministic):
     raise ValueError(f"model.attention_impl={name!r} takes no attention mask "
                      'and no attention dropout.')
   n = query.shape[1]
-  pad = -n % PALLAS_BLOCK
+  pad = padded_length(n) - n
 
   def padded(q, k, v):  # One shard: [b, L, n, H] each.
     q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
@@ -213,8 +228,9 @@ def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         block_sizes=blocks)  # [b, n, L + pad, H]
     return jnp.swapaxes(out, 1, 2)  # [b, L + pad, n, H]
 
-  return _pallas_shards(attend, 'pallas', query, key, value, mask,
-                        dropout_rate, deterministic)
+  return _pallas_shards(attend, 'pallas',
+                        lambda n: -(-n // PALLAS_BLOCK) * PALLAS_BLOCK,
+                        query, key, value, mask, dropout_rate, deterministic)
 
 
 def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array,
@@ -225,8 +241,8 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   (`jax.experimental.pallas.ops.tpu.splash_attention`, its fused backward
   kernel).
 
-  The same contract as `pallas_attention` (the same padding, masked by
-  segment ids; the same shards). Where the flash kernel keeps its softmax
+  The same contract as `pallas_attention` (padding masked by segment ids, to
+  `splash_length(L)`; the same shards). Where the flash kernel keeps its softmax
   statistics for the backward pass as f32 `[B, N, L, 128]` arrays (the
   running max, the sum and the output-gradient product, each broadcast over
   128 lanes), splash keeps one f32 log-sum-exp per query and head, and
@@ -262,8 +278,8 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     out = out.reshape(b, heads, length, h)  # [b, n, L + pad, H]
     return jnp.swapaxes(out, 1, 2)  # [b, L + pad, n, H]
 
-  return _pallas_shards(attend, 'splash', query, key, value, mask,
-                        dropout_rate, deterministic)
+  return _pallas_shards(attend, 'splash', splash_length, query, key, value,
+                        mask, dropout_rate, deterministic)
 
 
 class StochasticDepth(nn.Module):
