@@ -168,6 +168,9 @@ def test_vit_l_fsdp_shards_the_state_and_the_batch_and_gathers_by_layer(tpu):
 def test_fast_compiles_pallas_attention_in_bf16_on_each_shard_under_fsdp(tpu):
   config = demo(4)
   config.fast = True  # The config's `fast` argument, on TPU devices.
+  # 4 x 8 x 8 tubelets: 256 tokens, a kernel block (the demo's 64 are fewer
+  # than one, which the einsum takes).
+  config.model.tokenizer.patches.size = (4, 4, 2)
   s, compiled = compiled_train(config, tpu)
   assert (s.program.config.model.attention_impl,
           s.program.config.model_dtype_str) == ('splash', 'bfloat16')

@@ -225,14 +225,15 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
     self.assert_matches_einsum('fused', 'float32', rtol=1e-5, atol=1e-6,
                                grads_rtol=2e-4)
 
-  @parameterized.product(
-      (dict(dtype=jnp.float32, length=20, tol=1e-5),
-       dict(dtype=jnp.bfloat16, length=256, tol=2e-2)),
-      impl=('pallas_attention', 'splash_attention'))
-  def test_pallas_attention_matches_einsum(self, dtype, length, tol, impl):
-    # Pallas's TPU kernels in their interpret mode; 20 tokens are padded to
-    # 128 and masked, 256 are not padded (two blocks of flash's 128, one of
-    # splash's 256).
+  @parameterized.parameters(
+      ('pallas_attention', jnp.float32, 140, 1e-5),
+      ('pallas_attention', jnp.bfloat16, 256, 2e-2),
+      ('splash_attention', jnp.float32, 140, 1e-5),
+      ('splash_attention', jnp.bfloat16, 1280, 2e-2))
+  def test_pallas_attention_matches_einsum(self, impl, dtype, length, tol):
+    # Pallas's TPU kernels in their interpret mode; 140 tokens are padded to
+    # 256 and masked; 256 and 1,280 are not padded, and span blocks (flash's
+    # two of 128, splash's two of 640).
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, length, 2, 16),
                                  dtype) for i in range(3))
     weights = jnp.arange(16, dtype=dtype)
@@ -255,9 +256,10 @@ class AttentionAndPrecisionTest(parameterized.TestCase):
                                  atol=tol * np.abs(np.float32(w)).max())
 
   def test_pallas_attention_with_a_class_token_matches_einsum(self):
-    x = jax.random.normal(jax.random.PRNGKey(3), (2, 12, 12, 3))
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 48, 48, 3))
+    # 1 + 144 tokens (the kernel, padded to 256), then 1 + 8 (the einsum).
     config = model_only_config('dynamic', tokenlearner_loc=1,
-                               classifier='token')  # 1 + 9 tokens, then 1 + 8.
+                               classifier='token')
     model, params = init(config, x)
     config.model.attention_impl = 'pallas'
     with pltpu.force_tpu_interpret_mode():

@@ -165,7 +165,8 @@ def _pallas_shards(attend: Callable[..., jax.Array], name: str,
                    mask: Optional[jax.Array], dropout_rate: float,
                    deterministic: bool) -> jax.Array:
   """`attend(q, k, v, n)` on `[B, padded_length(L), N, H]` inputs whose
-  positions from L (`n`) on are padding; returns `[B, L, N, H]`. Inside a
+  positions from L (`n`) on are padding; returns `[B, L, N, H]`; the einsum
+  (`nn.dot_product_attention`) where L is under `PALLAS_BLOCK`. Inside a
   train or eval step (`activation_sharding`) on each device's shard
   (`jax.shard_map`: the batch split as 'batch', the heads as 'heads'): XLA
   does not partition a Mosaic kernel."""
@@ -173,6 +174,10 @@ def _pallas_shards(attend: Callable[..., jax.Array], name: str,
     raise ValueError(f"model.attention_impl={name!r} takes no attention mask "
                      'and no attention dropout.')
   n = query.shape[1]
+  if n < PALLAS_BLOCK:
+    # Shorter than one block (the tokens after TokenLearner): padding to a
+    # block would move more bytes than the einsum's small logits.
+    return nn.dot_product_attention(query, key, value)
   pad = padded_length(n) - n
 
   def padded(q, k, v):  # One shard: [b, L, n, H] each.
