@@ -177,12 +177,20 @@ def exit_on_sigterm_before_a_step() -> None:
       with _FIRST_STEP:
         if not NOTHING_TO_SAVE.is_set():
           continue
-        logging.warning('SIGTERM before the first step: nothing new to save; '
-                        'exiting now (the same command starts again).')
-        for lock in _HELD_LOCKS:
-          lock.release()
-        logging.flush()
-        os._exit(0)  # pylint: disable=protected-access
+        # Decided: the process exits here whatever the clean-up raises (the
+        # loop waits on `_FIRST_STEP` and must never save this step).
+        try:
+          logging.warning('SIGTERM before the first step: nothing new to '
+                          'save; exiting now (the same command starts '
+                          'again).')
+          for lock in _HELD_LOCKS:
+            lock.release()
+          logging.flush()
+        except Exception:  # pylint: disable=broad-except
+          logging.exception('Releasing the workdir lock failed; the next '
+                            'run takes over the lock of this dead process.')
+        finally:
+          os._exit(0)  # pylint: disable=protected-access
 
   NOTHING_TO_SAVE.set()
   threading.Thread(target=watch, name='sigterm_watch', daemon=True).start()

@@ -154,7 +154,7 @@ class FaultToleranceTest(absltest.TestCase):
     self.assertEqual(code, 0, stderr[-3000:])
     self.assertIn('SIGTERM before the first step: nothing new to save',
                   stderr)
-    self.assertEqual(committed_steps(workdir)[-1], saved)
+    self.assertEqual(committed_steps(workdir)[-1], saved, stderr[-3000:])
     self.assertFalse(os.path.exists(lock))
     # 5. The same command resumes there and finishes.
     result = self.run_to_end(workdir, *self.OVERRIDES)
