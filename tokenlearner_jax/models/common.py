@@ -164,8 +164,9 @@ def _pallas_shards(attend: Callable[..., jax.Array], name: str,
                    key: jax.Array, value: jax.Array,
                    mask: Optional[jax.Array], dropout_rate: float,
                    deterministic: bool) -> jax.Array:
-  """`attend(q, k, v, n)` on `[B, padded_length(L), N, H]` inputs whose
-  positions from L (`n`) on are padding; returns `[B, L, N, H]`; the einsum
+  """`attend(q, k, v, tokens)` on `[B, padded_length(L), N, H]` inputs
+  whose positions from L (`tokens`) on are padding; returns `[B, L, N, H]`;
+  the einsum
   (`nn.dot_product_attention`) where L is under `PALLAS_BLOCK`. Inside a
   train or eval step (`activation_sharding`) on each device's shard
   (`jax.shard_map`: the batch split as 'batch', the heads as 'heads'): XLA
@@ -173,17 +174,17 @@ def _pallas_shards(attend: Callable[..., jax.Array], name: str,
   if mask is not None or (dropout_rate > 0. and not deterministic):
     raise ValueError(f"model.attention_impl={name!r} takes no attention mask "
                      'and no attention dropout.')
-  n = query.shape[1]
-  if n < PALLAS_BLOCK:
+  tokens = query.shape[1]
+  if tokens < PALLAS_BLOCK:
     # Shorter than one block (the tokens after TokenLearner): padding to a
     # block would move more bytes than the einsum's small logits.
     return nn.dot_product_attention(query, key, value)
-  pad = padded_length(n) - n
+  pad = padded_length(tokens) - tokens
 
   def padded(q, k, v):  # One shard: [b, L, n, H] each.
     q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
                for x in (q, k, v))  # [b, L + pad, n, H]
-    return attend(q, k, v, n)[:, :n]  # [b, L, n, H]
+    return attend(q, k, v, tokens)[:, :tokens]  # [b, L, n, H]
 
   context = _ACTIVATION_SHARDING.get()
   if context is None:
@@ -194,9 +195,9 @@ def _pallas_shards(attend: Callable[..., jax.Array], name: str,
                        out_specs=spec, check_vma=False)(query, key, value)
 
 
-def _real_tokens(batch: int, padded: int, n: int) -> jax.Array:
-  """1 for the `n` real tokens, 0 for the padding: `[batch, padded]`."""
-  return jnp.broadcast_to(jnp.arange(padded) < n,
+def _real_tokens(batch: int, padded: int, tokens: int) -> jax.Array:
+  """1 for the `tokens` real ones, 0 for the padding: `[batch, padded]`."""
+  return jnp.broadcast_to(jnp.arange(padded) < tokens,
                           (batch, padded)).astype(jnp.int32)
 
 
@@ -225,8 +226,8 @@ def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       block_q_dkv=PALLAS_BLOCK, block_k_major_dq=PALLAS_BLOCK,
       block_k_dq=PALLAS_BLOCK, block_q_dq=PALLAS_BLOCK)
 
-  def attend(q, k, v, n):  # [b, L + pad, n, H] each.
-    ids = _real_tokens(q.shape[0], q.shape[1], n)  # [b, L + pad]
+  def attend(q, k, v, tokens):  # [b, L + pad, n, H] each.
+    ids = _real_tokens(q.shape[0], q.shape[1], tokens)  # [b, L + pad]
     out = fa.flash_attention(
         *(jnp.swapaxes(x, 1, 2) for x in (q, k, v)),  # [b, n, L + pad, H]
         segment_ids=fa.SegmentIds(ids, ids), sm_scale=q.shape[-1]**-0.5,
@@ -246,21 +247,22 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   (`jax.experimental.pallas.ops.tpu.splash_attention`, its fused backward
   kernel).
 
-  The same contract as `pallas_attention` (padding masked by segment ids, to
-  `splash_length(L)`; the same shards). Where the flash kernel keeps its softmax
-  statistics for the backward pass as f32 `[B, N, L, 128]` arrays (the
-  running max, the sum and the output-gradient product, each broadcast over
-  128 lanes), splash keeps one f32 log-sum-exp per query and head, and
-  computes the key, value and query gradients in one backward kernel, in
-  blocks of `splash_block(L)`. Its logits are those of the queries scaled by 1/sqrt(H) first; a shard's batch
-  and heads are one axis of the kernel's heads. TPU devices
-  only, or Pallas's TPU interpret mode (`pltpu.force_tpu_interpret_mode`).
+  The same contract as `pallas_attention` (padding masked by segment ids,
+  to `splash_length(L)`; the same shards). Where the flash kernel keeps its
+  softmax statistics for the backward pass as f32 `[B, N, L, 128]` arrays
+  (the running max, the sum and the output-gradient product, each broadcast
+  over 128 lanes), splash's backward kernel reads f32 `[N, 8, L]` ones, and
+  computes the key, value and query gradients in one kernel, in blocks of
+  `splash_block(L)`. Its logits are those of the queries scaled by
+  1/sqrt(H) first; a shard's batch and heads are one axis of the kernel's
+  heads. TPU devices only, or Pallas's TPU interpret mode
+  (`pltpu.force_tpu_interpret_mode`).
   """
   del unused
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk  # pylint: disable=g-import-not-at-top
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm  # pylint: disable=g-import-not-at-top
 
-  def attend(q, k, v, n):  # [b, L + pad, n, H] each.
+  def attend(q, k, v, tokens):  # [b, L + pad, n, H] each.
     b, length, heads, h = q.shape
     block = splash_block(length)
     # Every sequence has the same padding: the batch joins the heads, one
@@ -272,7 +274,7 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array,
             block_q_dkv=block, block_kv_dkv=block,
             block_kv_dkv_compute=block, use_fused_bwd_kernel=True),
         head_shards=1, q_seq_shards=1)
-    ids = _real_tokens(1, length, n)[0]  # [L + pad]
+    ids = _real_tokens(1, length, tokens)[0]  # [L + pad]
     q = q * jnp.asarray(h**-0.5, q.dtype)
 
     def joined(x):  # [b, L + pad, n, H] -> [b * n, L + pad, H]
