@@ -44,6 +44,18 @@ class WorkdirLockTest(absltest.TestCase):
     self.assertFalse(os.path.exists(self.path))
     self.assertEqual(os.listdir(self.workdir), [])  # No temporary left.
 
+  def test_released_before_its_heartbeat_starts(self):
+    # A SIGTERM's exit may release the lock from another thread while
+    # `acquire` is between making its heartbeat thread and starting it.
+    lock = workdir_lock.WorkdirLock(self.workdir, 600)
+    original = workdir_lock.threading.Thread.start
+    try:
+      workdir_lock.threading.Thread.start = lambda thread: lock.release()
+      lock.acquire()
+    finally:
+      workdir_lock.threading.Thread.start = original
+    self.assertFalse(os.path.exists(self.path))
+
   def test_a_live_holder_refuses_naming_its_host_and_pid(self):
     # A live process elsewhere, its heartbeat fresh.
     self.write_lock(host='elsewhere', pid=4242)

@@ -214,7 +214,10 @@ class WorkdirLock:
     """Stops the heartbeat; removes the lock file if it is still ours."""
     self._stop.set()
     if self._thread is not None:
-      self._thread.join()
+      # Not yet started when a SIGTERM's exit releases the lock from another
+      # thread while `acquire` is between making and starting it.
+      if self._thread.ident is not None:
+        self._thread.join()
       self._thread = None
     holder, _ = self.read()
     if holder == self.holder:
