@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 
 from absl.testing import absltest
@@ -47,13 +48,10 @@ class WorkdirLockTest(absltest.TestCase):
   def test_released_before_its_heartbeat_starts(self):
     # A SIGTERM's exit may release the lock from another thread while
     # `acquire` is between making its heartbeat thread and starting it.
-    lock = workdir_lock.WorkdirLock(self.workdir, 600)
-    original = workdir_lock.threading.Thread.start
-    try:
-      workdir_lock.threading.Thread.start = lambda thread: lock.release()
-      lock.acquire()
-    finally:
-      workdir_lock.threading.Thread.start = original
+    lock = workdir_lock.WorkdirLock(self.workdir, 600).acquire()
+    # The state in that window: a heartbeat thread made, not started.
+    lock._thread = threading.Thread(target=lambda: None)  # pylint: disable=protected-access
+    lock.release()
     self.assertFalse(os.path.exists(self.path))
 
   def test_a_live_holder_refuses_naming_its_host_and_pid(self):

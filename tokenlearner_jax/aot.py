@@ -236,6 +236,7 @@ _HLO_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 's8': 1,
 _OVER_QUERY_BLOCKS = {'flash_attention': 2, 'flash_mha_bwd_dq': 3,
                       'splash_mha_fwd': 2}
 _OVER_KEY_BLOCKS = {'flash_mha_bwd_dkv': 4, 'splash_mha_dkv': 5}
+_KERNEL_PRODUCTS = {**_OVER_QUERY_BLOCKS, **_OVER_KEY_BLOCKS}
 
 
 def kernel_costs(hlo: str) -> Tuple[float, float]:
@@ -263,8 +264,7 @@ def kernel_costs(hlo: str) -> Tuple[float, float]:
     if 'custom_call_target="tpu_custom_call"' not in line:
       continue
     name = line.strip().lstrip('%').split(' ', 1)[0]
-    kind = [k for k in (*_OVER_QUERY_BLOCKS, *_OVER_KEY_BLOCKS)
-            if name.startswith(k)]
+    kind = [k for k in _KERNEL_PRODUCTS if name.startswith(k)]
     found = re.search(
         r'operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}', line)
     if not kind or not found:
@@ -278,8 +278,8 @@ def kernel_costs(hlo: str) -> Tuple[float, float]:
       continue
     (_, q), (_, k) = floats[:2]
     if '"cost_estimate"' not in line:
-      products = {**_OVER_QUERY_BLOCKS, **_OVER_KEY_BLOCKS}[kind[0]]
-      flops_ += 2 * products * math.prod(q[:-1]) * k[-2] * q[-1]
+      flops_ += (2 * _KERNEL_PRODUCTS[kind[0]] * math.prod(q[:-1]) * k[-2] *
+                 q[-1])
     grid = [o[1] for o in operands if o[0] == 's8' and len(o[1]) == 3]
     if grid:  # Splash: [1, query blocks, key blocks].
       blocks = grid[0][1] if over_queries else grid[0][2]

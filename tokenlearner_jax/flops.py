@@ -229,10 +229,8 @@ def module_part_macs(c, part: str, t: int, h: int, w: int, d: int) -> int:
     return 2 * d * t * t + 2 * t * d * d
   if part == 'tokenlearner':
     return token_part_macs(c, t, h * w, d)
-  axes = {'mhsa': 'joint', 'spatial_transformer': 'spatial',
-          'temporal_transformer': 'temporal'}[part]
-  return attention_part_macs(axes, t, h * w, d, c.attention_dim,
-                             c.mhsa_position if part == 'mhsa' else 'none')
+  axes, position = c.attention_part(part)
+  return attention_part_macs(axes, t, h * w, d, c.attention_dim, position)
 
 
 def x2plus1d_macs(c, input_shape: Sequence[int]) -> dict:

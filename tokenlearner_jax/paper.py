@@ -317,7 +317,6 @@ class ModuleRow:
   note: str = ''
 
 
-
 MODULE_ROWS: Tuple[ModuleRow, ...] = (
     ModuleRow('Joint space-time MHSA', 'T11', 22.0, 0.30, 57.9, ('mhsa',),
               'mhsa'),

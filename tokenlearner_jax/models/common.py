@@ -137,6 +137,11 @@ SPLASH_MAX_BLOCK = 1024
 SPLASH_MIN_BLOCK = 512
 
 
+def pallas_length(tokens: int) -> int:
+  """`tokens` rounded up to a multiple of `PALLAS_BLOCK`."""
+  return -(-tokens // PALLAS_BLOCK) * PALLAS_BLOCK
+
+
 def splash_block(length: int) -> int:
   """`splash_attention`'s query and key block for a padded `length`: the
   largest multiple of `PALLAS_BLOCK` up to `SPLASH_MAX_BLOCK` that divides
@@ -153,7 +158,7 @@ def splash_length(n: int) -> int:
   `SPLASH_MIN_BLOCK` (or the whole length): 3,137 tokens -> 3,200 (blocks
   of 640); 7,745 -> 8,064 (896), where 7,808 would allow blocks of 128
   only."""
-  length = -(-n // PALLAS_BLOCK) * PALLAS_BLOCK
+  length = pallas_length(n)
   while splash_block(length) < min(SPLASH_MIN_BLOCK, length):
     length += PALLAS_BLOCK
   return length
@@ -234,9 +239,8 @@ def pallas_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         block_sizes=blocks)  # [b, n, L + pad, H]
     return jnp.swapaxes(out, 1, 2)  # [b, L + pad, n, H]
 
-  return _pallas_shards(attend, 'pallas',
-                        lambda n: -(-n // PALLAS_BLOCK) * PALLAS_BLOCK,
-                        query, key, value, mask, dropout_rate, deterministic)
+  return _pallas_shards(attend, 'pallas', pallas_length, query, key, value,
+                        mask, dropout_rate, deterministic)
 
 
 def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array,

@@ -311,10 +311,7 @@ class ModuleSlot(nn.Module):
         x = TokenModule(c.num_tokens, c.token_maker, c.relation_group_size,
                         dtype, name=part)(x, train=train)
       else:
-        axes = {'mhsa': 'joint', 'spatial_transformer': 'spatial',
-                'temporal_transformer': 'temporal'}[part]
-        x = SpaceTimeAttention(
-            axes, c.num_heads, c.attention_dim, dtype,
-            c.mhsa_position if part == 'mhsa' else 'none',
-            name=part)(x, train=train)
+        axes, position = c.attention_part(part)
+        x = SpaceTimeAttention(axes, c.num_heads, c.attention_dim, dtype,
+                               position, name=part)(x, train=train)
     return x

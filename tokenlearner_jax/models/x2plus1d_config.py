@@ -48,6 +48,10 @@ PARTS = (
 # maps, a dense layer over space, average pooling to S regions.
 TOKEN_MAKERS = ('tokenlearner', 'fixed', 'dense', 'pooling')
 MHSA_POSITIONS = ('none', 'factorized')  # `mhsa_position`.
+# The attention parts and the axes each attends over
+# (`video_modules.SpaceTimeAttention.axes`).
+ATTENTION_AXES = {'mhsa': 'joint', 'spatial_transformer': 'spatial',
+                  'temporal_transformer': 'temporal'}
 STAGES = (2, 3, 4, 5)  # res2 ... res5.
 CHANNELWISE_IMPLS = ('conv', 'shifts')  # `x2plus1d.ChannelwiseConv.impl`.
 
@@ -130,6 +134,12 @@ class X2Plus1DConfig:
   @property
   def compute_dtype(self) -> Any:
     return config_lib.DTYPES[self.dtype]
+
+  def attention_part(self, part: str) -> Tuple[str, str]:
+    """(axes, position logits) of the attention part `part`: the 'mhsa'
+    part's position is `mhsa_position`, the others' 'none'."""
+    return (ATTENTION_AXES[part],
+            self.mhsa_position if part == 'mhsa' else 'none')
 
   def inner_width(self, stage: int) -> int:
     """The expanded width of stage `stage`'s blocks (432 in res5 of X3D-M)."""
