@@ -67,8 +67,13 @@ def exit_on_known_fault(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
   except KnownFault as e:
     if e.exit_at_once:
-      print(f'Error: {e}', file=sys.stderr, flush=True)
+      # The libraries' threads may still be writing their failures, even
+      # mid-line: they write to nothing from here, and the line starts on a
+      # line of its own, the last.
       logging.flush()
+      sys.stderr.flush()
+      sys.stderr = open(os.devnull, 'w')  # pylint: disable=consider-using-with
+      os.write(2, f'\nError: {e}\n'.encode())
       os._exit(1)  # pylint: disable=protected-access
     sys.exit(f'Error: {e}')
 
