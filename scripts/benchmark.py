@@ -22,6 +22,8 @@ per remat policy.
       --max_batch=vivit_b16x2_tl8at6 --dtype=bfloat16 --attention=fused --scan
   python scripts/benchmark.py --skip=models,compile,demo,input \
       --layouts=12,24                            # nn.scan vs unrolled
+  python scripts/benchmark.py --skip=models,compile,demo,input \
+      --layouts=12 --reference=SCENIC_CHECKOUT   # and scenic's own model
 
 The model benchmarks need no TensorFlow (the input benchmark does).
 
@@ -29,6 +31,7 @@ Prints Markdown tables; `--out` writes the same as JSON.
 """
 
 import argparse
+import functools
 import glob
 import gzip
 import json
@@ -40,13 +43,17 @@ import sys
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax import aot
+from tokenlearner_jax import errors
 from tokenlearner_jax import flops
+from tokenlearner_jax import models
 from tokenlearner_jax import step_timing
 from tokenlearner_jax.models.config import REMAT_POLICIES
 
@@ -333,7 +340,7 @@ def device_memory_limit(args) -> int:
     return int(args.memory_limit_gib * 2**30)
   stats = jax.devices()[0].memory_stats() or {}
   if 'bytes_limit' not in stats:
-    raise ValueError('--max_batch: this device reports no memory limit; set '
+    raise errors.UsageError('--max_batch: this device reports no memory limit; set '
                      '--memory_limit_gib.')
   return int(stats['bytes_limit'])  # Per device, as XLA's peak estimate.
 
@@ -389,10 +396,10 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
       tried={b: m <= limit for b, m in memory.items()})
   over_batch = min((b for b, ok in tried.items() if not ok), default=None)
   if not fit:
-    raise ValueError(f'--max_batch: {spec.name} (remat={remat}) does not '
+    raise errors.UsageError(f'--max_batch: {spec.name} (remat={remat}) does not '
                      f'fit in {limit / 2**20:.0f} MiB at batch {multiple}.')
   if over_batch is None:
-    raise ValueError(f'--max_batch: {spec.name} (remat={remat}) fits at '
+    raise errors.UsageError(f'--max_batch: {spec.name} (remat={remat}) fits at '
                      f'every batch tried, up to {fit}.')
   batch, over_peak = fit, memory[over_batch]
   program, compiled, _ = programs[batch]
@@ -477,6 +484,95 @@ def bench_layouts(specs: Sequence[Spec], depths: Sequence[int],
       print(f'  {row["model"]} ({depth} layers): unrolled '
             f'{row["unrolled_step_s"] * 1e3:.1f} ms, nn.scan '
             f'{row["scan_step_s"] * 1e3:.1f} ms', file=sys.stderr, flush=True)
+  return rows
+
+
+# The reference model's constructor arguments, read from `config.model`
+# (its keys are the reference's).
+REFERENCE_KEYS = ('mlp_dim', 'num_layers', 'num_heads', 'tokenizer',
+                  'hidden_size', 'representation_size', 'dropout_rate',
+                  'attention_dropout_rate', 'classifier')
+
+
+def reference_module(scenic_dir: str):
+  """scenic's `projects/token_learner/model.py` from a checkout of
+  google-research/scenic at `scenic_dir`."""
+  if not os.path.isfile(os.path.join(scenic_dir, 'scenic', 'projects',
+                                     'token_learner', 'model.py')):
+    raise errors.UsageError(f'--reference={scenic_dir}: no scenic/projects/'
+                     'token_learner/model.py there; give the folder of a '
+                     'google-research/scenic checkout.')
+  sys.path.insert(0, os.path.abspath(scenic_dir))
+  from scenic.projects.token_learner import model  # pylint: disable=g-import-not-at-top
+  return model
+
+
+def bench_reference(ref, specs: Sequence[Spec], depths: Sequence[int],
+                    args) -> List[Dict[str, Any]]:
+  """Forward + backward seconds of each image model of `specs` (unrolled) and
+  of the reference's `TokenLearnerViT` built from the same `config.model`,
+  with the same parameters and images (their logits checked equal first),
+  timed in turns in 3 rounds; ref/ours per model and, for a spec with a
+  `baseline`, each implementation's step ratio to it."""
+  rows = []
+  for depth in depths:
+    programs = {}
+    for spec in specs:
+      if len(spec.input_shape) != 3:
+        continue  # Images only: the reference's video stem takes other keys.
+      config = spec_config(spec._replace(num_layers=depth),
+                           with_options(args, scan=False))
+      ours = models.build_model(config, NUM_CLASSES)
+      theirs = ref.TokenLearnerViT(
+          num_classes=NUM_CLASSES,
+          **{k: config.model.get(k) for k in REFERENCE_KEYS})
+      x = jax.random.normal(jax.random.PRNGKey(0),
+                            (args.batch,) + spec.input_shape)
+      labels = jax.nn.one_hot(jnp.arange(args.batch) % NUM_CLASSES,
+                              NUM_CLASSES)
+      params = nn.meta.unbox(jax.jit(functools.partial(
+          ours.init, train=False))(jax.random.PRNGKey(0), x)['params'])
+      # A non-zero head, so that equal logits say the whole model agrees.
+      head = params['output_projection']
+      params['output_projection'] = dict(head, kernel=0.01 * jax.random.normal(
+          jax.random.PRNGKey(1), head['kernel'].shape))
+      steps = {}
+      for who, model in (('ours', ours), ('reference', theirs)):
+        def loss(p, model=model):
+          logits = model.apply({'params': p}, x, train=False)
+          logits = logits[0] if isinstance(logits, tuple) else logits
+          return (-jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * labels, -1)),
+                  logits)
+        steps[who] = jax.jit(jax.value_and_grad(loss, has_aux=True))
+      (_, ours_logits), _ = steps['ours'](params)
+      (_, ref_logits), _ = steps['reference'](params)
+      np.testing.assert_allclose(ours_logits, ref_logits, rtol=1e-4,
+                                 atol=1e-5, err_msg=spec.name)
+      for who, step in steps.items():
+        programs[spec.name, who] = (step, params, [])
+    for _ in range(3):
+      for step, params, times in programs.values():
+        for _ in range(max(args.steps // 3, 1)):
+          start = time.perf_counter()
+          jax.block_until_ready(step(params))
+          times.append(time.perf_counter() - start)
+    median = {key: statistics.median(v[2]) for key, v in programs.items()}
+    for spec in specs:
+      if (spec.name, 'ours') not in median:
+        continue
+      row = dict(model=spec.name, num_layers=depth,
+                 ours_s=median[spec.name, 'ours'],
+                 reference_s=median[spec.name, 'reference'])
+      row['ours_over_reference'] = row['ours_s'] / row['reference_s']
+      if (spec.baseline, 'ours') in median:
+        row['baseline'] = spec.baseline
+        for who in ('ours', 'reference'):
+          row[f'{who}_over_baseline'] = (median[spec.name, who] /
+                                         median[spec.baseline, who])
+      rows.append(row)
+      print(f'  {spec.name} ({depth} layers): ours {row["ours_s"] * 1e3:.1f} '
+            f'ms, reference {row["reference_s"] * 1e3:.1f} ms',
+            file=sys.stderr, flush=True)
   return rows
 
 
@@ -571,6 +667,10 @@ def parse_args(argv):
                       help='Comma-separated depths (e.g. 12,24) at which to '
                       'time LAYOUT_SETS[--set or default] unrolled and with '
                       'nn.scan, and TokenFuser against its TokenLearner.')
+  parser.add_argument('--reference', default='',
+                      help='With --layouts: a google-research/scenic '
+                      'checkout whose TokenLearnerViT to time beside each '
+                      'image model (same parameters and images).')
   parser.add_argument('--max_batch_remat', default='none,nothing_saveable',
                       help='The remat policies to find it for.')
   parser.add_argument('--max_batch_multiple', type=int, default=8,
@@ -596,19 +696,22 @@ def main(argv=None) -> Dict[str, Any]:
   for flag, given in (('--models', names), ('--max_batch', max_batch_names)):
     unknown = [m for m in given if m not in ALL_SPECS]
     if unknown:
-      raise ValueError(
+      raise errors.UsageError(
           f'{flag}: unknown {unknown}; known: {sorted(ALL_SPECS)}.')
   unknown = [r for r in remats + [args.remat] if r not in REMAT_POLICIES]
   if unknown:
-    raise ValueError(f'--remat/--max_batch_remat: unknown {unknown}; known: '
+    raise errors.UsageError(f'--remat/--max_batch_remat: unknown {unknown}; known: '
                      f'{sorted(REMAT_POLICIES)}.')
   depths = args.layouts.split(',') if args.layouts else []
   layout_specs = LAYOUT_SETS[args.set if args.set in LAYOUT_SETS else
                              'default']
   deepest = max(s.kwargs.get('tokenlearner_loc') or 0 for s in layout_specs)
   if not all(d.isdigit() and int(d) > deepest for d in depths):
-    raise ValueError(f'--layouts={args.layouts}: comma-separated depths, each '
+    raise errors.UsageError(f'--layouts={args.layouts}: comma-separated depths, each '
                      f'more than {deepest} (where TokenLearner sits).')
+  if args.reference and not depths:
+    raise errors.UsageError('--reference: needs --layouts (the depths to time).')
+  reference = reference_module(args.reference) if args.reference else None
   limit = device_memory_limit(args) if max_batch_names else None
   if 'models' in skip:
     specs = []
@@ -656,6 +759,9 @@ def main(argv=None) -> Dict[str, Any]:
   if args.layouts:
     results['layouts'] = bench_layouts(layout_specs, [int(d) for d in depths],
                                        args)
+  if args.reference:
+    results['reference'] = bench_reference(
+        reference, layout_specs, [int(d) for d in depths], args)
   if max_batch_names:
     results['max_batch'] = [
         bench_max_batch(ALL_SPECS[name], remat, args, limit, peak)
@@ -703,6 +809,15 @@ def main(argv=None) -> Dict[str, Any]:
         ('scan_over_baseline', 'step ratio (nn.scan)'),
         ('unrolled_over_baseline_per_gmac', 'step / GMAC ratio (unrolled)'),
         ('scan_over_baseline_per_gmac', 'step / GMAC ratio (nn.scan)')]))
+  if 'reference' in results:
+    print('\nOurs against the reference (scenic) model, forward + backward '
+          'seconds (median):\n')
+    print(markdown(results['reference'], [
+        ('model', 'model'), ('num_layers', 'layers'), ('ours_s', 'ours s'),
+        ('reference_s', 'reference s'), ('ours_over_reference',
+                                         'ours / reference'),
+        ('baseline', 'baseline'), ('ours_over_baseline', 'ours / baseline'),
+        ('reference_over_baseline', 'reference / baseline')]))
   if 'max_batch' in results:
     print('\nLargest batch in device memory (XLA\'s peak estimate; one '
           'step run at it):\n')
@@ -726,4 +841,4 @@ def main(argv=None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-  main()
+  errors.exit_on_known_fault(main)

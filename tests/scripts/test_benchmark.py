@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.testing import load_script
+from tokenlearner_jax import errors
 from tokenlearner_jax import step_timing
 
 benchmark = load_script('benchmark')
@@ -148,6 +149,14 @@ class BenchmarkTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "remat.*'dots'.*nothing_saveable"):
       benchmark.main(['--max_batch=vit_b16', '--max_batch_remat=dots',
                       '--skip=models,demo,input'])
+    # Known faults, so the script says them in one `Error:` line.
+    with self.assertRaisesRegex(errors.UsageError, '--reference: needs '
+                                '--layouts'):
+      benchmark.main(['--reference=/nowhere', '--skip=models,demo,input'])
+    with self.assertRaisesRegex(errors.UsageError, '--reference=/nowhere: no '
+                                'scenic/projects/token_learner/model.py'):
+      benchmark.main(['--reference=/nowhere', '--layouts=12',
+                      '--skip=models,demo,input,compile'])
 
 
 
