@@ -340,8 +340,8 @@ def device_memory_limit(args) -> int:
     return int(args.memory_limit_gib * 2**30)
   stats = jax.devices()[0].memory_stats() or {}
   if 'bytes_limit' not in stats:
-    raise errors.UsageError('--max_batch: this device reports no memory limit; set '
-                     '--memory_limit_gib.')
+    raise errors.UsageError('--max_batch: this device reports no memory '
+                            'limit; set --memory_limit_gib.')
   return int(stats['bytes_limit'])  # Per device, as XLA's peak estimate.
 
 
@@ -396,11 +396,13 @@ def bench_max_batch(spec: Spec, remat: str, args, limit: int, peak: float
       tried={b: m <= limit for b, m in memory.items()})
   over_batch = min((b for b, ok in tried.items() if not ok), default=None)
   if not fit:
-    raise errors.UsageError(f'--max_batch: {spec.name} (remat={remat}) does not '
-                     f'fit in {limit / 2**20:.0f} MiB at batch {multiple}.')
+    raise errors.UsageError(
+        f'--max_batch: {spec.name} (remat={remat}) does not fit in '
+        f'{limit / 2**20:.0f} MiB at batch {multiple}.')
   if over_batch is None:
-    raise errors.UsageError(f'--max_batch: {spec.name} (remat={remat}) fits at '
-                     f'every batch tried, up to {fit}.')
+    raise errors.UsageError(
+        f'--max_batch: {spec.name} (remat={remat}) fits at every batch '
+        f'tried, up to {fit}.')
   batch, over_peak = fit, memory[over_batch]
   program, compiled, _ = programs[batch]
   peak_bytes = memory[batch]
@@ -499,11 +501,13 @@ def reference_module(scenic_dir: str):
   google-research/scenic at `scenic_dir`."""
   if not os.path.isfile(os.path.join(scenic_dir, 'scenic', 'projects',
                                      'token_learner', 'model.py')):
-    raise errors.UsageError(f'--reference={scenic_dir}: no scenic/projects/'
-                     'token_learner/model.py there; give the folder of a '
-                     'google-research/scenic checkout.')
+    raise errors.UsageError(
+        f'--reference={scenic_dir}: no scenic/projects/token_learner/'
+        'model.py there; give the folder of a google-research/scenic '
+        'checkout.')
   sys.path.insert(0, os.path.abspath(scenic_dir))
-  from scenic.projects.token_learner import model  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from scenic.projects.token_learner import model
   return model
 
 
@@ -700,17 +704,19 @@ def main(argv=None) -> Dict[str, Any]:
           f'{flag}: unknown {unknown}; known: {sorted(ALL_SPECS)}.')
   unknown = [r for r in remats + [args.remat] if r not in REMAT_POLICIES]
   if unknown:
-    raise errors.UsageError(f'--remat/--max_batch_remat: unknown {unknown}; known: '
-                     f'{sorted(REMAT_POLICIES)}.')
+    raise errors.UsageError(f'--remat/--max_batch_remat: unknown {unknown}; '
+                            f'known: {sorted(REMAT_POLICIES)}.')
   depths = args.layouts.split(',') if args.layouts else []
   layout_specs = LAYOUT_SETS[args.set if args.set in LAYOUT_SETS else
                              'default']
   deepest = max(s.kwargs.get('tokenlearner_loc') or 0 for s in layout_specs)
   if not all(d.isdigit() and int(d) > deepest for d in depths):
-    raise errors.UsageError(f'--layouts={args.layouts}: comma-separated depths, each '
-                     f'more than {deepest} (where TokenLearner sits).')
+    raise errors.UsageError(
+        f'--layouts={args.layouts}: comma-separated depths, each more than '
+        f'{deepest} (where TokenLearner sits).')
   if args.reference and not depths:
-    raise errors.UsageError('--reference: needs --layouts (the depths to time).')
+    raise errors.UsageError('--reference: needs --layouts (the depths to '
+                            'time).')
   reference = reference_module(args.reference) if args.reference else None
   limit = device_memory_limit(args) if max_batch_names else None
   if 'models' in skip:
