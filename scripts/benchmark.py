@@ -53,6 +53,7 @@ from tokenlearner_jax.configs import common as config_lib
 from tokenlearner_jax import aot
 from tokenlearner_jax import errors
 from tokenlearner_jax import flops
+from tokenlearner_jax import metrics
 from tokenlearner_jax import models
 from tokenlearner_jax import step_timing
 from tokenlearner_jax.models.config import REMAT_POLICIES
@@ -545,7 +546,7 @@ def bench_reference(ref, specs: Sequence[Spec], depths: Sequence[int],
         def loss(p, model=model):
           logits = model.apply({'params': p}, x, train=False)
           logits = logits[0] if isinstance(logits, tuple) else logits
-          return (-jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * labels, -1)),
+          return (metrics.per_example_loss(logits, labels, False).mean(),
                   logits)
         steps[who] = jax.jit(jax.value_and_grad(loss, has_aux=True))
       (_, ours_logits), _ = steps['ours'](params)

@@ -47,7 +47,8 @@ os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 # XLA:CPU's older elemental emitters compile a small program in about half
 # the time of its fusion emitters (the same arithmetic); and its LLVM module
 # compiled as one part, not split up to 32 ways for threads that two cores
-# shared by three test processes cannot run at once (12-15% less CPU).
+# shared by three test processes cannot run at once (6-15% less CPU on
+# compile-bound test files).
 for _flag in ('--xla_cpu_use_fusion_emitters=false',
               '--xla_cpu_parallel_codegen_split_count=1'):
   if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):

@@ -171,9 +171,8 @@ def _pallas_shards(attend: Callable[..., jax.Array], name: str,
                    deterministic: bool) -> jax.Array:
   """`attend(q, k, v, tokens)` on `[B, padded_length(L), N, H]` inputs
   whose positions from L (`tokens`) on are padding; returns `[B, L, N, H]`;
-  the einsum
-  (`nn.dot_product_attention`) where L is under `PALLAS_BLOCK`. Inside a
-  train or eval step (`activation_sharding`) on each device's shard
+  the einsum (`nn.dot_product_attention`) where L is under `PALLAS_BLOCK`.
+  Inside a train or eval step (`activation_sharding`) on each device's shard
   (`jax.shard_map`: the batch split as 'batch', the heads as 'heads'): XLA
   does not partition a Mosaic kernel."""
   if mask is not None or (dropout_rate > 0. and not deterministic):
