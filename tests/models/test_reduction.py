@@ -405,6 +405,10 @@ class ConfigTest(parameterized.TestCase):
       ('keep_rate_without_evit', dict(token_reduction='ats',
                                       classifier='token', keep_rate=0.5),
        'model.tokenizer.keep_rate'),
+      # ATS's authors keep at least 8 tokens, the class token included.
+      ('ats_below_its_minimum', dict(token_reduction='ats', num_tokens=6,
+                                     classifier='token'),
+       'model.tokenizer.num_tokens=6'),
   )
   def test_rejected_naming_the_key(self, kwargs, key):
     config = vit_config(tokenlearner_loc=1, **kwargs)
@@ -418,7 +422,7 @@ class ConfigTest(parameterized.TestCase):
       dict(token_reduction='tome', tome_r=4, classifier='gap'),
       dict(token_reduction='evit', keep_rate=0.7, classifier='token',
            pooling_locs=(2,)),
-      dict(token_reduction='ats', num_tokens=8, classifier='token'),
+      dict(token_reduction='ats', num_tokens=7, classifier='token'),
       dict(token_reduction='patchmerger', num_tokens=8, classifier='gap'))
   def test_accepted(self, **kwargs):
     ModelConfig.from_config(vit_config(tokenlearner_loc=1, **kwargs),

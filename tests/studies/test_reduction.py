@@ -29,9 +29,10 @@ class ReductionStudyTest(absltest.TestCase):
     for data in (IMAGES, VIDEO):
       table = study.variants([50, 75], finetune=True, data=data)
       plain = study.gmacs_of(study.base_config(False, data=data), data)
-      # plain, plain_ft; per budget: 5 methods from scratch and fine-tuned,
-      # ToMe and ATS off the shelf.
-      self.assertLen(table, 2 + 2 * (2 * len(study.METHODS) + 2))
+      # plain, plain_ft; per budget: 5 methods and EViT and ATS in every
+      # block, from scratch and fine-tuned; ToMe and both ATS off the shelf
+      # of plain and of plain_ft.
+      self.assertLen(table, 2 + 2 * (2 * 7 + 2 * 3))
       for name, variant in table.items():
         if variant.method is None or variant.offshelf:
           continue
@@ -52,6 +53,28 @@ class ReductionStudyTest(absltest.TestCase):
         self.assertAlmostEqual(ratio, variant.pct / 100, delta=0.08,
                                msg=f'{data.name} {name}')
 
+  def test_evit_in_every_block_meets_its_authors_recipe_at_75_percent(self):
+    # EViT's own recipe (a keep rate of 0.7 at three blocks) is 75% of the
+    # image model's multiply-adds; one block cannot keep more than 20%.
+    table = study.variants([75], methods=['evit'])
+    self.assertEqual(dict(table['evit_multi_75'].setting),
+                     {'tokenlearner_loc': 1, 'pooling_locs': (2, 3),
+                      'keep_rate': 0.7})
+    self.assertEqual(study.describe(table['evit_multi_75']),
+                     'blocks 1 to 3, keep_rate=0.7')
+    self.assertLessEqual(dict(table['evit_75'].setting)['keep_rate'], 0.2)
+
+  def test_ats_keeps_its_authors_minimum(self):
+    for data in (IMAGES, VIDEO):
+      for multi in (False, True):
+        sizes = {dict(s)['num_tokens']
+                 for s in study.candidates('ats', 4, multi)}
+        self.assertEqual(min(sizes), 7)
+      table = study.variants([50, 75], methods=['ats'], data=data)
+      for variant in table.values():
+        if variant.method:
+          self.assertGreaterEqual(dict(variant.setting)['num_tokens'], 7)
+
   def test_the_video_runs_train_the_demo_vivit_on_moving_digits(self):
     table = study.variants([50], data=VIDEO)
     config = study.train_run('plain', study.Variant(), 0, '/tmp/x', 1000,
@@ -63,7 +86,15 @@ class ReductionStudyTest(absltest.TestCase):
     self.assertEqual(table['tome_50'].setting[0], ('tokenlearner_loc', 0))
 
   def test_off_the_shelf_evaluates_the_plain_run_with_the_method(self):
-    variant = study.variants([50])['tome_50_offshelf']
+    table = study.variants([50], finetune=True)
+    run = study.eval_run('ats_multi_50_offshelf_ft',
+                         table['ats_multi_50_offshelf_ft'], 2, '/tmp', False)
+    # Of plain_ft: as many steps as the fine-tuned methods it is compared to.
+    self.assertEqual((run.entry, run.workdir, run.out),
+                     ('evaluate', '/tmp/plain_ft_seed2',
+                      '/tmp/offshelf/ats_multi_50_offshelf_ft_seed2.json'))
+    self.assertEqual(run.resolved().model.tokenizer.pooling_locs, (2, 3))
+    variant = table['tome_50_offshelf']
     run = study.eval_run('tome_50_offshelf', variant, 2, '/tmp', False)
     self.assertEqual((run.entry, run.workdir, run.out),
                      ('evaluate', '/tmp/plain_seed2',
@@ -106,7 +137,7 @@ class ReductionStudyTest(absltest.TestCase):
                 else os.path.join(folder, f'{name}_seed{seed}',
                                   'final_metrics.json'))
         write_metrics(path, value, 0.01 if name == 'plain' else 0.005)
-        if name == 'plain':  # Its evaluation beside the off-the-shelf ones.
+        if variant.method is None:  # Evaluated beside the off-the-shelf.
           write_metrics(study.offshelf_path(folder, name, seed), value, 0.01)
     with open(os.path.join(folder, 'step_times.json'), 'w') as f:
       json.dump({'plain': 0.020, 'tokenlearner_50': 0.012}, f)
@@ -129,15 +160,22 @@ class ReductionStudyTest(absltest.TestCase):
                   'points, 95% interval [+4.1, +16.9]', text)
     self.assertIn('* TokenLearner fine-tuned @ 50% beats ToMe fine-tuned @ '
                   '50% — disagrees (d = -11.0 points', text)
+    # Off the shelf against as many training steps: plain_ft's evaluation.
     self.assertIn('* TokenLearner fine-tuned @ 50% beats ToMe off the shelf '
-                  '@ 50% — cannot tell (d = +0.0', text)
+                  'of plain fine-tuned @ 50% — cannot tell (d = +0.0', text)
+    self.assertIn('* TokenLearner @ 50% beats ToMe off the shelf @ 50% — '
+                  'cannot tell (d = +5.5', text)
+    self.assertNotIn('* TokenLearner fine-tuned @ 50% beats ToMe off the '
+                     'shelf @ 50%', text)
     self.assertNotIn('* TokenLearner @ 50% beats ToMe fine-tuned', text)
+    self.assertIn('* ATS every block off the shelf of plain fine-tuned @ 50% '
+                  'keeps the fine-tuned plain model\'s mAP', text)
     # d is the method's score minus the plain model's: a loss reads as one.
     self.assertIn('* ToMe off the shelf @ 50% keeps the plain model\'s mAP — '
                   'disagrees (d = -10.0', text)
     self.assertIn('(d: the first-named model\'s score minus the second\'s, per '
-                  'seed, in points. 14 verdicts at 95% each, not corrected for '
-                  'multiple comparisons: with no true difference about 0.7 of '
+                  'seed, in points. 24 verdicts at 95% each, not corrected for '
+                  'multiple comparisons: with no true difference about 1.2 of '
                   'them would exclude 0 by chance alone.)', text)
     self.assertTrue(os.path.exists(os.path.join(out, IMAGES.plot)))
 
@@ -158,13 +196,16 @@ class ReductionStudyTest(absltest.TestCase):
     folder = os.path.join(root, 'moving_digits')
     self.assertEqual(
         [(r.entry, os.path.basename(r.workdir)) for r in started],
+        # runlocal's 2 blocks: no ATS in every block (tested above).
         [('train', 'plain_seed0'), ('train', 'ats_50_seed0'),
-         ('train', 'plain_ft_seed0'), ('train', 'ats_50_ft_seed0'),
-         ('evaluate', 'plain_seed0'), ('evaluate', 'plain_seed0')])
+         ('train', 'plain_ft_seed0'), ('train', 'ats_50_ft_seed0')] +
+        [('evaluate', f'plain{ft}_seed0') for _ in range(2)
+         for ft in ('', '_ft')])
     table = study.variants([50], True, ['ats'], finetune=True, data=VIDEO)
     runs = study.results(folder, table, [0])
-    for name in ('plain', 'plain_evaluated', 'plain_ft', 'ats_50',
-                 'ats_50_ft', 'ats_50_offshelf'):
+    for name in ('plain', 'plain_evaluated', 'plain_ft', 'plain_ft_evaluated',
+                 'ats_50', 'ats_50_ft', 'ats_50_offshelf',
+                 'ats_50_offshelf_ft'):
       self.assertLen(runs[name], 1, name)
     self.assertLess(runs['ats_50_offshelf'][0]['gmacs_per_example'],
                     runs['plain'][0]['gmacs_per_example'])

@@ -109,7 +109,8 @@ class ModelConfig:
     kernel_init_method: Tubelet kernel initializer (videos).
     n_sampled_frames: Frames kept by 'temporal_sampling'.
     tokenlearner_loc: First block on learned tokens; None turns it off.
-    num_tokens: Tokens learned per temporal slice.
+    num_tokens: Tokens learned per temporal slice (PatchMerger: merged;
+      ATS: its sampling points in the clip, at least 7).
     use_v11: TokenLearner v1.1; False is the paper's v1.0 module.
     use_tokenfuse: TokenLearner -> block -> TokenFuser at every block >= loc.
     fuser_type: With `use_tokenfuse`: 'tokenfuser' (the reference), 'unpool'

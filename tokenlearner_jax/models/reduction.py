@@ -19,7 +19,8 @@ docs/models.md lists every place we depart from the original code:
   by inverse transform sampling of the scores' distribution at evenly
   spaced points; a token picked twice is kept once, so fewer may remain
   (the empty slots carry size 0, which masks them in later attention and
-  pooling).
+  pooling). As in its authors' code, it keeps at least `ATS_MIN_TOKENS`
+  tokens, the class token included.
 * 'patchmerger': PatchMerger (Renggli et al., 2022), a learned module before
   block `tokenlearner_loc`, as TokenLearner: Y = softmax_N(W^T LN(X)^T) X
   merges each temporal slice into `num_tokens` tokens.
@@ -43,6 +44,9 @@ from tokenlearner_jax.models.common import MlpBlock
 from tokenlearner_jax.models.common import StochasticDepth
 
 _MASKED = -1e9  # The attention logit bias of an empty slot (size 0).
+# ATS's authors sample at least 8 tokens, their count including the class
+# token (fewer tokens than that in a block: all of them).
+ATS_MIN_TOKENS = 8
 
 
 @dataclasses.dataclass(frozen=True)

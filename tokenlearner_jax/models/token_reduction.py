@@ -23,6 +23,7 @@ from typing import Any, Optional, Tuple, Union
 import flax.linen as nn
 
 from tokenlearner_jax.configs import fields
+from tokenlearner_jax.models.reduction import ATS_MIN_TOKENS
 from tokenlearner_jax.models.reduction import PatchMerger
 from tokenlearner_jax.models.reduction import Reduction
 from tokenlearner_jax.models.tokenlearner import DenseTokens
@@ -215,6 +216,11 @@ def _in_block(c: Any) -> InBlockReduction:
   _require(fields.is_int(c.tome_r) and c.tome_r >= 0,
            f'model.tokenizer.tome_r must be an integer >= 0, got '
            f'{c.tome_r!r}.')
+  _require(method != 'ats' or c.num_tokens >= ATS_MIN_TOKENS - 1,
+           f'model.tokenizer.num_tokens={c.num_tokens}: ATS keeps at least '
+           f'{ATS_MIN_TOKENS} tokens with the class token (its '
+           f'authors\' minimum), so set {ATS_MIN_TOKENS - 1} or '
+           'more tokens besides it.')
   _require(isinstance(c.keep_rate, (int, float)) and 0 < c.keep_rate <= 1,
            f'model.tokenizer.keep_rate must be in (0, 1], got '
            f'{c.keep_rate!r}.')

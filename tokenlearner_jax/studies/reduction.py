@@ -6,7 +6,10 @@ seed (`WORKDIR/<dataset>/<name>_seed<s>`):
 
 * `plain`: no reduction, from scratch.
 * `<method>_<pct>`: each method from scratch with its setting closest to
-  `pct`% of the plain model's multiply-adds (`matched_setting`).
+  `pct`% of the plain model's multiply-adds (`matched_setting`), reducing
+  in one block; EViT and ATS also as their authors use them, in every block
+  from the first they reduce in (`<method>_multi_<pct>`; EViT's own recipe
+  is a keep rate of 0.7 at three blocks).
 * `<method>_<pct>_ft` and `plain_ft` (`--finetune_steps`, default a quarter
   of the steps; 0: none): the same seed's `plain` run fine-tuned with the
   method on the same schedule (`init_from`, the head copied too, a new module
@@ -14,12 +17,14 @@ seed (`WORKDIR/<dataset>/<name>_seed<s>`):
 * `<method>_<pct>_offshelf` (ToMe and ATS): each seed's `plain` run
   evaluated with the method, without retraining
   (`WORKDIR/<dataset>/offshelf/`), against the same evaluation of the plain
-  run as trained.
+  run as trained; `<method>_<pct>_offshelf_ft` the same of `plain_ft`, so
+  that every comparison is between models trained for as many steps.
 
 With `--time_steps` (default on) the train step of every variant trained
 from scratch is timed in this process (`tokenlearner_jax.step_timing`) and
-kept in `WORKDIR/<dataset>/step_times.json`. The tables, verdicts and plots
-go between `<!-- reduction_study -->` markers in `OUT/results.md`.
+kept in `WORKDIR/<dataset>/step_times.json`. Each dataset's table, verdicts
+and plot go between its own `<!-- reduction_study_<dataset> -->` markers in
+`OUT/results.md`, so that `--datasets` regenerates some of them only.
 """
 
 import argparse
@@ -39,12 +44,15 @@ from tokenlearner_jax.studies import runs as runs_lib
 from tokenlearner_jax.studies import stats
 from tokenlearner_jax.studies import study as study_lib
 
-SECTION = 'reduction_study'
+SECTION = 'reduction_study'  # `<SECTION>_<dataset>` per dataset.
 LABELS = {'plain': 'no reduction', 'tokenlearner': 'TokenLearner',
           'patchmerger': 'PatchMerger', 'tome': 'ToMe', 'evit': 'EViT',
-          'ats': 'ATS'}
+          'evit_multi': 'EViT every block', 'ats': 'ATS',
+          'ats_multi': 'ATS every block'}
 METHODS = ('tokenlearner', 'patchmerger', 'tome', 'evit', 'ats')
 OFF_THE_SHELF = ('tome', 'ats')
+MULTI_BLOCK = ('evit', 'ats')  # Also tried in every block from the first.
+ATS_SIZES = (7, 8, 12, 16, 24, 32, 48)  # 7: its authors' minimum.
 Setting = Tuple[Tuple[str, Any], ...]  # (tokenizer key, value) pairs.
 
 
@@ -96,19 +104,30 @@ class Variant:
     setting: Its tokenizer settings.
     pct: The budget, % of the plain model's multiply-adds (100: plain).
     offshelf: Evaluated on the plain runs, not trained with the method.
-    finetuned: Fine-tuned from the plain runs, not trained from scratch.
+    finetuned: Fine-tuned from the plain runs, not trained from scratch
+      (with `offshelf`: evaluated on the fine-tuned plain runs).
+    multi: Reduces in every block from `tokenlearner_loc` on (EViT, ATS).
   """
   method: Optional[str] = None
   setting: Setting = ()
   pct: int = 100
   offshelf: bool = False
   finetuned: bool = False
+  multi: bool = False
+
+  @property
+  def key(self) -> str:
+    """Its method and recipe, a `LABELS` key."""
+    return (self.method or 'plain') + ('_multi' if self.multi else '')
 
   @property
   def label(self) -> str:
-    text = LABELS[self.method or 'plain']
-    text += ' off the shelf' if self.offshelf else ''
-    text += ' fine-tuned' if self.finetuned else ''
+    text = LABELS[self.key]
+    if self.offshelf:
+      text += ' off the shelf' + (' of plain fine-tuned' if self.finetuned
+                                  else '')
+    elif self.finetuned:
+      text += ' fine-tuned'
     return text if self.method is None else f'{text} @ {self.pct}%'
 
   @property
@@ -125,19 +144,24 @@ class Variant:
                if k != 'tokenlearner_loc'}}
 
 
-def candidates(method: str, num_layers: int) -> List[Setting]:
-  """Every setting of `method` the budget search considers."""
-  locs = range(1, num_layers)
+def candidates(method: str, num_layers: int,
+               multi: bool = False) -> List[Setting]:
+  """Every setting of `method` the budget search considers (`multi`: EViT
+  or ATS in every block from the first one, at least two blocks)."""
+  if multi:
+    places = [(('tokenlearner_loc', loc),
+               ('pooling_locs', tuple(range(loc + 1, num_layers))))
+              for loc in range(1, num_layers - 1)]
+  else:
+    places = [(('tokenlearner_loc', loc),) for loc in range(1, num_layers)]
   if method in ('tokenlearner', 'patchmerger'):
-    return [(('tokenlearner_loc', loc), ('num_tokens', s))
-            for loc in locs for s in (2, 4, 8, 12, 16, 24, 32)]
+    return [p + (('num_tokens', s),)
+            for p in places for s in (2, 4, 8, 12, 16, 24, 32)]
   if method == 'tome':
     return [(('tokenlearner_loc', 0), ('tome_r', r)) for r in range(1, 33)]
   if method == 'evit':
-    return [(('tokenlearner_loc', loc), ('keep_rate', k / 10))
-            for loc in locs for k in range(1, 10)]
-  return [(('tokenlearner_loc', loc), ('num_tokens', s))
-          for loc in locs for s in (2, 4, 8, 12, 16, 24, 32, 48)]
+    return [p + (('keep_rate', k / 10),) for p in places for k in range(1, 10)]
+  return [p + (('num_tokens', s),) for p in places for s in ATS_SIZES]
 
 
 def fixed_overrides(data: Dataset, runlocal: bool) -> Dict[str, Any]:
@@ -176,13 +200,15 @@ def gmacs_of(config: ml_collections.ConfigDict,
 
 def matched_setting(method: str, fraction: float,
                     base: ml_collections.ConfigDict,
-                    data: Dataset = DATASETS['multi_digits']
-                    ) -> Tuple[Setting, float]:
-  """`method`'s setting whose multiply-adds are closest to `fraction` of the
-  plain model's (`base`, `base_config`'s), and its GMACs."""
+                    data: Dataset = DATASETS['multi_digits'],
+                    multi: bool = False) -> Optional[Tuple[Setting, float]]:
+  """`method`'s setting (`multi`: in every block from the first) whose
+  multiply-adds are closest to `fraction` of the plain model's (`base`,
+  `base_config`'s), and its GMACs; None without a candidate (`multi` in a
+  model of fewer than 3 blocks)."""
   target = fraction * gmacs_of(base, data)
   best = None
-  for setting in candidates(method, base.model.num_layers):
+  for setting in candidates(method, base.model.num_layers, multi):
     gmacs = gmacs_of(with_setting(base, method, setting), data)
     if best is None or abs(gmacs - target) < abs(best[1] - target):
       best = (setting, gmacs)
@@ -193,20 +219,28 @@ def variants(budgets: Sequence[int], runlocal: bool = False,
              methods: Sequence[str] = METHODS,
              extra: Mapping[str, Any] = (), finetune: bool = False,
              data: Dataset = DATASETS['multi_digits']) -> Dict[str, Variant]:
-  """The comparison's rows by name (`<method>_<pct>[_offshelf|_ft]`)."""
+  """The comparison's rows by name
+  (`<method>[_multi]_<pct>[_offshelf][_ft]`)."""
   base = base_config(runlocal, extra, data)
   out = {'plain': Variant()}
   if finetune:
     out['plain_ft'] = Variant(finetuned=True)
   for pct in budgets:
     for method in methods:
-      setting, _ = matched_setting(method, pct / 100, base, data)
-      out[f'{method}_{pct}'] = Variant(method, setting, pct)
-      if method in OFF_THE_SHELF:
-        out[f'{method}_{pct}_offshelf'] = Variant(method, setting, pct, True)
-      if finetune:
-        out[f'{method}_{pct}_ft'] = Variant(method, setting, pct,
-                                            finetuned=True)
+      for multi in (False, True) if method in MULTI_BLOCK else (False,):
+        matched = matched_setting(method, pct / 100, base, data, multi)
+        if matched is None:
+          continue
+        v = Variant(method, matched[0], pct, multi=multi)
+        name = f'{v.key}_{pct}'
+        out[name] = v
+        if method in OFF_THE_SHELF:
+          out[f'{name}_offshelf'] = dataclasses.replace(v, offshelf=True)
+        if finetune:
+          out[f'{name}_ft'] = dataclasses.replace(v, finetuned=True)
+        if finetune and method in OFF_THE_SHELF:
+          out[f'{name}_offshelf_ft'] = dataclasses.replace(
+              v, offshelf=True, finetuned=True)
   return out
 
 
@@ -254,20 +288,33 @@ def offshelf_path(root: str, name: str, seed: int) -> str:
 def eval_run(name: str, variant: Variant, seed: int, root: str,
              runlocal: bool, extra: Mapping[str, Any] = (),
              data: Dataset = DATASETS['multi_digits']) -> runs_lib.Run:
-  """The `plain` run of `seed` evaluated with `variant`'s method (plain: as
-  trained), without retraining."""
+  """The `plain` run of `seed` (finetuned: `plain_ft`) evaluated with
+  `variant`'s method (plain: as trained), without retraining."""
   return runs_lib.Run(
-      report.run_dir(root, 'plain', seed),
+      report.run_dir(root, baseline(variant), seed),
       config_of(data, dict(variant.setting).get('tokenlearner_loc'),
                 runlocal),
       model_overrides(variant, seed, runlocal, extra, data),
       entry='evaluate', out=offshelf_path(root, name, seed))
 
 
-def plain_finished(root: str, seeds: Sequence[int]) -> List[int]:
-  """The seeds whose `plain` run under `root` has finished."""
+def baseline(variant: Variant) -> str:
+  """The plain run a variant starts from or is evaluated on."""
+  return 'plain_ft' if variant.finetuned else 'plain'
+
+
+def is_baseline(variant: Variant) -> bool:
+  """`plain` or `plain_ft`, evaluated as trained beside the off-the-shelf
+  variants."""
+  return variant.method is None
+
+
+def plain_finished(root: str, seeds: Sequence[int],
+                   name: str = 'plain') -> List[int]:
+  """The seeds whose run `name` (`plain` or `plain_ft`) under `root` has
+  finished."""
   return [seed for seed in seeds if os.path.exists(os.path.join(
-      report.run_dir(root, 'plain', seed), 'final_metrics.json'))]
+      report.run_dir(root, name, seed), 'final_metrics.json'))]
 
 
 def finetune_runs(root: str, table: Mapping[str, Variant],
@@ -278,18 +325,19 @@ def finetune_runs(root: str, table: Mapping[str, Variant],
   finished."""
   return [train_run(name, v, seed, root, steps, runlocal, extra, data)
           for seed in plain_finished(root, seeds)
-          for name, v in table.items() if v.finetuned]
+          for name, v in table.items() if v.finetuned and not v.offshelf]
 
 
 def offshelf_runs(root: str, table: Mapping[str, Variant],
                   seeds: Sequence[int], runlocal: bool,
                   extra: Mapping[str, Any], data: Dataset
                   ) -> List[runs_lib.Run]:
-  """Every finished plain run evaluated as trained (`plain`, the baseline
-  of the off-the-shelf verdicts) and with each off-the-shelf variant."""
+  """Every finished `plain` and `plain_ft` run evaluated as trained (the
+  baselines of the off-the-shelf verdicts) and with each off-the-shelf
+  variant."""
   return [eval_run(name, v, seed, root, runlocal, extra, data)
-          for name, v in table.items() if v.offshelf or v == Variant()
-          for seed in plain_finished(root, seeds)]
+          for name, v in table.items() if v.offshelf or is_baseline(v)
+          for seed in plain_finished(root, seeds, baseline(v))]
 
 
 def time_steps(table: Mapping[str, Variant],
@@ -316,11 +364,11 @@ def time_steps(table: Mapping[str, Variant],
 def results(root: str, table: Mapping[str, Variant],
             seeds: Sequence[int]) -> report.Runs:
   """Final metrics of the trained variants, the off-the-shelf evaluations
-  (and the plain run's, as 'plain_evaluated')."""
+  (and the plain runs', as 'plain_evaluated' and 'plain_ft_evaluated')."""
   runs = report.final_metrics(
       root, [n for n, v in table.items() if not v.offshelf], seeds)
   for name, v in table.items():
-    if v.offshelf or v == Variant():
+    if v.offshelf or is_baseline(v):
       key = name if v.offshelf else f'{name}_evaluated'
       runs[key] = report.read_metrics(
           {seed: offshelf_path(root, name, seed) for seed in seeds})
@@ -330,8 +378,10 @@ def results(root: str, table: Mapping[str, Variant],
 def describe(variant: Variant) -> str:
   if variant.method is None:
     return '64 tokens throughout'
-  return ', '.join(f'{k.replace("tokenlearner_loc", "loc")}={v}'
-                   for k, v in variant.setting)
+  setting = dict(variant.setting)
+  loc, again = setting.pop('tokenlearner_loc'), setting.pop('pooling_locs', ())
+  where = f'blocks {loc} to {again[-1]}' if again else f'loc={loc}'
+  return ', '.join([where, *(f'{k}={v}' for k, v in setting.items())])
 
 
 def timed_name(name: str) -> str:
@@ -343,19 +393,21 @@ def plot(table: Mapping[str, Variant], runs: report.Runs,
          times: Mapping[str, float], path: str, data: Dataset) -> None:
   """The metric against MMACs and against the measured step time."""
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  colors = dict(zip(['plain', *METHODS], pyplot.rcParams[
-      'axes.prop_cycle'].by_key()['color']))
+  colors = dict(zip(LABELS, pyplot.rcParams['axes.prop_cycle'].by_key()[
+      'color']))
+  markers = {'off the shelf': 's', 'off the shelf of plain fine-tuned': 'D',
+             'fine-tuned': '^', 'from scratch': 'o'}
   by_macs, by_time, labelled = [], [], set()
   for name, v in table.items():
     values = tuple(report.by_seed(runs, name, data.metric).values())
     if not values:
       continue
-    key = v.method or 'plain'
-    kind = ('off the shelf' if v.offshelf else
+    key = v.key
+    kind = ('off the shelf of plain fine-tuned' if v.offshelf and v.finetuned
+            else 'off the shelf' if v.offshelf else
             'fine-tuned' if v.finetuned else 'from scratch')
     label = f'{LABELS[key]} ({kind})'
-    style = (('fmt', {'off the shelf': 's', 'fine-tuned': '^'}.get(kind, 'o')),
-             ('capsize', 3), ('color', colors[key]),
+    style = (('fmt', markers[kind]), ('capsize', 3), ('color', colors[key]),
              ('mfc', 'none' if v.offshelf else colors[key]))
     by_macs.append(report.Point(None if label in labelled else label,
                                 1000 * runs[name][0]['gmacs_per_example'],
@@ -373,18 +425,17 @@ def plot(table: Mapping[str, Variant], runs: report.Runs,
 
 
 def claims(table: Mapping[str, Variant]) -> List[stats.Claim]:
-  """The verdicts: TokenLearner against each method at each budget, trained
-  alike and against the off-the-shelf ones; each off-the-shelf variant
-  against the plain model's evaluation."""
+  """The verdicts, each between models trained for as many steps:
+  TokenLearner against each method at each budget, from scratch against
+  from scratch and off the shelf of `plain`, fine-tuned against fine-tuned
+  and off the shelf of `plain_ft`; each off-the-shelf variant against the
+  same plain run's evaluation."""
   out = []
   for name, v in table.items():
-    if v.method in (None, 'tokenlearner'):
-      continue
-    for suffix in ('', '_ft'):
-      tl = f'tokenlearner_{v.pct}{suffix}'
-      if tl in table and (v.offshelf or table[tl].finetuned == v.finetuned):
-        out.append(stats.Claim(tl, name, 'higher'))
-  out += [stats.Claim('plain_evaluated', n, 'similar')
+    tl = f'tokenlearner_{v.pct}' + ('_ft' if v.finetuned else '')
+    if v.method not in (None, 'tokenlearner') and tl in table:
+      out.append(stats.Claim(tl, name, 'higher'))
+  out += [stats.Claim(f'{baseline(v)}_evaluated', n, 'similar')
           for n, v in table.items() if v.offshelf]
   return out
 
@@ -418,7 +469,8 @@ def table_lines(table: Mapping[str, Variant], runs: report.Runs,
                             report.by_seed(runs, first, data.metric),
                             report.by_seed(runs, second, data.metric))
     if claim.relation == 'similar':
-      lines.append(f'* {table[first].label} keeps the plain model\'s '
+      plain = 'fine-tuned plain' if table[first].finetuned else 'plain'
+      lines.append(f'* {table[first].label} keeps the {plain} model\'s '
                    f'{label} — {verdict}.')
     else:
       lines.append(f'* {table[first].label} beats {table[second].label} '
@@ -445,33 +497,30 @@ class Part:
   finetune_steps: int
 
 
-def section(parts: Sequence[Part], root: str, out: str, invocation: str,
+def section(part: Part, root: str, out: str, invocation: str,
             seeds: Sequence[int], budgets: Sequence[int]) -> str:
-  """The results.md section, markers included (plots written to `out`)."""
-  lines = report.heading(
-      'TokenLearner against ToMe, EViT, ATS and PatchMerger', invocation,
-      f'Seeds {", ".join(map(str, seeds))}; budgets '
-      f'{" and ".join(map(str, budgets))}% of the plain model\'s '
-      'multiply-adds.')[:-1]
-  for part in parts:
-    data, table, batch = part.data, part.table, part.base.batch_size
-    folder = os.path.join(root, data.name)
-    times = {}
-    if os.path.exists(os.path.join(folder, 'step_times.json')):
-      with open(os.path.join(folder, 'step_times.json')) as f:
-        times = json.load(f)
-    runs = results(folder, table, seeds)
-    plotted = any(report.by_seed(runs, n, data.metric) for n in table)
-    if plotted:
-      plot(table, runs, times, os.path.join(out, data.plot), data)
-    finetuned = (f' and fine-tuned for {part.finetune_steps} more'
-                 if part.finetune_steps else '')
-    lines += ['', f'### {data.name}', '',
-              f'![{data.name}]({data.plot})' if plotted else '', '',
-              f'Trained from scratch for {part.steps} steps of {batch}'
-              f'{finetuned}, tested by {data.metric_label}.', '',
-              *table_lines(table, runs, times, data)]
-  return report.section(SECTION, lines)
+  """One dataset's results.md section, markers included (its plot written to
+  `out`)."""
+  data, table, batch = part.data, part.table, part.base.batch_size
+  folder = os.path.join(root, data.name)
+  times = {}
+  if os.path.exists(os.path.join(folder, 'step_times.json')):
+    with open(os.path.join(folder, 'step_times.json')) as f:
+      times = json.load(f)
+  runs = results(folder, table, seeds)
+  plotted = any(report.by_seed(runs, n, data.metric) for n in table)
+  if plotted:
+    plot(table, runs, times, os.path.join(out, data.plot), data)
+  finetuned = (f' and fine-tuned for {part.finetune_steps} more'
+               if part.finetune_steps else '')
+  lines = [f'### {data.name}', '', f'Regenerate: `{invocation}`', '',
+           *([f'![{data.name}]({data.plot})', ''] if plotted else []),
+           f'Seeds {", ".join(map(str, seeds))}; budgets '
+           f'{" and ".join(map(str, budgets))}% of the plain model\'s '
+           f'multiply-adds. Trained from scratch for {part.steps} steps of '
+           f'{batch}{finetuned}, tested by {data.metric_label}.', '',
+           *table_lines(table, runs, times, data)]
+  return report.section(f'{SECTION}_{data.name}', lines)
 
 
 def parse_args(argv):
@@ -530,8 +579,8 @@ def main(argv=None) -> int:
         folder(root, p), p.table, seeds, args.runlocal, extra, p.data)]
 
   def write(root: str, seeds: List[int], out: str) -> List[str]:
-    return [section(parts, root, out,
+    return [section(p, root, out,
                     study_lib.invocation('reduction_study.py', argv), seeds,
-                    budgets)]
+                    budgets) for p in parts]
 
   return study_lib.run(args, [from_scratch, finetuned, offshelf], write)
