@@ -299,7 +299,9 @@ def eval_run(name: str, variant: Variant, seed: int, root: str,
 
 
 def baseline(variant: Variant) -> str:
-  """The plain run a variant starts from or is evaluated on."""
+  """The plain run `variant` is compared with at as many steps: `plain_ft`
+  for the fine-tuned variants, else `plain` (off the shelf: the run it
+  evaluates; fine-tuned ones all start from `plain`)."""
   return 'plain_ft' if variant.finetuned else 'plain'
 
 
