@@ -19,8 +19,8 @@ docs/models.md lists every place we depart from the original code:
   by inverse transform sampling of the scores' distribution at evenly
   spaced points; a token picked twice is kept once, so fewer may remain
   (the empty slots carry size 0, which masks them in later attention and
-  pooling). As in its authors' code, it keeps at least `ATS_MIN_TOKENS`
-  tokens, the class token included.
+  pooling). As in its authors' code, it has at least `ATS_MIN_TOKENS`
+  slots, the class token's included.
 * 'patchmerger': PatchMerger (Renggli et al., 2022), a learned module before
   block `tokenlearner_loc`, as TokenLearner: Y = softmax_N(W^T LN(X)^T) X
   merges each temporal slice into `num_tokens` tokens.

@@ -217,7 +217,7 @@ def _in_block(c: Any) -> InBlockReduction:
            f'model.tokenizer.tome_r must be an integer >= 0, got '
            f'{c.tome_r!r}.')
   _require(method != 'ats' or c.num_tokens >= ATS_MIN_TOKENS - 1,
-           f'model.tokenizer.num_tokens={c.num_tokens}: ATS keeps at least '
+           f'model.tokenizer.num_tokens={c.num_tokens}: ATS samples at least '
            f'{ATS_MIN_TOKENS} tokens with the class token (its '
            f'authors\' minimum), so set {ATS_MIN_TOKENS - 1} or '
            'more tokens besides it.')

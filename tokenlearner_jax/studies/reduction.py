@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 
 from tokenlearner_jax import flops
+from tokenlearner_jax.models.reduction import ATS_MIN_TOKENS
 from tokenlearner_jax.studies import ablations
 from tokenlearner_jax.studies import fewshot_location
 from tokenlearner_jax.studies import report
@@ -52,7 +53,8 @@ LABELS = {'plain': 'no reduction', 'tokenlearner': 'TokenLearner',
 METHODS = ('tokenlearner', 'patchmerger', 'tome', 'evit', 'ats')
 OFF_THE_SHELF = ('tome', 'ats')
 MULTI_BLOCK = ('evit', 'ats')  # Also tried in every block from the first.
-ATS_SIZES = (7, 8, 12, 16, 24, 32, 48)  # 7: its authors' minimum.
+# From its authors' minimum (the class token aside).
+ATS_SIZES = (ATS_MIN_TOKENS - 1, 8, 12, 16, 24, 32, 48)
 Setting = Tuple[Tuple[str, Any], ...]  # (tokenizer key, value) pairs.
 
 
