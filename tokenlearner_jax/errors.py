@@ -68,12 +68,14 @@ def exit_on_known_fault(fn: Callable[..., Any], *args: Any) -> Any:
   except KnownFault as e:
     if e.exit_at_once:
       # The libraries' threads may still be writing their failures, even
-      # mid-line: they write to nothing from here, and the line starts on a
-      # line of its own, the last.
+      # mid-line, through streams they hold: file descriptor 2 itself goes
+      # to nothing from here, the line goes to a copy of it that only this
+      # thread holds, and it starts on a line of its own, the last.
       logging.flush()
       sys.stderr.flush()
-      sys.stderr = open(os.devnull, 'w')  # pylint: disable=consider-using-with
-      os.write(2, f'\nError: {e}\n'.encode())
+      stderr = os.dup(2)
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+      os.write(stderr, f'\nError: {e}\n'.encode())
       os._exit(1)  # pylint: disable=protected-access
     sys.exit(f'Error: {e}')
 

@@ -4,6 +4,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 from absl.testing import absltest
 
@@ -54,6 +55,34 @@ class EntryPointErrorTest(absltest.TestCase):
       self.assertEqual(stderr.strip().splitlines()[-1], f'Error: {error}',
                        f'{module} {args}')
     self.assertFalse(os.path.exists(os.path.dirname(missing)))  # Not made.
+
+  def test_a_fault_that_exits_at_once_is_the_last_line_while_threads_write(
+      self):
+    # As orbax's failed writes do: threads writing tracebacks through the
+    # stream they hold and straight to file descriptor 2, without a pause.
+    program = textwrap.dedent("""
+        import os, sys, threading
+        from tokenlearner_jax import errors
+        stream = sys.stderr
+        def write():
+          while True:
+            stream.write('RuntimeError: Event loop is closed\\n')
+            stream.flush()
+            os.write(2, b'mid-')
+        for _ in range(2):
+          threading.Thread(target=write, daemon=True).start()
+        class Refused(errors.KnownFault):
+          exit_at_once = True
+        def fail():
+          raise Refused('a refused write: what to do.')
+        errors.exit_on_known_fault(fail)
+        """)
+    for _ in range(3):
+      result = subprocess.run([sys.executable, '-c', program], cwd=ROOT,
+                              capture_output=True, text=True, check=False)
+      self.assertEqual(result.returncode, 1, result.stderr[-3000:])
+      self.assertEqual(result.stderr.splitlines()[-1],
+                       'Error: a refused write: what to do.')
 
 
 if __name__ == '__main__':
