@@ -8,8 +8,13 @@ exit status 1. Each class also derives from the built-in error it refines
 (`ValueError`, ...), so callers that catch those keep working.
 """
 
+import array
+import fcntl
 import os
+import stat
 import sys
+import termios
+import time
 from typing import Any, Callable, List, Sequence
 
 from absl import app
@@ -61,6 +66,26 @@ def require_workdir(workdir: str, verb: str) -> None:
                                f'to {verb} there).')
 
 
+def _wait_for_writes_under_way(fd: int, settle: float = 0.25,
+                               timeout: float = 5.0) -> None:
+  """Returns once the writes into `fd` that other threads started before it
+  was redirected have landed: for a pipe, once it has stayed empty for
+  `settle` seconds (a write blocked on a full pipe lands as its reader
+  drains it), at most `timeout` seconds; else after `settle` seconds."""
+  if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+    time.sleep(settle)
+    return
+  unread = array.array('i', [0])
+  start = last_unread = time.monotonic()
+  while time.monotonic() - start < timeout:
+    fcntl.ioctl(fd, termios.FIONREAD, unread, True)
+    if unread[0]:
+      last_unread = time.monotonic()
+    elif time.monotonic() - last_unread >= settle:
+      return
+    time.sleep(0.005)
+
+
 def exit_on_known_fault(fn: Callable[..., Any], *args: Any) -> Any:
   """`fn(*args)`; a `KnownFault` exits with its message in one line."""
   try:
@@ -70,11 +95,13 @@ def exit_on_known_fault(fn: Callable[..., Any], *args: Any) -> Any:
       # The libraries' threads may still be writing their failures, even
       # mid-line, through streams they hold: file descriptor 2 itself goes
       # to nothing from here, the line goes to a copy of it that only this
-      # thread holds, and it starts on a line of its own, the last.
+      # thread holds, after the writes already under way, on a line of its
+      # own, the last.
       logging.flush()
       sys.stderr.flush()
       stderr = os.dup(2)
       os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+      _wait_for_writes_under_way(stderr)
       os.write(stderr, f'\nError: {e}\n'.encode())
       os._exit(1)  # pylint: disable=protected-access
     sys.exit(f'Error: {e}')

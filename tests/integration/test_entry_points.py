@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from absl.testing import absltest
 
@@ -59,9 +60,11 @@ class EntryPointErrorTest(absltest.TestCase):
   def test_a_fault_that_exits_at_once_is_the_last_line_while_threads_write(
       self):
     # As orbax's failed writes do: threads writing tracebacks through the
-    # stream they hold and straight to file descriptor 2, without a pause.
+    # stream they hold and straight to file descriptor 2, one of them a
+    # write still under way (longer than the pipe holds) when the fault
+    # exits.
     program = textwrap.dedent("""
-        import os, sys, threading
+        import os, sys, threading, time
         from tokenlearner_jax import errors
         stream = sys.stderr
         def write():
@@ -69,20 +72,27 @@ class EntryPointErrorTest(absltest.TestCase):
             stream.write('RuntimeError: Event loop is closed\\n')
             stream.flush()
             os.write(2, b'mid-')
-        for _ in range(2):
-          threading.Thread(target=write, daemon=True).start()
+        def write_long():
+          os.write(2, b''.join(b'Traceback line %d\\n' % i
+                               for i in range(50_000)))
+        for target in (write, write_long):
+          threading.Thread(target=target, daemon=True).start()
+        time.sleep(0.2)  # The long write waits for the reader.
         class Refused(errors.KnownFault):
           exit_at_once = True
         def fail():
           raise Refused('a refused write: what to do.')
         errors.exit_on_known_fault(fail)
         """)
-    for _ in range(3):
-      result = subprocess.run([sys.executable, '-c', program], cwd=ROOT,
-                              capture_output=True, text=True, check=False)
-      self.assertEqual(result.returncode, 1, result.stderr[-3000:])
-      self.assertEqual(result.stderr.splitlines()[-1],
-                       'Error: a refused write: what to do.')
+    process = subprocess.Popen([sys.executable, '-c', program], cwd=ROOT,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1)  # A reader that falls behind, as on a loaded machine.
+    _, stderr = process.communicate(timeout=60)
+    self.assertEqual(process.returncode, 1, stderr[-3000:])
+    # The long write landed whole, and the line after it, the last.
+    self.assertTrue('\nTraceback line 49999\n' in stderr, stderr[-300:])
+    self.assertEqual(stderr.splitlines()[-1],
+                     'Error: a refused write: what to do.', stderr[-300:])
 
 
 if __name__ == '__main__':
