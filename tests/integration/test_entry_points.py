@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 from absl.testing import absltest
 
@@ -62,9 +61,9 @@ class EntryPointErrorTest(absltest.TestCase):
     # As orbax's failed writes do: threads writing tracebacks through the
     # stream they hold and straight to file descriptor 2, one of them a
     # write still under way (longer than the pipe holds) when the fault
-    # exits.
+    # exits, with a reader that falls behind, as on a loaded machine.
     program = textwrap.dedent("""
-        import os, sys, threading, time
+        import array, fcntl, os, sys, termios, threading
         from tokenlearner_jax import errors
         stream = sys.stderr
         def write():
@@ -75,18 +74,25 @@ class EntryPointErrorTest(absltest.TestCase):
         def write_long():
           os.write(2, b''.join(b'Traceback line %d\\n' % i
                                for i in range(50_000)))
-        for target in (write, write_long):
-          threading.Thread(target=target, daemon=True).start()
-        time.sleep(0.2)  # The long write waits for the reader.
+        threading.Thread(target=write_long, daemon=True).start()
+        unread = array.array('i', [0])
+        while unread[0] < fcntl.fcntl(2, fcntl.F_GETPIPE_SZ):
+          fcntl.ioctl(2, termios.FIONREAD, unread, True)
+        # The pipe is full: the long write waits in it for the reader.
+        for _ in range(2):
+          threading.Thread(target=write, daemon=True).start()
         class Refused(errors.KnownFault):
           exit_at_once = True
         def fail():
           raise Refused('a refused write: what to do.')
+        print('failing', flush=True)
         errors.exit_on_known_fault(fail)
         """)
     process = subprocess.Popen([sys.executable, '-c', program], cwd=ROOT,
-                               stderr=subprocess.PIPE, text=True)
-    time.sleep(1)  # A reader that falls behind, as on a loaded machine.
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    # stderr is read only once the fault is under way.
+    self.assertEqual(process.stdout.readline(), 'failing\n')
     _, stderr = process.communicate(timeout=60)
     self.assertEqual(process.returncode, 1, stderr[-3000:])
     # The long write landed whole, and the line after it, the last.
