@@ -1,13 +1,16 @@
-"""`tokenlearner_jax.errors`: how an entry point ends (its faults' lines are
-checked on real processes in tests/integration/test_entry_points.py)."""
+"""`tokenlearner_jax.errors.run`, as it starts and ends a command (the
+faults' lines are checked on real processes in
+tests/integration/test_entry_points.py)."""
 
 import gc
+import importlib
 import sys
 from unittest import mock
 import weakref
 
 from absl.testing import absltest
 
+import tokenlearner_jax
 from tokenlearner_jax import errors
 
 
@@ -18,25 +21,42 @@ class _Node:
     self.me = self
 
 
+def _collected(ref: weakref.ref) -> bool:
+  gc.collect()
+  return ref() is None
+
+
 class RunTest(absltest.TestCase):
 
-  def test_what_a_command_made_is_left_uncollected_to_the_end(self):
-    made = []
+  def tearDown(self):
+    gc.enable()
+    super().tearDown()
+
+  def test_python_dash_m_imports_the_package_without_the_collector(self):
+    with mock.patch.object(sys, 'argv', ['-m']):
+      importlib.reload(tokenlearner_jax)
+    self.assertFalse(gc.isenabled())
+    gc.enable()
+    with mock.patch.object(sys, 'argv', ['python', 'x.py']):
+      importlib.reload(tokenlearner_jax)  # Imported as a library.
+    self.assertTrue(gc.isenabled())
+
+  def test_a_command_collects_only_what_it_makes_while_it_runs(self):
+    self.assertTrue(_collected(weakref.ref(_Node())))  # The test's premise.
+    before = weakref.ref(_Node())  # As an import's objects, made first.
+    during, made = [], []
 
     def main(argv):
       del argv
+      during.append(_collected(weakref.ref(_Node())))
       made.append(weakref.ref(_Node()))
 
-    try:
-      with mock.patch.object(sys, 'argv', ['command']), \
-          self.assertRaises(SystemExit):
-        errors.run(main)
-      gc.collect()
-      self.assertIsNotNone(made[0]())  # Frozen: the collector skips it.
-    finally:
-      gc.unfreeze()
-    gc.collect()
-    self.assertIsNone(made[0]())  # And a collection frees it otherwise.
+    with mock.patch.object(sys, 'argv', ['command']), \
+        self.assertRaises(SystemExit):
+      errors.run(main)
+    self.assertEqual(during, [True])  # The collector is on in `main`.
+    self.assertFalse(_collected(before))  # Frozen as `main` started,
+    self.assertFalse(_collected(made[0]))  # and what it made, as it ended.
 
 
 if __name__ == '__main__':

@@ -152,11 +152,19 @@ def parse_flags(argv: Sequence[str],
 
 
 def run(main: Callable[[List[str]], Any]) -> None:
-  """`app.run(main)` with `parse_flags`. The objects the command made are
-  then left to the process's end uncollected (`gc.freeze`): the
-  interpreter's last collection over everything TensorFlow and jax built
-  costs about a second of CPU per command. Everything else of a normal exit
-  still runs (thread joins, atexit handlers, the command's own clean-up)."""
+  """`app.run(main)` with `parse_flags`, the cyclic garbage collector kept
+  off the objects that outlive a command's start and its end.
+
+  The objects made before `main` (the imports: TensorFlow's and jax's
+  modules) are frozen, so that no collection walks them again, and the
+  collector is turned back on (`python -m` commands import without it:
+  `tokenlearner_jax/__init__.py`). The objects the command made are left to
+  the process's end uncollected: the interpreter's last collection over all
+  of them costs about a second of CPU. Everything else of a normal exit
+  still runs (thread joins, atexit handlers, the command's own clean-up).
+  """
+  gc.freeze()
+  gc.enable()
   try:
     app.run(main, flags_parser=parse_flags)
   finally:
