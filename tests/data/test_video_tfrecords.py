@@ -21,6 +21,7 @@ from tests.testing import video_example
 from tests.testing import write_records
 from tokenlearner_jax import errors
 from tokenlearner_jax import evaluate
+from tokenlearner_jax import fewshot
 from tokenlearner_jax import visualize
 from tokenlearner_jax.configs import schema
 from tokenlearner_jax.data import video_tfrecords
@@ -482,7 +483,9 @@ class EvaluateCheckpointTest(absltest.TestCase):
     for verb, run in (
         ('evaluate',
          lambda: evaluate.evaluate_checkpoint(config, missing, step=2)),
-        ('visualise', lambda: visualize.visualize(config, missing))):
+        ('visualise', lambda: visualize.visualize(config, missing)),
+        ('fewshot', lambda: fewshot.evaluate_checkpoint(
+            config_for('demo_multi_digits'), missing))):
       message = f'--workdir={missing} does not exist (no run to {verb} there).'
       with self.assertRaisesWithLiteralMatch(errors.WorkdirNotFoundError,
                                              message):
