@@ -14,6 +14,10 @@ a test starts (trainers, 8-device interpreters, xdist workers) inherits them:
 * `JAX_PLATFORMS=cpu`: no search for accelerators in each process (libtpu,
   installed for `aot`, is still found by `jax.experimental.topologies`).
 * Quiet TensorFlow C++ logs.
+* In the pytest processes, the cyclic garbage collector off while they
+  import and collect, then those objects frozen and the collector on at a
+  tenth of its rate (the commands the tests start do the same by
+  themselves: `errors.run`).
 * `TOKENLEARNER_TEST_DIR`: where the compilation cache and the demo datasets
   (built once, by whichever process needs them first) go; new for each run,
   and removed after it, unless set (set it to keep both between runs).
@@ -32,6 +36,11 @@ import gc
 import os
 import shutil
 import tempfile
+
+# Imports and collection (TensorFlow's, jax's, every test module's objects)
+# without the cyclic collector, which would walk them again and again;
+# `pytest_collection_finish` freezes them and turns it back on.
+gc.disable()
 
 # Made by the first process (pytest's, or xdist's controller); its workers
 # and every process a test starts inherit the variables.
@@ -79,6 +88,9 @@ INTEGRATION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 
 def pytest_configure(config):
+  if getattr(config.option, 'numprocesses', None) and not hasattr(
+      config, 'workerinput'):
+    gc.enable()  # xdist's controller: it collects no tests.
   config.addinivalue_line(
       'markers', 'integration: starts processes (trainers, jobs, entry '
       'points); every test under tests/integration/. Run with one worker.')
@@ -93,11 +105,12 @@ def pytest_configure(config):
 
 def pytest_collection_finish(session):
   """The objects made so far (TensorFlow's, jax's, every test module's) are
-  frozen, so that no collection walks them again, and the collector runs a
-  tenth as often: otherwise about 4% of a test process's CPU."""
+  frozen, so that no collection walks them again, and the collector, back
+  on, runs a tenth as often: otherwise about 5% of a test process's CPU."""
   del session
   gc.freeze()
   gc.set_threshold(10_000, 10, 10)
+  gc.enable()
 
 
 def pytest_unconfigure(config):
