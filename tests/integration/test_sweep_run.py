@@ -1,7 +1,8 @@
 """One real sweep: studies.sweep runs trainer processes, skips a finished
 point, sets aside and reruns a stale one, and tables the results; a SIGTERM
-to a runner reaches its runs (the rest of the sweep with faked runs:
-tests/studies/test_sweep.py)."""
+to a runner reaches its runs; submitit jobs and a command template run a
+point's command line (a stand-in for the trainer there). The rest of the
+sweep with faked runs: tests/studies/test_sweep.py."""
 
 import csv
 import json
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 from absl.testing import absltest
 
@@ -137,13 +139,28 @@ class FakeRun:
     return [sys.executable, '-c', 'import time; time.sleep(120)']
 
 
+# What a point's job runs in LauncherTest, in place of the trainer (whose
+# run in a sweep SweepRunTest owns): it records the command line it stands
+# for and the directory it runs in (the trainer's `python -m` needs the
+# repository's), and leaves the file of a finished run.
+STAND_IN = textwrap.dedent("""\
+    import json, os, sys
+    command = json.loads(sys.argv[1])
+    workdir = [a for a in command if a.startswith('--workdir=')][0][10:]
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'command.json'), 'w') as f:
+      json.dump(dict(command=command, cwd=os.getcwd()), f)
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump({'step': 2}, f)
+    """)
+
+
 class LauncherTest(absltest.TestCase):
   """Points run as submitit jobs (its local executor: real job objects and
   processes, no SLURM) and through a command template, under the same
   rules."""
 
   def test_submitit_jobs_and_a_template_run_points_by_the_same_rules(self):
-    prepare_datasets('moving_digits/small')
     root = self.create_tempdir().full_path
     base = [f'--config={ROOT}/{SWEPT_DEMO}',
             f'--set=dataset_configs.data_dir={DATA_DIR}']
@@ -151,32 +168,53 @@ class LauncherTest(absltest.TestCase):
     jobs = base + [f'--workdir={slurm}', '--grid=rng_seed=0,1',
                    '--launcher=slurm', '--slurm_cluster=local',
                    '--slurm_timeout_min=20']
+    trainer_command = runs.Run.command
+    commands = {}  # workdir -> the trainer's command line
+
+    def stand_in(run):
+      commands[run.workdir] = trainer_command(run)
+      return [sys.executable, '-c', STAND_IN,
+              json.dumps(commands[run.workdir])]
+
+    def ran(workdir):
+      """The trainer's command line the job ran, and that it finished."""
+      self.assertEqual(final_metrics(workdir)['step'], 2)
+      with open(os.path.join(workdir, 'command.json')) as f:
+        record = json.load(f)
+      self.assertEqual(record['command'], commands[workdir])
+      self.assertEqual(record['command'][1:3], ['-m', 'tokenlearner_jax.train'])
+      self.assertEqual(record['cwd'], runs.ROOT)
+      return record['command']
+
     # A resubmitted sweep whose first point finished before: only the
     # missing point becomes a job.
     done = os.path.join(slurm, 'rng_seed=0')
     fake_finished_run(done, record({'rng_seed': '0'}, base[1][len('--set='):]),
                       dict(step=2, loss=9.5))
-    self.assertEqual(sweep.main(jobs), 0)
-    self.assertFalse(os.path.exists(os.path.join(done, launchers.JOB_FILE)))
-    self.assertEqual(final_metrics(done)['loss'], 9.5)
-    point = os.path.join(slurm, 'rng_seed=1')
-    with open(os.path.join(point, launchers.JOB_FILE)) as f:
-      job = json.load(f)
-    self.assertEqual(final_metrics(point)['step'], 2)
-    self.assertTrue(os.listdir(job['folder']))  # submitit's own files.
-    # Both points finished: no new job.
-    self.assertEqual(sweep.main(jobs), 0)
-    with open(os.path.join(point, launchers.JOB_FILE)) as f:
-      self.assertEqual(json.load(f)['job_id'], job['job_id'])
-    # A template (an ssh or gcloud line, here run locally) gets the command.
-    template = os.path.join(root, 'template')
-    self.assertEqual(sweep.main(base + [
-        f'--workdir={template}', '--grid=rng_seed=2', '--launcher=command',
-        '--launch_template=echo launching {name} && {cmd}']), 0)
+    with mock.patch.object(runs.Run, 'command', stand_in):
+      self.assertEqual(sweep.main(jobs), 0)
+      self.assertFalse(os.path.exists(os.path.join(done, launchers.JOB_FILE)))
+      self.assertEqual(final_metrics(done)['loss'], 9.5)
+      point = os.path.join(slurm, 'rng_seed=1')
+      with open(os.path.join(point, launchers.JOB_FILE)) as f:
+        job = json.load(f)
+      self.assertIn('--config.rng_seed=1', ran(point))
+      self.assertEqual(list(commands), [point])
+      self.assertTrue(os.listdir(job['folder']))  # submitit's own files.
+      # Both points finished: no new job.
+      self.assertEqual(sweep.main(jobs), 0)
+      with open(os.path.join(point, launchers.JOB_FILE)) as f:
+        self.assertEqual(json.load(f)['job_id'], job['job_id'])
+      # A template (an ssh or gcloud line, here run locally) gets the
+      # command.
+      template = os.path.join(root, 'template')
+      self.assertEqual(sweep.main(base + [
+          f'--workdir={template}', '--grid=rng_seed=2', '--launcher=command',
+          '--launch_template=echo launching {name} && {cmd}']), 0)
     with open(os.path.join(template, 'rng_seed=2', 'train.log')) as f:
       self.assertIn('launching rng_seed=2', f.read())
-    self.assertEqual(final_metrics(os.path.join(template, 'rng_seed=2'))[
-        'step'], 2)
+    self.assertIn('--config.rng_seed=2',
+                  ran(os.path.join(template, 'rng_seed=2')))
 
   def test_cancel_cancels_a_submitted_job(self):
     workdir = self.create_tempdir().full_path
