@@ -3,7 +3,9 @@ faults' lines are checked on real processes in
 tests/integration/test_entry_points.py)."""
 
 import gc
+import glob
 import importlib
+import os
 import sys
 from unittest import mock
 import weakref
@@ -40,6 +42,20 @@ class RunTest(absltest.TestCase):
     with mock.patch.object(sys, 'argv', ['python', 'x.py']):
       importlib.reload(tokenlearner_jax)  # Imported as a library.
     self.assertTrue(gc.isenabled())
+
+  def test_every_command_of_the_package_starts_through_run(self):
+    # `python -m` turns the collector off until `run` turns it back on.
+    package = os.path.dirname(tokenlearner_jax.__file__)
+    commands = []
+    for path in glob.glob(os.path.join(package, '**', '*.py'),
+                          recursive=True):
+      with open(path) as f:
+        _, main, block = f.read().partition("\nif __name__ == '__main__':\n")
+      if main:
+        commands.append(os.path.basename(path))
+        self.assertIn('errors.run(', block, path)
+    self.assertContainsSubset(['train.py', 'evaluate.py', 'export.py'],
+                              commands)
 
   def test_a_command_collects_only_what_it_makes_while_it_runs(self):
     self.assertTrue(_collected(weakref.ref(_Node())))  # The test's premise.
