@@ -169,4 +169,3 @@ def run(main: Callable[[List[str]], Any]) -> None:
     app.run(main, flags_parser=parse_flags)
   finally:
     gc.freeze()
-
