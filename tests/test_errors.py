@@ -1,6 +1,6 @@
-"""`tokenlearner_jax.errors.run`, as it starts and ends a command (the
-faults' lines are checked on real processes in
-tests/integration/test_entry_points.py)."""
+"""`tokenlearner_jax.errors`: a command line's fault, and how `run` starts
+and ends a command (the faults' lines of each entry point, on real
+processes: tests/integration/test_entry_points.py)."""
 
 import gc
 import glob
@@ -10,7 +10,9 @@ import sys
 from unittest import mock
 import weakref
 
+from absl import flags
 from absl.testing import absltest
+from ml_collections import config_flags
 
 import tokenlearner_jax
 from tokenlearner_jax import errors
@@ -26,6 +28,19 @@ class _Node:
 def _collected(ref: weakref.ref) -> bool:
   gc.collect()
   return ref() is None
+
+
+class ParseFlagsTest(absltest.TestCase):
+
+  def test_a_config_file_that_is_not_there_is_one_line(self):
+    # The others, on real processes: tests/integration/test_entry_points.py.
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', flag_values=values)
+    with self.assertRaises(SystemExit) as raised:
+      errors.parse_flags(['command', '--config=/nowhere/nothere.py'], values)
+    self.assertEqual(
+        raised.exception.code, 'Error: --config=/nowhere/nothere.py: no such '
+        'file (the config files are in configs/; README.md lists them).')
 
 
 class RunTest(absltest.TestCase):

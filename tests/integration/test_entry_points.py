@@ -15,30 +15,29 @@ from tests.testing import ROOT
 class EntryPointErrorTest(absltest.TestCase):
 
   def test_every_entry_point_answers_a_known_fault_in_one_line(self):
-    # One process for each entry point, each with a fault of another kind
-    # (a config file's own error, a config file that is not there, an
-    # override of a key the config lacks, no checkpoint, no workdir); the
-    # library functions' faults are checked in-process beside them.
+    # One process for each entry point: faults of its command line (a
+    # config file's own error, an override of a key the config lacks) and
+    # of its `main` (no checkpoint, no workdir). The faults' messages are
+    # checked in-process beside them (tests/test_errors.py, ...).
     directory = self.create_tempdir().full_path
     missing = os.path.join(directory, 'mistyped', 'path')
     empty = self.create_tempdir().full_path  # A workdir with no checkpoint.
     cases = [  # (module, arguments, the error)
         ('summary', [f'--config={testing.typo_config_file(directory)}'],
          testing.TYPO),
-        ('train', [f'--config={directory}/nothere.py', f'--workdir={empty}'],
-         f'--config={directory}/nothere.py: no such file (the config files '
-         'are in configs/; README.md lists them).'),
-        ('evaluate', [f'--config={ROOT}/configs/demo_moving_digits.py',
-                      '--config.batch_sizee=3', f'--workdir={empty}'],
+        ('train', [f'--config={ROOT}/configs/demo_moving_digits.py',
+                   '--config.batch_sizee=3', f'--workdir={empty}'],
          "--config.batch_sizee: no config key 'batch_sizee'; Did you mean "
          '"batch_size" instead of "batch_sizee"?'),
         ('fewshot', [f'--config={ROOT}/configs/demo_multi_digits.py',
                      f'--workdir={empty}'],
          f'--workdir: no checkpoint under {empty}/checkpoints.'),
-        ('visualize', [f'--config={ROOT}/configs/vivit_k400.py:runlocal',
-                       f'--workdir={missing}'],
-         f'--workdir={missing} does not exist (no run to visualise there).'),
     ]
+    for module, verb in (('evaluate', 'evaluate'), ('visualize', 'visualise')):
+      cases.append((module, [f'--config={ROOT}/configs/vivit_k400.py:runlocal',
+                             f'--workdir={missing}'],
+                    f'--workdir={missing} does not exist (no run to {verb} '
+                    'there).'))
     # All at once: each is mostly its imports.
     processes = [
         subprocess.Popen(
